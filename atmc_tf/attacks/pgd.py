@@ -1,0 +1,152 @@
+"""Projected gradient descent (Madry et al.) under L_inf or L2, as pure tensor code.
+
+pgd(model_fn, x, y, ...) -> x_adv. model_fn maps a batch to logits; it is
+called, not inspected, so the same function serves inside a train_step (a
+tf.function, any tf.distribute replica) and in evaluation. The random start
+really happens (uniform in the L_inf ball, uniform radius in the L2 ball),
+every iterate is projected back onto the eps-ball and clipped to the data
+range, and with restarts > 1 each example keeps its highest-loss restart.
+"""
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+
+NORMS = ("inf", "2")
+
+
+@dataclasses.dataclass(frozen=True)
+class PGDConfig:
+    """One attack setting. step_size None means 2.5 * eps / steps (Madry)."""
+
+    eps: float
+    steps: int = 7
+    step_size: float | None = None
+    norm: str = "inf"
+    rand_init: bool = True
+    restarts: int = 1
+    clip_min: float = 0.0
+    clip_max: float = 1.0
+
+    def __post_init__(self):
+        if not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
+        if int(self.steps) < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+        if str(self.norm) not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if int(self.restarts) < 1:
+            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
+        if not self.clip_min < self.clip_max:
+            raise ValueError("clip_min must be < clip_max")
+
+    @property
+    def alpha(self):
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def attack(self, model_fn, x, y):
+        return pgd(model_fn, x, y, eps=self.eps, step_size=self.alpha, steps=self.steps,
+                   norm=self.norm, rand_init=self.rand_init, restarts=self.restarts,
+                   clip_min=self.clip_min, clip_max=self.clip_max)
+
+
+def _xent(y, logits):
+    y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(logits, tf.float32))
+
+
+def _norm2(t):
+    axes = list(range(1, t.shape.rank))
+    return tf.sqrt(tf.reduce_sum(tf.square(t), axis=axes, keepdims=True))
+
+
+def _project(delta, eps, norm):
+    if norm == "inf":
+        return tf.clip_by_value(delta, -eps, eps)
+    return delta * tf.minimum(1.0, eps / tf.maximum(_norm2(delta), 1e-12))
+
+
+def _random_start(x, eps, norm):
+    if norm == "inf":
+        return tf.random.uniform(tf.shape(x), -eps, eps, dtype=x.dtype)
+    direction = tf.random.normal(tf.shape(x), dtype=x.dtype)
+    direction /= tf.maximum(_norm2(direction), 1e-12)
+    radius = tf.random.uniform(tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0),
+                               dtype=x.dtype)
+    return direction * radius * eps
+
+
+def pgd(model_fn, x, y, eps, step_size=None, steps=10, norm="inf", rand_init=True,
+        clip_min=0.0, clip_max=1.0, restarts=1, loss_fn=None):
+    """Untargeted PGD maximising loss_fn(y, model_fn(x_adv)) (per-example losses).
+
+    Returns x_adv with ||x_adv - x|| <= eps (in `norm`) and clip_min <= x_adv <= clip_max,
+    gradient-stopped. loss_fn defaults to softmax cross-entropy on logits.
+    """
+    norm = "inf" if norm in (np.inf, "inf", "linf") else str(norm)
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    loss_fn = loss_fn or _xent
+    x = tf.convert_to_tensor(x)
+    eps_t = tf.cast(eps, x.dtype)
+    alpha = tf.cast(step_size if step_size is not None else 2.5 * eps / steps, x.dtype)
+
+    def step(i, x_adv):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            loss = tf.reduce_sum(loss_fn(y, model_fn(x_adv)))
+        grad = tape.gradient(loss, x_adv)
+        if norm == "inf":
+            x_adv = x_adv + alpha * tf.sign(grad)
+        else:
+            x_adv = x_adv + alpha * grad / tf.maximum(_norm2(grad), 1e-12)
+        x_adv = x + _project(x_adv - x, eps_t, norm)
+        # Clipping to the box that contains x never moves a point away from x,
+        # so the result stays inside the eps-ball.
+        return i + 1, tf.clip_by_value(x_adv, clip_min, clip_max)
+
+    best, best_loss = x, None
+    for _ in range(int(restarts)):
+        start = x + _random_start(x, eps_t, norm) if rand_init else x
+        start = tf.clip_by_value(start, clip_min, clip_max)
+        _, x_adv = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), start))
+        x_adv = tf.stop_gradient(x_adv)
+        if restarts == 1:
+            return x_adv
+        loss = loss_fn(y, model_fn(x_adv))
+        if best_loss is None:
+            best, best_loss = x_adv, loss
+        else:
+            better = loss > best_loss
+            shape = tf.concat([tf.shape(better), tf.ones([x.shape.rank - 1], tf.int32)], 0)
+            best = tf.where(tf.reshape(better, shape), x_adv, best)
+            best_loss = tf.maximum(loss, best_loss)
+    return best
+
+
+def fgsm(model_fn, x, y, eps, clip_min=0.0, clip_max=1.0, norm="inf"):
+    """Fast gradient sign method: PGD with one full step and no random start."""
+    return pgd(model_fn, x, y, eps=eps, step_size=eps, steps=1, norm=norm, rand_init=False,
+               clip_min=clip_min, clip_max=clip_max)
+
+
+def robust_accuracy(model_fn, x, y, config, batch_size=256):
+    """Accuracy of model_fn on PGD examples (config: PGDConfig, eps 0 = clean).
+
+    Runs the attack batch by batch in a tf.function; returns a Python float.
+    """
+    y = np.asarray(y).reshape(-1)
+
+    @tf.function(reduce_retracing=True)
+    def correct(xb, yb):
+        xa = xb if config.eps == 0 else config.attack(model_fn, xb, yb)
+        pred = tf.argmax(model_fn(xa), axis=-1, output_type=tf.int32)
+        return tf.reduce_sum(tf.cast(pred == tf.cast(yb, tf.int32), tf.int32))
+
+    hits = 0
+    for i in range(0, len(y), batch_size):
+        hits += int(correct(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size])))
+    return hits / max(len(y), 1)

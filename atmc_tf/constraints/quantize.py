@@ -1,0 +1,205 @@
+"""Quantization sets Q_b and their projections (pure tensor code).
+
+Three schemes, all keep an exact 0 (pruned weights stay pruned):
+
+- "codebook": per-tensor codebook of 2^b float values fitted by 1-D Lloyd
+  (k-means) on the nonzero weights, plus the fixed centre 0. This is the
+  paper's Q_b: at most 2^b distinct nonzero values per tensor.
+- "codebook_int8": the same codebook idea placed on TFLite's int8 lattice.
+  Weights are scale_c * q with q an integer in [-127, 127], one scale per
+  output channel (scale_c = max|W_c| / 127, zero point 0: exactly the scale
+  the TFLite converter computes). The codes q of a tensor take at most 2^b
+  distinct nonzero values, shared by all channels. Two of the 2^b codes are
+  anchored at -127 and +127: every channel's largest magnitude maps to +-127,
+  so the converter recomputes the same scale and stores the trained codes
+  bit for bit (no re-rounding at export).
+- "uniform_int8": symmetric uniform b-bit grid on the same lattice: codes
+  round(j * 127 / L), j in [-L, L], L = 2^(b-1) - 1. For b = 8 this is exactly
+  TFLite's own per-channel int8 quantization.
+
+Given its levels, every projection maps each entry to its nearest level
+(ties to the lower level), so it is the Euclidean projection onto the set of
+tensors using those levels; all three are idempotent.
+"""
+import tensorflow as tf
+
+QUANT_SCHEMES = ("codebook", "codebook_int8", "uniform_int8")
+INT8_MAX = 127.0
+
+
+def nearest_level(values, levels):
+    """Map every entry of `values` to the nearest entry of sorted 1-D `levels`.
+
+    O(N log L) with searchsorted on the midpoints: no N x L distance matrix,
+    so it scales to tens of millions of weights.
+    """
+    values = tf.convert_to_tensor(values)
+    levels = tf.cast(levels, values.dtype)
+    flat = tf.reshape(values, [-1])
+    mids = (levels[1:] + levels[:-1]) / 2.0
+    idx = tf.searchsorted(mids, flat, side="left")
+    return tf.reshape(tf.gather(levels, idx), tf.shape(values))
+
+
+def _distinct_sorted(sorted_values):
+    first = tf.ones([tf.minimum(tf.size(sorted_values), 1)], tf.bool)
+    keep = tf.concat([first, sorted_values[1:] != sorted_values[:-1]], axis=0)
+    return tf.boolean_mask(sorted_values, keep)
+
+
+def fit_codebook(values, num_centers, fixed=(0.0,), iters=20):
+    """1-D Lloyd fit of `num_centers` free centres to the 1-D tensor `values`.
+
+    `fixed` centres (0 by default) take part in the assignment but never move,
+    so values near them are not allowed to drag free centres. Initialisation
+    is by quantiles of the sorted values. If the values already take at most
+    `num_centers` distinct values (besides the fixed ones) those values are
+    returned exactly, which makes quantize(quantize(w)) == quantize(w).
+    Returns the sorted free centres, shape [num_centers] (duplicates possible
+    when there are fewer distinct values than centres).
+    """
+    values = tf.reshape(tf.convert_to_tensor(values), [-1])
+    dtype = values.dtype
+    fixed = tf.constant(list(fixed), dtype=dtype)
+    num_centers = int(num_centers)
+    if num_centers <= 0:
+        return tf.zeros([0], dtype)
+    not_fixed = tf.reduce_all(values[:, None] != fixed[None, :], axis=1)
+    free_values = tf.boolean_mask(values, not_fixed)
+    sorted_v = tf.sort(free_values)
+    n = tf.size(sorted_v)
+    distinct = _distinct_sorted(sorted_v)
+
+    def empty():
+        return tf.zeros([num_centers], dtype)
+
+    def exact():
+        pad = num_centers - tf.size(distinct)
+        return tf.concat([distinct, tf.fill([pad], distinct[-1])], axis=0)
+
+    def lloyd():
+        # The values are sorted, so every cluster is a contiguous run: each
+        # iteration needs only K binary searches and prefix sums, O(K log N),
+        # after the single O(N log N) sort.
+        csum = tf.concat([tf.zeros([1], tf.float64), tf.cumsum(tf.cast(sorted_v, tf.float64))], 0)
+        pos = (tf.range(num_centers, dtype=tf.float32) + 0.5) / num_centers
+        qidx = tf.cast(pos * tf.cast(n, tf.float32), tf.int32)
+        free = tf.gather(sorted_v, tf.minimum(qidx, n - 1))
+        is_free = tf.concat([tf.ones([num_centers], tf.bool),
+                             tf.zeros([tf.size(fixed)], tf.bool)], axis=0)
+        for _ in range(iters):
+            centres = tf.concat([free, fixed], axis=0)
+            order = tf.argsort(centres)
+            levels = tf.gather(centres, order)
+            mids = (levels[1:] + levels[:-1]) / 2.0
+            # Same tie rule as nearest_level: a value equal to a midpoint goes down.
+            ends = tf.searchsorted(sorted_v, mids, side="right")
+            bounds = tf.concat([[0], ends, [n]], axis=0)
+            sums = tf.gather(csum, bounds[1:]) - tf.gather(csum, bounds[:-1])
+            counts = tf.cast(bounds[1:] - bounds[:-1], tf.float64)
+            means = tf.where(counts > 0, sums / tf.maximum(counts, 1.0), tf.cast(levels, tf.float64))
+            updated = tf.scatter_nd(order[:, None], tf.cast(means, dtype), tf.shape(centres))
+            free = updated[:num_centers]
+        return tf.sort(free)
+
+    return tf.cond(
+        n == 0, empty,
+        lambda: tf.cond(tf.size(distinct) <= num_centers, exact, lloyd))
+
+
+def quantize_codebook(w, bits, iters=20):
+    """Per-tensor 2^bits codebook (Lloyd) plus exact 0. Returns (w_q, centres)."""
+    w = tf.convert_to_tensor(w)
+    nonzero = tf.boolean_mask(tf.reshape(w, [-1]), tf.reshape(w != 0, [-1]))
+    centres = fit_codebook(nonzero, 2 ** int(bits), fixed=(0.0,), iters=iters)
+    levels = tf.sort(tf.concat([centres, tf.zeros([1], w.dtype)], axis=0))
+    return nearest_level(w, levels), centres
+
+
+def _channel_reduce_axes(rank, channel_axes):
+    if channel_axes is None:
+        return list(range(rank))
+    chan = {a % rank for a in channel_axes}
+    return [a for a in range(rank) if a not in chan]
+
+
+def channel_scales(w, channel_axes=(-1,)):
+    """TFLite's symmetric int8 scale, max|W_c| / 127, broadcastable to w.
+
+    channel_axes=None gives one scale per tensor. All-zero channels get
+    scale 1 (their codes are all 0 whatever the scale).
+    """
+    w = tf.convert_to_tensor(w)
+    axes = _channel_reduce_axes(w.shape.rank, channel_axes)
+    m = tf.reduce_max(tf.abs(w), axis=axes, keepdims=True)
+    return tf.where(m > 0, m / INT8_MAX, tf.ones_like(m))
+
+
+def int8_codes(w, channel_axes=(-1,)):
+    """The int8 codes TFLite stores for w: round(w / scale_c), as float."""
+    return tf.round(tf.convert_to_tensor(w) / channel_scales(w, channel_axes))
+
+
+def quantize_codebook_int8(w, bits, channel_axes=(-1,), iters=20):
+    """2^bits shared integer codes per tensor, on the int8 per-channel lattice.
+
+    Returns (w_q, codes_used) where w_q = scale_c * code.
+    """
+    w = tf.convert_to_tensor(w)
+    scale = channel_scales(w, channel_axes)
+    u = w / scale
+    k = 2 ** int(bits)
+    if k >= 254:  # every nonzero int8 code fits in the budget: plain rounding.
+        codes = tf.clip_by_value(tf.round(u), -INT8_MAX, INT8_MAX)
+        return codes * scale, tf.range(-INT8_MAX, INT8_MAX + 1.0, dtype=w.dtype)
+    anchors = (-INT8_MAX, 0.0, INT8_MAX)
+    flat = tf.reshape(u, [-1])
+    nonzero = tf.boolean_mask(flat, flat != 0)
+    # Values within float noise of an integer are snapped before the fit so
+    # that an already-quantized tensor is recognised as such (idempotence).
+    snapped = tf.where(tf.abs(nonzero - tf.round(nonzero)) < 1e-3, tf.round(nonzero), nonzero)
+    free = tf.round(fit_codebook(snapped, max(k - 2, 0), fixed=anchors, iters=iters))
+    levels = tf.sort(tf.concat([tf.constant(anchors, w.dtype), free], axis=0))
+    codes = nearest_level(u, levels)
+    return codes * scale, levels
+
+
+def uniform_levels(bits, dtype=tf.float32):
+    """The 2^b - 1 codes of the symmetric uniform b-bit grid on int8, sorted."""
+    bits = int(bits)
+    if bits < 2:
+        raise ValueError(f"uniform quantization needs bits >= 2, got {bits}")
+    half = 2 ** (bits - 1) - 1
+    j = tf.range(-half, half + 1, dtype=tf.float32)
+    return tf.cast(tf.round(j * INT8_MAX / half), dtype)
+
+
+def quantize_uniform_int8(w, bits, channel_axes=(-1,)):
+    """Symmetric uniform per-channel b-bit quantization on the int8 lattice."""
+    w = tf.convert_to_tensor(w)
+    scale = channel_scales(w, channel_axes)
+    levels = uniform_levels(bits, w.dtype)
+    return nearest_level(w / scale, levels) * scale, levels
+
+
+def quantize(w, scheme, bits, channel_axes=(-1,), iters=20):
+    """Project w onto Q_b for `scheme` (see module docstring). Returns w_q."""
+    if scheme == "codebook":
+        return quantize_codebook(w, bits, iters)[0]
+    if scheme == "codebook_int8":
+        return quantize_codebook_int8(w, bits, channel_axes, iters)[0]
+    if scheme == "uniform_int8":
+        return quantize_uniform_int8(w, bits, channel_axes)[0]
+    raise ValueError(f"unknown quantization scheme {scheme!r}; expected one of {QUANT_SCHEMES}")
+
+
+def num_levels(w, scheme, channel_axes=(-1,)):
+    """Distinct nonzero values of w in the representation `scheme` constrains.
+
+    Float values for "codebook"; int8 codes for the lattice schemes (those
+    are what the .tflite stores). Returns an int32 scalar tensor.
+    """
+    w = tf.convert_to_tensor(w)
+    vals = tf.reshape(w if scheme == "codebook" else int8_codes(w, channel_axes), [-1])
+    vals = tf.boolean_mask(vals, vals != 0)
+    return tf.size(tf.unique(vals)[0])

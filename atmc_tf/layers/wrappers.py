@@ -1,0 +1,274 @@
+"""Keras 3 wrappers that carry a layer's ATMC constraint state.
+
+ATMCWrapper wraps a Dense, Conv2D or DepthwiseConv2D layer. It owns, as real
+non-trainable variables created in build(): a 0/1 mask per compressed tensor
+(the fixed support for AP/NAP), and with admm=True the ADMM duplicate Z and
+dual U per compressed tensor. It never changes what the layer computes; the
+trainer projects the compressed tensors in place after each optimizer step.
+
+Parametrisations of the kernel W (viewed as an (m, n) matrix, m = fan-in):
+- "none":    W itself is the compressed tensor.
+- "abc":     the reference code's full-rank W = B (A + I) + C, with
+             B initialised to W and A = C = 0; compressed tensors A, B, C
+             (A is r x r with r = min(m, n), on the smaller side).
+- "lowrank": W = U V (+ C with sparse_correction), U: m x rank, V: rank x n,
+             initialised by truncated SVD; compressed tensors U, V (, C).
+Biases and every other weight are never compressed.
+"""
+import keras
+from keras import ops
+from keras.src.models.functional import Functional  # no public alias in Keras 3
+
+from atmc_tf.constraints import lowrank
+
+FACTORIZATIONS = ("none", "abc", "lowrank")
+SUPPORTED_LAYERS = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+PASS_THROUGH_LAYERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
+                       keras.layers.GroupNormalization)
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer with weights that ATMC cannot wrap."""
+
+
+def _supported_names():
+    return ", ".join(c.__name__ for c in SUPPORTED_LAYERS)
+
+
+@keras.saving.register_keras_serializable(package="atmc_tf")
+class ATMCWrapper(keras.layers.Wrapper):
+    """Constraint state for one Dense / Conv2D / DepthwiseConv2D layer."""
+
+    def __init__(self, layer, factorization="none", rank=None, sparse_correction=True,
+                 admm=False, **kwargs):
+        if not isinstance(layer, SUPPORTED_LAYERS):
+            raise UnsupportedLayerError(
+                f"ATMC cannot wrap layer '{layer.name}' of type {type(layer).__name__}: "
+                f"supported are {_supported_names()}")
+        if factorization not in FACTORIZATIONS:
+            raise ValueError(f"factorization must be one of {FACTORIZATIONS}, got {factorization!r}")
+        if factorization == "lowrank" and (rank is None or int(rank) < 1):
+            raise ValueError(f"factorization='lowrank' needs rank >= 1, got {rank!r}")
+        if getattr(layer, "lora_enabled", False):
+            raise UnsupportedLayerError(f"layer '{layer.name}' has LoRA enabled; ATMC needs a plain kernel")
+        kwargs.setdefault("name", f"atmc_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.factorization = factorization
+        self.rank = None if rank is None else int(rank)
+        self.sparse_correction = bool(sparse_correction)
+        self.admm = bool(admm)
+
+    # --- construction -------------------------------------------------
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        kshape = tuple(self.layer.kernel.shape)
+        m = 1
+        for d in kshape[:-1]:
+            m *= d
+        n = kshape[-1]
+        self._matrix_shape = (m, n)
+        if self.factorization == "none":
+            self._factors = []
+        else:
+            self.layer.kernel.trainable = False  # W is derived from the factors
+            if self.factorization == "abc":
+                r = min(m, n)
+                shapes = {"a": (r, r), "b": (m, n), "c": (m, n)}
+            else:
+                r = min(self.rank, m, n)
+                shapes = {"u": (m, r), "v": (r, n)}
+                if self.sparse_correction:
+                    shapes["c"] = (m, n)
+            self._factors = [self.add_weight(name=f"factor_{k}", shape=s, initializer="zeros",
+                                             trainable=True) for k, s in shapes.items()]
+        shapes = [tuple(v.shape) for v in self.compressed_variables]
+        self.masks = [self.add_weight(name=f"mask_{i}", shape=s, initializer="ones", trainable=False)
+                      for i, s in enumerate(shapes)]
+        if self.admm:
+            self.admm_z = [self.add_weight(name=f"admm_z_{i}", shape=s, initializer="zeros",
+                                           trainable=False) for i, s in enumerate(shapes)]
+            self.admm_u = [self.add_weight(name=f"admm_u_{i}", shape=s, initializer="zeros",
+                                           trainable=False) for i, s in enumerate(shapes)]
+        else:
+            self.admm_z, self.admm_u = [], []
+        self.init_factors_from_kernel()
+        self.built = True
+
+    def init_factors_from_kernel(self):
+        """(Re)initialise the factors so that effective_kernel() == layer.kernel."""
+        if self.factorization == "none":
+            return
+        w = lowrank.kernel_as_matrix(self.layer.kernel.value)
+        m, n = self._matrix_shape
+        if self.factorization == "abc":
+            a, b, c = self._factors
+            a.assign(ops.zeros(a.shape))
+            b.assign(w)
+            c.assign(ops.zeros(c.shape))
+        else:
+            u, v = lowrank.factorize(w, self.rank)
+            self._factors[0].assign(u)
+            self._factors[1].assign(v)
+            if self.sparse_correction:
+                self._factors[2].assign(ops.zeros((m, n)))
+
+    # --- what the trainer sees -----------------------------------------
+    @property
+    def compressed_variables(self):
+        return list(self._factors) if self.factorization != "none" else [self.layer.kernel]
+
+    @property
+    def channel_axes(self):
+        """Axes of the output channels, for TFLite's per-channel int8 scales."""
+        if self.factorization != "none":
+            return (-1,)
+        if isinstance(self.layer, keras.layers.DepthwiseConv2D):
+            return (-2, -1)  # TFLite's depthwise channel is in_channel x multiplier
+        return (-1,)
+
+    @property
+    def dense_size(self):
+        """Number of weights of the original kernel (the 32-bit baseline)."""
+        m, n = self._matrix_shape
+        return m * n
+
+    def effective_kernel(self):
+        """The kernel W the layer computes with, in the layer's own shape."""
+        if self.factorization == "none":
+            return self.layer.kernel.value
+        m, n = self._matrix_shape
+        f = [v.value for v in self._factors]
+        if self.factorization == "abc":
+            a, b, c = f
+            if a.shape[0] == n:
+                w = ops.matmul(b, a + ops.eye(n)) + c
+            else:
+                w = ops.matmul(a + ops.eye(m), b) + c
+        else:
+            w = ops.matmul(f[0], f[1])
+            if self.sparse_correction:
+                w = w + f[2]
+        return ops.reshape(w, self.layer.kernel.shape)
+
+    # --- forward ---------------------------------------------------------
+    def call(self, inputs, training=None):
+        if self.factorization == "none":
+            return self.layer(inputs)
+        return _forward(self.layer, inputs, self.effective_kernel())
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(factorization=self.factorization, rank=self.rank,
+                      sparse_correction=self.sparse_correction, admm=self.admm)
+        return config
+
+
+def _forward(layer, inputs, kernel):
+    """The wrapped layer's computation with an explicit kernel."""
+    if isinstance(layer, keras.layers.Dense):
+        x = ops.matmul(inputs, kernel)
+        channels = layer.units
+    elif isinstance(layer, keras.layers.DepthwiseConv2D):
+        x = ops.depthwise_conv(inputs, kernel, strides=layer.strides, padding=layer.padding,
+                               dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+        channels = kernel.shape[-2] * kernel.shape[-1]
+    else:
+        x = layer.convolution_op(inputs, kernel)
+        channels = layer.filters
+    if layer.use_bias:
+        if isinstance(layer, keras.layers.Dense) or layer.data_format == "channels_last":
+            x = x + layer.bias
+        else:
+            x = x + ops.reshape(layer.bias, (1, channels) + (1,) * (len(x.shape) - 2))
+    if layer.activation is not None:
+        x = layer.activation(x)
+    return x
+
+
+def atmc_wrappers(model):
+    """Every ATMCWrapper of a model, in layer order."""
+    return [l for l in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(l, ATMCWrapper)]
+
+
+def _check_layer(layer):
+    if isinstance(layer, (ATMCWrapper, keras.layers.InputLayer)):
+        return
+    if isinstance(layer, keras.Model):
+        raise UnsupportedLayerError(
+            f"layer '{layer.name}' is a nested model; build the model flat "
+            f"(ATMC wraps {_supported_names()})")
+    if isinstance(layer, SUPPORTED_LAYERS + PASS_THROUGH_LAYERS) or not layer.weights:
+        return
+    raise UnsupportedLayerError(
+        f"ATMC cannot wrap layer '{layer.name}' of type {type(layer).__name__}: supported are "
+        f"{_supported_names()} (weight-free layers and normalization layers pass through unchanged)")
+
+
+def _clone(model, clone_function):
+    if not isinstance(model, keras.Model) or not model.built:
+        raise ValueError("wrap_model/strip_model need a built Sequential or Functional model")
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise UnsupportedLayerError(
+            f"model '{model.name}' is a subclassed model; ATMC needs a Sequential or Functional model")
+    return keras.models.clone_model(model, clone_function=clone_function)
+
+
+def wrap_model(model, factorization="none", ranks=None, sparse_correction=True, admm=False):
+    """Copy of `model` with every Dense/Conv2D/DepthwiseConv2D wrapped, weights kept.
+
+    ranks: int or {layer name: rank}, needed for factorization="lowrank".
+    Raises UnsupportedLayerError naming the first layer that cannot be handled.
+    """
+    for layer in model.layers:
+        _check_layer(layer)
+        if isinstance(layer, ATMCWrapper):
+            raise ValueError(f"model '{model.name}' is already wrapped; call strip_model first")
+    pairs = {}
+
+    def clone(layer):
+        new = layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, SUPPORTED_LAYERS):
+            rank = ranks.get(layer.name) if isinstance(ranks, dict) else ranks
+            new = ATMCWrapper(new, factorization=factorization, rank=rank,
+                              sparse_correction=sparse_correction, admm=admm)
+        pairs[layer.name] = new
+        return new
+
+    wrapped = _clone(model, clone)
+    for layer in model.layers:
+        new = pairs.get(layer.name)
+        if new is None:
+            continue
+        if isinstance(new, ATMCWrapper):
+            new.layer.set_weights(layer.get_weights())
+            new.init_factors_from_kernel()
+        else:
+            new.set_weights(layer.get_weights())
+    return wrapped
+
+
+def strip_model(model):
+    """Plain Keras copy of a wrapped model: each wrapper becomes its layer with W = effective kernel."""
+    pairs = {}
+
+    def clone(layer):
+        if isinstance(layer, ATMCWrapper):
+            inner = layer.layer
+            new = inner.__class__.from_config(inner.get_config())
+            kernel_path = inner.kernel.path
+            weights = [layer.effective_kernel() if v.path == kernel_path else v.value
+                       for v in inner.weights]
+            pairs[layer.name] = (new, [ops.convert_to_numpy(w) for w in weights])
+            return new
+        new = layer.__class__.from_config(layer.get_config())
+        pairs[layer.name] = (new, layer.get_weights())
+        return new
+
+    plain = _clone(model, clone)
+    for new, weights in pairs.values():
+        new.set_weights(weights)
+    return plain
