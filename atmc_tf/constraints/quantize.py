@@ -41,6 +41,12 @@ def nearest_level(values, levels):
     return tf.reshape(tf.gather(levels, idx), tf.shape(values))
 
 
+def _keep_zeros(w, q):
+    """Exact zeros (pruned weights) stay zero even when a level sits within
+    float/denormal noise of 0, where midpoint arithmetic alone could move them."""
+    return tf.where(tf.equal(w, 0), tf.zeros_like(q), q)
+
+
 def _distinct_sorted(sorted_values):
     first = tf.ones([tf.minimum(tf.size(sorted_values), 1)], tf.bool)
     keep = tf.concat([first, sorted_values[1:] != sorted_values[:-1]], axis=0)
@@ -113,7 +119,7 @@ def quantize_codebook(w, bits, iters=20):
     nonzero = tf.boolean_mask(tf.reshape(w, [-1]), tf.reshape(w != 0, [-1]))
     centres = fit_codebook(nonzero, 2 ** int(bits), fixed=(0.0,), iters=iters)
     levels = tf.sort(tf.concat([centres, tf.zeros([1], w.dtype)], axis=0))
-    return nearest_level(w, levels), centres
+    return _keep_zeros(w, nearest_level(w, levels)), centres
 
 
 def _channel_reduce_axes(rank, channel_axes):
@@ -151,7 +157,7 @@ def quantize_codebook_int8(w, bits, channel_axes=(-1,), iters=20):
     k = 2 ** int(bits)
     if k >= 254:  # every nonzero int8 code fits in the budget: plain rounding.
         codes = tf.clip_by_value(tf.round(u), -INT8_MAX, INT8_MAX)
-        return codes * scale, tf.range(-INT8_MAX, INT8_MAX + 1.0, dtype=w.dtype)
+        return _keep_zeros(w, codes * scale), tf.range(-INT8_MAX, INT8_MAX + 1.0, dtype=w.dtype)
     anchors = (-INT8_MAX, 0.0, INT8_MAX)
     flat = tf.reshape(u, [-1])
     nonzero = tf.boolean_mask(flat, flat != 0)
@@ -161,7 +167,7 @@ def quantize_codebook_int8(w, bits, channel_axes=(-1,), iters=20):
     free = tf.round(fit_codebook(snapped, max(k - 2, 0), fixed=anchors, iters=iters))
     levels = tf.sort(tf.concat([tf.constant(anchors, w.dtype), free], axis=0))
     codes = nearest_level(u, levels)
-    return codes * scale, levels
+    return _keep_zeros(w, codes * scale), levels
 
 
 def uniform_levels(bits, dtype=tf.float32):
@@ -179,7 +185,7 @@ def quantize_uniform_int8(w, bits, channel_axes=(-1,)):
     w = tf.convert_to_tensor(w)
     scale = channel_scales(w, channel_axes)
     levels = uniform_levels(bits, w.dtype)
-    return nearest_level(w / scale, levels) * scale, levels
+    return _keep_zeros(w, nearest_level(w / scale, levels) * scale), levels
 
 
 def quantize(w, scheme, bits, channel_axes=(-1,), iters=20):

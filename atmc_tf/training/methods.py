@@ -1,0 +1,57 @@
+"""The paper's methods as presets of one trainer (ATMC.md, "Baselines").
+
+method      attack   support                   factors        quantization
+natural     none     dense                     none           none
+da          PGD      dense                     none           none
+nap         none     fixed (one-shot top-k)    none           none
+ap          PGD      fixed (one-shot top-k)    none           none
+al0         PGD      global top-k every step   none           none
+alr         PGD      dense                     low rank (*)   none
+atmc        PGD      global top-k every step   as asked       b-bit via ADMM (bits=None: ATMC-32)
+(*) ranks from one global parameter budget over all layers' singular values.
+"""
+
+from atmc_tf.constraints import allocate_ranks, kernel_as_matrix
+from atmc_tf.layers import SUPPORTED_LAYERS, wrap_model
+from atmc_tf.training.config import ATMCConfig
+
+METHODS = ("natural", "da", "nap", "ap", "al0", "alr", "atmc")
+
+
+def method_config(method, attack=None, nnz_budget=None, bits=None, **overrides):
+    """ATMCConfig for a method name; overrides go to ATMCConfig (rho, quant_scheme, ...)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    adversarial = method not in ("natural", "nap")
+    if adversarial and attack is None:
+        raise ValueError(f"method {method!r} is adversarial and needs a PGDConfig attack")
+    sparsity = {"nap": "fixed", "ap": "fixed", "al0": "dynamic", "atmc": "dynamic"}.get(method, "none")
+    return ATMCConfig(attack=attack if adversarial else None,
+                      sparsity=sparsity,
+                      nnz_budget=nnz_budget if sparsity != "none" else None,
+                      bits=bits if method == "atmc" else None,
+                      **overrides)
+
+
+def compressible_layers(model):
+    return [l for l in model.layers if isinstance(l, SUPPORTED_LAYERS)]
+
+
+def dense_weight_count(model):
+    """Weights of every compressible kernel of a plain model (the 32-bit baseline)."""
+    return sum(int(l.kernel.shape.num_elements()) for l in compressible_layers(model))
+
+
+def wrap_for_method(model, method, config, factorization="none", param_budget=None):
+    """Wrap a plain model the way `method` needs (ALR: global truncated SVD ranks)."""
+    if method == "alr":
+        layers = compressible_layers(model)
+        budget = param_budget or config.nnz_budget
+        if budget is None:
+            raise ValueError("method 'alr' needs a parameter budget (param_budget or nnz_budget)")
+        ranks = allocate_ranks([kernel_as_matrix(l.kernel.value).numpy() for l in layers], budget)
+        return wrap_model(model, factorization="lowrank", sparse_correction=False,
+                          ranks={l.name: r for l, r in zip(layers, ranks)})
+    return wrap_model(model, factorization=factorization, admm=config.quantized)
+
+

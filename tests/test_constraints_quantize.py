@@ -1,0 +1,95 @@
+"""Quantizers: at most 2^b nonzero levels, zeros kept, idempotent, nearest level, on the int8 lattice."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from atmc_tf.constraints import (QUANT_SCHEMES, channel_scales, fit_codebook, int8_codes,
+                                 nearest_level, num_levels, quantize, quantize_codebook,
+                                 quantize_codebook_int8, quantize_uniform_int8)
+
+elements = st.floats(-4, 4, allow_nan=False, width=32)
+kernels = hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=6),
+                     elements=elements)
+
+
+def _sparsify(w, seed):
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random(w.shape) < 0.4, 0.0, w).astype(np.float32)
+
+
+@pytest.mark.parametrize("scheme", QUANT_SCHEMES)
+@given(kernels, st.integers(1, 8), st.integers(0, 1000))
+def test_feasible_idempotent_zero_preserving(scheme, w, bits, seed):
+    if scheme == "uniform_int8" and bits < 2:
+        bits = 2
+    w = _sparsify(w, seed)
+    q = quantize(w, scheme, bits).numpy()
+    assert int(num_levels(q, scheme)) <= 2 ** bits
+    assert np.all(q[w == 0] == 0), "pruned weights must stay pruned"
+    q2 = quantize(q, scheme, bits).numpy()
+    np.testing.assert_allclose(q2, q, rtol=0, atol=1e-6 * (1 + np.abs(q).max()))
+
+
+@given(kernels, st.integers(1, 6))
+def test_codebook_is_nearest_level(w, bits):
+    q, centres = quantize_codebook(w, bits)
+    levels = np.concatenate([centres.numpy(), [0.0]])
+    best = np.min(np.abs(w[..., None] - levels), axis=-1)
+    np.testing.assert_allclose(np.abs(w - q.numpy()), best, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["codebook_int8", "uniform_int8"])
+@given(kernels, st.integers(2, 8))
+def test_int8_lattice_survives_tflite_rounding(scheme, w, bits):
+    """TFLite recomputes scale_c = max|W_c|/127 and rounds: it must get our codes back exactly."""
+    q = quantize(w, scheme, bits).numpy()
+    codes = int8_codes(q).numpy()
+    assert np.all(np.abs(codes) <= 127)
+    np.testing.assert_allclose(codes * channel_scales(q).numpy(), q, rtol=1e-5, atol=1e-7)
+    nonzero_channels = np.abs(q).reshape(-1, q.shape[-1]).max(axis=0) > 0
+    peak = np.abs(codes).reshape(-1, q.shape[-1]).max(axis=0)
+    assert np.all(peak[nonzero_channels] == 127), "every live channel must reach code 127"
+
+
+@given(kernels, st.integers(2, 6))
+def test_codebook_int8_nearest_among_its_levels(w, bits):
+    q, levels = quantize_codebook_int8(w, bits)
+    u = w / channel_scales(w).numpy()
+    best = np.min(np.abs(u[..., None] - levels.numpy()), axis=-1)
+    got = np.abs(u - q.numpy() / channel_scales(w).numpy())
+    np.testing.assert_allclose(got, best, atol=1e-3)
+
+
+def test_depthwise_channels_are_in_channel_times_multiplier():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 3, 4, 2)).astype(np.float32)
+    q = quantize(w, "codebook_int8", 3, channel_axes=(-2, -1)).numpy()
+    peak = np.abs(int8_codes(q, (-2, -1)).numpy()).max(axis=(0, 1))
+    assert peak.shape == (4, 2) and np.all(peak == 127)
+
+
+def test_uniform_8bit_equals_plain_int8_rounding():
+    w = np.random.default_rng(1).normal(size=(5, 7)).astype(np.float32)
+    q, _ = quantize_uniform_int8(w, 8)
+    np.testing.assert_allclose(q.numpy(), int8_codes(w).numpy() * channel_scales(w).numpy(), rtol=1e-6)
+
+
+def test_lloyd_beats_its_quantile_start_and_recovers_clusters():
+    rng = np.random.default_rng(2)
+    centres = np.array([-3.0, -1.0, 0.5, 2.0], np.float32)
+    v = (rng.choice(centres, 4000) + rng.normal(0, 0.01, 4000)).astype(np.float32)
+    fitted = np.sort(fit_codebook(v, 4, fixed=(), iters=20).numpy())
+    np.testing.assert_allclose(fitted, centres, atol=0.01)
+
+
+def test_nearest_level_ties_go_down_and_scale():
+    levels = tf.constant([-1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(nearest_level([0.5, -0.5, 0.51, 7.0], levels).numpy(), [0, -1, 1, 1])
+
+
+def test_all_zero_tensor_stays_zero():
+    for scheme in QUANT_SCHEMES:
+        q = quantize(np.zeros((3, 4), np.float32), scheme, 4).numpy()
+        assert not q.any()

@@ -1,0 +1,71 @@
+"""Global L0 projection: feasible, idempotent, and the nearest feasible point."""
+import numpy as np
+import tensorflow as tf
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from atmc_tf.constraints import apply_masks, count_nonzero, project_l0, topk_masks
+
+floats = st.floats(-10, 10, allow_nan=False, width=32)
+shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5)
+tensor_lists = st.lists(hnp.arrays(np.float32, shapes, elements=floats), min_size=1, max_size=4)
+
+
+@given(tensor_lists, st.integers(0, 200))
+def test_feasible_and_idempotent(ws, k):
+    p = project_l0(ws, k)
+    assert int(count_nonzero(p)) <= k
+    assert [t.shape for t in p] == [w.shape for w in ws]
+    p2 = project_l0(p, k)
+    for a, b in zip(p, p2):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@given(tensor_lists, st.integers(0, 200), st.integers(0, 2**31 - 1))
+def test_nearest_point(ws, k, seed):
+    """Distance equals the mass of the n-k smallest magnitudes, and beats any other support."""
+    p = project_l0(ws, k)
+    dist = sum(float(np.sum((w.astype(np.float64) - q.numpy()) ** 2)) for w, q in zip(ws, p))
+    mags = np.sort(np.concatenate([np.abs(w).ravel() for w in ws]).astype(np.float64))
+    n = mags.size
+    best = float(np.sum(mags[: max(n - k, 0)] ** 2))
+    assert np.isclose(dist, best, rtol=1e-5, atol=1e-5)
+    # any other support of size k is no closer
+    rng = np.random.default_rng(seed)
+    flat = np.concatenate([w.ravel() for w in ws]).astype(np.float64)
+    keep = rng.permutation(n)[: min(k, n)]
+    other = np.zeros_like(flat)
+    other[keep] = flat[keep]
+    assert dist <= float(np.sum((flat - other) ** 2)) * (1 + 1e-9) + 1e-9
+
+
+def test_budget_is_global_not_per_layer():
+    big = np.full((10,), 5.0, np.float32)
+    small = np.full((10,), 0.1, np.float32)
+    p = project_l0([big, small], 10)
+    assert int(tf.math.count_nonzero(p[0])) == 10
+    assert int(tf.math.count_nonzero(p[1])) == 0
+
+
+def test_ties_never_exceed_budget():
+    ws = [np.ones((50,), np.float32), np.ones((7, 3), np.float32)]
+    p = project_l0(ws, 13)
+    assert int(count_nonzero(p)) == 13
+
+
+def test_masks_and_fixed_support():
+    ws = [np.arange(1, 7, dtype=np.float32).reshape(2, 3)]
+    (m,) = topk_masks(ws, 2)
+    np.testing.assert_array_equal(m.numpy(), [[0, 0, 0], [0, 1, 1]])
+    moved = [ws[0] - 10.0]
+    (q,) = apply_masks(moved, [m])
+    np.testing.assert_array_equal(q.numpy() != 0, m.numpy() == 1)
+
+
+def test_works_in_tf_function_with_large_tensors():
+    f = tf.function(lambda t, k: project_l0([t], k)[0])
+    w = tf.random.stateless_normal([1_000_000], seed=[1, 2])
+    out = f(w, 1000)
+    assert int(tf.math.count_nonzero(out)) == 1000
+    assert float(tf.reduce_min(tf.abs(tf.boolean_mask(out, out != 0)))) >= float(
+        tf.reduce_max(tf.abs(tf.boolean_mask(w, out == 0))))
