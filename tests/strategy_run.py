@@ -1,0 +1,59 @@
+"""Train ATMC-b for a few steps under a tf.distribute strategy; print a JSON verdict.
+
+Run as a separate process (logical devices must be set before TF starts):
+    python tests/strategy_run.py mirrored
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+
+from atmc_tf.attacks import PGDConfig  # noqa: E402
+from atmc_tf.constraints import num_levels  # noqa: E402
+from atmc_tf.layers import atmc_wrappers, wrap_model  # noqa: E402
+from atmc_tf.training import ATMCTrainer, dense_weight_count, method_config  # noqa: E402
+from conftest import small_cnn  # noqa: E402
+
+
+def main():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.images / 16.0).astype("float32")[..., None][:512]
+    y = d.target.astype("int64")[:512]
+    with strategy.scope():
+        plain = small_cnn()
+        budget = dense_weight_count(plain) // 5
+        cfg = method_config("atmc", attack=PGDConfig(eps=0.1, steps=3), nnz_budget=budget, bits=3,
+                            quant_interval=2)
+        net = wrap_model(plain, admm=True)
+        trainer = ATMCTrainer(net, cfg)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    hist = trainer.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    report = {"replicas": strategy.num_replicas_in_sync, "budget": budget, "tensors": [],
+              "replicas_identical": True, "history_nnz": hist.history["nnz"]}
+    for w in atmc_wrappers(net):
+        for v in w.compressed_variables + w.admm_z + w.admm_u:
+            parts = [p.numpy() for p in getattr(v.value, "values", [v.value])]
+            same = all(np.array_equal(parts[0], p) for p in parts[1:])
+            report["replicas_identical"] &= bool(same) and len(parts) == 2
+        for v in w.compressed_variables:
+            report["tensors"].append({"nnz": int(np.count_nonzero(v.numpy())),
+                                      "levels": int(num_levels(v.value, cfg.quant_scheme, w.channel_axes))})
+    report["nnz"] = sum(t["nnz"] for t in report["tensors"])
+    print("RESULT " + json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""ATMCTrainer under plain model.fit: constraints hold exactly, baselines are modes, strategies work."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from atmc_tf.attacks import PGDConfig, robust_accuracy
+from atmc_tf.constraints import num_levels
+from atmc_tf.layers import atmc_wrappers, strip_model, wrap_model
+from atmc_tf.training import (ATMCConfig, ATMCTrainer, METHODS, dense_weight_count, method_config,
+                              wrap_for_method)
+from conftest import small_cnn
+
+ATTACK = PGDConfig(eps=0.1, steps=3)
+
+
+@pytest.fixture(scope="module")
+def da_model(digits):
+    """A dense adversarially trained small CNN (the warm start of every method)."""
+    x_tr, y_tr, _, _ = digits
+    plain = small_cnn()
+    trainer = ATMCTrainer(wrap_model(plain), method_config("da", attack=ATTACK))
+    trainer.compile(optimizer=keras.optimizers.Adam(3e-3))
+    trainer.fit(x_tr, y_tr, epochs=6, batch_size=64, verbose=0)
+    return strip_model(trainer.net)
+
+
+def _levels(net, scheme):
+    return [int(num_levels(v.value, scheme, w.channel_axes))
+            for w in atmc_wrappers(net) for v in w.compressed_variables]
+
+
+def _nnz(net):
+    return sum(int(np.count_nonzero(v.numpy())) for w in atmc_wrappers(net) for v in w.compressed_variables)
+
+
+def test_atmc_fit_on_digits_satisfies_constraints_and_learns(digits, da_model, tmp_path):
+    x_tr, y_tr, x_te, y_te = digits
+    budget = dense_weight_count(da_model) // 10
+    cfg = method_config("atmc", attack=ATTACK, nnz_budget=budget, bits=4, quant_scheme="codebook_int8")
+    net = wrap_model(da_model, admm=True)
+    trainer = ATMCTrainer(net, cfg)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    log = tmp_path / "log.csv"
+    hist = trainer.fit(x_tr, y_tr, epochs=6, batch_size=64, verbose=0, validation_data=(x_te, y_te),
+                       callbacks=[keras.callbacks.CSVLogger(str(log))])
+    assert _nnz(net) <= budget
+    assert max(_levels(net, "codebook_int8")) <= 16
+    for key in ("adv_acc", "clean_acc", "nnz", "budget", "w_z_dist", "val_adv_acc", "val_clean_acc"):
+        assert key in hist.history, key
+    assert hist.history["budget"][-1] == budget and log.read_text().count("\n") == 7
+    clean = robust_accuracy(lambda z: net(z, training=False), x_te, y_te, PGDConfig(eps=0.0))
+    robust = robust_accuracy(lambda z: net(z, training=False), x_te, y_te, PGDConfig(eps=0.1, steps=10))
+    assert clean > 0.6, clean  # chance is 0.1
+    assert robust < clean
+
+
+@pytest.mark.parametrize("method,bits,scheme", [
+    ("natural", None, None), ("da", None, None), ("nap", None, None), ("ap", None, None),
+    ("al0", None, None), ("alr", None, None), ("atmc", None, None),
+    ("atmc", 2, "codebook"), ("atmc", 3, "codebook_int8"), ("atmc", 4, "uniform_int8")])
+def test_every_method_keeps_its_constraints(digits, da_model, method, bits, scheme):
+    x_tr, y_tr, _, _ = digits
+    n = dense_weight_count(da_model)
+    budget = n // 8
+    extra = {"quant_scheme": scheme, "quant_interval": 2} if bits else {}
+    cfg = method_config(method, attack=ATTACK, nnz_budget=budget, bits=bits, **extra)
+    net = wrap_for_method(da_model, method, cfg, param_budget=budget)
+    trainer = ATMCTrainer(net, cfg)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.02, momentum=0.9))
+    trainer.prepare_constraints()
+    support = [v.numpy() != 0 for w in atmc_wrappers(net) for v in w.compressed_variables]
+    trainer.fit(x_tr[:256], y_tr[:256], epochs=1, batch_size=64, verbose=0)
+    after = [v.numpy() != 0 for w in atmc_wrappers(net) for v in w.compressed_variables]
+    if cfg.sparsity != "none":
+        assert _nnz(net) <= budget
+    if cfg.sparsity == "fixed":
+        assert all(np.all(a <= s) for a, s in zip(after, support)), "support must not grow"
+    if method == "alr":
+        assert sum(w.rank * sum(w._matrix_shape) for w in atmc_wrappers(net)) <= max(budget, 0) + \
+            sum(sum(w._matrix_shape) for w in atmc_wrappers(net))
+    if bits:
+        assert max(_levels(net, scheme)) <= 2 ** bits
+    if method in ("natural", "nap"):
+        assert cfg.attack is None
+    assert method in METHODS
+
+
+def test_trainer_config_round_trip(da_model):
+    cfg = method_config("atmc", attack=ATTACK, nnz_budget=100, bits=3, rho=0.2, quant_interval=7)
+    trainer = ATMCTrainer(wrap_model(da_model, admm=True), cfg)
+    again = ATMCTrainer.from_config(trainer.get_config())
+    assert again.config == cfg
+    assert ATMCConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("bad", [dict(sparsity="dynamic"), dict(bits=0), dict(bits=9),
+                                 dict(sparsity="weird", nnz_budget=3), dict(quant_interval=0, bits=2),
+                                 dict(bits=1, quant_scheme="uniform_int8")])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        ATMCConfig(**bad)
+
+
+def test_quantization_needs_admm_state(da_model):
+    with pytest.raises(ValueError, match="admm=True"):
+        ATMCTrainer(wrap_model(da_model), method_config("atmc", attack=ATTACK, nnz_budget=10, bits=2))
+
+
+def test_mirrored_strategy_two_cpus_keeps_constraints():
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, os.path.join(here, "strategy_run.py")], capture_output=True,
+                         text=True, timeout=600)
+    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    assert line, out.stderr[-3000:]
+    r = json.loads(line[0][7:])
+    assert r["replicas"] == 2
+    assert r["replicas_identical"]
+    assert r["nnz"] <= r["budget"]
+    assert max(t["levels"] for t in r["tensors"]) <= 8

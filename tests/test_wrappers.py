@@ -1,0 +1,92 @@
+"""Wrappers: every option round-trips through get_config and .keras; bad layers are named."""
+import itertools
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from atmc_tf.layers import ATMCWrapper, UnsupportedLayerError, atmc_wrappers, strip_model, wrap_model
+from conftest import small_cnn
+
+OPTIONS = [dict(factorization=f, admm=a, sparse_correction=s, ranks=3)
+           for f, a, s in itertools.product(["none", "abc", "lowrank"], [False, True], [True, False])
+           if not (f != "lowrank" and not s)]
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_keras_round_trip_identical_outputs(tmp_path, opts):
+    plain = small_cnn()
+    net = wrap_model(plain, **opts)
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    # move every variable (factors, masks, Z, U) off its initial value
+    for w in atmc_wrappers(net):
+        for v in w.weights:
+            v.assign(v.value + np.random.default_rng(1).normal(size=v.shape).astype(np.float32) * 0.01)
+    path = tmp_path / "m.keras"
+    net.save(path)
+    loaded = keras.models.load_model(path)  # safe_mode stays on
+    np.testing.assert_array_equal(loaded(x).numpy(), net(x).numpy())
+    for a, b in zip(atmc_wrappers(net), atmc_wrappers(loaded)):
+        assert json.loads(json.dumps(a.get_config())) == json.loads(json.dumps(b.get_config()))
+        for va, vb in zip(a.weights, b.weights):
+            np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    np.testing.assert_allclose(strip_model(loaded)(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [keras.layers.Dense(4), keras.layers.Conv2D(4, 3),
+                                   keras.layers.DepthwiseConv2D(3, depth_multiplier=2)])
+@pytest.mark.parametrize("fac", ["none", "abc", "lowrank"])
+def test_config_round_trip_every_argument(layer, fac):
+    w = ATMCWrapper(layer, factorization=fac, rank=2, sparse_correction=False, admm=True)
+    again = ATMCWrapper.from_config(w.get_config())
+    for key in ("factorization", "rank", "sparse_correction", "admm", "name"):
+        assert getattr(again, key) == getattr(w, key)
+    assert type(again.layer) is type(layer)
+
+
+def test_wrapping_keeps_outputs_and_leaves_bn_untouched():
+    plain = small_cnn()
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    for fac in ("none", "abc"):
+        net = wrap_model(plain, factorization=fac)
+        np.testing.assert_allclose(net(x).numpy(), plain(x).numpy(), rtol=1e-5, atol=1e-6)
+        kinds = [type(l).__name__ for l in net.layers]
+        assert "BatchNormalization" in kinds and kinds.count("ATMCWrapper") == 4
+
+
+def test_sequential_models_work():
+    seq = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+    net = wrap_model(seq)
+    assert len(atmc_wrappers(net)) == 2
+    np.testing.assert_allclose(net(np.ones((1, 5))).numpy(), seq(np.ones((1, 5))).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [keras.layers.Conv1D(3, 2), keras.layers.LSTM(3),
+                                 keras.layers.Conv2DTranspose(3, 2) ])
+def test_unsupported_layer_is_named(bad):
+    shape = (6, 6, 2) if isinstance(bad, keras.layers.Conv2DTranspose) else (5, 4)
+    model = keras.Sequential([keras.Input(shape), bad])
+    with pytest.raises(UnsupportedLayerError, match=bad.name) as err:
+        wrap_model(model)
+    assert "Dense, Conv2D, DepthwiseConv2D" in str(err.value)
+    assert type(bad).__name__ in str(err.value)
+
+
+def test_double_wrap_and_subclassed_models_are_refused():
+    net = wrap_model(small_cnn())
+    with pytest.raises(ValueError, match="already wrapped"):
+        wrap_model(net)
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    sub = Sub()
+    sub(np.ones((1, 3)))
+    with pytest.raises(UnsupportedLayerError, match="subclassed"):
+        wrap_model(sub)
