@@ -1,0 +1,96 @@
+"""Keras 3 Functional classifiers returning logits (no softmax) for inputs in [0, 1].
+
+Only Dense, Conv2D, DepthwiseConv2D, BatchNormalization and weight-free layers
+appear, because those are what atmc_tf.layers.wrap_model can compress. ReLU
+is a separate layer (not a fused `activation=`) so the pre-activation is
+visible to anything that inspects the graph; TFLite fuses it back on export.
+"""
+import keras
+import numpy as np
+
+layers = keras.layers
+
+
+class _Initializers:
+    """Hands out one kernel initializer per layer.
+
+    A seeded Keras initializer repeats the same values on every call, so each
+    layer gets its own seed drawn from the model seed; seed=None keeps Keras'
+    default (global RNG) so keras.utils.set_random_seed still governs it.
+    """
+
+    def __init__(self, seed):
+        self._rng = None if seed is None else np.random.default_rng(seed)
+
+    def __call__(self):
+        if self._rng is None:
+            return "glorot_uniform"
+        return keras.initializers.GlorotUniform(seed=int(self._rng.integers(2**31 - 1)))
+
+
+def lenet(input_shape, num_classes, seed=None):
+    """Caffe LeNet (20/50 conv filters, 500 hidden), the ATMC paper's MNIST model family.
+
+    padding='same' keeps it valid for inputs as small as 8x8 (8 -> 4 -> 2).
+    """
+    init = _Initializers(seed)
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = layers.Conv2D(20, 5, padding="same", kernel_initializer=init(), name="conv1")(inputs)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.MaxPooling2D(2, padding="same", name="pool1")(x)
+    x = layers.Conv2D(50, 5, padding="same", kernel_initializer=init(), name="conv2")(x)
+    x = layers.ReLU(name="relu2")(x)
+    x = layers.MaxPooling2D(2, padding="same", name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(500, kernel_initializer=init(), name="fc1")(x)
+    x = layers.ReLU(name="relu3")(x)
+    outputs = layers.Dense(num_classes, kernel_initializer=init(), name="logits")(x)
+    return keras.Model(inputs, outputs, name="lenet")
+
+
+def small_cnn(input_shape, num_classes, seed=None):
+    """MobileNet-style CNN of a few thousand weights, sized for 8x8 digits and TFLite Micro.
+
+    Every op converts to an int8 TFLite builtin that TFLite Micro has: CONV_2D,
+    DEPTHWISE_CONV_2D (BatchNormalization folds into these), RESHAPE, FULLY_CONNECTED.
+    Conv biases are dropped where BatchNormalization's beta already supplies one.
+    """
+    init = _Initializers(seed)
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, kernel_initializer=init(),
+                      name="conv1")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False,
+                               depthwise_initializer=init(), name="dwconv2")(x)
+    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.ReLU(name="relu2")(x)
+    x = layers.Conv2D(32, 1, use_bias=False, kernel_initializer=init(), name="pwconv2")(x)
+    x = layers.BatchNormalization(name="bn3")(x)
+    x = layers.ReLU(name="relu3")(x)
+    # Flatten, not global average pooling: on 8x8 digits it keeps the 4x4 layout and
+    # scores ~98% against ~93% test accuracy, for ~5k more Dense weights.
+    x = layers.Flatten(name="flatten")(x)
+    outputs = layers.Dense(num_classes, kernel_initializer=init(), name="logits")(x)
+    return keras.Model(inputs, outputs, name="small_cnn")
+
+
+def mlp(input_shape, num_classes, seed=None, hidden=256):
+    """One hidden layer perceptron: the smallest baseline, and the fastest to attack and train."""
+    init = _Initializers(seed)
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = layers.Flatten(name="flatten")(inputs)
+    x = layers.Dense(hidden, kernel_initializer=init(), name="fc1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    outputs = layers.Dense(num_classes, kernel_initializer=init(), name="logits")(x)
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+MODELS = {"lenet": lenet, "small_cnn": small_cnn, "mlp": mlp}
+
+
+def build_model(name, input_shape, num_classes, seed=None):
+    """Build MODELS[name]; the same seed gives the same initial weights."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[name](tuple(input_shape), int(num_classes), seed=seed)
