@@ -122,3 +122,31 @@ def test_mirrored_strategy_two_cpus_keeps_constraints():
     assert r["replicas_identical"]
     assert r["nnz"] <= r["budget"]
     assert max(t["levels"] for t in r["tensors"]) <= 8
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(digits, da_model, tmp_path):
+    from atmc_tf.training import TrainingDivergedError
+    x_tr, y_tr, _, _ = digits
+    trainer = ATMCTrainer(wrap_model(da_model), method_config("da", attack=ATTACK))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.01))
+    backup = tmp_path / "backup"
+    trainer.fit(x_tr[:128], y_tr[:128], epochs=1, batch_size=64, verbose=0,
+                callbacks=[keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False)])
+    saved = {p.name: p.read_bytes() for p in backup.rglob("*") if p.is_file()}
+    assert saved, "the first fit must leave a checkpoint"
+    good = [v.numpy().copy() for v in trainer.net.weights]
+    last = atmc_wrappers(trainer.net)[-1].layer
+
+    class Diverge(keras.callbacks.Callback):
+        """Simulates a blow-up in the middle of epoch 2 (after BackupAndRestore restored)."""
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2:
+                last.bias.assign(np.full(last.bias.shape, np.nan, np.float32))
+
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 2, batch 3"):
+        trainer.fit(x_tr[:512], y_tr[:512], epochs=3, batch_size=64, verbose=0,
+                    callbacks=[keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
+                               Diverge()])
+    assert {p.name: p.read_bytes() for p in backup.rglob("*") if p.is_file()} == saved
+    assert len(good) == len(trainer.net.weights)

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from atmc_tf import constraints as C
 from atmc_tf.layers import atmc_wrappers
+from atmc_tf.training.callbacks import StopOnNonFiniteLoss, TrainingDivergedError
 from atmc_tf.training.config import ATMCConfig
 from atmc_tf.training.metrics import LastValue
 
@@ -59,6 +60,8 @@ class ATMCTrainer(keras.Model):
         self._trackers["adv_acc"] = keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
         for n in ("nnz", "budget", "w_z_dist"):
             self._trackers[n] = LastValue(n)
+        # The wrapped net is built already; so is the trainer (BackupAndRestore checks).
+        self.built = bool(net.built)
 
     # --- Keras plumbing ---------------------------------------------------
     def call(self, x, training=False):
@@ -236,8 +239,21 @@ class ATMCTrainer(keras.Model):
                 v.assign(val)
 
     def fit(self, *args, **kwargs):
+        """keras.Model.fit, plus: constraints set up before, hard projection after.
+
+        A NaN/Inf loss stops training and raises TrainingDivergedError; the
+        weights are then left as they are (no final projection), and any
+        BackupAndRestore checkpoint still holds the last good epoch.
+        """
         self.prepare_constraints()
+        guard = StopOnNonFiniteLoss()
+        kwargs["callbacks"] = [guard] + list(kwargs.get("callbacks") or [])
         history = super().fit(*args, **kwargs)
+        if guard.where is not None:
+            epoch, batch, loss = guard.where
+            raise TrainingDivergedError(
+                f"loss became {loss} at epoch {epoch + 1}, batch {batch + 1}; training stopped and the "
+                "last good checkpoint was kept; lower the learning rate or rho and run again")
         self.finalize()
         return history
 
