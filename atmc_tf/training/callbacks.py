@@ -9,16 +9,13 @@ class TrainingDivergedError(RuntimeError):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop at the first batch whose loss is NaN/Inf and remember where.
+    """Raise TrainingDivergedError at the first batch whose loss is NaN/Inf.
 
-    Unlike keras.callbacks.TerminateOnNaN it lets ATMCTrainer.fit raise a clear
-    TrainingDivergedError, and because training stops before the next epoch end,
-    BackupAndRestore's last checkpoint (the last good epoch) is never overwritten.
+    It raises instead of setting stop_training (as keras.callbacks.TerminateOnNaN
+    does) because Keras still ends the epoch after stop_training, and
+    BackupAndRestore would then overwrite the last good checkpoint with the
+    diverged weights. Raising skips on_epoch_end and on_train_end entirely.
     """
-
-    def __init__(self):
-        super().__init__()
-        self.where = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -26,5 +23,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.where = (getattr(self, "_epoch", 0), batch, float(loss))
-            self.model.stop_training = True
+            raise TrainingDivergedError(
+                f"loss became {float(loss)} at epoch {getattr(self, '_epoch', 0) + 1}, batch {batch + 1}; "
+                "training stopped and the last good checkpoint was kept; lower the learning rate "
+                "or rho and run again")

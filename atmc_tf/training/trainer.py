@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from atmc_tf import constraints as C
 from atmc_tf.layers import atmc_wrappers
-from atmc_tf.training.callbacks import StopOnNonFiniteLoss, TrainingDivergedError
+from atmc_tf.training.callbacks import StopOnNonFiniteLoss
 from atmc_tf.training.config import ATMCConfig
 from atmc_tf.training.metrics import LastValue
 
@@ -246,14 +246,8 @@ class ATMCTrainer(keras.Model):
         BackupAndRestore checkpoint still holds the last good epoch.
         """
         self.prepare_constraints()
-        guard = StopOnNonFiniteLoss()
-        kwargs["callbacks"] = [guard] + list(kwargs.get("callbacks") or [])
+        kwargs["callbacks"] = [StopOnNonFiniteLoss()] + list(kwargs.get("callbacks") or [])
         history = super().fit(*args, **kwargs)
-        if guard.where is not None:
-            epoch, batch, loss = guard.where
-            raise TrainingDivergedError(
-                f"loss became {loss} at epoch {epoch + 1}, batch {batch + 1}; training stopped and the "
-                "last good checkpoint was kept; lower the learning rate or rho and run again")
         self.finalize()
         return history
 
