@@ -25,13 +25,17 @@ def digits():
     return x[:1400], y[:1400], x[1400:], y[1400:]
 
 
-def small_cnn(seed=0, num_classes=10):
-    """Conv2D + BatchNorm + DepthwiseConv2D + Dense, as the acceptance test asks."""
+def small_cnn(seed=0, num_classes=10, synchronized_bn=False):
+    """Conv2D + BatchNorm + DepthwiseConv2D + Dense, as the acceptance test asks.
+
+    synchronized_bn: batch statistics shared across replicas, so that BN moving
+    statistics too are identical on every worker (Keras' default keeps them local).
+    """
     import keras
     keras.utils.set_random_seed(seed)
     i = keras.Input((8, 8, 1))
     h = keras.layers.Conv2D(16, 3, padding="same")(i)
-    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.BatchNormalization(synchronized=synchronized_bn)(h)
     h = keras.layers.ReLU()(h)
     h = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2)(h)
     h = keras.layers.ReLU()(h)

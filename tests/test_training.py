@@ -150,3 +150,35 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(digits, da_mo
                                Diverge()])
     assert {p.name: p.read_bytes() for p in backup.rglob("*") if p.is_file()} == saved
     assert len(good) == len(trainer.net.weights)
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multiworker_two_processes_end_identical_and_constrained():
+    """Two MultiWorkerMirroredStrategy workers on 127.0.0.1 (TF_CONFIG), a few steps of ATMC-b."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    ports = [str(_free_port()), str(_free_port())]
+    procs = [subprocess.Popen([sys.executable, os.path.join(here, "strategy_run.py"), "multiworker",
+                               str(i), *ports], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=600)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        line = [l for l in out.splitlines() if l.startswith("RESULT ")]
+        assert line, err[-3000:]
+        outs.append(json.loads(line[0][7:]))
+    a, b = outs
+    assert a["replicas"] == b["replicas"] == 2
+    assert a["weights_sha256"] == b["weights_sha256"], "workers must end with identical weights"
+    for r in outs:
+        assert r["nnz"] <= r["budget"]
+        assert max(t["levels"] for t in r["tensors"]) <= 8

@@ -21,6 +21,7 @@ Given its levels, every projection maps each entry to its nearest level
 (ties to the lower level), so it is the Euclidean projection onto the set of
 tensors using those levels; all three are idempotent.
 """
+import numpy as np
 import tensorflow as tf
 
 QUANT_SCHEMES = ("codebook", "codebook_int8", "uniform_int8")
@@ -138,7 +139,10 @@ def channel_scales(w, channel_axes=(-1,)):
     w = tf.convert_to_tensor(w)
     axes = _channel_reduce_axes(w.shape.rank, channel_axes)
     m = tf.reduce_max(tf.abs(w), axis=axes, keepdims=True)
-    return tf.where(m > 0, m / INT8_MAX, tf.ones_like(m))
+    # m / 127 must be a normal float: a denormal scale is flushed to 0 on CPU and
+    # w / 0 is inf. Channels that small are numerically zero and get scale 1.
+    tiny = tf.constant(np.finfo(w.dtype.as_numpy_dtype).tiny * INT8_MAX, w.dtype)
+    return tf.where(m >= tiny, m / INT8_MAX, tf.ones_like(m))
 
 
 def int8_codes(w, channel_axes=(-1,)):

@@ -81,6 +81,18 @@ class ATMCTrainer(keras.Model):
         net = keras.saving.deserialize_keras_object(config.pop("net"), custom_objects=custom_objects)
         return cls(net, **config)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' version MEAN-reduces one input batch across replicas to build the
+        # model symbolically; under MultiWorkerMirroredStrategy that reduce fails on
+        # the PerReplica batch. The wrapped net is built before fit and the trainer
+        # has no compiled loss or metrics, so only the optimizer needs building.
+        if not (self.built and self.net.built and self._compile_metrics is None
+                and self._compile_loss is None):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     # --- the step -------------------------------------------------------------
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -118,7 +130,7 @@ class ATMCTrainer(keras.Model):
             t["adv_loss"].update_state(adv_loss)
             t["adv_acc"].update_state(y, logits_adv)
         self._update_constraint_metrics()
-        return {m.name: m.result() for m in self.metrics}
+        return self._step_outputs()
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -138,7 +150,18 @@ class ATMCTrainer(keras.Model):
             loss = cfg.clean_weight * clean_loss + cfg.adv_weight * adv_loss
         t["loss"].update_state(loss)
         self._update_constraint_metrics()
-        return {m.name: m.result() for m in self.metrics}
+        return self._step_outputs()
+
+    def _step_outputs(self):
+        outputs = {m.name: m.result() for m in self.metrics}
+        strategy = self.distribute_strategy
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+                strategy.extended._in_multi_worker_mode():
+            # Keras 3 reduces step outputs with strategy.reduce("MEAN", v, axis=0) in
+            # multi-worker mode, which fails on scalars (tensorflow/tensorflow#72388).
+            # A leading axis of length 1 makes that reduce the mean over workers.
+            outputs = {k: tf.reshape(v, [1]) for k, v in outputs.items()}
+        return outputs
 
     def _update_constraint_metrics(self):
         t = self._trackers
