@@ -24,6 +24,10 @@ def test_fp32_and_int8_scales():
 
 def test_budget_for_ratio():
     assert budget_for_ratio(0.01, 100_000) == 1000
-    assert budget_for_ratio(0.01, 100_000, bits=8) == 4000
+    assert budget_for_ratio(0.01, 100_000, bits=8, tensors=0) == 4000
+    # each of 3 tensors pays a 16 x 32-bit codebook
+    assert budget_for_ratio(0.01, 100_000, bits=4, tensors=3) == (32_000 - 3 * 16 * 32) // 4
+    with pytest.raises(ValueError, match="codebooks"):
+        budget_for_ratio(0.01, 1000, bits=8, tensors=4)
     with pytest.raises(ValueError):
         size_report([], 0)

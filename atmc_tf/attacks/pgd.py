@@ -134,19 +134,35 @@ def fgsm(model_fn, x, y, eps, clip_min=0.0, clip_max=1.0, norm="inf"):
 
 
 def robust_accuracy(model_fn, x, y, config, batch_size=256):
-    """Accuracy of model_fn on PGD examples (config: PGDConfig, eps 0 = clean).
+    """Accuracy of model_fn on PGD examples (config: PGDConfig; eps 0 = clean accuracy)."""
+    return accuracy_curve(model_fn, x, y, config, [config.eps], batch_size)[config.eps]
 
-    Runs the attack batch by batch in a tf.function; returns a Python float.
+
+def accuracy_curve(model_fn, x, y, config, eps_values, batch_size=256):
+    """{eps: accuracy under `config` with that eps} for every eps in eps_values.
+
+    One tf.function serves every batch and every eps (eps and the step size
+    are tensor arguments), so the attack is traced once, not once per point.
+    The step size scales with eps as config.alpha does for config.eps.
     """
     y = np.asarray(y).reshape(-1)
+    ratio = config.alpha / config.eps if config.eps > 0 else 2.5 / config.steps
 
     @tf.function(reduce_retracing=True)
-    def correct(xb, yb):
-        xa = xb if config.eps == 0 else config.attack(model_fn, xb, yb)
+    def correct(xb, yb, eps, attack):
+        xa = tf.cond(attack,
+                     lambda: pgd(model_fn, xb, yb, eps=eps, step_size=eps * ratio, steps=config.steps,
+                                 norm=config.norm, rand_init=config.rand_init, restarts=config.restarts,
+                                 clip_min=config.clip_min, clip_max=config.clip_max),
+                     lambda: xb)
         pred = tf.argmax(model_fn(xa), axis=-1, output_type=tf.int32)
         return tf.reduce_sum(tf.cast(pred == tf.cast(yb, tf.int32), tf.int32))
 
-    hits = 0
-    for i in range(0, len(y), batch_size):
-        hits += int(correct(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size])))
-    return hits / max(len(y), 1)
+    out = {}
+    for e in eps_values:
+        hits = 0
+        for i in range(0, len(y), batch_size):
+            hits += int(correct(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]),
+                                tf.constant(float(e), tf.float32), tf.constant(float(e) > 0)))
+        out[e] = hits / max(len(y), 1)
+    return out

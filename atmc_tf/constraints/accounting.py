@@ -85,11 +85,19 @@ def size_report(tensors, dense_weights):
     )
 
 
-def budget_for_ratio(size_ratio, dense_weights, bits=None):
-    """Nonzero budget k giving paper_bits ~= size_ratio x dense_bits.
+def budget_for_ratio(size_ratio, dense_weights, bits=None, tensors=0):
+    """Nonzero budget k so that paper_bits <= size_ratio x dense_bits.
 
-    With a b-bit codebook each nonzero costs b bits (the 2^b x 32 codebook
-    bits per tensor are small and ignored here; the report gives exact bits).
+    With b-bit codebooks each nonzero costs b bits and each of the `tensors`
+    compressed tensors pays for a 2^b x 32-bit codebook; fp32 nonzeros cost 32.
+    Raises ValueError when the codebooks alone exceed the size allowed.
     """
-    per_weight = 32 if bits is None else int(bits)
-    return max(1, int(size_ratio * 32 * dense_weights / per_weight))
+    allowed = size_ratio * 32 * dense_weights
+    if bits is None:
+        return max(1, int(allowed / 32))
+    codebooks = int(tensors) * (2 ** int(bits)) * 32
+    if allowed - codebooks < bits:
+        raise ValueError(
+            f"size ratio {size_ratio:g} allows {allowed:.0f} bits, but {tensors} codebooks of 2^{bits} "
+            f"fp32 values take {codebooks} bits; raise the size ratio or lower the bits")
+    return max(1, int((allowed - codebooks) / int(bits)))

@@ -1,0 +1,29 @@
+"""Export of plain Keras models to full-integer int8 TFLite, and the checks on the result.
+
+- `tflite`: conversion, the exported kernels vs the trained ones, a LiteRT
+  runner (phones), a C array for TFLite Micro firmware, gzip size.
+- `micro`: the TFLite Micro check (ops, smallest arena, outputs vs LiteRT),
+  run in a child process so that a bad model cannot crash the caller.
+- `atomic`: file writes that never leave a half-written file.
+
+Importing this package does not import TensorFlow; only conversion and the
+kernel comparison do.
+"""
+from atmc_tf.export import atomic
+from atmc_tf.export.atomic import write_bytes_atomic, write_text_atomic
+from atmc_tf.export.micro import MicroCheck, check_micro
+from atmc_tf.export.tflite import (
+    KERNEL_OPS,
+    LiteRTModel,
+    accuracy,
+    c_header,
+    c_source,
+    gzip_size,
+    kernel_codes_match,
+    op_names,
+    parse_check,
+    tflite_kernels,
+    to_int8_tflite,
+)
+
+__all__ = [n for n in dir() if not n.startswith("_")]

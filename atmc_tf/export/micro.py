@@ -1,0 +1,225 @@
+"""TFLite Micro check of an int8 model: every op supported, the smallest arena, outputs as LiteRT's.
+
+What the `tflite_micro` package (tflite-micro 0.dev20261023182759) does:
+
+- `runtime.Interpreter.from_bytes(model, arena_size=N)` plans and allocates
+  every tensor in the N-byte arena at construction; `set_input(array, 0)`
+  wants the exact shape and dtype (ValueError otherwise), then `invoke()` and
+  `get_output(0)`. Inputs are batch-1 int8 arrays, as on the device.
+- An arena that is too small and an op TFLM lacks both make `from_bytes` raise
+  RuntimeError("TFLM failed to allocate tensors"). The reason ("Failed to
+  resize buffer. Requested: 3072, available 1568", "Failed to get registration
+  from op code SKIP_GRAM") is printed by C++ on file descriptor 2, not in the
+  exception, so the check reads fd 2.
+- TFLM does not verify the flatbuffer (microcontrollers cannot afford it):
+  truncated bytes fail in its Python reader, but corrupt bytes that still parse
+  can segfault or hang the process. So TFLM runs in a child process with a
+  timeout and a bad model never kills the caller.
+
+TFLM may differ from LiteRT by one int8 step (different rounding in a few
+kernels); that is documented upstream and allowed here.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from atmc_tf.export.tflite import op_names
+
+ARENA_START = 4 * 1024
+ARENA_MAX = 64 * 1024 * 1024  # far above any model this project targets; the probe proves it is enough
+ARENA_GRANULARITY = 256
+MAX_STEP_DIFF = 1
+DEFAULT_TIMEOUT_S = 300
+# Printed for builtin and custom ops alike (the builtin case also prints "Didn't find op for ...").
+_UNSUPPORTED_OP = re.compile(r"Failed to get registration from op code (\S+)")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass
+class MicroCheck:
+    """Outcome of check_micro. ops: distinct builtin ops in order of first use (what
+    the firmware's op resolver must register). arena_bytes: smallest working
+    tensor arena, to ARENA_GRANULARITY. max_abs_diff_vs_litert: in int8 steps."""
+    ok: bool = False
+    ops: list = dataclasses.field(default_factory=list)
+    unsupported_ops: list = dataclasses.field(default_factory=list)
+    arena_bytes: int | None = None
+    max_abs_diff_vs_litert: int | None = None
+    samples_checked: int = 0
+    error: str | None = None
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+class _CheckFailed(Exception):
+    """A reason the check cannot pass, reported in MicroCheck.error."""
+
+
+def check_micro(tflite_bytes, x_int8_samples, litert_outputs_int8, timeout_s=DEFAULT_TIMEOUT_S):
+    """Run every sample through TFLite Micro and compare with LiteRT's int8 outputs.
+
+    x_int8_samples: [n, ...] int8 inputs (one batch-1 inference each);
+    litert_outputs_int8: LiteRT's [n, ...] int8 outputs for them. Never raises
+    and never lets TFLM take the process down: failures go to `error`.
+    """
+    result = MicroCheck()
+    try:
+        result.ops = list(dict.fromkeys(op_names(tflite_bytes)))
+        x = np.asarray(x_int8_samples)
+        expected = np.asarray(litert_outputs_int8)
+        if len(x) == 0:
+            raise _CheckFailed("no samples to check")
+        if x.dtype != np.int8 or expected.dtype != np.int8:
+            raise _CheckFailed(f"samples and LiteRT outputs must be int8, got {x.dtype} and {expected.dtype}")
+        if len(expected) != len(x):
+            raise _CheckFailed(f"{len(x)} samples but {len(expected)} LiteRT outputs")
+        child = _run_child(bytes(tflite_bytes), x, timeout_s)
+        result.unsupported_ops = list(dict.fromkeys(_UNSUPPORTED_OP.findall("\n".join(child["log"]))))
+        result.arena_bytes = child["arena_bytes"]
+        if child["error"]:
+            raise _CheckFailed(child["error"])
+        outputs = child["outputs"].reshape(len(x), -1).astype(np.int32)
+        if outputs.shape[1] != expected[0].size:
+            raise _CheckFailed(f"TFLM outputs have {outputs.shape[1]} values per sample, LiteRT's {expected[0].size}")
+        result.samples_checked = len(x)
+        result.max_abs_diff_vs_litert = int(np.abs(outputs - expected.reshape(len(x), -1)).max())
+        if result.max_abs_diff_vs_litert > MAX_STEP_DIFF:
+            raise _CheckFailed(f"TFLM outputs differ from LiteRT's by up to {result.max_abs_diff_vs_litert} "
+                               f"int8 steps, more than the {MAX_STEP_DIFF} allowed")
+        result.ok = not result.unsupported_ops
+    except Exception as e:  # noqa: BLE001 -- the contract is to report, not raise
+        result.ok = False
+        result.error = str(e) if isinstance(e, _CheckFailed) else f"{type(e).__name__}: {e}"
+    return result
+
+
+def _run_child(model, x, timeout_s):
+    """Run child_main in a fresh interpreter; returns its result with outputs loaded."""
+    with tempfile.TemporaryDirectory() as work:
+        with open(os.path.join(work, "model.tflite"), "wb") as f:
+            f.write(model)
+        np.save(os.path.join(work, "inputs.npy"), x)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        # -c rather than -m: runpy warns when the package __init__ already imported this module.
+        command = [sys.executable, "-c", "import sys; from atmc_tf.export.micro import child_main; "
+                   "child_main(sys.argv[1])", work]
+        try:
+            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise _CheckFailed(f"TFLite Micro did not finish within {timeout_s} s (killed)") from None
+        result_file = os.path.join(work, "result.json")
+        if proc.returncode != 0 or not os.path.exists(result_file):
+            raise _CheckFailed(f"TFLite Micro child process {_exit_reason(proc.returncode)}: "
+                               f"{_tail(proc.stderr)}")
+        with open(result_file) as f:
+            child = json.load(f)
+        outputs_file = os.path.join(work, "outputs.npy")
+        child["outputs"] = np.load(outputs_file) if os.path.exists(outputs_file) else None
+        return child
+
+
+def _exit_reason(returncode):
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"died with {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
+
+
+def _tail(text, lines=5):
+    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) or "no output"
+
+
+# --- inside the child process -----------------------------------------------------------
+
+@contextlib.contextmanager
+def _fd2_captured():
+    """Collect what C++ writes to file descriptor 2 inside the block (a list, filled on exit)."""
+    lines = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            lines.extend(line for line in log.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def _attempt(model, arena_bytes, sample):
+    """(error or None, TFLM log) for building an interpreter with this arena and running one sample."""
+    from tflite_micro import runtime
+
+    with _fd2_captured() as log:
+        try:
+            interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena_bytes)
+            interpreter.set_input(sample, 0)
+            interpreter.invoke()
+            error = None
+        except Exception as e:  # noqa: BLE001 -- every TFLM failure is a reason to report
+            error = f"{type(e).__name__}: {e}"
+    return error, log
+
+
+def smallest_arena(model, sample):
+    """(arena bytes, None, []) for the smallest working arena, else (None, error, TFLM log).
+
+    Probes ARENA_MAX first so that a model failing for another reason (an
+    unsupported op) is not mistaken for one needing a bigger arena; then doubles
+    from ARENA_START and bisects to ARENA_GRANULARITY.
+    """
+    error, log = _attempt(model, ARENA_MAX, sample)
+    if error:
+        return None, f"{error} even with a {ARENA_MAX}-byte arena ({_tail(chr(10).join(log))})", log
+    high = ARENA_START
+    while _attempt(model, high, sample)[0]:
+        high *= 2
+    low = high // 2 if high > ARENA_START else 0  # low fails (or is nothing)
+    while high - low > ARENA_GRANULARITY:
+        mid = max((low + high) // 2 // ARENA_GRANULARITY * ARENA_GRANULARITY, low + ARENA_GRANULARITY)
+        if _attempt(model, mid, sample)[0]:
+            low = mid
+        else:
+            high = mid
+    return high, None, []
+
+
+def child_main(work_dir):
+    """Entry point of the child process: reads model.tflite and inputs.npy from
+    work_dir, writes result.json (arena_bytes, error, log) and outputs.npy."""
+    from tflite_micro import runtime
+
+    with open(os.path.join(work_dir, "model.tflite"), "rb") as f:
+        model = f.read()
+    x = np.load(os.path.join(work_dir, "inputs.npy"))
+    result = {"arena_bytes": None, "error": None, "log": []}
+    arena, result["error"], result["log"] = smallest_arena(model, x[:1])
+    if arena is not None:
+        result["arena_bytes"] = arena
+        with _fd2_captured() as log:
+            try:
+                interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena)
+                outputs = []
+                for sample in x:
+                    interpreter.set_input(sample[None], 0)
+                    interpreter.invoke()
+                    outputs.append(interpreter.get_output(0).copy())
+                np.save(os.path.join(work_dir, "outputs.npy"), np.stack(outputs))
+            except Exception as e:  # noqa: BLE001
+                result["error"] = f"{type(e).__name__}: {e}"
+        result["log"] = log
+    with open(os.path.join(work_dir, "result.json"), "w") as f:
+        json.dump(result, f)

@@ -1,0 +1,190 @@
+"""Flags of the ATMC pipeline, validated up front; no TensorFlow import here.
+
+Every bad value is refused before anything is read or written, with one line
+on stderr and exit code 2 (see parse_flags).
+"""
+import dataclasses
+import math
+import os
+import sys
+
+from absl import flags
+
+DATASETS = ("digits", "fashion_mnist", "mnist_npz")
+MODELS = ("small_cnn", "lenet", "mlp")
+METHODS = ("atmc", "al0", "ap", "nap", "alr", "da")
+SCHEMES = ("codebook_int8", "codebook", "uniform_int8")
+FACTORIZATIONS = ("none", "abc", "lowrank")
+
+F = flags.FLAGS
+flags.DEFINE_enum("dataset", "digits", DATASETS, "Data set: scikit-learn's bundled digits (offline "
+                  "default), Fashion-MNIST (Debian package dataset-fashion-mnist or --data_dir), "
+                  "or Keras' mnist.npz (--data_dir or the Keras cache).")
+flags.DEFINE_string("data_dir", None, "Directory with the data set files (overrides the default places).")
+flags.DEFINE_enum("model", "small_cnn", MODELS, "Architecture to train.")
+flags.DEFINE_string("workdir", "runs/atmc", "Where every stage writes its outputs; a rerun resumes from them.")
+flags.DEFINE_enum("method", "atmc", METHODS, "Compression method (ATMC or one of the paper's baselines).")
+flags.DEFINE_float("size_ratio", 0.05, "Target paper-style size / dense fp32 size, in (0, 1].")
+flags.DEFINE_integer("nnz_budget", None, "Global nonzero budget k (overrides --size_ratio).")
+flags.DEFINE_integer("bits", 4, "Bits per nonzero weight for ATMC-b (1..8); ATMC-32 if --nobits_enabled.")
+flags.DEFINE_bool("bits_enabled", True, "Quantize (ATMC-b); false stops at ATMC-32.")
+flags.DEFINE_enum("quant_scheme", "codebook_int8", SCHEMES, "Quantization set Q_b.")
+flags.DEFINE_enum("factorization", "none", FACTORIZATIONS, "Kernel parametrisation during ATMC-32.")
+flags.DEFINE_integer("rank", None, "Rank for --factorization=lowrank.")
+flags.DEFINE_float("rho", 0.1, "ADMM penalty weight rho.")
+flags.DEFINE_integer("quant_interval", 5, "Steps between ADMM Z/U updates.")
+flags.DEFINE_float("eps", 0.1, "L_inf PGD radius on [0, 1] inputs (training and evaluation).")
+flags.DEFINE_integer("pgd_steps", 7, "PGD steps during training.")
+flags.DEFINE_float("pgd_step_size", None, "PGD step size (default 2.5 * eps / steps).")
+flags.DEFINE_integer("eval_pgd_steps", 20, "PGD steps for evaluation.")
+flags.DEFINE_integer("eval_restarts", 1, "PGD random restarts for evaluation.")
+flags.DEFINE_float("clean_weight", 0.5, "Weight of the clean loss in the mix.")
+flags.DEFINE_integer("da_epochs", 30, "Dense adversarial training epochs.")
+flags.DEFINE_integer("al0_epochs", 10, "AL0 epochs (warm start of ATMC; the whole run for --method=al0).")
+flags.DEFINE_integer("atmc32_epochs", 10, "ATMC-32 epochs.")
+flags.DEFINE_integer("atmcb_epochs", 10, "ATMC-b epochs.")
+flags.DEFINE_integer("finetune_epochs", 20, "Epochs for AP / NAP / ALR fine-tuning.")
+flags.DEFINE_float("da_lr", 3e-3, "Adam learning rate for dense training.")
+flags.DEFINE_float("lr", 1e-3, "Adam learning rate for the compression stages.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("seed", 0, "Random seed (data split, initial weights, attacks).")
+flags.DEFINE_bool("deterministic", True, "Bit-identical reruns for a --seed: enables TF op determinism "
+                  "(tf.config.experimental.enable_op_determinism) and seeds Python, NumPy and TF.")
+flags.DEFINE_integer("limit_train", None, "Use only this many training images (quick runs).")
+flags.DEFINE_integer("limit_test", None, "Use only this many test images (quick runs).")
+flags.DEFINE_integer("micro_samples", 20, "Test images run through TFLite Micro.")
+flags.DEFINE_list("plot_eps", None, "Radii for the accuracy-vs-eps plot (default 0..2*eps).")
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).")
+
+
+def _positive_int_or_none(v):
+    return v is None or v >= 1
+
+
+_RULES = [
+    ("eps", lambda v: math.isfinite(v) and 0 <= v <= 1, "--eps must be in [0, 1] (inputs are in [0, 1])"),
+    ("size_ratio", lambda v: 0 < v <= 1, "--size_ratio must be in (0, 1]"),
+    ("bits", lambda v: 1 <= v <= 8, "--bits must be in 1..8"),
+    ("nnz_budget", _positive_int_or_none, "--nnz_budget must be >= 1"),
+    ("rank", _positive_int_or_none, "--rank must be >= 1"),
+    ("rho", lambda v: math.isfinite(v) and v >= 0, "--rho must be >= 0"),
+    ("quant_interval", lambda v: v >= 1, "--quant_interval must be >= 1"),
+    ("pgd_steps", lambda v: v >= 1, "--pgd_steps must be >= 1"),
+    ("pgd_step_size", lambda v: v is None or (math.isfinite(v) and v > 0), "--pgd_step_size must be > 0"),
+    ("eval_pgd_steps", lambda v: v >= 1, "--eval_pgd_steps must be >= 1"),
+    ("eval_restarts", lambda v: v >= 1, "--eval_restarts must be >= 1"),
+    ("clean_weight", lambda v: 0 <= v < 1, "--clean_weight must be in [0, 1)"),
+    ("da_epochs", lambda v: v >= 0, "--da_epochs must be >= 0"),
+    ("al0_epochs", lambda v: v >= 0, "--al0_epochs must be >= 0"),
+    ("atmc32_epochs", lambda v: v >= 0, "--atmc32_epochs must be >= 0"),
+    ("atmcb_epochs", lambda v: v >= 0, "--atmcb_epochs must be >= 0"),
+    ("finetune_epochs", lambda v: v >= 0, "--finetune_epochs must be >= 0"),
+    ("da_lr", lambda v: math.isfinite(v) and v > 0, "--da_lr must be > 0"),
+    ("lr", lambda v: math.isfinite(v) and v > 0, "--lr must be > 0"),
+    ("batch_size", lambda v: v >= 1, "--batch_size must be >= 1"),
+    ("limit_train", _positive_int_or_none, "--limit_train must be >= 1"),
+    ("limit_test", _positive_int_or_none, "--limit_test must be >= 1"),
+    ("micro_samples", lambda v: v >= 1, "--micro_samples must be >= 1"),
+    ("verbose", lambda v: v in (0, 1, 2), "--verbose must be 0, 1 or 2"),
+]
+for _name, _check, _msg in _RULES:
+    flags.register_validator(_name, _check, message=_msg)
+
+
+def _valid_plot_eps(values):
+    try:
+        return values is None or all(0 <= float(v) <= 1 for v in values)
+    except ValueError:
+        return False
+
+
+flags.register_validator("plot_eps", _valid_plot_eps, message="--plot_eps must be numbers in [0, 1]")
+flags.register_multi_flags_validator(
+    ["factorization", "rank"], lambda d: d["factorization"] != "lowrank" or d["rank"] is not None,
+    message="--factorization=lowrank needs --rank")
+flags.register_multi_flags_validator(
+    ["quant_scheme", "bits", "bits_enabled"],
+    lambda d: not (d["bits_enabled"] and d["quant_scheme"] == "uniform_int8" and d["bits"] < 2),
+    message="--quant_scheme=uniform_int8 needs --bits >= 2")
+
+
+class UsageError(Exception):
+    """A bad flag or environment problem: reported as one line, exit code 2."""
+
+
+def fail(message):
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl flags parser for app.run: one clear line and exit 2 on any bad flag."""
+    try:
+        return F(argv)
+    except flags.Error as err:
+        fail(f"{err} (see --helpfull)")
+
+
+def check_workdir(path):
+    """The workdir must be creatable and writable; checked before anything is written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_probe_{os.getpid()}")
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        fail(f"--workdir={path} is not writable ({err.strerror}); pick a directory you can write to")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the stages need, built once from the flags."""
+
+    dataset: str
+    data_dir: str | None
+    model: str
+    workdir: str
+    method: str
+    size_ratio: float
+    nnz_budget: int | None
+    bits: int | None
+    quant_scheme: str
+    factorization: str
+    rank: int | None
+    rho: float
+    quant_interval: int
+    eps: float
+    pgd_steps: int
+    pgd_step_size: float | None
+    eval_pgd_steps: int
+    eval_restarts: int
+    clean_weight: float
+    da_epochs: int
+    al0_epochs: int
+    atmc32_epochs: int
+    atmcb_epochs: int
+    finetune_epochs: int
+    da_lr: float
+    lr: float
+    batch_size: int
+    seed: int
+    deterministic: bool
+    limit_train: int | None
+    limit_test: int | None
+    micro_samples: int
+    plot_eps: tuple
+    verbose: int
+
+    @classmethod
+    def from_flags(cls):
+        names = [f.name for f in dataclasses.fields(cls)]
+        values = {n: F[n].value for n in names if n not in ("bits", "plot_eps")}
+        values["bits"] = F.bits if F.bits_enabled and F.method == "atmc" else None
+        eps = F.eps
+        default_plot = [0.0, eps / 2, eps, 1.5 * eps, 2 * eps]
+        values["plot_eps"] = tuple(sorted({min(1.0, float(v)) for v in (F.plot_eps or default_plot)}))
+        return cls(**values)
+
+    def as_dict(self):
+        return dataclasses.asdict(self)

@@ -1,0 +1,115 @@
+"""report.json, report.md and the PNG plots, all written atomically."""
+import io
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from atmc_tf.export import atomic  # noqa: E402
+from pipelines.stages import write_json  # noqa: E402
+
+
+def _save_png(fig, file):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic.write_bytes_atomic(file, buf.getvalue())
+
+
+def plot_accuracy_vs_eps(curves, train_eps, file, title, points=None):
+    """curves: {label: {eps: accuracy}}; points: {label: {eps: accuracy}} drawn as markers only."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, curve in curves.items():
+        eps = sorted(curve)
+        ax.plot(eps, [curve[e] for e in eps], marker="o", label=label)
+    for label, pts in (points or {}).items():
+        eps = sorted(pts)
+        ax.scatter(eps, [pts[e] for e in eps], marker="*", s=140, zorder=5, color="tab:red", label=label)
+    ax.axvline(train_eps, color="grey", linestyle=":", label=f"training eps = {train_eps:g}")
+    ax.set_xlabel("L_inf PGD radius eps (inputs in [0, 1])")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save_png(fig, file)
+
+
+def plot_layers(tensors, file, title, level_limit=None):
+    """Per compressed tensor: density (nnz / size) and number of distinct nonzero levels."""
+    names = [t["name"].split("/")[0].replace("atmc_", "") + "/" + t["name"].split("/")[-1]
+             for t in tensors]
+    density = [t["nnz"] / max(t["numel"], 1) for t in tensors]
+    levels = [t["levels"] for t in tensors]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.barh(names, density, color="tab:blue")
+    a.set_xlabel("density (nonzeros / weights)")
+    a.set_xlim(0, 1)
+    for i, t in enumerate(tensors):
+        a.text(min(density[i] + 0.01, 0.8), i, f"{t['nnz']}/{t['numel']}", va="center", fontsize=8)
+    b.barh(names, levels, color="tab:orange")
+    if level_limit:
+        b.axvline(level_limit, color="black", linestyle="--", label=f"limit 2^b = {level_limit}")
+        b.legend(loc="lower right")
+    b.set_xlabel("distinct nonzero values (0 = fp32, not quantized)")
+    b.set_yticks([])
+    fig.suptitle(title)
+    _save_png(fig, file)
+
+
+def _pct(v):
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def markdown(r):
+    """A short human report from the report dict."""
+    s, ph, mc, sz = r["summary"], r["phone"], r["micro"], r["size"]
+    lines = [
+        f"# ATMC report: {r['config']['method']} on {r['config']['dataset']} ({r['config']['model']})",
+        "",
+        f"Attack: L_inf PGD eps={r['config']['eps']}, {r['config']['eval_pgd_steps']} steps, "
+        f"{r['config']['eval_restarts']} restart(s). Test images: {r['data']['test']}.",
+        "",
+        "| model | clean acc | robust acc |",
+        "|---|---|---|",
+        f"| dense adversarial (Keras) | {_pct(s['dense_clean'])} | {_pct(s['dense_robust'])} |",
+        f"| compressed (Keras) | {_pct(s['keras_clean'])} | {_pct(s['keras_robust'])} |",
+        f"| compressed int8 .tflite (LiteRT) | {_pct(ph['clean_acc'])} | {_pct(ph['robust_acc_transfer'])} |",
+        "",
+        "The .tflite robust accuracy is measured on PGD examples crafted on the Keras float model and "
+        "then fed to the int8 model (a transfer attack): the int8 graph itself is not differentiated.",
+        "",
+        f"Top-1 agreement .tflite vs Keras: {_pct(ph['top1_agreement'])} (clean), "
+        f"{_pct(ph['top1_agreement_adv'])} (adversarial). Exported kernels equal the trained ones: "
+        f"{ph['kernels_exact']} ({ph['kernel_code_mismatches']} mismatching int8 codes).",
+        "",
+        "## Size",
+        "",
+        f"- nonzeros {sz['nnz']} of {sz['dense_bits'] // 32} weights; paper-style bits {sz['paper_bits']} "
+        f"(ratio {sz['paper_ratio']:.4f}); with index overhead {sz['honest_bits']} "
+        f"(ratio {sz['honest_ratio']:.4f})",
+        f"- .tflite: {r['files']['tflite_bytes']} bytes raw, {r['files']['tflite_gzip_bytes']} gzipped; "
+        f"batch-1 MCU model {r['files']['tflite_b1_bytes']} bytes",
+        "",
+        "## Microcontroller (TFLite Micro)",
+        "",
+        f"- passes: {mc['ok']}; ops: {', '.join(mc['ops'])}; unsupported: {mc['unsupported_ops'] or 'none'}",
+        f"- smallest working arena: {mc['arena_bytes']} bytes; max |TFLM - LiteRT| = "
+        f"{mc['max_abs_diff_vs_litert']} int8 step(s) over {mc['samples_checked']} images",
+        "",
+        "## Stages",
+        "",
+        "| stage | epochs | seconds |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {st['stage']} | {st['epochs']} | {st['seconds']:.1f} |" for st in r["stages"]]
+    lines += ["", "Plots: " + ", ".join(f"[{os.path.basename(p)}]({os.path.basename(p)})"
+                                       for p in r["files"]["plots"]), ""]
+    return "\n".join(lines)
+
+
+def write_report(workdir, report):
+    write_json(os.path.join(workdir, "report.json"), report)
+    atomic.write_text_atomic(os.path.join(workdir, "report.md"), markdown(report))

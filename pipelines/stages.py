@@ -1,0 +1,187 @@
+"""The pipeline's stages as plain functions of (PipelineConfig, inputs) -> outputs.
+
+Every stage writes its outputs under cfg.workdir and, when started again with
+the same flags, returns the saved result instead of redoing the work. Training
+stages checkpoint every epoch (Keras BackupAndRestore) so a killed run resumes
+mid-stage; finished stages save a .keras model and a result.json, atomically.
+"""
+import json
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+from absl import logging
+
+from atmc_tf.attacks import PGDConfig, accuracy_curve
+from atmc_tf.constraints.accounting import budget_for_ratio
+from atmc_tf.data import load_dataset
+from atmc_tf.export import atomic
+from atmc_tf.layers import strip_model
+from atmc_tf.models import build_model
+from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_count, method_config, model_size,
+                              wrap_for_method)
+from pipelines.flags_def import UsageError
+
+
+def path(cfg, *parts):
+    return os.path.join(cfg.workdir, *parts)
+
+
+def write_json(file, obj):
+    atomic.write_text_atomic(file, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def read_json(file):
+    with open(file) as fh:
+        return json.load(fh)
+
+
+# --- data -----------------------------------------------------------------------
+def load_data(cfg):
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed,
+                        limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+    logging.info("data: %s", data.summary())
+    return data
+
+
+def train_attack(cfg):
+    return PGDConfig(eps=cfg.eps, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size)
+
+
+def eval_attack(cfg, eps=None):
+    eps = cfg.eps if eps is None else eps
+    return PGDConfig(eps=eps, steps=cfg.eval_pgd_steps, restarts=cfg.eval_restarts,
+                     step_size=2.5 * eps / cfg.eval_pgd_steps if eps > 0 else None)
+
+
+# --- training stages -------------------------------------------------------------
+def _save_model_atomic(model, file):
+    tmp = file + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, file)
+
+
+def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwargs):
+    """Train `start` (a plain Keras model) with one method; returns (plain, wrapped_net, result).
+
+    Resumes: a finished stage is loaded from <workdir>/<name>/; an interrupted
+    one continues from its last epoch checkpoint.
+    """
+    d = path(cfg, name)
+    model_file, result_file = os.path.join(d, "model.keras"), os.path.join(d, "result.json")
+    if os.path.exists(model_file) and os.path.exists(result_file):
+        logging.info("stage %s: done already, loading %s", name, model_file)
+        net = keras.models.load_model(model_file)  # safe_mode stays on
+        return strip_model(net), net, read_json(result_file)
+    os.makedirs(d, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    net = wrap_for_method(start, method, config, **wrap_kwargs)
+    trainer = ATMCTrainer(net, config)
+    trainer.compile(optimizer=keras.optimizers.Adam(lr))
+    logging.info("stage %s: method=%s epochs=%d budget=%s bits=%s", name, method, epochs,
+                 config.nnz_budget, config.bits)
+    t0 = time.time()
+    history = {}
+    if epochs > 0:
+        backup = keras.callbacks.BackupAndRestore(os.path.join(d, "backup"))
+        hist = trainer.fit(data.x_train, data.y_train, epochs=epochs, batch_size=cfg.batch_size,
+                           validation_data=(data.x_val, data.y_val), callbacks=[backup],
+                           verbose=cfg.verbose)
+        history = {k: [float(x) for x in v] for k, v in hist.history.items()}
+    else:
+        trainer.prepare_constraints()
+        trainer.finalize()
+    result = {"stage": name, "method": method, "epochs": epochs, "seconds": time.time() - t0,
+              "history": history, "constraints": trainer.constraint_report()}
+    _save_model_atomic(net, model_file)
+    write_json(result_file, result)
+    shutil.rmtree(os.path.join(d, "backup"), ignore_errors=True)
+    return strip_model(net), net, result
+
+
+def dense_stage(cfg, data, natural=False):
+    """Dense adversarial training (DA), or natural training for the NAP baseline."""
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed)
+    method = "natural" if natural else "da"
+    config = method_config(method, attack=train_attack(cfg), clean_weight=cfg.clean_weight,
+                           adv_weight=1 - cfg.clean_weight)
+    return train_stage(cfg, method, model, data, method, config, cfg.da_epochs, cfg.da_lr)
+
+
+def nnz_budget(cfg, dense_model):
+    """k from --nnz_budget, or from --size_ratio with the codebooks' own bits paid first."""
+    if cfg.nnz_budget:
+        return cfg.nnz_budget
+    tensors = len(compressible_layers(dense_model))
+    try:
+        return budget_for_ratio(cfg.size_ratio, dense_weight_count(dense_model), cfg.bits, tensors)
+    except ValueError as err:
+        raise UsageError(f"--size_ratio={cfg.size_ratio:g} with --bits={cfg.bits}: {err}") from None
+
+
+def compress_stages(cfg, data, da_plain):
+    """Warm-started chain of the chosen method. Returns (plain, net, [results], scheme)."""
+    k = nnz_budget(cfg, da_plain)
+    atk = train_attack(cfg)
+    mix = dict(clean_weight=cfg.clean_weight, adv_weight=1 - cfg.clean_weight)
+    results = []
+
+    def run(name, start, method, epochs, bits=None, quant=None, **wrap_kwargs):
+        config = method_config(method, attack=atk, nnz_budget=k, bits=bits, **(quant or {}), **mix)
+        plain, net, res = train_stage(cfg, name, start, data, method, config, epochs, cfg.lr,
+                                      **wrap_kwargs)
+        results.append(res)
+        return plain, net
+
+    if cfg.method == "da":
+        return da_plain, None, results, None
+    if cfg.method == "atmc":
+        plain, net = run("al0", da_plain, "al0", cfg.al0_epochs)
+        plain, net = run("atmc32", plain, "atmc", cfg.atmc32_epochs, factorization=cfg.factorization)
+        if cfg.bits is None:
+            return plain, net, results, None
+        qcfg = dict(quant_scheme=cfg.quant_scheme, rho=cfg.rho, quant_interval=cfg.quant_interval)
+        plain, net = run(f"atmc{cfg.bits}", plain, "atmc", cfg.atmcb_epochs, bits=cfg.bits, quant=qcfg)
+        return plain, net, results, cfg.quant_scheme
+    if cfg.method == "al0":
+        plain, net = run("al0", da_plain, "al0", cfg.al0_epochs)
+    elif cfg.method == "ap":
+        plain, net = run("ap", da_plain, "ap", cfg.finetune_epochs)
+    elif cfg.method == "alr":
+        plain, net = run("alr", da_plain, "alr", cfg.finetune_epochs, param_budget=k)
+    elif cfg.method == "nap":
+        natural_plain, _, res = dense_stage(cfg, data, natural=True)
+        results.append(res)
+        config = method_config("nap", nnz_budget=k)
+        plain, net, res = train_stage(cfg, "nap", natural_plain, data, "nap", config,
+                                      cfg.finetune_epochs, cfg.lr)
+        results.append(res)
+    else:
+        raise ValueError(f"unknown method {cfg.method!r}")
+    return plain, net, results, None
+
+
+# --- evaluation ------------------------------------------------------------------
+def accuracy_vs_eps(cfg, model, data):
+    fn = lambda z: model(z, training=False)  # noqa: E731
+    return accuracy_curve(fn, data.x_test, data.y_test, eval_attack(cfg), [float(e) for e in cfg.plot_eps])
+
+
+def craft_adversarial(cfg, model, x, y, batch_size=256):
+    """PGD examples crafted on the Keras (float) model, for the transfer check on the .tflite."""
+    import tensorflow as tf
+    atk = eval_attack(cfg)
+    fn = tf.function(lambda xb, yb: atk.attack(lambda z: model(z, training=False), xb, yb),
+                     reduce_retracing=True)
+    return np.concatenate([fn(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size])).numpy()
+                           for i in range(0, len(y), batch_size)])
+
+
+def size_summary(cfg, net, plain, scheme, bits):
+    """Paper-style and honest bits of the final model (factors counted as trained)."""
+    if net is None:
+        net = wrap_for_method(plain, "da", method_config("da", attack=train_attack(cfg)))
+    return model_size(net, scheme, bits).as_dict()

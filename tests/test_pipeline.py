@@ -1,0 +1,125 @@
+"""The absl pipeline as a user runs it: bad flags refused cleanly, a tiny run end to end, a resume."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--limit_train=400", "--limit_test=120", "--da_epochs=3", "--al0_epochs=1", "--atmc32_epochs=1",
+        "--atmcb_epochs=2", "--pgd_steps=2", "--eval_pgd_steps=3", "--micro_samples=4",
+        "--size_ratio=0.1", "--verbose=0", "--batch_size=64"]
+
+
+def run_pipeline(*args, timeout=900):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "pipelines.atmc", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(directory):
+    out = {}
+    for base, _, files in os.walk(directory):
+        for f in files:
+            p = os.path.join(base, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, directory)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def used_workdir(tmp_path):
+    """A workdir that already holds results: a bad invocation must not touch it."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "report.json").write_text('{"keep": true}')
+    (wd / "export").mkdir()
+    (wd / "export" / "model_int8.tflite").write_bytes(b"previous model")
+    return wd
+
+
+BAD_FLAGS = [
+    ("--eps=-0.1", "--eps"), ("--eps=1.5", "--eps"), ("--eps=nan", "--eps"), ("--bits=0", "--bits"),
+    ("--bits=9", "--bits"), ("--size_ratio=0", "--size_ratio"), ("--size_ratio=1.01", "--size_ratio"),
+    ("--size_ratio=-1", "--size_ratio"), ("--dataset=cifar10", "dataset"), ("--model=resnet", "model"),
+    ("--method=magic", "method"), ("--nnz_budget=0", "--nnz_budget"), ("--pgd_steps=0", "--pgd_steps"),
+    ("--batch_size=0", "--batch_size"), ("--lr=0", "--lr"), ("--quant_interval=0", "--quant_interval"),
+    ("--factorization=lowrank", "--rank"), ("--eps=abc", "eps"), ("--plot_eps=0.1,x", "--plot_eps"),
+    ("--nosuch_flag=1", "nosuch_flag"), ("positional", "unexpected arguments"),
+    ("--quant_scheme=uniform_int8 --bits=1", "uniform_int8"), ("--rho=-1", "--rho"),
+]
+
+
+@pytest.mark.parametrize("flag,mentions", BAD_FLAGS, ids=[f for f, _ in BAD_FLAGS])
+def test_bad_flags_one_line_exit_2_nothing_touched(used_workdir, flag, mentions):
+    before = snapshot(used_workdir)
+    r = run_pipeline(*flag.split(), f"--workdir={used_workdir}", timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert mentions in lines[0]
+    assert snapshot(used_workdir) == before
+
+
+def test_unwritable_workdir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "file").write_text("x")
+    r = run_pipeline(f"--workdir={ro / 'file' / 'sub'}", timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not writable" in r.stderr
+
+
+def test_missing_dataset_one_line(tmp_path):
+    r = run_pipeline("--dataset=fashion_mnist", f"--data_dir={tmp_path / 'none'}",
+                     f"--workdir={tmp_path / 'wd'}", "--verbose=0", timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "fashion" in last.lower()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("pipeline") / "run"
+    r = run_pipeline(*TINY, f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-4000:]
+    return wd, r
+
+
+def test_end_to_end_tiny_run(tiny_run):
+    wd, r = tiny_run
+    report = json.loads((wd / "report.json").read_text())
+    assert "report:" in r.stdout
+    for name in ("report.md", "accuracy_vs_eps.png", "layers.png", "config.json",
+                 "export/model_int8.tflite", "export/model_int8_batch1.tflite", "export/model_data.cc"):
+        assert (wd / name).exists(), name
+    for png in ("accuracy_vs_eps.png", "layers.png"):
+        assert (wd / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    size = report["size"]
+    assert size["nnz"] <= report["stage_results"][-1]["constraints"]["budget"]
+    assert all(t["levels"] <= 2 ** 4 for t in size["tensors"])
+    phone, micro = report["phone"], report["micro"]
+    assert phone["kernels_exact"], phone["kernel_codes"]
+    assert phone["top1_agreement"] >= 0.9
+    assert abs(phone["clean_acc"] - phone["keras_clean_acc"]) <= 0.05
+    assert micro["ok"] and not micro["unsupported_ops"] and micro["max_abs_diff_vs_litert"] <= 1
+    assert micro["arena_bytes"] > 0
+    assert report["files"]["tflite_gzip_bytes"] < report["files"]["tflite_bytes"]
+    assert [s["stage"] for s in report["stages"]] == ["da", "al0", "atmc32", "atmc4"]
+    assert "transfer" in (wd / "report.md").read_text()
+    assert not [p for p in snapshot(wd) if ".tmp" in p], "temporary files left behind"
+
+
+def test_rerun_resumes_and_other_flags_are_refused(tiny_run):
+    wd, first = tiny_run
+    model_before = snapshot(wd / "atmc4")
+    again = run_pipeline(*TINY, f"--workdir={wd}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "done already" in again.stderr
+    assert snapshot(wd / "atmc4") == model_before
+    before = snapshot(wd)
+    other = run_pipeline(*[a for a in TINY if not a.startswith("--size_ratio")], "--size_ratio=0.2",
+                         f"--workdir={wd}", timeout=120)
+    assert other.returncode == 2 and "other flags" in other.stderr and "size_ratio" in other.stderr
+    assert snapshot(wd) == before

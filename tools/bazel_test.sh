@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# `bazel test //...` offline with Debian's bazel-bootstrap 4.2.3 (the CI step):
+#   tools/bazel_test.sh                      # every target
+#   tools/bazel_test.sh //:test_data         # given targets; extra bazel flags are passed on too
+#
+# - Needs the project's virtualenv (.venv, made by tools/env.sh; CI runs that first):
+#   Bazel runs every py_* target with .venv/bin/python3 (see third_party/bazel/venv.bzl).
+# - Installs the Debian packages it needs when they are missing (as root, or through sudo).
+# - Bazel's outputs and caches go to $ATMC_BAZEL_ROOT (default /tmp/atmc_tf-bazel; one
+#   output base per clone under it), not into the clone (.bazelrc also turns off the
+#   bazel-* convenience symlinks).  The bazel server is shut down at the end.
+# Exit status: bazel's (0: all passed, 3: some test failed, 1: build/pattern error, 4: no tests),
+# 2 when the venv or the Debian packages are missing.
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+say() { echo "tools/bazel_test.sh: $*" >&2; }
+
+python="${ATMC_BAZEL_PYTHON:-$root/.venv/bin/python3}"
+if [ ! -x "$python" ] || ! "$python" -c "import pytest" >/dev/null 2>&1; then
+  say "no usable virtualenv: $python is missing or cannot import pytest."
+  say "Create the project's environment first: tools/env.sh true"
+  exit 2
+fi
+
+pkgs=(bazel-bootstrap bazel-rules-java bazel-platforms)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  say "installing ${missing[*]}"
+  t0=$SECONDS
+  if ! "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"; then
+    say "apt-get install failed; running apt-get update and retrying"
+    "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" || {
+      say "could not install ${missing[*]}"
+      exit 2
+    }
+  fi
+  say "apt-get install took $((SECONDS - t0))s"
+fi
+
+out_root="${ATMC_BAZEL_ROOT:-/tmp/atmc_tf-bazel}"
+startup=(--output_user_root="$out_root")
+cd "$root"
+trap 'bazel "${startup[@]}" shutdown >/dev/null 2>&1 || true' EXIT
+
+[ "$#" -gt 0 ] || set -- //...
+t0=$SECONDS
+bazel "${startup[@]}" test \
+  --repository_cache="$out_root/repository_cache" \
+  --keep_going \
+  --test_output=errors \
+  --local_test_jobs=2 \
+  --show_progress_rate_limit=30 \
+  "$@"
+rc=$?
+say "bazel test took $((SECONDS - t0))s, exit status $rc"
+logs="$(bazel "${startup[@]}" info bazel-testlogs 2>/dev/null)" && say "test logs: $logs/<target>/test.log"
+exit "$rc"
