@@ -35,6 +35,7 @@ def run(cfg):
 
     from atmc_tf.export import atomic, c_header, c_source, gzip_size, kernel_codes_match, \
         to_int8_tflite, LiteRTModel, check_micro
+    from pipelines import faults
     from pipelines import report as rep
     from pipelines import stages
 
@@ -65,6 +66,7 @@ def run(cfg):
     atomic.write_bytes_atomic(files["tflite_b1"], tfl_b1)
     atomic.write_text_atomic(files["c_source"], c_source(tfl_b1, "g_model"))
     atomic.write_text_atomic(files["c_header"], c_header("g_model"))
+    faults.point("export")
     codes = kernel_codes_match(final, tfl)
     timings["export"] = time.time() - t
     logging.info("export: %d bytes (%d gzipped), batch-1 %d bytes", len(tfl), gzip_size(tfl), len(tfl_b1))

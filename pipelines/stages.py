@@ -22,6 +22,7 @@ from atmc_tf.layers import strip_model
 from atmc_tf.models import build_model
 from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_count, method_config, model_size,
                               wrap_for_method)
+from pipelines import faults
 from pipelines.flags_def import UsageError
 
 
@@ -58,7 +59,8 @@ def eval_attack(cfg, eps=None):
 
 # --- training stages -------------------------------------------------------------
 def _save_model_atomic(model, file):
-    tmp = file + ".tmp.keras"
+    # Hidden ".tmp" sibling as in atmc_tf.export.atomic; Keras insists on a .keras suffix.
+    tmp = os.path.join(os.path.dirname(file), "." + os.path.basename(file) + ".tmp.keras")
     model.save(tmp)
     os.replace(tmp, file)
 
@@ -87,8 +89,8 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
     if epochs > 0:
         backup = keras.callbacks.BackupAndRestore(os.path.join(d, "backup"))
         hist = trainer.fit(data.x_train, data.y_train, epochs=epochs, batch_size=cfg.batch_size,
-                           validation_data=(data.x_val, data.y_val), callbacks=[backup],
-                           verbose=cfg.verbose)
+                           validation_data=(data.x_val, data.y_val),
+                           callbacks=[backup, faults.KillAt(name)], verbose=cfg.verbose)
         history = {k: [float(x) for x in v] for k, v in hist.history.items()}
     else:
         trainer.prepare_constraints()

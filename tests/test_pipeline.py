@@ -1,32 +1,13 @@
 """The absl pipeline as a user runs it: bad flags refused cleanly, a tiny run end to end, a resume."""
-import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from pipeline_run import run_pipeline, snapshot
+
 TINY = ["--limit_train=400", "--limit_test=120", "--da_epochs=3", "--al0_epochs=1", "--atmc32_epochs=1",
         "--atmcb_epochs=2", "--pgd_steps=2", "--eval_pgd_steps=3", "--micro_samples=4",
         "--size_ratio=0.1", "--verbose=0", "--batch_size=64"]
-
-
-def run_pipeline(*args, timeout=900):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "pipelines.atmc", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def snapshot(directory):
-    out = {}
-    for base, _, files in os.walk(directory):
-        for f in files:
-            p = os.path.join(base, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, directory)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 @pytest.fixture

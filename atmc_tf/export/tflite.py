@@ -43,10 +43,10 @@ _TENSOR_TYPES = {code: name for name, code in vars(schema.TensorType).items() if
 def to_int8_tflite(model, representative_x, batch_size=None, max_samples=MAX_REPRESENTATIVE_SAMPLES):
     """Full-integer int8 .tflite bytes: int8 input and output, TFLITE_BUILTINS_INT8 ops only.
 
-    representative_x: float samples shaped like the model input (without batch
-    axis first); at most `max_samples` evenly spaced ones calibrate the
-    activation ranges. batch_size=None keeps a dynamic batch; an integer fixes
-    it (1 for microcontrollers: no SHAPE/PACK ops, static tensor sizes).
+    representative_x: float samples, shape (n,) + the model's input shape; at
+    most `max_samples` evenly spaced ones calibrate the activation ranges.
+    batch_size=None keeps a dynamic batch; an integer fixes it (1 for
+    microcontrollers: no SHAPE/PACK ops, static tensor sizes).
     """
     import tensorflow as tf
 
@@ -119,7 +119,8 @@ def parse_check(tflite_bytes):
 def _op_name(model, op):
     code = model.operatorCodes[op.opcodeIndex]
     # Codes above 127 live in builtinCode; older files only fill the deprecated field.
-    return _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    return _OP_NAMES.get(builtin, f"UNKNOWN_BUILTIN_{builtin}")
 
 
 def op_names(tflite_bytes):
@@ -136,7 +137,7 @@ def _constant(model, tensor, data):
         raw = np.frombuffer(data, dtype=np.uint8, count=buffer.size, offset=buffer.offset)
     else:
         raise ValueError(f"tensor {tensor.name.decode()} is not a constant")
-    return raw.view(np.int8).reshape(tensor.shape)
+    return raw.view(np.int8).reshape(tensor.shape).copy()  # not a read-only view of the bytes
 
 
 def tflite_kernels(tflite_bytes):

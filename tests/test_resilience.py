@@ -1,0 +1,75 @@
+"""Kill -9 a real pipeline run at several points, start it again, and get a run as good as an
+uninterrupted one; two runs with the same --seed give bit-identical weights."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import atmc_tf.layers  # noqa: F401  (registers ATMCWrapper for load_model)
+from pipeline_run import run_pipeline, snapshot
+
+FLAGS = ["--limit_train=400", "--limit_test=120", "--da_epochs=4", "--al0_epochs=1", "--atmc32_epochs=1",
+         "--atmcb_epochs=3", "--pgd_steps=2", "--eval_pgd_steps=3", "--micro_samples=4",
+         "--size_ratio=0.1", "--verbose=0", "--batch_size=64", "--seed=3"]
+
+
+def run_with_fault(wd, fault=None):
+    return run_pipeline(*FLAGS, f"--workdir={wd}", extra_env={"ATMC_FAULT": fault} if fault else None)
+
+
+def final_weights(wd):
+    net = keras.models.load_model(os.path.join(wd, "atmc4", "model.keras"))
+    return [w.numpy() for w in net.weights]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("resilience") / "clean"
+    r = run_with_fault(wd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return wd
+
+
+def _check_complete(wd, reference):
+    report = json.loads((wd / "report.json").read_text())
+    ref = json.loads((reference / "report.json").read_text())
+    budget = report["stage_results"][-1]["constraints"]["budget"]
+    assert report["size"]["nnz"] <= budget
+    assert all(t["levels"] <= 16 for t in report["size"]["tensors"])
+    assert report["phone"]["kernels_exact"] and report["micro"]["ok"]
+    for key in ("keras_clean", "keras_robust"):
+        assert report["summary"][key] >= ref["summary"][key] - 0.1, (key, report["summary"], ref["summary"])
+    # nothing half-written under a final name: every model and JSON file reads back
+    for stage in ("da", "al0", "atmc32", "atmc4"):
+        keras.models.load_model(wd / stage / "model.keras")
+        json.loads((wd / stage / "result.json").read_text())
+
+
+@pytest.mark.parametrize("fault", ["da:2:3", "atmc4:2:2", "export"])
+def test_sigkill_then_rerun_resumes(tmp_path, uninterrupted, fault):
+    wd = tmp_path / "run"
+    killed = run_with_fault(wd, fault)
+    assert killed.returncode == -9, f"the run should have been killed at {fault}: {killed.stderr[-2000:]}"
+    stage = fault.split(":")[0]
+    if stage != "export":
+        assert (wd / stage / "backup").is_dir(), "an epoch checkpoint must exist before the kill"
+        assert not (wd / stage / "model.keras").exists()
+    resumed = run_with_fault(wd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if stage == "atmc4":
+        assert "done already" in resumed.stderr  # DA, AL0 and ATMC-32 were not redone
+    _check_complete(wd, uninterrupted)
+    assert not [p for p in snapshot(wd) if p.endswith(".tmp") or ".tmp." in p]
+
+
+def test_same_seed_gives_identical_weights(tmp_path, uninterrupted):
+    wd = tmp_path / "again"
+    r = run_with_fault(wd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for a, b in zip(final_weights(uninterrupted), final_weights(wd)):
+        np.testing.assert_array_equal(a, b)
+    a = json.loads((uninterrupted / "report.json").read_text())["summary"]
+    b = json.loads((wd / "report.json").read_text())["summary"]
+    assert a == b
