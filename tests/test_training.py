@@ -182,3 +182,23 @@ def test_multiworker_two_processes_end_identical_and_constrained():
     for r in outs:
         assert r["nnz"] <= r["budget"]
         assert max(t["levels"] for t in r["tensors"]) <= 8
+
+
+@pytest.mark.parametrize("factorization,bits", [("abc", None), ("abc", 3), ("lowrank", None), ("lowrank", 2)])
+def test_atmc_with_factorized_kernels(digits, da_model, factorization, bits):
+    """W = B(A+I)+C (the reference's form) and W = UV+C: the budget covers every factor."""
+    x_tr, y_tr, _, _ = digits
+    budget = dense_weight_count(da_model) // 6
+    cfg = method_config("atmc", attack=ATTACK, nnz_budget=budget, bits=bits, quant_scheme="codebook")
+    net = wrap_model(da_model, factorization=factorization, ranks=4, admm=bits is not None)
+    trainer = ATMCTrainer(net, cfg)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    trainer.fit(x_tr[:256], y_tr[:256], epochs=1, batch_size=64, verbose=0)
+    factors = [v for w in atmc_wrappers(net) for v in w.compressed_variables]
+    assert len(factors) == 3 * len(atmc_wrappers(net))  # A, B, C or U, V, C per layer
+    assert _nnz(net) <= budget
+    if bits:
+        assert max(_levels(net, "codebook")) <= 2 ** bits
+    x = x_tr[:32]
+    np.testing.assert_allclose(strip_model(net)(x).numpy(), net(x, training=False).numpy(),
+                               rtol=1e-4, atol=1e-4)
