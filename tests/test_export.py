@@ -158,7 +158,8 @@ def test_on_lattice_kernels_are_stored_bit_for_bit(exported):
     assert all(row["per_channel"] and row["zero_points_zero"] and row["codes"] > 0 for row in result["layers"])
     # conv2d's BatchNormalization has negative gammas: only the sign correction makes this exact.
     conv = result["layers"][0]
-    assert conv["layer"] == "conv2d" and conv["bn_folded"]
+    first_conv = next(l for l in exported.model.layers if isinstance(l, keras.layers.Conv2D))
+    assert conv["layer"] == first_conv.name and conv["bn_folded"]
     stored = tflite_kernels(exported.tflite)[0]["weights"].transpose(1, 2, 3, 0)
     assert np.any(stored != int8_codes(exported.model.layers[1].kernel.numpy()).numpy())
     assert kernel_codes_match(exported.model, exported.tflite_b1)["exact"]
