@@ -4,13 +4,20 @@
     python -m pipelines.atmc --dataset=fashion_mnist --model=lenet --workdir=runs/fm
     python -m pipelines.atmc --helpfull            # every flag
 
+    python -m pipelines.atmc --model_file=my_model.keras  # your own Keras 3 model instead of --model
+
 Started again with the same flags it resumes from what --workdir holds.
-Bad flags, missing data or an unwritable workdir: one line on stderr, exit 2.
+Bad input (flags, --model_file, data, corrupt files in --workdir, an unwritable
+workdir): one line on stderr, exit 2, nothing in --workdir written or deleted.
+Everything that can be checked without TensorFlow is checked before importing it.
 """
+import hashlib
+import json
 import os
 import platform
 import sys
 import time
+import zipfile
 
 from absl import app, logging
 
@@ -29,8 +36,18 @@ def versions():
     return out
 
 
-def run(cfg):
-    """Run every stage; returns the report dict (also written to the workdir)."""
+def enable_determinism(cfg):
+    """--deterministic: TF op determinism, switched on before any model is loaded or built."""
+    if cfg.deterministic:
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
+
+
+def run(cfg, data=None):
+    """Run every stage; returns the report dict (also written to the workdir).
+
+    data: the loaded Dataset (main loads it before importing TensorFlow); None loads it here.
+    """
     import numpy as np
 
     from atmc_tf.export import atomic, c_header, c_source, gzip_size, kernel_codes_match, \
@@ -41,10 +58,11 @@ def run(cfg):
 
     t_start = time.time()
     timings = {}
-    if cfg.deterministic:
-        import tensorflow as tf
-        tf.config.experimental.enable_op_determinism()
-    data = stages.load_data(cfg)
+    enable_determinism(cfg)
+    if data is None:
+        data = stages.load_data(cfg)
+    else:
+        logging.info("data: %s", data.summary())
 
     t = time.time()
     da_plain, _, da_result = stages.dense_stage(cfg, data)
@@ -114,7 +132,8 @@ def run(cfg):
     tflite_points = {"int8 .tflite (LiteRT; PGD transferred from Keras)":
                      {0.0: phone["clean_acc"], float(cfg.eps): phone["robust_acc_transfer"]}}
     rep.plot_accuracy_vs_eps(curves, cfg.eps, plots[0],
-                             f"{cfg.dataset}/{cfg.model}: robustness, dense vs {cfg.method}", tflite_points)
+                             f"{cfg.dataset}/{cfg.model_name}: robustness, dense vs {cfg.method}",
+                             tflite_points)
     rep.plot_layers(size["tensors"], plots[1], f"{cfg.method}: per-tensor density and codebook size",
                     level_limit=2 ** cfg.bits if scheme else None)
     dense_curve = curves["dense adversarial (Keras)"]
@@ -146,41 +165,225 @@ def run(cfg):
 
 
 # Flags that change only what is evaluated or printed, not what is trained or exported.
-RERUN_SAFE = ("verbose", "micro_samples", "plot_eps", "eval_pgd_steps", "eval_restarts", "workdir")
+# model_file: the path may move; the file's content (model_file_sha256) is what must not change.
+RERUN_SAFE = ("verbose", "micro_samples", "plot_eps", "eval_pgd_steps", "eval_restarts", "workdir", "model_file")
+
+
+def _recorded_config(cfg):
+    """What config.json records: the flags, plus the hash of --model_file's bytes."""
+    out = cfg.as_dict()
+    if cfg.model_file:
+        with open(cfg.model_file, "rb") as fh:
+            out["model_file_sha256"] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def check_claim(cfg):
+    """Refuse a workdir whose config.json is corrupt or was made with other flags. Reads only."""
+    file = os.path.join(cfg.workdir, "config.json")
+    if not os.path.exists(file):
+        return
+    mine = {k: v for k, v in _recorded_config(cfg).items() if k not in RERUN_SAFE}
+    try:
+        with open(file) as fh:
+            theirs = json.load(fh)
+        if not isinstance(theirs, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError):
+        fail(f"{file} is unreadable or corrupt; delete it or use a new --workdir")
+    theirs = {k: v for k, v in theirs.items() if k not in RERUN_SAFE}
+    diff = sorted(k for k in set(mine) | set(theirs)
+                  if json.dumps(mine.get(k)) != json.dumps(theirs.get(k)))
+    if diff:
+        names = ["model_file (another model)" if k == "model_file_sha256" else k for k in diff]
+        fail(f"--workdir={cfg.workdir} holds a run made with other flags ({', '.join(names)}); "
+             "use a new --workdir or the same flags to resume")
 
 
 def claim_workdir(cfg):
     """Record the flags in <workdir>/config.json; refuse a workdir made with other flags."""
-    import json
-
     from atmc_tf.export import atomic
+    check_claim(cfg)
     file = os.path.join(cfg.workdir, "config.json")
-    mine = {k: v for k, v in cfg.as_dict().items() if k not in RERUN_SAFE}
-    if os.path.exists(file):
-        try:
-            with open(file) as fh:
-                theirs = {k: v for k, v in json.load(fh).items() if k not in RERUN_SAFE}
-        except (OSError, ValueError):
-            fail(f"{file} is unreadable or corrupt; delete it or use a new --workdir")
-        diff = sorted(k for k in set(mine) | set(theirs)
-                      if json.dumps(mine.get(k)) != json.dumps(theirs.get(k)))
-        if diff:
-            fail(f"--workdir={cfg.workdir} holds a run made with other flags ({', '.join(diff)}); "
-                 "use a new --workdir or the same flags to resume")
-    else:
-        atomic.write_text_atomic(file, json.dumps(cfg.as_dict(), indent=2, sort_keys=True) + "\n")
+    if not os.path.exists(file):
+        atomic.write_text_atomic(file, json.dumps(_recorded_config(cfg), indent=2, sort_keys=True) + "\n")
+
+
+# --- files checked before TensorFlow is imported ------------------------------------------
+
+def keras_archive_problem(file):
+    """Why `file` is not an intact .keras archive (a zip holding config.json), or None.
+
+    Reads every member and checks its CRC: a truncated, overwritten or bit-flipped
+    file is caught here, in a fraction of a second and without TensorFlow.
+    """
+    try:
+        if os.path.getsize(file) == 0:
+            return "empty file"
+        if not zipfile.is_zipfile(file):
+            return "not a zip archive; truncated, or not saved by Keras 3"
+        with zipfile.ZipFile(file) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                return f"member {bad} fails its CRC check"
+            if "config.json" not in zf.namelist():
+                return "no config.json inside; not a Keras 3 model archive"
+            config = json.loads(zf.read("config.json"))
+        if not isinstance(config, dict):
+            return "its config.json is not a JSON object"
+    except Exception as err:  # noqa: BLE001 -- zipfile raises many types on damaged input
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def h5_problem(file):
+    """Why `file` is not a readable HDF5 file (every dataset read back), or None."""
+    import h5py  # no TensorFlow; ~0.1 s
+
+    def read(_, obj):
+        if isinstance(obj, h5py.Dataset):
+            obj[()]
+
+    try:
+        if os.path.getsize(file) == 0:
+            return "empty file"
+        with h5py.File(file, "r") as fh:
+            fh.visititems(read)
+    except Exception as err:  # noqa: BLE001 -- h5py raises OSError, KeyError, ValueError, ...
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def json_problem(file, required=()):
+    """Why `file` is not a JSON object holding the `required` keys, or None."""
+    try:
+        with open(file) as fh:
+            obj = json.load(fh)
+    except (OSError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    if not isinstance(obj, dict):
+        return f"a JSON {type(obj).__name__}, expected an object"
+    missing = [k for k in required if k not in obj]
+    return f"missing keys {', '.join(missing)}" if missing else None
+
+
+def check_resume_files(cfg):
+    """Every file a rerun would read from --workdir must be intact; one line and exit 2 if not.
+
+    Only what would be read is checked: a finished stage's model.keras and result.json,
+    an unfinished stage's Keras BackupAndRestore checkpoint. Nothing is deleted: the
+    user decides.
+    """
+    for name in cfg.stage_names():
+        d = os.path.join(cfg.workdir, name)
+        model, result = os.path.join(d, "model.keras"), os.path.join(d, "result.json")
+        later = " (and the stages after it)" if name != cfg.stage_names()[-1] else ""
+        retrain = f"delete {d}{os.sep} to retrain stage {name}{later}, or use a new --workdir"
+        if os.path.exists(model) and os.path.exists(result):
+            problem = keras_archive_problem(model)
+            if problem:
+                fail(f"{model} is truncated or corrupt ({problem}); {retrain}")
+            problem = json_problem(result, required=("stage", "method", "epochs", "seconds"))
+            if problem:
+                fail(f"{result} is corrupt ({problem}); {retrain}")
+            continue
+        backup = os.path.join(d, "backup")
+        restart = (f"delete {backup}{os.sep} to restart stage {name} from its first epoch, "
+                   "or use a new --workdir")
+        weights = os.path.join(backup, "latest.weights.h5")
+        meta = os.path.join(backup, "training_metadata.json")
+        problem = checkpoint_problem(weights, meta)
+        if problem is None:
+            continue
+        # A kill while Keras wrote the epoch checkpoint: BackupAndRestore(double_checkpoint=True)
+        # kept the previous epoch's state as *.bkp; resume from it rather than lose the stage.
+        if os.path.exists(weights + ".bkp") and checkpoint_problem(weights + ".bkp", meta + ".bkp") is None:
+            from atmc_tf.export import atomic
+            logging.warning("%s: the latest epoch checkpoint is damaged (%s); resuming from the "
+                            "previous epoch's checkpoint", backup, problem)
+            for f in (weights, meta):
+                if os.path.exists(f + ".bkp"):
+                    with open(f + ".bkp", "rb") as fh:
+                        atomic.write_bytes_atomic(f, fh.read())
+            continue
+        fail(f"{problem}; {restart}")
+
+
+def checkpoint_problem(weights, meta):
+    """What is wrong with a BackupAndRestore checkpoint (weights .h5 + metadata json), or None."""
+    if os.path.exists(weights):
+        problem = h5_problem(weights)
+        if problem:
+            return f"{weights} (epoch checkpoint) is truncated or corrupt ({problem})"
+    if os.path.exists(meta):
+        problem = json_problem(meta, required=("epoch",))
+        if problem is None:
+            with open(meta) as fh:
+                epoch = json.load(fh)["epoch"]
+            if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+                problem = f"epoch is {epoch!r}, expected a count >= 0"
+        if problem:
+            return f"{meta} (epoch checkpoint) is corrupt ({problem})"
+    return None
+
+
+def check_model_file(path):
+    """--model_file must be an intact .keras archive; what needs Keras is checked in stages."""
+    if not os.path.exists(path):
+        fail(f"--model_file={path}: no such file")
+    if os.path.isdir(path):
+        fail(f"--model_file={path} is a directory; pass the .keras file saved by model.save('name.keras')")
+    if not path.endswith(".keras"):
+        fail(f"--model_file={path}: not a .keras file; save your Keras 3 model with model.save('name.keras') "
+             "(legacy .h5 and SavedModel are not accepted)")
+    problem = keras_archive_problem(path)
+    if problem:
+        fail(f"--model_file={path} is truncated or corrupt ({problem}); save the model again with "
+             "model.save('name.keras')")
+
+
+def data_error_line(err, dataset, data_dir):
+    """A DataError's message, saying where the data came from when the message does not."""
+    text = str(err)
+    if data_dir and data_dir not in text:
+        text += f" (--dataset={dataset} --data_dir={data_dir})"
+    return text
+
+
+def load_data(cfg):
+    """The data set, validated (DataError otherwise); numpy only, no TensorFlow."""
+    from atmc_tf.data import load_dataset
+    return load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed,
+                        limit_train=cfg.limit_train, limit_test=cfg.limit_test)
 
 
 def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
     cfg = PipelineConfig.from_flags()
+    # Bad input is refused before anything is written and, where possible, before
+    # TensorFlow is imported: files first, then the data, then what needs Keras.
+    if cfg.model_file is not None:
+        check_model_file(cfg.model_file)
     check_workdir(cfg.workdir)
-    claim_workdir(cfg)
+    check_claim(cfg)
+    check_resume_files(cfg)
     from atmc_tf.data import DataError
+    try:
+        data = load_data(cfg)
+    except DataError as err:
+        fail(data_error_line(err, cfg.dataset, cfg.data_dir))
+    if cfg.model_file is not None:
+        from pipelines import stages  # imports TensorFlow
+        enable_determinism(cfg)
+        try:
+            stages.initial_model(cfg, data)
+        except UsageError as err:
+            fail(str(err))
+    claim_workdir(cfg)
     from atmc_tf.training import TrainingDivergedError
     try:
-        r = run(cfg)
+        r = run(cfg, data)
     except (DataError, UsageError) as err:
         fail(str(err))
     except TrainingDivergedError as err:

@@ -22,6 +22,9 @@ flags.DEFINE_enum("dataset", "digits", DATASETS, "Data set: scikit-learn's bundl
                   "or Keras' mnist.npz (--data_dir or the Keras cache).")
 flags.DEFINE_string("data_dir", None, "Directory with the data set files (overrides the default places).")
 flags.DEFINE_enum("model", "small_cnn", MODELS, "Architecture to train.")
+flags.DEFINE_string("model_file", None, "Your own Keras 3 model (.keras file, Sequential or Functional, "
+                    "inputs in [0, 1], logits out) to train instead of --model. Loaded with Keras' "
+                    "safe_mode on: a model file carrying code (Lambda layers) is refused.")
 flags.DEFINE_string("workdir", "runs/atmc", "Where every stage writes its outputs; a rerun resumes from them.")
 flags.DEFINE_enum("method", "atmc", METHODS, "Compression method (ATMC or one of the paper's baselines).")
 flags.DEFINE_float("size_ratio", 0.05, "Target paper-style size / dense fp32 size, in (0, 1].")
@@ -109,20 +112,28 @@ flags.register_multi_flags_validator(
 
 
 class UsageError(Exception):
-    """A bad flag or environment problem: reported as one line, exit code 2."""
+    """A bad flag, file or environment problem: reported as one line, exit code 2."""
+
+
+def one_line(message):
+    """The message on a single line (library and Keras messages may span several)."""
+    return " ".join(str(message).split())
 
 
 def fail(message):
-    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.write(f"error: {one_line(message)}\n")
     sys.exit(2)
 
 
 def parse_flags(argv):
     """absl flags parser for app.run: one clear line and exit 2 on any bad flag."""
     try:
-        return F(argv)
+        rest = F(argv)
     except flags.Error as err:
         fail(f"{err} (see --helpfull)")
+    if F.model_file is not None and F["model"].present:
+        fail(f"--model_file={F.model_file} and --model={F.model} both choose the model; pass only one")
+    return rest
 
 
 def check_workdir(path):
@@ -175,6 +186,7 @@ class PipelineConfig:
     micro_samples: int
     plot_eps: tuple
     verbose: int
+    model_file: str | None = None  # last, with a default: callers building a config by hand may omit it
 
     @classmethod
     def from_flags(cls):
@@ -188,3 +200,23 @@ class PipelineConfig:
 
     def as_dict(self):
         return dataclasses.asdict(self)
+
+    @property
+    def model_name(self):
+        """--model, or the file name of --model_file."""
+        return os.path.basename(self.model_file) if self.model_file else self.model
+
+    def stage_names(self):
+        """The training stages this config runs, in order (the folders under workdir).
+
+        Must match stages.dense_stage / stages.compress_stages; tests/test_bad_input.py checks
+        it against a real run.
+        """
+        names = ["da"]
+        if self.method == "atmc":
+            names += ["al0", "atmc32"] + ([f"atmc{self.bits}"] if self.bits is not None else [])
+        elif self.method == "nap":
+            names += ["natural", "nap"]
+        elif self.method != "da":
+            names.append(self.method)
+        return names

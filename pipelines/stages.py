@@ -18,7 +18,7 @@ from atmc_tf.attacks import PGDConfig, accuracy_curve
 from atmc_tf.constraints.accounting import budget_for_ratio
 from atmc_tf.data import load_dataset
 from atmc_tf.export import atomic
-from atmc_tf.layers import strip_model
+from atmc_tf.layers import UnsupportedLayerError, strip_model, wrap_model
 from atmc_tf.models import build_model
 from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_count, method_config, model_size,
                               wrap_for_method)
@@ -37,6 +37,11 @@ def write_json(file, obj):
 def read_json(file):
     with open(file) as fh:
         return json.load(fh)
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 # --- data -----------------------------------------------------------------------
@@ -75,8 +80,16 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
     model_file, result_file = os.path.join(d, "model.keras"), os.path.join(d, "result.json")
     if os.path.exists(model_file) and os.path.exists(result_file):
         logging.info("stage %s: done already, loading %s", name, model_file)
-        net = keras.models.load_model(model_file)  # safe_mode stays on
-        return strip_model(net), net, read_json(result_file)
+        retrain = f"delete {d}{os.sep} to retrain stage {name} (and the stages after it), or use a new --workdir"
+        try:
+            net = keras.models.load_model(model_file, safe_mode=True)  # never load code from a file
+        except Exception as err:  # noqa: BLE001 -- Keras raises many types for a damaged file
+            raise UsageError(f"{model_file} cannot be loaded ({_first_line(err)}); {retrain}") from None
+        try:
+            result = read_json(result_file)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{result_file} is corrupt ({_first_line(err)}); {retrain}") from None
+        return strip_model(net), net, result
     os.makedirs(d, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     net = wrap_for_method(start, method, config, **wrap_kwargs)
@@ -87,7 +100,9 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
     t0 = time.time()
     history = {}
     if epochs > 0:
-        backup = keras.callbacks.BackupAndRestore(os.path.join(d, "backup"))
+        # double_checkpoint: a kill while Keras writes the epoch checkpoint leaves the
+        # previous epoch's copy (*.bkp) to resume from.
+        backup = keras.callbacks.BackupAndRestore(os.path.join(d, "backup"), double_checkpoint=True)
         hist = trainer.fit(data.x_train, data.y_train, epochs=epochs, batch_size=cfg.batch_size,
                            validation_data=(data.x_val, data.y_val),
                            callbacks=[backup, faults.KillAt(name)], verbose=cfg.verbose)
@@ -103,10 +118,61 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
     return strip_model(net), net, result
 
 
+def load_user_model(file):
+    """A user's .keras model, loaded with safe_mode on; UsageError (one line) if it cannot be."""
+    try:
+        # safe_mode=True: a model file never runs code (Keras refuses serialized Python lambdas).
+        return keras.models.load_model(file, compile=False, safe_mode=True)
+    except Exception as err:  # noqa: BLE001 -- Keras raises ValueError, TypeError, OSError, ...
+        text = str(err)
+        if "Lambda" in text and "safe_mode" in text:
+            raise UsageError(
+                f"--model_file={file} contains a Lambda layer; safe_mode forbids loading code from a model "
+                "file, so it stays on: rebuild the model with built-in layers (e.g. keras.layers.Rescaling, "
+                "Activation, Reshape) instead of Lambda") from None
+        raise UsageError(f"--model_file={file} cannot be loaded by Keras ({_first_line(err)}); save a Keras 3 "
+                         "Sequential or Functional model of built-in layers with model.save('name.keras')") from None
+
+
+def check_user_model(model, data, file):
+    """UsageError unless `model` fits the data set and ATMC can compress every layer of it."""
+    where = f"--model_file={file}"
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UsageError(f"{where} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                         "ATMC needs one image input and one logits output")
+    in_shape = tuple(model.inputs[0].shape[1:])
+    if in_shape != tuple(data.input_shape):
+        raise UsageError(f"{where} takes inputs shaped {in_shape}, but --dataset={data.name} images are "
+                         f"{tuple(data.input_shape)}; build the model with keras.Input({tuple(data.input_shape)})")
+    out_shape = tuple(model.outputs[0].shape[1:])
+    if out_shape != (data.num_classes,):
+        raise UsageError(f"{where} outputs shape {out_shape}, but --dataset={data.name} has {data.num_classes} "
+                         f"classes; end the model with Dense({data.num_classes}) returning logits")
+    last = model.layers[-1] if model.layers else None
+    if isinstance(last, keras.layers.Softmax) or getattr(last, "activation", None) is keras.activations.softmax:
+        raise UsageError(f"{where}: the output layer '{last.name}' applies softmax; ATMC trains on logits, "
+                         "remove the softmax (e.g. Dense(units) without activation)")
+    try:
+        wrap_model(model)
+    except UnsupportedLayerError as err:
+        raise UsageError(f"{where}: {err}") from None
+    except ValueError as err:  # e.g. an unbuilt model
+        raise UsageError(f"{where}: {_first_line(err)}") from None
+
+
+def initial_model(cfg, data):
+    """The plain model dense training starts from: --model_file (checked) or a fresh --model."""
+    if cfg.model_file:
+        model = load_user_model(cfg.model_file)
+        check_user_model(model, data, cfg.model_file)
+        return model
+    return build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed)
+
+
 def dense_stage(cfg, data, natural=False):
     """Dense adversarial training (DA), or natural training for the NAP baseline."""
     keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed)
+    model = initial_model(cfg, data)
     method = "natural" if natural else "da"
     config = method_config(method, attack=train_attack(cfg), clean_weight=cfg.clean_weight,
                            adv_weight=1 - cfg.clean_weight)

@@ -73,3 +73,17 @@ def test_same_seed_gives_identical_weights(tmp_path, uninterrupted):
     a = json.loads((uninterrupted / "report.json").read_text())["summary"]
     b = json.loads((wd / "report.json").read_text())["summary"]
     assert a == b
+
+
+def test_kill_during_checkpoint_write_falls_back_to_previous_epoch(tmp_path, uninterrupted):
+    """A truncated latest checkpoint (a kill mid-save) resumes from the previous epoch's copy."""
+    wd = tmp_path / "run"
+    killed = run_with_fault(wd, "atmc4:3:1")  # after epochs 1 and 2 were checkpointed
+    assert killed.returncode == -9
+    latest = wd / "atmc4" / "backup" / "latest.weights.h5"
+    assert (wd / "atmc4" / "backup" / "latest.weights.h5.bkp").exists()
+    latest.write_bytes(latest.read_bytes()[:1000])  # what a kill in the middle of the write leaves
+    resumed = run_with_fault(wd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "previous epoch's checkpoint" in resumed.stderr
+    _check_complete(wd, uninterrupted)

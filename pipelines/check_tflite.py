@@ -1,0 +1,163 @@
+"""Check an existing int8 .tflite the way the pipeline checks its own export, before you ship it.
+
+    python -m pipelines.check_tflite --tflite=runs/atmc/export/model_int8_batch1.tflite
+    python -m pipelines.check_tflite --tflite=m.tflite --dataset=fashion_mnist --limit_test=1000 \\
+        --micro_samples=50 --json_out=check.json
+
+Phone: top-1 accuracy of the model on LiteRT over the data set's test split, and its ops.
+Microcontroller: every op available in TFLite Micro, the smallest tensor arena, and
+outputs equal to LiteRT's within one int8 step (atmc_tf.export.check_micro, in a
+child process so a bad model cannot crash this one). Prints a JSON summary on stdout
+(and writes it to --json_out).
+
+Exit codes: 0 every check passed; 1 the checks ran and TFLite Micro failed (the JSON
+says why); 2 bad input (flags, a .tflite that is missing, empty or does not parse, a
+model that does not fit the data set, missing data): one line on stderr, nothing written.
+TensorFlow is never imported (LiteRT and TFLite Micro only).
+"""
+import hashlib
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+DATASETS = ("digits", "fashion_mnist", "mnist_npz")  # atmc_tf.data.DATASETS, without importing it here
+F = flags.FLAGS
+
+
+def define_flags():
+    """Defined only when run as a program, so importing this module never clashes with
+    pipelines.flags_def (same names: --dataset, --data_dir, --limit_test, --micro_samples, --seed)."""
+    flags.DEFINE_string("tflite", None, "The .tflite file to check (required).")
+    flags.DEFINE_enum("dataset", "digits", DATASETS, "Data set the model was trained on (its test split is used).")
+    flags.DEFINE_string("data_dir", None, "Directory with the data set files (as for pipelines.atmc).")
+    flags.DEFINE_integer("limit_test", None, "Use only this many test images (after a seeded shuffle).")
+    flags.DEFINE_integer("micro_samples", 20, "Test images run through TFLite Micro.")
+    flags.DEFINE_integer("seed", 0, "Seed of the data split and of --limit_test's shuffle.")
+    flags.DEFINE_string("json_out", None, "Also write the JSON summary to this file (atomically).")
+    flags.register_validator("limit_test", lambda v: v is None or v >= 1, message="--limit_test must be >= 1")
+    flags.register_validator("micro_samples", lambda v: v >= 1, message="--micro_samples must be >= 1")
+
+
+def fail(message):
+    sys.stderr.write("error: " + " ".join(str(message).split()) + "\n")
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    try:
+        return F(argv)
+    except flags.Error as err:
+        fail(f"{err} (see --helpfull)")
+
+
+def read_tflite(path):
+    """The file's bytes, parsed once; exits 2 with one line if they are not a usable .tflite."""
+    from atmc_tf.export import parse_check
+    if not os.path.exists(path):
+        fail(f"--tflite={path}: no such file")
+    if os.path.isdir(path):
+        fail(f"--tflite={path} is a directory; pass the .tflite file")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        fail(f"--tflite={path}: cannot read ({err.strerror})")
+    if not data:
+        fail(f"--tflite={path} is empty (0 bytes); export the model again")
+    try:
+        parse_check(data)
+    except ValueError as err:
+        fail(f"--tflite={path}: {err}; export the model again")
+    return data
+
+
+def check_json_out(path):
+    if path is None:
+        return
+    if os.path.isdir(path):
+        fail(f"--json_out={path} is a directory; pass a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        fail(f"--json_out={path}: cannot write to {parent}; pick a directory that exists and is writable")
+
+
+def check(tflite_bytes, data, micro_samples, path="model.tflite"):
+    """The phone and microcontroller checks on a Dataset's test split; returns the summary dict.
+
+    Raises ValueError (one line) if the model does not fit the data set.
+    """
+    import numpy as np
+
+    from atmc_tf.export import LiteRTModel, check_micro, gzip_size
+
+    lite = LiteRTModel(tflite_bytes)
+    model_shape, data_shape = tuple(lite.input_shape[1:]), tuple(data.input_shape)
+    if model_shape != data_shape:
+        raise ValueError(f"--tflite={path} takes inputs shaped {model_shape}, but --dataset={data.name} images "
+                         f"are {data_shape}; pass the data set the model was trained on (--dataset, --data_dir)")
+    logits = lite.predict(data.x_test)
+    if logits.shape[1:] != (data.num_classes,):
+        raise ValueError(f"--tflite={path} outputs shape {tuple(logits.shape[1:])}, but --dataset={data.name} "
+                         f"has {data.num_classes} classes")
+    y = data.y_test
+    n = min(int(micro_samples), len(y))
+    x_int8 = lite.quantize_input(data.x_test[:n])
+    micro = check_micro(tflite_bytes, x_int8, lite.predict_int8(x_int8)).as_dict()
+    phone = {"runtime": "LiteRT", "clean_acc": float(np.mean(logits.argmax(-1) == y)), "samples": int(len(y)),
+             "ops": lite.op_names()}
+    return {
+        "tflite": path,
+        "bytes": len(tflite_bytes),
+        "gzip_bytes": gzip_size(tflite_bytes),
+        "sha256": hashlib.sha256(tflite_bytes).hexdigest(),
+        "input": {"shape": [int(d) for d in lite.input_shape], "dtype": np.dtype(lite.input_dtype).name},
+        "dataset": {"name": data.name, "test": int(len(y)), "input_shape": list(data_shape),
+                    "num_classes": int(data.num_classes)},
+        "phone": phone,
+        "micro": micro,
+        "ok": bool(micro["ok"]),
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+    if not F.tflite:
+        fail("--tflite=PATH is required: the .tflite file to check")
+    check_json_out(F.json_out)
+    tfl = read_tflite(F.tflite)
+    from atmc_tf.data import DataError, load_dataset
+    try:
+        data = load_dataset(F.dataset, data_dir=F.data_dir, seed=F.seed, limit_test=F.limit_test)
+    except DataError as err:
+        text = str(err)
+        if F.data_dir and F.data_dir not in text:
+            text += f" (--dataset={F.dataset} --data_dir={F.data_dir})"
+        fail(text)
+    try:
+        summary = check(tfl, data, F.micro_samples, path=F.tflite)
+    except ValueError as err:
+        fail(str(err))
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    if F.json_out:
+        from atmc_tf.export import atomic
+        atomic.write_text_atomic(F.json_out, text)
+    sys.stdout.write(text)
+    if not summary["ok"]:
+        micro = summary["micro"]
+        reason = micro["error"] or f"ops TFLite Micro lacks: {', '.join(micro['unsupported_ops'])}"
+        sys.stderr.write("error: TFLite Micro check failed: " + " ".join(str(reason).split()) + "\n")
+        sys.exit(1)
+    logging.info("phone clean acc %.4f on %d images; TFLite Micro ok, arena %s bytes",
+                 summary["phone"]["clean_acc"], summary["phone"]["samples"], summary["micro"]["arena_bytes"])
+
+
+def entry():
+    define_flags()
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    entry()
