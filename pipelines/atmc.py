@@ -36,11 +36,14 @@ def versions():
     return out
 
 
-def enable_determinism(cfg):
-    """--deterministic: TF op determinism, switched on before any model is loaded or built."""
+def start_tensorflow(cfg):
+    """Before any model is loaded or built: op determinism (--deterministic) and the
+    tf.distribute strategy (--strategy; MultiWorkerMirroredStrategy must come first)."""
+    from pipelines import stages
     if cfg.deterministic:
         import tensorflow as tf
         tf.config.experimental.enable_op_determinism()
+    stages.make_strategy(cfg)
 
 
 def run(cfg, data=None):
@@ -58,7 +61,7 @@ def run(cfg, data=None):
 
     t_start = time.time()
     timings = {}
-    enable_determinism(cfg)
+    start_tensorflow(cfg)
     if data is None:
         data = stages.load_data(cfg)
     else:
@@ -365,6 +368,9 @@ def main(argv):
     # TensorFlow is imported: files first, then the data, then what needs Keras.
     if cfg.model_file is not None:
         check_model_file(cfg.model_file)
+    if cfg.strategy == "multiworker" and "TF_CONFIG" not in os.environ:
+        fail("--strategy=multiworker needs TF_CONFIG in the environment of every worker "
+             "(see README, 'Several machines')")
     check_workdir(cfg.workdir)
     check_claim(cfg)
     check_resume_files(cfg)
@@ -375,8 +381,8 @@ def main(argv):
         fail(data_error_line(err, cfg.dataset, cfg.data_dir))
     if cfg.model_file is not None:
         from pipelines import stages  # imports TensorFlow
-        enable_determinism(cfg)
         try:
+            start_tensorflow(cfg)
             stages.initial_model(cfg, data)
         except UsageError as err:
             fail(str(err))

@@ -57,6 +57,9 @@ flags.DEFINE_integer("limit_train", None, "Use only this many training images (q
 flags.DEFINE_integer("limit_test", None, "Use only this many test images (quick runs).")
 flags.DEFINE_integer("micro_samples", 20, "Test images run through TFLite Micro.")
 flags.DEFINE_list("plot_eps", None, "Radii for the accuracy-vs-eps plot (default 0..2*eps).")
+flags.DEFINE_enum("strategy", "none", ("none", "mirrored", "multiworker"),
+                  "tf.distribute strategy for training: none (one device), mirrored (all local GPUs / "
+                  "devices), multiworker (several machines: set TF_CONFIG on each, see README).")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).")
 
 
@@ -187,6 +190,7 @@ class PipelineConfig:
     plot_eps: tuple
     verbose: int
     model_file: str | None = None  # last, with a default: callers building a config by hand may omit it
+    strategy: str = "none"
 
     @classmethod
     def from_flags(cls):

@@ -52,6 +52,34 @@ def load_data(cfg):
     return data
 
 
+_STRATEGY = []
+
+
+def make_strategy(cfg):
+    """Create the tf.distribute strategy once, at program start (MultiWorkerMirroredStrategy
+    must exist before any other TF op). Every training stage then builds in its scope."""
+    import tensorflow as tf
+    if _STRATEGY:
+        return _STRATEGY[0]
+    if cfg.strategy == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise UsageError("--strategy=multiworker needs TF_CONFIG in the environment of every worker "
+                             "(see README, 'Several machines')")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif cfg.strategy == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    logging.info("strategy: %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
+    _STRATEGY.append(strategy)
+    return strategy
+
+
+def strategy_scope():
+    import tensorflow as tf
+    return (_STRATEGY[0] if _STRATEGY else tf.distribute.get_strategy()).scope()
+
+
 def train_attack(cfg):
     return PGDConfig(eps=cfg.eps, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size)
 
@@ -92,9 +120,10 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
         return strip_model(net), net, result
     os.makedirs(d, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
-    net = wrap_for_method(start, method, config, **wrap_kwargs)
-    trainer = ATMCTrainer(net, config)
-    trainer.compile(optimizer=keras.optimizers.Adam(lr))
+    with strategy_scope():
+        net = wrap_for_method(start, method, config, **wrap_kwargs)
+        trainer = ATMCTrainer(net, config)
+        trainer.compile(optimizer=keras.optimizers.Adam(lr))
     logging.info("stage %s: method=%s epochs=%d budget=%s bits=%s", name, method, epochs,
                  config.nnz_budget, config.bits)
     t0 = time.time()

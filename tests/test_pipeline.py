@@ -1,5 +1,6 @@
 """The absl pipeline as a user runs it: bad flags refused cleanly, a tiny run end to end, a resume."""
 import json
+import os
 
 import pytest
 
@@ -104,3 +105,52 @@ def test_rerun_resumes_and_other_flags_are_refused(tiny_run):
                          f"--workdir={wd}", timeout=120)
     assert other.returncode == 2 and "other flags" in other.stderr and "size_ratio" in other.stderr
     assert snapshot(wd) == before
+
+
+def test_multiworker_without_tf_config_is_refused(tmp_path):
+    r = run_pipeline("--strategy=multiworker", f"--workdir={tmp_path / 'wd'}", timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "TF_CONFIG" in r.stderr
+    assert not (tmp_path / "wd").exists()
+
+
+def test_pipeline_on_two_workers(tmp_path):
+    """--strategy=multiworker: two processes on 127.0.0.1 (TF_CONFIG) train in lockstep."""
+    import socket
+    import subprocess
+    import sys
+
+    import keras
+    import numpy as np
+
+    import atmc_tf.layers  # noqa: F401  (registers ATMCWrapper)
+    from atmc_tf.layers import atmc_wrappers
+    from pipeline_run import ROOT
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    procs = []
+    for i in range(2):
+        env = {k: v for k, v in os.environ.items() if k != "ATMC_FAULT"}
+        env.update(PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pipelines.atmc", *TINY, "--strategy=multiworker",
+             f"--workdir={tmp_path / f'w{i}'}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=900)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert p.returncode == 0, err[-3000:]
+    nets = [keras.models.load_model(tmp_path / f"w{i}" / "atmc4" / "model.keras") for i in range(2)]
+    for a, b in zip(*[atmc_wrappers(n) for n in nets]):
+        for va, vb in zip(a.compressed_variables, b.compressed_variables):
+            np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    report = json.loads((tmp_path / "w0" / "report.json").read_text())
+    assert report["config"]["strategy"] == "multiworker" and report["micro"]["ok"]
