@@ -60,7 +60,7 @@ flags.DEFINE_list("plot_eps", None, "Radii for the accuracy-vs-eps plot (default
 flags.DEFINE_enum("strategy", "none", ("none", "mirrored", "multiworker"),
                   "tf.distribute strategy for training: none (one device), mirrored (all local GPUs / "
                   "devices), multiworker (several machines: set TF_CONFIG on each, see README).")
-flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).")
+flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1 progress bar, 2 one line per epoch: for logs, 0 silent).")
 
 
 def _positive_int_or_none(v):

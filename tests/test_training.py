@@ -202,3 +202,19 @@ def test_atmc_with_factorized_kernels(digits, da_model, factorization, bits):
     x = x_tr[:32]
     np.testing.assert_allclose(strip_model(net)(x).numpy(), net(x, training=False).numpy(),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_sample_and_class_weights_reach_the_loss(digits, da_model):
+    """fit(sample_weight=...) and fit(class_weight=...) change the training loss, as in plain Keras."""
+    x_tr, y_tr, _, _ = digits
+    losses = {}
+    for kind in ("none", "sample", "class"):
+        keras.utils.set_random_seed(0)
+        trainer = ATMCTrainer(wrap_model(da_model), method_config("natural"))
+        trainer.compile(optimizer=keras.optimizers.SGD(0.0))  # lr 0: the loss is a pure function of weights
+        kwargs = {"sample": {"sample_weight": (y_tr[:256] == 3).astype("float32") + 0.01},
+                  "class": {"class_weight": {c: (10.0 if c == 3 else 0.1) for c in range(10)}}}.get(kind, {})
+        hist = trainer.fit(x_tr[:256], y_tr[:256], epochs=1, batch_size=256, verbose=0, shuffle=False, **kwargs)
+        losses[kind] = hist.history["loss"][-1]
+    assert losses["sample"] != pytest.approx(losses["none"], rel=1e-3)
+    assert losses["class"] != pytest.approx(losses["none"], rel=1e-3)

@@ -24,10 +24,15 @@ from atmc_tf.training.metrics import LastValue
 _merge_call = tf.__internal__.distribute.interim.maybe_merge_call
 
 
-def _xent(y, logits):
+def _xent(y, logits, sample_weight=None):
+    """Mean softmax cross-entropy; with sample weights (fit's sample_weight or class_weight)
+    the weighted mean."""
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=y, logits=tf.cast(logits, tf.float32)))
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(logits, tf.float32))
+    if sample_weight is None:
+        return tf.reduce_mean(per_example)
+    w = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_example * w), tf.reduce_sum(w))
 
 
 @keras.saving.register_keras_serializable(package="atmc_tf")
@@ -95,7 +100,7 @@ class ATMCTrainer(keras.Model):
 
     # --- the step -------------------------------------------------------------
     def train_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
         cfg = self.config
         if cfg.adversarial:
             x_adv = cfg.attack.attack(lambda z: self.net(z, training=cfg.attack_bn_training), x, y)
@@ -103,11 +108,11 @@ class ATMCTrainer(keras.Model):
             terms = []
             if not cfg.adversarial or cfg.clean_weight > 0:
                 logits = self.net(x, training=True)
-                clean_loss = _xent(y, logits)
+                clean_loss = _xent(y, logits, sw)
                 terms.append((cfg.clean_weight if cfg.adversarial else 1.0) * clean_loss)
             if cfg.adversarial:
                 logits_adv = self.net(x_adv, training=True)
-                adv_loss = _xent(y, logits_adv)
+                adv_loss = _xent(y, logits_adv, sw)
                 terms.append(cfg.adv_weight * adv_loss)
             if cfg.quantized:
                 terms.append(0.5 * cfg.rho * self._admm_residual())
