@@ -52,7 +52,7 @@ def allocate_ranks(matrices, param_budget):
     ranks = [1] * len(matrices)
     used = sum((np.shape(m)[0] + np.shape(m)[1]) for m in matrices)
     seen = [0] * len(matrices)
-    for sv, i, cost in sorted(entries, key=lambda e: -e[0]):
+    for _, i, cost in sorted(entries, key=lambda e: -e[0]):
         seen[i] += 1
         if seen[i] == 1:
             continue  # the first singular value of each matrix is already paid for

@@ -92,8 +92,6 @@ def fit_codebook(values, num_centers, fixed=(0.0,), iters=20):
         pos = (tf.range(num_centers, dtype=tf.float32) + 0.5) / num_centers
         qidx = tf.cast(pos * tf.cast(n, tf.float32), tf.int32)
         free = tf.gather(sorted_v, tf.minimum(qidx, n - 1))
-        is_free = tf.concat([tf.ones([num_centers], tf.bool),
-                             tf.zeros([tf.size(fixed)], tf.bool)], axis=0)
         for _ in range(iters):
             centres = tf.concat([free, fixed], axis=0)
             order = tf.argsort(centres)

@@ -239,7 +239,7 @@ class ATMCTrainer(keras.Model):
             values = [tf.convert_to_tensor(v.value) for _, _, v in self._vars]
             if cfg.sparsity == "fixed":
                 masks = C.topk_masks(values, cfg.nnz_budget)
-                for (w, i, v), m in zip(self._vars, masks):
+                for (w, i, _), m in zip(self._vars, masks):
                     w.masks[i].assign(m)
                 values = C.apply_masks(values, masks)
             if cfg.sparsity == "dynamic":
