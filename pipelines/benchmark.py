@@ -1,0 +1,649 @@
+"""Benchmark: robust accuracy at a given size, ATMC against its baselines and TFMOT, on Fashion-MNIST.
+
+    python -m pipelines.benchmark                       # the full run: many hours on 2 CPU cores, resumable
+    python -m pipelines.benchmark --quick               # smoke test: a few minutes
+    python -m pipelines.benchmark --render_only         # docs/BENCHMARKS.md + docs/benchmark_tradeoff.png
+
+One shared DA checkpoint; then, per size ratio (paper-style bits / dense fp32 bits),
+NAP, AP, AL0, ATMC-32, ATMC-8 and ATMC-4 with the same number of compression
+epochs, each exported to an int8 .tflite and attacked with PGD-20 x 5 restarts
+(Keras white-box; the .tflite on the same images); TFMOT's prune + QAT in its own
+process at ATMC-8's gzipped size; PGD-100 on the best model; step-time and
+ResNet-50-size constraint costs. Learning rates are picked on the validation split.
+
+Everything lands in <workdir>/results.json as it finishes (atomic writes); run the
+same command again to resume: finished cells are skipped and an interrupted
+training stage continues from its last epoch. The pipeline's flags (--eps,
+--pgd_steps, --batch_size, --da_epochs, ...) apply; --helpfull lists them.
+"""
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+from pipelines import bench_report as R
+from pipelines import flags_def
+from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, fail
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+F = flags.FLAGS
+
+flags.DEFINE_bool("quick", False, "Smoke-test settings (a few hundred images, one epoch per stage, tiny attacks, "
+                  "ratio 0.01, DA/AP/ATMC-8, TFMOT 1+1 epochs): minutes, not the benchmark. Explicit flags win.")
+flags.DEFINE_bool("render_only", False, "Only render BENCHMARKS.md and the PNG from <workdir>/results.json.")
+flags.DEFINE_list("ratios", ["0.003", "0.01", "0.03", "0.1"], "Size ratios (paper-style bits / dense fp32 bits).")
+flags.DEFINE_list("methods", list(R.METHODS), f"Methods, from {', '.join(R.METHODS)} (DA always runs).")
+flags.DEFINE_integer("compress_epochs", 6, "Epochs of every compressed method from the DA checkpoint (ATMC-b: "
+                     "a third each for AL0 -> ATMC-32 -> ATMC-b; ATMC-32: half each for AL0 -> ATMC-32).")
+flags.DEFINE_bool("tune", True, "Pick the DA and compression learning rates on the validation split.")
+flags.DEFINE_list("da_lr_grid", ["3e-3", "1e-3"], "DA learning rates tried (unless --da_lr is given).")
+flags.DEFINE_list("lr_grid", ["1e-3", "3e-4"], "Compression learning rates tried per method family "
+                  "(NAP, AP, AL0, ATMC) at ratio 0.01 (unless --lr is given).")
+flags.DEFINE_integer("tune_train", 12000, "Training images of the tuning runs (the first N of the train split).")
+flags.DEFINE_integer("tune_val", 3000, "Validation images scored in the tuning runs.")
+flags.DEFINE_integer("tune_da_epochs", 3, "Epochs of each DA tuning run.")
+flags.DEFINE_integer("tune_compress_epochs", 3, "Compression epochs of each tuning run.")
+flags.DEFINE_bool("tfmot", True, "Run the TFMOT prune + QAT peer (own process) at ATMC-8's gzipped size.")
+flags.DEFINE_integer("tfmot_prune_epochs", 4, "TFMOT pruning fine-tuning epochs.")
+flags.DEFINE_integer("tfmot_qat_epochs", 2, "TFMOT quantization-aware training epochs.")
+flags.DEFINE_integer("tfmot_search_iters", 10, "Bisection steps matching TFMOT's gzipped size.")
+flags.DEFINE_integer("pgd100_steps", 100, "PGD steps of the strong attack on the best model.")
+flags.DEFINE_integer("pgd100_restarts", 5, "Restarts of the strong attack.")
+flags.DEFINE_integer("timing_steps", 20, "Train steps per timing round (rounded to whole ADMM periods).")
+flags.DEFINE_integer("timing_rounds", 3, "Alternating timing rounds (median).")
+flags.DEFINE_bool("resnet", True, "Measure the L0 projection + codebook fit cost on a ResNet-50-size weight set "
+                  "(a few minutes; off with --quick, where it alone would take two).")
+flags.DEFINE_integer("resnet_input", 224, "ResNet-50 input size for its training-step time.")
+flags.DEFINE_integer("resnet_batch", 4, "ResNet-50 batch for its training-step time.")
+flags.DEFINE_integer("resnet_reps", 3, "Timed repetitions (median) of each ResNet-50 measurement.")
+flags.DEFINE_bool("resnet_pgd_step", True, "Also time one PGD adversarial training step of ResNet-50.")
+flags.DEFINE_string("docs_dir", None, "Where BENCHMARKS.md and the PNG go (default: docs/, or <workdir>/docs "
+                    "with --quick so that a smoke test never overwrites the real benchmark page).")
+
+for _name, _value in dict(dataset="fashion_mnist", model="lenet", workdir="runs/bench", eval_restarts=5,
+                          da_epochs=15, verbose=2).items():
+    F.set_default(_name, _value)
+
+QUICK = dict(limit_train=600, limit_test=200, da_epochs=1, pgd_steps=2, eval_pgd_steps=3, eval_restarts=1,
+             ratios=["0.01"], methods=["da", "ap", "atmc8"], compress_epochs=3, da_lr_grid=["3e-3"],
+             lr_grid=["1e-3"], tune_train=300, tune_val=60, tune_da_epochs=1, tune_compress_epochs=3,
+             tfmot_prune_epochs=1, tfmot_qat_epochs=1, tfmot_search_iters=4, pgd100_steps=5, pgd100_restarts=1,
+             timing_steps=5, timing_rounds=2, resnet=False, workdir="runs/bench_quick", verbose=0)
+# Flags of pipelines.atmc that the benchmark sets per cell itself.
+PIPELINE_ONLY = ("method", "size_ratio", "nnz_budget", "bits", "bits_enabled", "factorization", "rank",
+                 "al0_epochs", "atmc32_epochs", "atmcb_epochs", "finetune_epochs", "micro_samples", "plot_eps",
+                 "model_file", "strategy")
+# Settings that may change between a run and its resume (cells are keyed by method and ratio).
+RERUN_SAFE = ("verbose", "docs_dir", "render_only", "ratios", "methods", "tfmot", "workdir", "timing_steps",
+              "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step",
+              "pgd100_steps", "pgd100_restarts", "tfmot_search_iters")
+METHOD_ORDER = ("atmc8", "ap", "al0", "atmc4", "atmc32", "nap")  # the headline comparison first
+FAMILY = {"nap": "nap", "ap": "ap", "al0": "al0", "atmc32": "atmc", "atmc8": "atmc", "atmc4": "atmc"}
+BENCH_FLAGS = ("quick", "ratios", "methods", "compress_epochs", "tune", "da_lr_grid", "lr_grid", "tune_train",
+               "tune_val", "tune_da_epochs", "tune_compress_epochs", "tfmot", "tfmot_prune_epochs",
+               "tfmot_qat_epochs", "tfmot_search_iters", "pgd100_steps", "pgd100_restarts", "timing_steps",
+               "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step")
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- settings --------------------------------------------------------------------------------
+
+def _floats(name, values, lo, hi):
+    try:
+        out = [float(v) for v in values]
+    except ValueError:
+        fail(f"--{name} must be numbers, got {','.join(values)}")
+    if not out or not all(lo < v <= hi for v in out):
+        fail(f"--{name} must be numbers in ({lo:g}, {hi:g}], got {','.join(values)}")
+    return out
+
+
+def settings_from_flags():
+    """(PipelineConfig, bench dict) after --quick defaults and validation; exits 2 on a bad flag."""
+    for name in PIPELINE_ONLY:
+        if F[name].present:
+            fail(f"--{name} is a flag of pipelines.atmc; the benchmark sets it per cell (see --helpfull)")
+    if F.quick:
+        for name, value in QUICK.items():
+            if not F[name].present:
+                F[name].value = value
+    bench = {name: F[name].value for name in BENCH_FLAGS}
+    bench["ratios"] = sorted(set(_floats("ratios", F.ratios, 0, 1)))
+    bench["da_lr_grid"] = _floats("da_lr_grid", F.da_lr_grid, 0, 10)
+    bench["lr_grid"] = _floats("lr_grid", F.lr_grid, 0, 10)
+    bad = [m for m in F.methods if m not in R.METHODS]
+    if bad or not F.methods:
+        fail(f"--methods must be among {', '.join(R.METHODS)}, got {','.join(F.methods)}")
+    bench["methods"] = ["da"] + [m for m in R.METHODS if m in F.methods and m != "da"]
+    for name, least in (("compress_epochs", 3), ("tune_train", 1), ("tune_val", 1), ("tune_da_epochs", 1),
+                        ("tune_compress_epochs", 3), ("tfmot_prune_epochs", 0), ("tfmot_qat_epochs", 0),
+                        ("tfmot_search_iters", 1), ("pgd100_steps", 1), ("pgd100_restarts", 1),
+                        ("timing_steps", 1), ("timing_rounds", 1), ("resnet_input", 32), ("resnet_batch", 1),
+                        ("resnet_reps", 1)):
+        if F[name].value < least:
+            fail(f"--{name} must be >= {least}")
+    if F.tfmot and F.model not in ("lenet", "mlp"):
+        fail(f"--tfmot rebuilds the model in tf_keras and supports --model=lenet or mlp, not {F.model}")
+    bench["lr_fixed"] = F["lr"].present
+    bench["da_lr_fixed"] = F["da_lr"].present
+    cfg = PipelineConfig.from_flags()
+    cfg = dataclasses.replace(cfg, method="da", bits=None, nnz_budget=None, factorization="none")
+    docs = F.docs_dir or (os.path.join(cfg.workdir, "docs") if F.quick else os.path.join(REPO, "docs"))
+    return cfg, bench, docs
+
+
+def identity(cfg, bench):
+    """What a resumed run must share with the run that made the workdir."""
+    d = {k: v for k, v in cfg.as_dict().items()
+         if k not in RERUN_SAFE + PIPELINE_ONLY + ("da_lr", "lr")}
+    d.update({k: v for k, v in bench.items() if k not in RERUN_SAFE})
+    return json.loads(json.dumps(d))
+
+
+def identity_diff(mine, theirs):
+    """Settings that differ; a setting the workdir's run did not know yet (a flag added to the
+    pipeline since) counts as the same when it is at its default."""
+    def same(k):
+        if k not in theirs:
+            return k in F and json.dumps(mine.get(k)) == json.dumps(F[k].default)
+        if k not in mine:
+            return True  # a setting since removed from the pipeline
+        return json.dumps(mine[k]) == json.dumps(theirs[k])
+    return sorted(k for k in set(mine) | set(theirs) if not same(k))
+
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "?")
+    except OSError:
+        pass
+    mem = None
+    try:
+        with open("/proc/meminfo") as fh:
+            kb = next(int(l.split()[1]) for l in fh if l.startswith("MemTotal"))
+            mem = round(kb / 1024 / 1024, 1)
+    except (OSError, StopIteration):
+        pass
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu_model": cpu, "nproc": nproc, "mem_gb": mem, "platform": platform.platform(), "nice": os.nice(0)}
+
+
+def versions():
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy",
+                "matplotlib"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def command_line():
+    exe = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd() + os.sep) else "python"
+    nice = os.nice(0)
+    env = f"PYTHONPATH={shlex.quote(os.environ['PYTHONPATH'])} " if os.environ.get("PYTHONPATH") else ""
+    return (f"cd {os.getcwd()} && " + env + (f"nice -n {nice} " if nice else "")
+            + shlex.join([exe, "-m", "pipelines.benchmark"] + sys.argv[1:]))
+
+
+# --- results file -----------------------------------------------------------------------------
+
+class Results:
+    """<workdir>/results.json, written atomically after every change; docs re-rendered each time."""
+
+    def __init__(self, workdir, docs_dir):
+        self.file = os.path.join(workdir, "results.json")
+        self.docs_dir = docs_dir
+        self.data = {}
+        if os.path.exists(self.file):
+            try:
+                with open(self.file) as fh:
+                    self.data = json.load(fh)
+            except (OSError, ValueError):
+                fail(f"{self.file} is unreadable or corrupt; move it away or use a new --workdir")
+        self.data.setdefault("cells", {})
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def cell(self, key):
+        return self.data["cells"].get(key)
+
+    def done(self, key):
+        c = self.cell(key)
+        return c is not None and c.get("status") in ("done", "infeasible")
+
+    def set(self, key, value, cell=False):
+        (self.data["cells"] if cell else self.data)[key] = value
+        self.save()
+
+    def save(self):
+        from pipelines.stages import write_json
+        self.data["updated"] = _now()
+        write_json(self.file, self.data)
+        self.render()
+
+    def render(self):
+        try:
+            R.render(self.data, self.docs_dir)
+        except Exception:  # a rendering bug must not stop a run of many hours
+            logging.exception("rendering %s failed; results.json is intact", self.docs_dir)
+
+
+# --- training and evaluation of one cell ---------------------------------------------------------
+
+def cell_cfg(cfg, workdir, method, ratio, lr, epochs):
+    """The PipelineConfig for one (method, ratio): its own workdir, budget and epoch split."""
+    t = int(epochs)
+    per = {"nap": dict(method="nap", finetune_epochs=t), "ap": dict(method="ap", finetune_epochs=t),
+           "al0": dict(method="al0", al0_epochs=t),
+           "atmc32": dict(method="atmc", al0_epochs=t // 2, atmc32_epochs=t - t // 2)}
+    for b in (8, 4):
+        per[f"atmc{b}"] = dict(method="atmc", bits=b, al0_epochs=t // 3, atmc32_epochs=t // 3,
+                               atmcb_epochs=t - 2 * (t // 3))
+    base = dict(workdir=workdir, size_ratio=float(ratio), nnz_budget=None, lr=float(lr), bits=None,
+                factorization="none", al0_epochs=0, atmc32_epochs=0, atmcb_epochs=0, finetune_epochs=0)
+    return dataclasses.replace(cfg, **{**base, **per[method]})
+
+
+def train_method(ccfg, method, data, da_plain):
+    """Train one method from the DA model; returns (plain, net, stage results, scheme, k).
+
+    Raises UsageError when the ratio cannot pay for the codebooks (infeasible).
+    """
+    from atmc_tf.training import method_config
+    from pipelines import stages
+    k = stages.nnz_budget(ccfg, da_plain)
+    if method == "nap":  # from the shared DA checkpoint, fine-tuned without attack
+        config = method_config("nap", nnz_budget=k)
+        plain, net, res = stages.train_stage(ccfg, "nap", da_plain, data, "nap", config, ccfg.finetune_epochs,
+                                             ccfg.lr)
+        return plain, net, [res], None, k
+    plain, net, results, scheme = stages.compress_stages(ccfg, data, da_plain)
+    return plain, net, results, scheme, k
+
+
+def evaluate(cfg, plain, data, rep_x, out_dir):
+    """Clean and PGD accuracy of the Keras model and of its int8 .tflite on the same adversarial images."""
+    import numpy as np
+
+    from atmc_tf.export import LiteRTModel, atomic, gzip_size, kernel_codes_match, to_int8_tflite
+    from pipelines import stages
+    t = time.time()
+    y = data.y_test
+    keras_pred = plain.predict(data.x_test, batch_size=256, verbose=0).argmax(-1)
+    x_adv = stages.craft_adversarial(cfg, plain, data.x_test, y)
+    keras_adv = plain.predict(x_adv, batch_size=256, verbose=0).argmax(-1)
+    tfl = to_int8_tflite(plain, rep_x)
+    os.makedirs(out_dir, exist_ok=True)
+    tfl_file = os.path.join(out_dir, "model_int8.tflite")
+    atomic.write_bytes_atomic(tfl_file, tfl)
+    lite = LiteRTModel(tfl)
+    lite_pred = lite.predict(data.x_test).argmax(-1)
+    lite_adv = lite.predict(x_adv).argmax(-1)
+    codes = kernel_codes_match(plain, tfl)
+    return {"clean_acc": float(np.mean(keras_pred == y)), "robust_acc": float(np.mean(keras_adv == y)),
+            "tflite_clean_acc": float(np.mean(lite_pred == y)), "tflite_robust_acc": float(np.mean(lite_adv == y)),
+            "top1_agreement": float(np.mean(lite_pred == keras_pred)),
+            "top1_agreement_adv": float(np.mean(lite_adv == keras_adv)),
+            "kernel_code_mismatches": int(codes["mismatches"]), "tflite_bytes": len(tfl),
+            "tflite_gzip_bytes": gzip_size(tfl), "tflite_file": tfl_file, "eval_seconds": time.time() - t,
+            "attack": f"PGD-{cfg.eval_pgd_steps} x {cfg.eval_restarts} restarts, eps {cfg.eps}, white-box on "
+                      "Keras; .tflite on the same images (transfer)"}
+
+
+def _last(history, key):
+    v = history.get(key) or history.get(key.replace("val_", "")) or [None]
+    return v[-1]
+
+
+class Benchmark:
+    def __init__(self, cfg, bench, results):
+        self.cfg, self.b, self.res = cfg, bench, results
+        self.root = cfg.workdir
+
+    # --- stages of the run ---------------------------------------------------------------------
+    def run(self):
+        import tensorflow as tf
+
+        from atmc_tf.training import dense_weight_count
+        from pipelines import stages
+        if self.cfg.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        self.data = stages.load_data(self.cfg)
+        self.rep_x = self.data.x_train[:300]
+        meta = self.res.get("meta", {})
+        meta.update({"settings": {**self.b, **{k: v for k, v in self.cfg.as_dict().items()
+                                               if k not in PIPELINE_ONLY}},
+                     "data": self.data.summary()})
+        meta["settings"].update(train=len(self.data.y_train), val=len(self.data.y_val), test=len(self.data.y_test))
+        self.res.set("meta", meta)
+
+        self.tune_da()
+        self.da_plain, _, da_res = stages.dense_stage(self.cfg, self.data)
+        meta["dense_weights"] = dense_weight_count(self.da_plain)
+        self.res.set("meta", meta)
+        if not self.res.done("da"):
+            ev = evaluate(self.cfg, self.da_plain, self.data, self.rep_x, os.path.join(self.root, "cells", "da"))
+            size = stages.size_summary(self.cfg, None, self.da_plain, None, None)
+            self.res.set("da", self._cell("da", None, ev, size, [da_res], self.cfg.da_lr, None,
+                                          os.path.join(self.root, "da", "model.keras")), cell=True)
+            self._log_cell("da")
+        self.timing()
+        self.tune_compression()
+        ratios = self.b["ratios"]
+        ordered = ([R.HEADLINE_RATIO] if R.HEADLINE_RATIO in ratios else []) + \
+                  [r for r in ratios if r != R.HEADLINE_RATIO]
+        for ratio in ordered:
+            for method in METHOD_ORDER:
+                if method in self.b["methods"]:
+                    self.compressed_cell(method, ratio)
+                    gc.collect()
+            if self.b["tfmot"] and "atmc8" in self.b["methods"]:
+                self.tfmot_cell(ratio)
+            if ratio == ordered[0]:
+                self.pgd100(ratio)
+        self.res.save()
+
+    def _cell(self, method, ratio, ev, size, stage_results, lr, k, model_file):
+        return {"method": method, "ratio": 1.0 if ratio is None else ratio, "status": "done", **ev,
+                "paper_bits": size["paper_bits"], "paper_ratio": size["paper_ratio"],
+                "honest_bits": size["honest_bits"], "honest_ratio": size["honest_ratio"], "nnz": size["nnz"],
+                "budget": k, "size": size, "lr": lr,
+                "train_seconds": sum(r["seconds"] for r in stage_results),
+                "stages": [{k2: r[k2] for k2 in ("stage", "method", "epochs", "seconds")} | {
+                    "val_clean_acc": _last(r.get("history", {}), "val_clean_acc"),
+                    "val_adv_acc": _last(r.get("history", {}), "val_adv_acc")} for r in stage_results],
+                "model_file": model_file, "finished": _now()}
+
+    def _log_cell(self, key):
+        c = self.res.cell(key)
+        logging.info("cell %s: clean %.4f robust %.4f | .tflite clean %.4f robust %.4f | %d bits (ratio %.4f) | "
+                     "%d B, %d B gzipped | train %.0f s", key, c["clean_acc"], c["robust_acc"],
+                     c["tflite_clean_acc"], c["tflite_robust_acc"], c["paper_bits"], c["paper_ratio"],
+                     c["tflite_bytes"], c["tflite_gzip_bytes"], c["train_seconds"])
+
+    # --- hyper-parameters on the validation split -------------------------------------------------
+    def _tune_data(self):
+        n, nv = min(self.b["tune_train"], len(self.data.y_train)), min(self.b["tune_val"], len(self.data.y_val))
+        return dataclasses.replace(self.data, x_train=self.data.x_train[:n], y_train=self.data.y_train[:n],
+                                   x_val=self.data.x_val[:nv], y_val=self.data.y_val[:nv])
+
+    def _tuning(self):
+        t = self.res.get("tuning") or {}
+        t["note"] = (f"Each candidate trains on the first {min(self.b['tune_train'], len(self.data.y_train))} "
+                     f"training images and is scored on {min(self.b['tune_val'], len(self.data.y_val))} validation "
+                     f"images by its PGD-{self.cfg.pgd_steps} robust accuracy after the last epoch (NAP: clean "
+                     f"accuracy); DA candidates {self.b['tune_da_epochs']} epochs, compression candidates "
+                     f"{self.b['tune_compress_epochs']} epochs from the full DA checkpoint at ratio "
+                     f"{self._tune_ratio():g}. The test set is never used for a choice.")
+        return t
+
+    def _tune_ratio(self):
+        return R.HEADLINE_RATIO if R.HEADLINE_RATIO in self.b["ratios"] else self.b["ratios"][0]
+
+    @staticmethod
+    def _pick(grid, clean_only=False):
+        def score(item):
+            v = item[1]
+            return (v["val_clean_acc"] or 0,) if clean_only else (v["val_adv_acc"] or 0, v["val_clean_acc"] or 0)
+        return float(max(grid.items(), key=score)[0])
+
+    def tune_da(self):
+        from pipelines import stages
+        tuning = self._tuning()
+        if "da_lr" not in tuning:
+            if self.b["da_lr_fixed"] or not self.b["tune"]:
+                tuning["da_lr"] = {"grid": {}, "chosen": self.cfg.da_lr, "how": "fixed by --da_lr / --notune"}
+            else:
+                data, grid = self._tune_data(), {}
+                for lr in self.b["da_lr_grid"]:
+                    tcfg = dataclasses.replace(self.cfg, workdir=os.path.join(self.root, "tune", f"da_lr{lr:g}"),
+                                               da_epochs=self.b["tune_da_epochs"], da_lr=lr)
+                    _, _, r = stages.dense_stage(tcfg, data)
+                    grid[f"{lr:g}"] = {"val_adv_acc": _last(r["history"], "val_adv_acc"),
+                                       "val_clean_acc": _last(r["history"], "val_clean_acc"),
+                                       "seconds": r["seconds"]}
+                tuning["da_lr"] = {"grid": grid, "chosen": self._pick(grid), "how": "best val robust acc"}
+            self.res.set("tuning", tuning)
+            logging.info("tuning: DA lr %s", tuning["da_lr"]["chosen"])
+        self.cfg = dataclasses.replace(self.cfg, da_lr=float(tuning["da_lr"]["chosen"]))
+
+    def tune_compression(self):
+        tuning = self._tuning()
+        lrs = tuning.setdefault("lr", {})
+        families = [f for f in ("nap", "ap", "al0", "atmc") if any(FAMILY[m] == f for m in self.b["methods"]
+                                                                   if m != "da")]
+        rep = {"nap": "nap", "ap": "ap", "al0": "al0",
+               "atmc": next((m for m in ("atmc8", "atmc4", "atmc32") if m in self.b["methods"]), "atmc8")}
+        for fam in families:
+            if fam in lrs:
+                continue
+            if self.b["lr_fixed"] or not self.b["tune"]:
+                lrs[fam] = {"grid": {}, "chosen": self.cfg.lr, "how": "fixed by --lr / --notune"}
+            else:
+                data, grid, ratio = self._tune_data(), {}, self._tune_ratio()
+                for lr in self.b["lr_grid"]:
+                    wd = os.path.join(self.root, "tune", f"{fam}_lr{lr:g}")
+                    ccfg = cell_cfg(self.cfg, wd, rep[fam], ratio, lr, self.b["tune_compress_epochs"])
+                    try:
+                        _, _, results, _, _ = train_method(ccfg, rep[fam], data, self.da_plain)
+                    except UsageError as err:
+                        logging.warning("tuning %s at ratio %g is infeasible (%s); using --lr", fam, ratio, err)
+                        grid = {}
+                        break
+                    h = results[-1]["history"]
+                    grid[f"{lr:g}"] = {"val_adv_acc": _last(h, "val_adv_acc"),
+                                       "val_clean_acc": _last(h, "val_clean_acc"),
+                                       "seconds": sum(r["seconds"] for r in results), "tuned_with": rep[fam]}
+                    gc.collect()
+                chosen = self._pick(grid, clean_only=fam == "nap") if grid else self.cfg.lr
+                lrs[fam] = {"grid": grid, "chosen": chosen,
+                            "how": (f"best val {'clean' if fam == 'nap' else 'robust'} acc, tuned with "
+                                    f"{R.LABELS[rep[fam]]}") if grid else "fallback --lr"}
+            self.res.set("tuning", tuning)
+            logging.info("tuning: %s lr %s", fam, lrs[fam]["chosen"])
+
+    # --- the cells ------------------------------------------------------------------------------
+    def compressed_cell(self, method, ratio):
+        from pipelines import stages
+        key = R.cell_key(method, ratio)
+        if self.res.done(key):
+            return
+        lr = float(self.res["tuning"]["lr"][FAMILY[method]]["chosen"])
+        wd = os.path.join(self.root, "cells", key)
+        ccfg = cell_cfg(self.cfg, wd, method, ratio, lr, self.b["compress_epochs"])
+        logging.info("cell %s: training (lr %g, %d epochs from DA)", key, lr, self.b["compress_epochs"])
+        from atmc_tf.training import TrainingDivergedError
+        try:
+            plain, net, results, scheme, k = train_method(ccfg, method, self.data, self.da_plain)
+        except UsageError as err:
+            self.res.set(key, {"method": method, "ratio": ratio, "status": "infeasible", "reason": str(err)},
+                         cell=True)
+            logging.warning("cell %s: infeasible: %s", key, err)
+            return
+        except TrainingDivergedError as err:
+            self.res.set(key, {"method": method, "ratio": ratio, "status": "failed", "reason": str(err)}, cell=True)
+            logging.error("cell %s: %s", key, err)
+            return
+        ev = evaluate(self.cfg, plain, self.data, self.rep_x, wd)
+        size = stages.size_summary(ccfg, net, plain, scheme, ccfg.bits if scheme else None)
+        cell = self._cell(method, ratio, ev, size, results, lr, k,
+                          os.path.join(wd, results[-1]["stage"], "model.keras"))
+        cell["bits"] = ccfg.bits
+        cell["quant_scheme"] = scheme
+        self.res.set(key, cell, cell=True)
+        self._log_cell(key)
+
+    def tfmot_cell(self, ratio):
+        import numpy as np
+        key, match = R.cell_key("tfmot", ratio), R.cell_key("atmc8", ratio)
+        target = self.res.cell(match)
+        if self.res.done(key) or not (target and target.get("status") == "done"):
+            return
+        d = os.path.join(self.root, "cells", key)
+        os.makedirs(d, exist_ok=True)
+        npz = os.path.join(d, "da_weights.npz")
+        arrays = {f"{l.name}/{i}": w for l in self.da_plain.layers for i, w in enumerate(l.get_weights())}
+        arrays["check_x"] = self.data.x_test[:64]
+        arrays["check_logits"] = self.da_plain.predict(self.data.x_test[:64], verbose=0)
+        tmp = npz + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, npz)
+        c = self.cfg
+        args = [f"--weights={npz}", f"--out={os.path.join(d, 'result.json')}",
+                f"--target_gzip={target['tflite_gzip_bytes']}", f"--model={c.model}", f"--dataset={c.dataset}",
+                f"--seed={c.seed}", f"--batch_size={c.batch_size}", f"--eps={c.eps}",
+                f"--eval_pgd_steps={c.eval_pgd_steps}", f"--eval_restarts={c.eval_restarts}",
+                f"--prune_epochs={self.b['tfmot_prune_epochs']}", f"--qat_epochs={self.b['tfmot_qat_epochs']}",
+                f"--search_iters={self.b['tfmot_search_iters']}", f"--verbose={c.verbose}"]
+        args += [f"--{n}={getattr(c, n)}" for n in ("data_dir", "limit_train", "limit_test")
+                 if getattr(c, n) is not None]
+        env = {**os.environ, "TF_USE_LEGACY_KERAS": "1",
+               "PYTHONPATH": REPO + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
+        log_file = os.path.join(d, "tfmot.log")
+        logging.info("cell %s: TFMOT in its own process (log %s), target %d B gzipped", key, log_file,
+                     target["tflite_gzip_bytes"])
+        with open(log_file, "a") as log:
+            log.write(f"\n=== {_now()} {shlex.join([sys.executable, '-m', 'pipelines.bench_tfmot'] + args)}\n")
+            log.flush()
+            proc = subprocess.run([sys.executable, "-m", "pipelines.bench_tfmot"] + args, cwd=REPO, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            self.res.set(key, {"method": "tfmot", "ratio": ratio, "status": "failed",
+                               "reason": f"bench_tfmot exited with {proc.returncode}; see {log_file}"}, cell=True)
+            logging.error("cell %s: TFMOT process failed (exit %d), see %s", key, proc.returncode, log_file)
+            return
+        with open(os.path.join(d, "result.json")) as fh:
+            cell = json.load(fh)
+        cell.update(ratio=ratio, matched_to=match, finished=_now())
+        self.res.set(key, cell, cell=True)
+        self._log_cell(key)
+
+    def pgd100(self, ratio):
+        """The strong attack on the best compressed model at the headline ratio (once all its cells exist)."""
+        import keras
+        import numpy as np
+
+        from atmc_tf.export import LiteRTModel
+        from atmc_tf.layers import strip_model
+        from pipelines import stages
+        if self.res.get("pgd100"):
+            return
+        keys = [R.cell_key(m, ratio) for m in self.b["methods"] if m != "da"]
+        if not keys or not all(self.res.done(k) for k in keys):
+            return
+        cands = [self.res.cell(k) for k in keys if self.res.cell(k)["status"] == "done"]
+        if not cands:
+            return
+        best = max(cands, key=lambda c: c["robust_acc"])
+        key = R.cell_key(best["method"], ratio)
+        logging.info("PGD-%d x %d on the best model %s", self.b["pgd100_steps"], self.b["pgd100_restarts"], key)
+        t = time.time()
+        plain = strip_model(keras.models.load_model(best["model_file"]))
+        pcfg = dataclasses.replace(self.cfg, eval_pgd_steps=self.b["pgd100_steps"],
+                                   eval_restarts=self.b["pgd100_restarts"])
+        y = self.data.y_test
+        x_adv = stages.craft_adversarial(pcfg, plain, self.data.x_test, y)
+        with open(best["tflite_file"], "rb") as fh:
+            lite = LiteRTModel(fh.read())
+        self.res.set("pgd100", {
+            "cell": key, "steps": self.b["pgd100_steps"], "restarts": self.b["pgd100_restarts"],
+            "robust_acc": float(np.mean(plain.predict(x_adv, batch_size=256, verbose=0).argmax(-1) == y)),
+            "tflite_robust_acc": float(np.mean(lite.predict(x_adv).argmax(-1) == y)),
+            "robust_acc_eval": best["robust_acc"], "tflite_robust_acc_eval": best["tflite_robust_acc"],
+            "seconds": time.time() - t})
+
+    def timing(self):
+        from pipelines import bench_timing, stages
+        if not self.res.get("timing"):
+            logging.info("timing: ATMC step vs bare PGD-AT step")
+            out = bench_timing.step_time_ratio(
+                self.da_plain, self.data.x_train, self.data.y_train, stages.train_attack(self.cfg),
+                ratio=self._tune_ratio(), bits_list=(8, 4), quant_scheme=self.cfg.quant_scheme, rho=self.cfg.rho,
+                quant_interval=self.cfg.quant_interval, clean_weight=self.cfg.clean_weight,
+                batch_size=self.cfg.batch_size, steps=self.b["timing_steps"], rounds=self.b["timing_rounds"])
+            out["op_determinism"] = bool(self.cfg.deterministic)
+            self.res.set("timing", out)
+            logging.info("timing: bare PGD-AT %.1f ms per step; ATMC-8 x%s, ATMC-4 x%s",
+                         1000 * out["bare_step_s"], out.get("ratio_atmc8"), out.get("ratio_atmc4"))
+            gc.collect()
+        if not self.b["resnet"]:
+            if not self.res.get("resnet50_cost"):
+                self.res.set("resnet50_cost", {"skipped": "--noresnet" + (" (--quick)" if self.b["quick"] else "")})
+        elif not self.res.get("resnet50_cost") or self.res.get("resnet50_cost").get("skipped"):
+            logging.info("timing: ResNet-50-size projection and codebook fit")
+            out = bench_timing.resnet50_cost(
+                input_size=self.b["resnet_input"], batch=self.b["resnet_batch"], reps=self.b["resnet_reps"],
+                ratio=self._tune_ratio(), quant_scheme=self.cfg.quant_scheme,
+                quant_interval=self.cfg.quant_interval, eps=self.cfg.eps, pgd_steps=self.cfg.pgd_steps,
+                pgd_step=self.b["resnet_pgd_step"], seed=self.cfg.seed)
+            self.res.set("resnet50_cost", out)
+            gc.collect()
+
+
+# --- entry ----------------------------------------------------------------------------------------
+
+def main(argv):
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+    cfg, bench, docs = settings_from_flags()
+    if F.render_only:
+        file = os.path.join(cfg.workdir, "results.json")
+        if not os.path.exists(file):
+            fail(f"{file} does not exist: run the benchmark first (or point --workdir at its workdir)")
+        res = Results(cfg.workdir, docs)
+        md, png = R.render(res.data, docs)
+        print(f"rendered {md} and {png} from {file}")
+        return
+    check_workdir(cfg.workdir)
+    res = Results(cfg.workdir, docs)
+    mine = identity(cfg, bench)
+    meta = res.get("meta")
+    if meta:
+        diff = identity_diff(mine, meta.get("identity", {}))
+        if diff:
+            fail(f"--workdir={cfg.workdir} holds a benchmark made with other settings ({', '.join(diff)}); "
+                 "use a new --workdir or the same flags to resume")
+    else:
+        meta = {"started": _now(), "identity": mine}
+    meta.update({"command": command_line(), "argv": sys.argv, "quick": bool(bench["quick"]),
+                 "versions": versions(), "machine": machine(), "dataset": cfg.dataset, "model": cfg.model,
+                 "eps": cfg.eps, "workdir": cfg.workdir})
+    meta.setdefault("commands", []).append({"at": _now(), "command": meta["command"]})
+    res.set("meta", meta)
+    from atmc_tf.data import DataError
+    t0 = time.time()
+    try:
+        Benchmark(cfg, bench, res).run()
+    except (DataError, UsageError) as err:
+        fail(str(err))
+    done = sum(1 for c in res["cells"].values() if c.get("status") == "done")
+    print(f"benchmark: {done} cells done in {time.time() - t0:.0f} s; results {res.file}; "
+          f"docs {os.path.join(docs, 'BENCHMARKS.md')}")
+
+
+def entry():
+    app.run(main, flags_parser=flags_def.parse_flags)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,195 @@
+"""The benchmark program: a --quick run end to end (results JSON, BENCHMARKS.md, PNG), resume, bad flags,
+and the target logic on hand-made results."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from pipelines import bench_report as R  # noqa: E402
+
+
+def run_bench(*args, timeout=900):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "pipelines.benchmark", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One --quick run (about two minutes on 2 cores) shared by the tests below."""
+    base = tmp_path_factory.mktemp("bench")
+    wd, docs = base / "wd", base / "docs"
+    r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={docs}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    with open(wd / "results.json") as fh:
+        results = json.load(fh)
+    return wd, docs, results, r
+
+
+def test_quick_results_have_every_field(quick):
+    _, _, res, _ = quick
+    meta = res["meta"]
+    assert meta["quick"] is True
+    assert "pipelines.benchmark --quick" in meta["command"]
+    for key in ("tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"):
+        assert meta["versions"][key], key
+    assert meta["machine"]["nproc"] >= 1 and meta["machine"]["cpu_model"]
+    assert meta["started"] and res["updated"]
+    cells = res["cells"]
+    assert set(cells) == {"da", "ap@0.01", "atmc8@0.01", "tfmot@0.01"}, sorted(cells)
+    for key, cell in cells.items():
+        assert cell["status"] == "done", (key, cell)
+        fields = R.TFMOT_FIELDS if cell["method"] == "tfmot" else R.CELL_FIELDS
+        missing = [f for f in fields if f not in cell or cell[f] is None]
+        assert not missing, (key, missing)
+        for f in ("clean_acc", "robust_acc", "tflite_clean_acc", "tflite_robust_acc"):
+            assert 0 <= cell[f] <= 1, (key, f, cell[f])
+        assert 0 < cell["tflite_gzip_bytes"] < cell["tflite_bytes"], key
+        assert cell["train_seconds"] > 0 and cell["paper_bits"] > 0, key
+    da, a8, ap = cells["da"], cells["atmc8@0.01"], cells["ap@0.01"]
+    assert da["paper_ratio"] == pytest.approx(1.0)
+    for c in (a8, ap):  # the budget holds: paper-style size at most the ratio asked
+        assert c["paper_ratio"] <= 0.01 + 1e-9, c["paper_ratio"]
+    assert a8["kernel_code_mismatches"] == 0  # codebook_int8: the .tflite stores the trained codes
+    assert a8["nnz"] > ap["nnz"]  # 8-bit nonzeros are cheaper than fp32 ones at the same size
+    assert a8["tflite_gzip_bytes"] < da["tflite_gzip_bytes"]
+    t = cells["tfmot@0.01"]
+    assert t["target_gzip_bytes"] == a8["tflite_gzip_bytes"] and 0 < t["sparsity"] < 1
+    assert t["rebuild_max_logit_diff"] < 1e-3
+    tm = res["timing"]
+    assert tm["bare_step_s"] > 0 and tm["ratio_atmc8"] > 0 and tm["ratio_atmc4"] > 0
+    assert res["pgd100"]["cell"] in cells and 0 <= res["pgd100"]["robust_acc"] <= 1
+    assert res["resnet50_cost"]["skipped"]
+    assert res["tuning"]["da_lr"]["chosen"] and set(res["tuning"]["lr"]) == {"ap", "atmc"}
+
+
+def test_quick_docs_written_and_marked_as_smoke_test(quick):
+    wd, docs, res, _ = quick
+    md = (docs / "BENCHMARKS.md").read_text()
+    assert "QUICK SMOKE RUN" in md
+    assert res["meta"]["command"] in md
+    assert res["meta"]["machine"]["cpu_model"] in md
+    assert "tensorflow 2." in md
+    for t in ("T1", "T2", "T3", "T4", "T5", "T6"):
+        assert f"| {t} |" in md
+    assert "### size ratio 0.01" in md and "| ATMC-8 | " in md and "TFMOT prune+QAT" in md
+    # NOT RUN YET where the quick run has no cells (T3 needs AL0, ATMC-4 and ratio 0.003)
+    assert "| T3 |" in md and md.split("| T3 |")[1].split("\n")[0].count("NOT RUN YET") == 1
+    png = (docs / "benchmark_tradeoff.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_rerun_resumes_without_retraining(quick):
+    wd, docs, res, _ = quick
+    before = {k: c["finished"] for k, c in res["cells"].items()}
+    r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={docs}", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(wd / "results.json") as fh:
+        after = json.load(fh)
+    assert {k: c["finished"] for k, c in after["cells"].items()} == before
+    assert ": training (lr" not in r.stderr  # no cell was trained again
+
+
+def test_render_only_rebuilds_the_docs(quick, tmp_path):
+    wd, _, _, _ = quick
+    r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={tmp_path}", "--render_only", timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "BENCHMARKS.md").read_text().startswith("# Benchmark")
+    assert (tmp_path / "benchmark_tradeoff.png").stat().st_size > 10_000
+
+
+def test_workdir_of_other_settings_is_refused(quick):
+    wd, docs, _, _ = quick
+    r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={docs}", "--eps=0.2", timeout=120)
+    assert r.returncode == 2
+    assert "other settings" in r.stderr and "eps" in r.stderr
+
+
+@pytest.mark.parametrize("flag,mentions", [
+    ("--ratios=0", "--ratios"), ("--ratios=0.01,abc", "--ratios"), ("--methods=magic", "--methods"),
+    ("--method=ap", "--method"), ("--size_ratio=0.1", "--size_ratio"), ("--compress_epochs=2", "--compress_epochs"),
+    ("--lr_grid=-1", "--lr_grid"), ("positional", "unexpected arguments")])
+def test_bad_flags_exit_2(tmp_path, flag, mentions):
+    r = run_bench(flag, f"--workdir={tmp_path / 'wd'}", f"--docs_dir={tmp_path / 'docs'}", timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert mentions in r.stderr
+    assert not (tmp_path / "wd" / "results.json").exists()
+
+
+def test_render_only_without_results_fails_cleanly(tmp_path):
+    r = run_bench(f"--workdir={tmp_path}", f"--docs_dir={tmp_path / 'docs'}", "--render_only", timeout=120)
+    assert r.returncode == 2 and "results.json" in r.stderr
+
+
+# --- the target logic, on hand-made results ------------------------------------------------
+
+def _cell(method, ratio, robust, clean=0.8, t_robust=None, t_clean=None, gz=1000):
+    return {"method": method, "ratio": ratio, "status": "done", "robust_acc": robust, "clean_acc": clean,
+            "tflite_robust_acc": robust if t_robust is None else t_robust,
+            "tflite_clean_acc": clean if t_clean is None else t_clean, "tflite_gzip_bytes": gz}
+
+
+def _results(ratios=(0.003, 0.01), methods=R.METHODS, **cells):
+    return {"meta": {"settings": {"ratios": list(ratios), "methods": list(methods)}}, "cells": dict(cells)}
+
+
+def _status(results, tid):
+    return next(t["status"] for t in R.targets(results) if t["id"] == tid)
+
+
+def test_targets_t1_t2():
+    res = _results(**{"da": _cell("da", None, 0.70), "atmc8@0.01": _cell("atmc8", 0.01, 0.68),
+                      "ap@0.01": _cell("ap", 0.01, 0.64)})
+    assert _status(res, "T1") == R.MET and _status(res, "T2") == R.MET
+    res["cells"]["atmc8@0.01"]["robust_acc"] = 0.66  # 4 points below DA, 2 above AP
+    assert _status(res, "T1") == R.NOT_MET and _status(res, "T2") == R.NOT_MET
+    del res["cells"]["ap@0.01"]
+    assert _status(res, "T2") == R.NOT_RUN
+
+
+def test_targets_t3_needs_every_low_ratio_and_fails_early():
+    cells = {}
+    for r in (0.003, 0.01):
+        cells.update({f"ap@{r:g}": _cell("ap", r, 0.5), f"al0@{r:g}": _cell("al0", r, 0.55),
+                      f"atmc8@{r:g}": _cell("atmc8", r, 0.6), f"atmc4@{r:g}": _cell("atmc4", r, 0.58)})
+    res = _results(**cells)
+    assert _status(res, "T3") == R.MET
+    del res["cells"]["atmc4@0.003"]
+    assert _status(res, "T3") == R.NOT_RUN
+    res["cells"]["atmc4@0.003"] = {"method": "atmc4", "ratio": 0.003, "status": "infeasible", "reason": "x"}
+    assert _status(res, "T3") == R.MET  # an infeasible (ratio, bits) pair is reported, not counted
+    res["cells"]["atmc8@0.01"]["robust_acc"] = 0.55  # ties AL0: does not beat it
+    assert _status(res, "T3") == R.NOT_MET
+
+
+def test_targets_t4_t5_t6():
+    res = _results(ratios=(0.01,), **{"atmc8@0.01": _cell("atmc8", 0.01, 0.6, t_robust=0.61),
+                                      "tfmot@0.01": _cell("tfmot", 0.01, 0.05)})
+    assert _status(res, "T4") == R.MET
+    res["cells"]["tfmot@0.01"]["tflite_robust_acc"] = 0.35
+    assert _status(res, "T4") == R.NOT_MET
+    assert _status(res, "T5") == R.NOT_RUN  # DA and the baselines are missing
+    res = _results(ratios=(0.01,), methods=("da", "atmc8"),
+                   **{"da": _cell("da", None, 0.7), "atmc8@0.01": _cell("atmc8", 0.01, 0.6)})
+    res["meta"]["settings"]["methods"] = ["da", "atmc8"]
+    for m in R.COMPRESSED:
+        res["cells"].setdefault(f"{m}@0.01", _cell(m, 0.01, 0.5))
+    assert _status(res, "T5") == R.MET
+    res["cells"]["ap@0.01"]["tflite_clean_acc"] = 0.78  # 2 points below Keras
+    assert _status(res, "T5") == R.NOT_MET
+    assert _status(res, "T6") == R.NOT_RUN
+    res["timing"] = {"ratio_atmc8": 1.05, "atmc8_step_s": 0.21, "bare_step_s": 0.2}
+    assert _status(res, "T6") == R.MET
+    res["timing"]["ratio_atmc8"] = 1.2
+    assert _status(res, "T6") == R.NOT_MET
+
+
+def test_markdown_without_results_says_not_run_yet():
+    md = R.markdown({})
+    assert "NOT RUN YET" in md and "| T1 |" in md
+    assert "**MET**" not in md and "**NOT MET**" not in md
