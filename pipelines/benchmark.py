@@ -16,6 +16,7 @@ same command again to resume: finished cells are skipped and an interrupted
 training stage continues from its last epoch. The pipeline's flags (--eps,
 --pgd_steps, --batch_size, --da_epochs, ...) apply; --helpfull lists them.
 """
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -165,18 +166,12 @@ def identity_diff(mine, theirs):
 
 def machine():
     cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "?")
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "?")
     mem = None
-    try:
-        with open("/proc/meminfo") as fh:
-            kb = next(int(l.split()[1]) for l in fh if l.startswith("MemTotal"))
-            mem = round(kb / 1024 / 1024, 1)
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/meminfo") as fh:
+        kb = next(int(l.split()[1]) for l in fh if l.startswith("MemTotal"))
+        mem = round(kb / 1024 / 1024, 1)
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu_model": cpu, "nproc": nproc, "mem_gb": mem, "platform": platform.platform(), "nice": os.nice(0)}
 
