@@ -14,7 +14,6 @@ Everything that can be checked without TensorFlow is checked before importing it
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 import zipfile
@@ -22,18 +21,12 @@ import zipfile
 from absl import app, logging
 
 from pipelines import flags_def
+from pipelines.provenance import package_versions
 from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, fail
 
 
 def versions():
-    import importlib.metadata as md
-    out = {"python": platform.python_version()}
-    for pkg in ("tensorflow", "keras", "ai-edge-litert", "tflite-micro", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions(("tensorflow", "keras", "ai-edge-litert", "tflite-micro", "numpy"))
 
 
 def start_tensorflow(cfg):

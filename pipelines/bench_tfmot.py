@@ -180,14 +180,8 @@ def craft(model, x, y, eps, steps, restarts, batch_size=256):
 
 
 def versions():
-    import importlib.metadata as md
-    out = {}
-    for pkg in ("tensorflow", "tf-keras", "tensorflow-model-optimization"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    from pipelines.provenance import package_versions
+    return package_versions(("tensorflow", "tf-keras", "tensorflow-model-optimization"), with_python=False)
 
 
 def run():

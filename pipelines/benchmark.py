@@ -33,6 +33,7 @@ from absl import app, flags, logging
 from pipelines import bench_report as R
 from pipelines import flags_def
 from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, fail
+from pipelines.provenance import package_versions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F = flags.FLAGS
@@ -177,15 +178,8 @@ def machine():
 
 
 def versions():
-    import importlib.metadata as md
-    out = {"python": platform.python_version()}
-    for pkg in ("tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy",
-                "matplotlib"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions(("tensorflow", "keras", "tf-keras", "tensorflow-model-optimization",
+                             "ai-edge-litert", "numpy", "matplotlib"))
 
 
 def command_line():
