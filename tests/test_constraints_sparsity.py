@@ -4,7 +4,7 @@ import tensorflow as tf
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from atmc_tf.constraints import apply_masks, count_nonzero, project_l0, topk_masks
+from atmc_tf.constraints import apply_masks, count_nonzero, project_l0, project_l0_hinted, topk_masks
 
 floats = st.floats(-10, 10, allow_nan=False, width=32)
 shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5)
@@ -69,3 +69,51 @@ def test_works_in_tf_function_with_large_tensors():
     assert int(tf.math.count_nonzero(out)) == 1000
     assert float(tf.reduce_min(tf.abs(tf.boolean_mask(out, out != 0)))) >= float(
         tf.reduce_max(tf.abs(tf.boolean_mask(w, out == 0))))
+
+
+hints = st.one_of(st.floats(-1, 20, allow_nan=False), st.just(float("nan")), st.just(float("inf")))
+
+
+@given(tensor_lists, st.integers(0, 200), hints)
+def test_hinted_projection_is_the_projection_for_any_hint(ws, k, hint):
+    """Feasible and as close as project_l0, whatever (possibly useless) hint it gets;
+    the returned threshold is the smallest kept magnitude."""
+    p, kth = project_l0_hinted(ws, k, hint)
+    ref = project_l0(ws, k)
+    assert [t.shape for t in p] == [w.shape for w in ws]
+    assert int(count_nonzero(p)) <= k
+    dist = sum(float(np.sum((w.astype(np.float64) - q.numpy()) ** 2)) for w, q in zip(ws, p))
+    best = sum(float(np.sum((w.astype(np.float64) - q.numpy()) ** 2)) for w, q in zip(ws, ref))
+    assert np.isclose(dist, best, rtol=1e-6, atol=1e-6)
+    for w, q in zip(ws, p):  # kept entries are copies of w, not rescaled
+        np.testing.assert_array_equal(q.numpy()[q.numpy() != 0], w[q.numpy() != 0])
+    mags = np.sort(np.concatenate([np.abs(w).ravel() for w in ws]))[::-1]
+    expected = float(mags[min(k, mags.size) - 1]) if k > 0 else 0.0
+    # TF on CPU flushes denormals to zero, hence the tolerance of one smallest normal float.
+    assert abs(float(kth) - expected) <= np.finfo(np.float32).tiny
+
+
+@given(st.integers(1, 400), st.floats(0.0, 2.0), st.integers(0, 2**31 - 1))
+def test_hinted_projection_equals_project_l0_on_distinct_magnitudes(k, hint_scale, seed):
+    """With distinct magnitudes the top-k set is unique: the hinted and full projections agree
+    exactly, both when the hint is useful (candidates suffice) and when it forces the fallback."""
+    rng = np.random.default_rng(seed)
+    ws = [rng.permutation(np.arange(1, 1201, dtype=np.float32))[:600].reshape(20, 30) / 100,
+          -rng.permutation(np.arange(1201, 1801, dtype=np.float32)).reshape(600) / 100]
+    kth_true = np.sort(np.abs(np.concatenate([w.ravel() for w in ws])))[::-1][k - 1]
+    p, kth = project_l0_hinted(ws, k, kth_true * hint_scale)
+    for a, b in zip(p, project_l0(ws, k)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert float(kth) == kth_true
+
+
+def test_hinted_projection_in_tf_function_warm_start_chain():
+    """The trainer's use: each step's threshold warm-starts the next, in one traced function."""
+    f = tf.function(lambda t, k, h: project_l0_hinted([t], k, h))
+    w = tf.random.stateless_normal([200_000], seed=[3, 4])
+    hint = tf.constant(0.0)
+    for step in range(4):
+        (out,), hint = f(w, 5000, hint)
+        (ref,) = project_l0([w], 5000)
+        np.testing.assert_array_equal(out.numpy(), ref.numpy())
+        w = out + 1e-3 * tf.random.stateless_normal([200_000], seed=[5, step])

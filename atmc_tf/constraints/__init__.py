@@ -3,7 +3,7 @@
 Every function here takes and returns tf tensors, runs inside tf.function on
 any device, and is tested alone with property tests (tests/test_constraints_*).
 """
-from atmc_tf.constraints.sparsity import topk_masks, project_l0, apply_masks, count_nonzero
+from atmc_tf.constraints.sparsity import topk_masks, project_l0, project_l0_hinted, apply_masks, count_nonzero
 from atmc_tf.constraints.quantize import (
     QUANT_SCHEMES,
     fit_codebook,

@@ -60,6 +60,10 @@ class ATMCTrainer(keras.Model):
         # 1 once masks / Z were set up, so resuming from a checkpoint never redoes it.
         self._constraints_ready = self.add_weight(name="constraints_ready", shape=(), dtype="int32",
                                                   initializer="zeros", trainable=False)
+        # The last k-th largest |w| of the dynamic L0 projection: warm-starts the next
+        # one (sparsity.project_l0_hinted, exact for any value; 0 = no hint yet).
+        self._l0_threshold = self.add_weight(name="l0_threshold", shape=(), dtype="float32",
+                                             initializer="zeros", trainable=False)
         self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "clean_loss", "adv_loss")}
         self._trackers["clean_acc"] = keras.metrics.SparseCategoricalAccuracy(name="clean_acc")
         self._trackers["adv_acc"] = keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
@@ -197,6 +201,10 @@ class ATMCTrainer(keras.Model):
         variables = [v for _, _, v in self._vars]
         if cfg.sparsity == "none" or not variables:
             projected = [tf.convert_to_tensor(v.value) for v in variables]
+        elif cfg.sparsity == "dynamic":
+            projected, kth = C.project_l0_hinted([tf.convert_to_tensor(v.value) for v in variables],
+                                                 cfg.nnz_budget, self._l0_threshold.value)
+            self._assign(strategy, variables + [self._l0_threshold], projected + [kth])
         else:
             projected = self._project_support([tf.convert_to_tensor(v.value) for v in variables])
             self._assign(strategy, variables, projected)
