@@ -92,7 +92,8 @@ BAD_FLAGS = [
     ("--pgd_step_size=inf", "--pgd_step_size"), ("--rank=0", "--rank"), ("--eps=inf", "--eps"),
     ("--plot_eps=0.1,2", "--plot_eps"), ("--seed=1.5", "seed"), ("--batch_size=x", "batch_size"),
     ("--quant_scheme=kmeans", "quant_scheme"), ("--factorization=svd", "factorization"),
-    ("--bits_enabled=maybe", "bits_enabled"),
+    ("--bits_enabled=maybe", "bits_enabled"), ("--optimizer=rmsprop", "optimizer"), ("--momentum=1", "--momentum"),
+    ("--momentum=-0.1", "--momentum"), ("--weight_decay=-1e-4", "--weight_decay"),
 ]
 
 
@@ -372,7 +373,7 @@ DATA_CASES = {  # name: (dataset, writer, what the line names)
     "npz_float_labels": ("mnist_npz", lambda d: write_npz(d, y_train=np.arange(40, dtype=np.float32) % 10),
                          ["labels must have an integer dtype", "float32"]),
     "npz_rgb_images": ("mnist_npz", lambda d: write_npz(d, x_train=np.zeros((40, 28, 28, 3), np.uint8)),
-                       ["images must be NHWC", "(40, 28, 28, 3, 1)"]),
+                       ["x_train must be uint8 pixels shaped (N, H, W)", "(40, 28, 28, 3)"]),
     "npz_not_a_zip": ("mnist_npz", lambda d: (d.mkdir(), (d / "mnist.npz").write_bytes(b"\x93NUMPY garbage")),
                       ["mnist.npz", "replace it with a fresh copy"]),
 }

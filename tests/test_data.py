@@ -289,3 +289,15 @@ def test_tf_dataset_batches_all_examples_with_seeded_order():
     np.testing.assert_array_equal(order, again)
     plain = np.concatenate([b[1] for b in tf_dataset(x, y, 4, shuffle=False, seed=5)])
     np.testing.assert_array_equal(plain, y)
+
+
+@pytest.mark.parametrize("bad", ["float_pixels", "channel_axis"])
+def test_mnist_npz_with_non_uint8_pixels_is_refused(tmp_path, bad):
+    """Float images already in [0, 1] would be divided by 255 again: refused, not silently darkened."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    x = x.astype(np.float32) / 255 if bad == "float_pixels" else x[..., None]
+    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=rng.integers(0, 10, 40),
+             x_test=x[:10], y_test=rng.integers(0, 10, 10))
+    with pytest.raises(DataError, match="x_train must be uint8 pixels"):
+        load_dataset("mnist_npz", data_dir=str(tmp_path))

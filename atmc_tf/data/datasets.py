@@ -217,6 +217,12 @@ def _load_mnist_npz(data_dir):
     except (OSError, ValueError, KeyError, zlib.error) as e:
         raise DataError(f"{path}: not a Keras mnist.npz with x_train, y_train, x_test, y_test ({e}); "
                         "replace it with a fresh copy") from None
+    for key, x in (("x_train", x_tr), ("x_test", x_te)):
+        # Keras' file holds uint8 pixels (N, 28, 28); anything else would be scaled wrongly by / 255.
+        if x.dtype != np.uint8 or x.ndim != 3:
+            raise DataError(f"{path}: {key} must be uint8 pixels shaped (N, H, W) as in Keras' mnist.npz, got "
+                            f"{x.dtype} {x.shape}; replace it with a fresh copy, or pass your own arrays "
+                            "through atmc_tf.data.from_arrays")
     return (_scale_uint8(x_tr), y_tr), (_scale_uint8(x_te), y_te)
 
 
