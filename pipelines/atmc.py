@@ -22,7 +22,7 @@ from absl import app, logging
 
 from pipelines import flags_def
 from pipelines.provenance import package_versions
-from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, fail
+from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, config_diff, fail
 
 
 def versions():
@@ -188,8 +188,7 @@ def check_claim(cfg):
     except (OSError, ValueError):
         fail(f"{file} is unreadable or corrupt; delete it or use a new --workdir")
     theirs = {k: v for k, v in theirs.items() if k not in RERUN_SAFE}
-    diff = sorted(k for k in set(mine) | set(theirs)
-                  if json.dumps(mine.get(k)) != json.dumps(theirs.get(k)))
+    diff = config_diff(mine, theirs)
     if diff:
         names = ["model_file (another model)" if k == "model_file_sha256" else k for k in diff]
         fail(f"--workdir={cfg.workdir} holds a run made with other flags ({', '.join(names)}); "

@@ -35,6 +35,35 @@ TFMOT_FIELDS = CELL_FIELDS + ("sparsity", "target_gzip_bytes", "gzip_mismatch")
 MET, NOT_MET, NOT_RUN = "MET", "NOT MET", "NOT RUN YET"
 
 
+
+# Measured on 2026-11-23 with tools/optimizer_probe.py (its docstring has the commands) and, for the
+# 15-epoch Adam model, from the first full run (Adam, batch 64), aborted after its NAP/AP tuning runs.
+WHY_SGD = [
+    "### Why SGD (momentum 0.9, weight decay 5e-4) and not Adam", "",
+    "The first full run trained everything with Adam (DA lr 3e-3, 15 epochs, batch 64). Its DA model was "
+    "fine (88.7% clean / 67.4% PGD-20x5 on the test set), but Adam without weight decay let the weights of the "
+    "big fc1 layer grow (mean |w| 0.138 in fc1 with 2450 inputs per unit), so the one global top-k at ratio 0.01 "
+    "(k = 12,555) kept 9 of conv1's 500 weights, 321 / 25,000 of conv2, 12,162 of fc1 and 63 / 5,000 of the "
+    "logits: one-shot pruning took validation accuracy from 89.1% to 2.9%, and 3 epochs of tuning on 12k images "
+    "brought NAP back to 27% clean and AP to 29% clean / 10% robust. The reference trains with SGD + momentum + "
+    "weight decay; `tools/optimizer_probe.py` compares the two on the same 12k images (4 DA epochs, then 2 epochs "
+    "of AP and of AL0 at ratio 0.01, validation accuracy clean / PGD-7):", "",
+    "| optimizer | DA | global top-k keeps (conv1, conv2, fc1, logits) | AP | AL0 |",
+    "|---|---|---|---|---|",
+    "| Adam, lr 3e-3 / 1e-3 | 86.2 / 67.0 | 48, 729, 11,454, 324 | 72.6 / 50.3 | 72.4 / 50.7 |",
+    "| SGD m 0.9, wd 5e-4, lr 0.05 / 0.01 | 82.7 / 62.4 | 266, 2,847, 6,898, 2,544 | 81.8 / 58.2 | 82.1 / 58.1 |",
+    "",
+    "With SGD, AP and AL0 lose about 4 robust points to their DA model; with Adam, about 16. So this benchmark "
+    "uses SGD for every atmc_tf stage (`--optimizer=sgd`; the pipeline's default stays Adam, which the small "
+    "digits model tolerates). Learning rates are still picked on the validation split.", ""]
+
+def _optimizer(s):
+    """The optimizer of every atmc_tf stage, from the run's settings (runs before --optimizer: Adam)."""
+    name = s.get("optimizer", "adam")
+    wd = s.get("weight_decay", 0.0) or 0.0
+    text = f"SGD momentum {s.get('momentum', 0.9)}" if name == "sgd" else "Adam"
+    return text + (f", decoupled weight decay {wd:g}" if wd else "")
+
 def cell_key(method, ratio=None):
     return method if ratio is None else f"{method}@{float(ratio):g}"
 
@@ -305,7 +334,7 @@ def markdown(results, png_name="benchmark_tradeoff.png"):
           f"- model: `{meta.get('model', '?')}` (atmc_tf.models; Caffe LeNet 20-50-500, "
           f"{meta.get('dense_weights', '?')} compressible weights, all four kernels compressed).",
           f"- training attack: L_inf PGD eps={meta.get('eps', '?')}, {s.get('pgd_steps', '?')} steps, step "
-          "2.5*eps/steps, random start; loss 0.5 clean + 0.5 adversarial; Adam; batch "
+          f"2.5*eps/steps, random start; loss 0.5 clean + 0.5 adversarial; {_optimizer(s)}; batch "
           f"{s.get('batch_size', '?')}.",
           f"- evaluation attack: PGD-{s.get('eval_pgd_steps', '?')} with {s.get('eval_restarts', '?')} random "
           "restarts (per example the highest-loss restart), step 2.5*eps/steps, white-box on the Keras model. "
@@ -366,8 +395,10 @@ def markdown(results, png_name="benchmark_tradeoff.png"):
         L += ["NOT RUN YET.", ""]
     L += [f"Fixed, not tuned: DA {s.get('da_epochs', '?')} epochs, {s.get('compress_epochs', '?')} compression "
           f"epochs, rho={s.get('rho', '?')}, quant_interval={s.get('quant_interval', '?')}, batch "
-          f"{s.get('batch_size', '?')}; TFMOT: {s.get('tfmot_prune_epochs', '?')} pruning + "
+          f"{s.get('batch_size', '?')}, {_optimizer(s)}; TFMOT: {s.get('tfmot_prune_epochs', '?')} pruning + "
           f"{s.get('tfmot_qat_epochs', '?')} QAT epochs, Adam 1e-3 / 1e-4 (TFMOT guide defaults).", ""]
+    if s.get("optimizer") == "sgd":
+        L += WHY_SGD
     # Targets
     L += ["## Targets", "", "| | target | status | evidence |", "|---|---|---|---|"]
     for t in targets(results):

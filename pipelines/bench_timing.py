@@ -36,16 +36,19 @@ def _clone(model):
     return copy
 
 
-def _trainer(net, config, lr=1e-3):
+def _trainer(net, config, make_optimizer):
     trainer = ATMCTrainer(net, config)
-    trainer.compile(optimizer=keras.optimizers.Adam(lr))
+    trainer.compile(optimizer=make_optimizer())
     trainer.prepare_constraints()
     return trainer
 
 
 def step_time_ratio(plain, x, y, attack, ratio, bits_list=(8, 4), quant_scheme="codebook_int8", rho=0.1,
-                    quant_interval=5, clean_weight=0.5, batch_size=64, steps=20, rounds=3):
-    """Median seconds per train step of ATMC-b and of bare PGD-AT, and their ratios."""
+                    quant_interval=5, clean_weight=0.5, batch_size=64, steps=20, rounds=3,
+                    make_optimizer=lambda: keras.optimizers.Adam(1e-3)):
+    """Median seconds per train step of ATMC-b and of bare PGD-AT, and their ratios.
+
+    make_optimizer: a fresh optimizer per trainer, the one the real stages use."""
     steps = max(quant_interval, steps - steps % quant_interval)  # whole ADMM periods
     n_batches = steps
     need = n_batches * batch_size
@@ -55,7 +58,7 @@ def step_time_ratio(plain, x, y, attack, ratio, bits_list=(8, 4), quant_scheme="
     mix = dict(clean_weight=clean_weight, adv_weight=1 - clean_weight)
     tensors = len(compressible_layers(plain))
     n = dense_weight_count(plain)
-    trainers = {"bare": _trainer(_clone(plain), method_config("da", attack=attack, **mix))}
+    trainers = {"bare": _trainer(_clone(plain), method_config("da", attack=attack, **mix), make_optimizer)}
     budgets = {}
     for b in bits_list:
         try:
@@ -65,7 +68,7 @@ def step_time_ratio(plain, x, y, attack, ratio, bits_list=(8, 4), quant_scheme="
         budgets[b] = k
         cfg = method_config("atmc", attack=attack, nnz_budget=k, bits=b, quant_scheme=quant_scheme, rho=rho,
                             quant_interval=quant_interval, **mix)
-        trainers[f"atmc{b}"] = _trainer(wrap_for_method(plain, "atmc", cfg), cfg)
+        trainers[f"atmc{b}"] = _trainer(wrap_for_method(plain, "atmc", cfg), cfg, make_optimizer)
     for tr in trainers.values():  # warm-up: trace, and one full ADMM period
         for xb, yb in batches[:quant_interval + 1]:
             tr.train_on_batch(xb, yb)

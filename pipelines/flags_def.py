@@ -4,6 +4,7 @@ Every bad value is refused before anything is read or written, with one line
 on stderr and exit code 2 (see parse_flags).
 """
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -47,8 +48,13 @@ flags.DEFINE_integer("al0_epochs", 10, "AL0 epochs (warm start of ATMC; the whol
 flags.DEFINE_integer("atmc32_epochs", 10, "ATMC-32 epochs.")
 flags.DEFINE_integer("atmcb_epochs", 10, "ATMC-b epochs.")
 flags.DEFINE_integer("finetune_epochs", 20, "Epochs for AP / NAP / ALR fine-tuning.")
-flags.DEFINE_float("da_lr", 3e-3, "Adam learning rate for dense training.")
-flags.DEFINE_float("lr", 1e-3, "Adam learning rate for the compression stages.")
+flags.DEFINE_enum("optimizer", "adam", ("adam", "sgd"), "Optimizer of every stage: adam, or sgd (SGD with "
+                  "--momentum and decoupled --weight_decay, the ATMC reference's choice; keeps weight "
+                  "magnitudes comparable across layers, which global magnitude pruning relies on).")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum (--optimizer=sgd).")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay per step, times the learning rate (0: none).")
+flags.DEFINE_float("da_lr", 3e-3, "Learning rate for dense training.")
+flags.DEFINE_float("lr", 1e-3, "Learning rate for the compression stages.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("seed", 0, "Random seed (data split, initial weights, attacks).")
 flags.DEFINE_bool("deterministic", True, "Bit-identical reruns for a --seed: enables TF op determinism "
@@ -87,6 +93,8 @@ _RULES = [
     ("finetune_epochs", lambda v: v >= 0, "--finetune_epochs must be >= 0"),
     ("da_lr", lambda v: math.isfinite(v) and v > 0, "--da_lr must be > 0"),
     ("lr", lambda v: math.isfinite(v) and v > 0, "--lr must be > 0"),
+    ("momentum", lambda v: math.isfinite(v) and 0 <= v < 1, "--momentum must be in [0, 1)"),
+    ("weight_decay", lambda v: math.isfinite(v) and 0 <= v < 1, "--weight_decay must be in [0, 1)"),
     ("batch_size", lambda v: v >= 1, "--batch_size must be >= 1"),
     ("limit_train", _positive_int_or_none, "--limit_train must be >= 1"),
     ("limit_test", _positive_int_or_none, "--limit_test must be >= 1"),
@@ -191,6 +199,9 @@ class PipelineConfig:
     verbose: int
     model_file: str | None = None  # last, with a default: callers building a config by hand may omit it
     strategy: str = "none"
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
 
     @classmethod
     def from_flags(cls):
@@ -224,3 +235,12 @@ class PipelineConfig:
         elif self.method != "da":
             names.append(self.method)
         return names
+
+
+def config_diff(mine, theirs):
+    """Names of the settings in which two recorded configs (dicts) differ. A setting missing
+    from `theirs` (added to PipelineConfig after that run) counts as its default there."""
+    defaults = {f.name: f.default for f in dataclasses.fields(PipelineConfig)
+                if f.default is not dataclasses.MISSING}
+    theirs = {**{k: v for k, v in defaults.items() if k in mine and k not in theirs}, **theirs}
+    return sorted(k for k in set(mine) | set(theirs) if json.dumps(mine.get(k)) != json.dumps(theirs.get(k)))

@@ -5,6 +5,7 @@ the same flags, returns the saved result instead of redoing the work. Training
 stages checkpoint every epoch (Keras BackupAndRestore) so a killed run resumes
 mid-stage; finished stages save a .keras model and a result.json, atomically.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -98,6 +99,14 @@ def _save_model_atomic(model, file):
     os.replace(tmp, file)
 
 
+def make_optimizer(cfg, lr):
+    """--optimizer: Adam, or SGD with momentum (the ATMC reference); decoupled weight decay."""
+    wd = cfg.weight_decay or None
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, weight_decay=wd)
+    return keras.optimizers.Adam(lr, weight_decay=wd)
+
+
 def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwargs):
     """Train `start` (a plain Keras model) with one method; returns (plain, wrapped_net, result).
 
@@ -123,28 +132,54 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
     with strategy_scope():
         net = wrap_for_method(start, method, config, **wrap_kwargs)
         trainer = ATMCTrainer(net, config)
-        trainer.compile(optimizer=keras.optimizers.Adam(lr))
+        trainer.compile(optimizer=make_optimizer(cfg, lr))
     logging.info("stage %s: method=%s epochs=%d budget=%s bits=%s", name, method, epochs,
                  config.nnz_budget, config.bits)
     t0 = time.time()
     history = {}
+    earlier = 0.0  # seconds of the epochs finished before an interruption
     if epochs > 0:
         # double_checkpoint: a kill while Keras writes the epoch checkpoint leaves the
         # previous epoch's copy (*.bkp) to resume from.
-        backup = keras.callbacks.BackupAndRestore(os.path.join(d, "backup"), double_checkpoint=True)
+        backup_dir = os.path.join(d, "backup")
+        clock = EpochClock(os.path.join(d, "elapsed.json"), resuming=os.path.isdir(backup_dir))
+        earlier = clock.earlier
+        backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
         hist = trainer.fit(data.x_train, data.y_train, epochs=epochs, batch_size=cfg.batch_size,
                            validation_data=(data.x_val, data.y_val),
-                           callbacks=[backup, faults.KillAt(name)], verbose=cfg.verbose)
+                           callbacks=[backup, clock, faults.KillAt(name)], verbose=cfg.verbose)
         history = {k: [float(x) for x in v] for k, v in hist.history.items()}
     else:
         trainer.prepare_constraints()
         trainer.finalize()
-    result = {"stage": name, "method": method, "epochs": epochs, "seconds": time.time() - t0,
+    # "seconds": training wall time summed over every run of the stage (an interrupted
+    # run counts up to its last finished epoch; the epoch cut short is redone).
+    result = {"stage": name, "method": method, "epochs": epochs, "seconds": earlier + time.time() - t0,
               "history": history, "constraints": trainer.constraint_report()}
     _save_model_atomic(net, model_file)
     write_json(result_file, result)
     shutil.rmtree(os.path.join(d, "backup"), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(d, "elapsed.json"))
     return strip_model(net), net, result
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Training seconds of the finished epochs, persisted next to the epoch checkpoint so
+    that a resumed stage reports the wall time of all its runs, not only of the last one."""
+
+    def __init__(self, file, resuming):
+        super().__init__()
+        self.file, self.earlier = file, 0.0
+        if resuming:
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                self.earlier = float(read_json(file)["seconds"])
+
+    def on_train_begin(self, logs=None):
+        self.t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        write_json(self.file, {"seconds": self.earlier + time.time() - self.t0, "epochs_done": epoch + 1})
 
 
 def load_user_model(file):

@@ -8,7 +8,9 @@ from pipeline_run import run_pipeline, snapshot
 
 TINY = ["--limit_train=400", "--limit_test=120", "--da_epochs=3", "--al0_epochs=1", "--atmc32_epochs=1",
         "--atmcb_epochs=2", "--pgd_steps=2", "--eval_pgd_steps=3", "--micro_samples=4",
-        "--size_ratio=0.1", "--verbose=0", "--batch_size=64"]
+        "--size_ratio=0.1", "--verbose=0", "--batch_size=64",
+        # the reference's optimizer (the default Adam runs in test_resilience and the README job)
+        "--optimizer=sgd", "--weight_decay=5e-4", "--da_lr=0.05", "--lr=0.01"]
 
 
 @pytest.fixture
@@ -89,6 +91,8 @@ def test_end_to_end_tiny_run(tiny_run):
     assert micro["arena_bytes"] > 0
     assert report["files"]["tflite_gzip_bytes"] < report["files"]["tflite_bytes"]
     assert [s["stage"] for s in report["stages"]] == ["da", "al0", "atmc32", "atmc4"]
+    config = json.loads((wd / "config.json").read_text())
+    assert (config["optimizer"], config["weight_decay"]) == ("sgd", 5e-4), config
     assert "transfer" in (wd / "report.md").read_text()
     assert not [p for p in snapshot(wd) if ".tmp" in p], "temporary files left behind"
 
@@ -154,3 +158,17 @@ def test_pipeline_on_two_workers(tmp_path):
             np.testing.assert_array_equal(va.numpy(), vb.numpy())
     report = json.loads((tmp_path / "w0" / "report.json").read_text())
     assert report["config"]["strategy"] == "multiworker" and report["micro"]["ok"]
+
+
+def test_workdir_from_before_a_new_flag_resumes_at_its_default():
+    """A config.json written before --optimizer existed: that run used Adam, so resuming with the
+    default is accepted and asking for SGD is refused (pipelines.atmc.check_claim uses this)."""
+    import dataclasses
+
+    from pipelines.flags_def import PipelineConfig, config_diff
+    cfg = PipelineConfig(**{f.name: 0 for f in dataclasses.fields(PipelineConfig)}
+                         | {"model_file": None, "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0})
+    old = {k: v for k, v in cfg.as_dict().items() if k not in ("optimizer", "momentum", "weight_decay")}
+    assert config_diff(cfg.as_dict(), old) == []
+    assert config_diff(dataclasses.replace(cfg, optimizer="sgd").as_dict(), old) == ["optimizer"]
+    assert config_diff(dataclasses.replace(cfg, lr=1.0).as_dict(), old) == ["lr"]

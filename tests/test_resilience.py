@@ -56,8 +56,16 @@ def test_sigkill_then_rerun_resumes(tmp_path, uninterrupted, fault):
     if stage != "export":
         assert (wd / stage / "backup").is_dir(), "an epoch checkpoint must exist before the kill"
         assert not (wd / stage / "model.keras").exists()
+        before = json.loads((wd / stage / "elapsed.json").read_text())
+        killed_in_epoch = int(fault.split(":")[1])
+        assert before["epochs_done"] == killed_in_epoch - 1 and before["seconds"] > 0
     resumed = run_with_fault(wd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if stage != "export":
+        # the stage's wall time counts the epochs of the killed run too
+        result = json.loads((wd / stage / "result.json").read_text())
+        assert result["seconds"] > before["seconds"], (result["seconds"], before)
+        assert not (wd / stage / "elapsed.json").exists()
     if stage == "atmc4":
         assert "done already" in resumed.stderr  # DA, AL0 and ATMC-32 were not redone
     _check_complete(wd, uninterrupted)
