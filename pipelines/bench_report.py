@@ -198,9 +198,12 @@ def targets(results):
     timing = results.get("timing")
     checks, missing = [], []
     if timing and timing.get("ratio_atmc8") is not None:
-        checks.append((timing["ratio_atmc8"] <= 1.10,
-                       f"ATMC-8 step {1000 * timing['atmc8_step_s']:.0f} ms / bare PGD-AT step "
-                       f"{1000 * timing['bare_step_s']:.0f} ms = {timing['ratio_atmc8']:.3f} (target <= 1.10)"))
+        for b in (8, 4):  # every ATMC variant the benchmark trains, not only the cheaper one
+            if timing.get(f"ratio_atmc{b}") is not None:
+                checks.append((timing[f"ratio_atmc{b}"] <= 1.10,
+                               f"ATMC-{b} step {1000 * timing[f'atmc{b}_step_s']:.0f} ms / bare PGD-AT step "
+                               f"{1000 * timing['bare_step_s']:.0f} ms = {timing[f'ratio_atmc{b}']:.3f} "
+                               "(target <= 1.10)"))
     else:
         missing.append("timing")
     out.append({"id": "T6", "target": "time per ATMC training step / time per bare PGD-AT step (same attack) <= 1.10",

@@ -187,6 +187,11 @@ def test_targets_t4_t5_t6():
     assert _status(res, "T6") == R.MET
     res["timing"]["ratio_atmc8"] = 1.2
     assert _status(res, "T6") == R.NOT_MET
+    # ATMC-4 counts too: one variant above 1.10 and the target is not met
+    res["timing"].update(ratio_atmc8=1.05, ratio_atmc4=1.17, atmc4_step_s=0.234)
+    assert _status(res, "T6") == R.NOT_MET
+    res["timing"]["ratio_atmc4"] = 1.09
+    assert _status(res, "T6") == R.MET
 
 
 def test_markdown_without_results_says_not_run_yet():
