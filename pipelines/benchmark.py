@@ -343,6 +343,7 @@ class Benchmark:
             self._log_cell("da")
         self.timing()
         self.tune_compression()
+        self.da_more_cell()
         ratios = self.b["ratios"]
         ordered = ([R.HEADLINE_RATIO] if R.HEADLINE_RATIO in ratios else []) + \
                   [r for r in ratios if r != R.HEADLINE_RATIO]
@@ -457,6 +458,27 @@ class Benchmark:
             logging.info("tuning: %s lr %s", fam, lrs[fam]["chosen"])
 
     # --- the cells ------------------------------------------------------------------------------
+    def da_more_cell(self):
+        """The fair dense ceiling: DA trained on for the compressed cells' epochs at their learning rate
+        (every compressed cell gets those extra adversarial epochs on top of the shared DA)."""
+        from atmc_tf.training import method_config
+        from pipelines import stages
+        key = "da_more"
+        if self.res.done(key):
+            return
+        lr = float(self.res["tuning"]["lr"].get("atmc", {}).get("chosen", self.cfg.lr))
+        wd = os.path.join(self.root, "cells", key)
+        logging.info("cell %s: DA + %d epochs (lr %g)", key, self.b["compress_epochs"], lr)
+        config = method_config("da", attack=stages.train_attack(self.cfg), clean_weight=self.cfg.clean_weight,
+                               adv_weight=1 - self.cfg.clean_weight)
+        plain, _, res = stages.train_stage(dataclasses.replace(self.cfg, workdir=wd), key, self.da_plain, self.data,
+                                           "da", config, self.b["compress_epochs"], lr)
+        ev = evaluate(self.cfg, plain, self.data, self.rep_x, wd)
+        size = stages.size_summary(self.cfg, None, plain, None, None)
+        self.res.set(key, self._cell(key, None, ev, size, [res], lr, None, os.path.join(wd, key, "model.keras")),
+                     cell=True)
+        self._log_cell(key)
+
     def compressed_cell(self, method, ratio):
         from pipelines import stages
         key = R.cell_key(method, ratio)

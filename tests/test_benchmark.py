@@ -41,7 +41,7 @@ def test_quick_results_have_every_field(quick):
     assert meta["machine"]["nproc"] >= 1 and meta["machine"]["cpu_model"]
     assert meta["started"] and res["updated"]
     cells = res["cells"]
-    assert set(cells) == {"da", "ap@0.01", "atmc8@0.01", "tfmot@0.01"}, sorted(cells)
+    assert set(cells) == {"da", "da_more", "ap@0.01", "atmc8@0.01", "tfmot@0.01"}, sorted(cells)
     for key, cell in cells.items():
         assert cell["status"] == "done", (key, cell)
         fields = R.TFMOT_FIELDS if cell["method"] == "tfmot" else R.CELL_FIELDS
@@ -52,6 +52,9 @@ def test_quick_results_have_every_field(quick):
         assert 0 < cell["tflite_gzip_bytes"] < cell["tflite_bytes"], key
         assert cell["train_seconds"] > 0 and cell["paper_bits"] > 0, key
     da, a8, ap = cells["da"], cells["atmc8@0.01"], cells["ap@0.01"]
+    more = cells["da_more"]  # the fair ceiling: DA + the compression epochs, still dense
+    assert more["nnz"] == da["nnz"] and more["paper_ratio"] == pytest.approx(1.0)
+    assert [st["epochs"] for st in more["stages"]] == [res["meta"]["settings"]["compress_epochs"]]
     assert da["paper_ratio"] == pytest.approx(1.0)
     for c in (a8, ap):  # the budget holds: paper-style size at most the ratio asked
         assert c["paper_ratio"] <= 0.01 + 1e-9, c["paper_ratio"]
