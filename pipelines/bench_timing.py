@@ -20,6 +20,7 @@ import tensorflow as tf
 from atmc_tf import constraints as C
 from atmc_tf.attacks import PGDConfig
 from atmc_tf.constraints.accounting import budget_for_ratio
+from atmc_tf.layers import kernel_channel_axes
 from atmc_tf.training import ATMCTrainer, compressible_layers, dense_weight_count, method_config, wrap_for_method
 
 
@@ -131,7 +132,7 @@ def resnet50_cost(input_size=224, batch=4, reps=3, ratio=0.01, bits_list=(8, 4),
         out["pgd_step_s"] = _timed(lambda: trainer.train_on_batch(x, y), reps)
 
     values = [tf.convert_to_tensor(k.value) for k in kernels]
-    axes = [(-2, -1) if isinstance(l, keras.layers.DepthwiseConv2D) else (-1,) for l in layers]
+    axes = [kernel_channel_axes(l) for l in layers]
     for b in bits_list:
         k = budget_for_ratio(ratio, n, b, len(kernels))
         project = tf.function(lambda vs, k=k: C.project_l0(vs, k))

@@ -246,6 +246,7 @@ def kernel_codes_match(model, tflite_bytes):
     import keras
 
     from atmc_tf.constraints import int8_codes
+    from atmc_tf.layers import kernel_channel_axes
 
     kernel_layers = [layer for layer in model.layers
                      if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
@@ -261,7 +262,7 @@ def kernel_codes_match(model, tflite_bytes):
                        "FULLY_CONNECTED" if isinstance(layer, keras.layers.Dense) else "CONV_2D")
         if kernel["op"] != expected_op:
             raise ValueError(f"layer {layer.name} pairs with a {kernel['op']} op, expected {expected_op}")
-        channel_axes = (-2, -1) if depthwise else (-1,)
+        channel_axes = kernel_channel_axes(layer)
         w = layer.kernel.numpy()
         expected = int8_codes(w, channel_axes).numpy().astype(np.int32)
         signs = _folded_bn_signs(model, layer, readers)

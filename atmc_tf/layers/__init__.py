@@ -5,9 +5,10 @@ from atmc_tf.layers.wrappers import (
     SUPPORTED_LAYERS,
     UnsupportedLayerError,
     atmc_wrappers,
+    kernel_channel_axes,
     strip_model,
     wrap_model,
 )
 
 __all__ = ["ATMCWrapper", "FACTORIZATIONS", "SUPPORTED_LAYERS", "UnsupportedLayerError",
-           "atmc_wrappers", "strip_model", "wrap_model"]
+           "atmc_wrappers", "kernel_channel_axes", "strip_model", "wrap_model"]

@@ -35,6 +35,12 @@ def _supported_names():
     return ", ".join(c.__name__ for c in SUPPORTED_LAYERS)
 
 
+def kernel_channel_axes(layer):
+    """Axes of a Dense / Conv2D / DepthwiseConv2D kernel that TFLite gives one int8 scale each:
+    the output channels; for DepthwiseConv2D, in_channel x multiplier."""
+    return (-2, -1) if isinstance(layer, keras.layers.DepthwiseConv2D) else (-1,)
+
+
 @keras.saving.register_keras_serializable(package="atmc_tf")
 class ATMCWrapper(keras.layers.Wrapper):
     """Constraint state for one Dense / Conv2D / DepthwiseConv2D layer."""
@@ -122,9 +128,7 @@ class ATMCWrapper(keras.layers.Wrapper):
         """Axes of the output channels, for TFLite's per-channel int8 scales."""
         if self.factorization != "none":
             return (-1,)
-        if isinstance(self.layer, keras.layers.DepthwiseConv2D):
-            return (-2, -1)  # TFLite's depthwise channel is in_channel x multiplier
-        return (-1,)
+        return kernel_channel_axes(self.layer)
 
     @property
     def dense_size(self):
