@@ -45,11 +45,10 @@ def _trainer(net, config, make_optimizer):
 
 
 def step_time_ratio(plain, x, y, attack, ratio, bits_list=(8, 4), quant_scheme="codebook_int8", rho=0.1,
-                    quant_interval=5, clean_weight=0.5, batch_size=64, steps=20, rounds=3,
-                    make_optimizer=lambda: keras.optimizers.Adam(1e-3)):
+                    quant_interval=5, clean_weight=0.5, batch_size=64, steps=20, rounds=3, *, make_optimizer):
     """Median seconds per train step of ATMC-b and of bare PGD-AT, and their ratios.
 
-    make_optimizer: a fresh optimizer per trainer, the one the real stages use."""
+    make_optimizer: returns a fresh optimizer per trainer, the one the real stages use."""
     steps = max(quant_interval, steps - steps % quant_interval)  # whole ADMM periods
     n_batches = steps
     need = n_batches * batch_size

@@ -138,11 +138,11 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
     t0 = time.time()
     history = {}
     earlier = 0.0  # seconds of the epochs finished before an interruption
+    backup_dir, clock_file = os.path.join(d, "backup"), os.path.join(d, "elapsed.json")
     if epochs > 0:
         # double_checkpoint: a kill while Keras writes the epoch checkpoint leaves the
         # previous epoch's copy (*.bkp) to resume from.
-        backup_dir = os.path.join(d, "backup")
-        clock = EpochClock(os.path.join(d, "elapsed.json"), resuming=os.path.isdir(backup_dir))
+        clock = EpochClock(clock_file, resuming=os.path.isdir(backup_dir))
         earlier = clock.earlier
         backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
         hist = trainer.fit(data.x_train, data.y_train, epochs=epochs, batch_size=cfg.batch_size,
@@ -158,9 +158,9 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
               "history": history, "constraints": trainer.constraint_report()}
     _save_model_atomic(net, model_file)
     write_json(result_file, result)
-    shutil.rmtree(os.path.join(d, "backup"), ignore_errors=True)
+    shutil.rmtree(backup_dir, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(d, "elapsed.json"))
+        os.remove(clock_file)
     return strip_model(net), net, result
 
 

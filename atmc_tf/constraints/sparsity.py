@@ -61,10 +61,7 @@ def project_l0_hinted(tensors, k, threshold_hint, margin=0.5):
     n = tf.size(flat)
     k = tf.minimum(tf.cast(k, tf.int32), n)
     low = tf.cast(threshold_hint, flat.dtype) * (1.0 - margin)
-    # No usable hint (0 before the first step, NaN, negative): the full top_k.
-    low = tf.where(tf.math.is_finite(low) & (low > 0), low, tf.zeros_like(low))
-    cand = tf.reshape(tf.where(flat >= low), [-1])
-    cand = tf.cast(cand, tf.int32)
+    cand = tf.cast(tf.reshape(tf.where(flat >= low), [-1]), tf.int32)
 
     def from_candidates():
         vals, local = tf.math.top_k(tf.gather(flat, cand), k=k, sorted=False)
@@ -74,6 +71,8 @@ def project_l0_hinted(tensors, k, threshold_hint, margin=0.5):
         vals, idx = tf.math.top_k(flat, k=k, sorted=False)
         return vals, idx
 
+    # No usable hint (0 before the first step, negative, NaN: low > 0 is false) or too few
+    # candidates (an inf hint has none): the full top_k.
     vals, idx = tf.cond((low > 0) & (tf.size(cand) >= k), from_candidates, full)
     kth = tf.cond(k > 0, lambda: tf.reduce_min(vals), lambda: tf.zeros([], flat.dtype))
     masks = _masks_from_indices(tensors, idx, n)
