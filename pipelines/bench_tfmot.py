@@ -170,13 +170,10 @@ def match_sparsity(model, target, x_cal, iters):
     return best, table
 
 
-def craft(model, x, y, eps, steps, restarts, batch_size=256):
-    import tensorflow as tf
-    from atmc_tf.attacks import PGDConfig
+def craft(model, x, y, eps, steps, restarts):
+    from atmc_tf.attacks import PGDConfig, adversarial_examples
     atk = PGDConfig(eps=eps, steps=steps, restarts=restarts, step_size=2.5 * eps / steps)
-    fn = tf.function(lambda xb, yb: atk.attack(lambda z: model(z, training=False), xb, yb), reduce_retracing=True)
-    return np.concatenate([fn(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size])).numpy()
-                           for i in range(0, len(y), batch_size)])
+    return adversarial_examples(lambda z: model(z, training=False), x, y, atk)
 
 
 def versions():

@@ -12,10 +12,9 @@ import shutil
 import time
 
 import keras
-import numpy as np
 from absl import logging
 
-from atmc_tf.attacks import PGDConfig, accuracy_curve
+from atmc_tf.attacks import PGDConfig, accuracy_curve, adversarial_examples
 from atmc_tf.constraints.accounting import budget_for_ratio
 from atmc_tf.data import load_dataset
 from atmc_tf.export import atomic
@@ -304,12 +303,7 @@ def accuracy_vs_eps(cfg, model, data):
 
 def craft_adversarial(cfg, model, x, y, batch_size=256):
     """PGD examples crafted on the Keras (float) model, for the transfer check on the .tflite."""
-    import tensorflow as tf
-    atk = eval_attack(cfg)
-    fn = tf.function(lambda xb, yb: atk.attack(lambda z: model(z, training=False), xb, yb),
-                     reduce_retracing=True)
-    return np.concatenate([fn(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size])).numpy()
-                           for i in range(0, len(y), batch_size)])
+    return adversarial_examples(lambda z: model(z, training=False), x, y, eval_attack(cfg), batch_size)
 
 
 def size_summary(cfg, net, plain, scheme, bits):

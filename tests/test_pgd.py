@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, strategies as st
 
-from atmc_tf.attacks import PGDConfig, fgsm, pgd, robust_accuracy
+from atmc_tf.attacks import PGDConfig, adversarial_examples, fgsm, pgd, robust_accuracy
 
 
 def _linear_model(seed=0):
@@ -66,6 +66,23 @@ def test_increases_loss_and_works_in_tf_function():
     xa = f(x, y)
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     assert float(ce(y, m(xa))) > float(ce(y, m(x)))
+
+
+def test_adversarial_examples_batches_the_whole_array():
+    """Every batch (the last one short) is attacked: same shape, in the ball and the pixel range,
+    and the model's accuracy on them is what robust_accuracy measures (both deterministic: no
+    random start, one restart)."""
+    m = _model()
+    rng = np.random.default_rng(4)
+    x = rng.random((70, 4, 4, 1)).astype(np.float32)
+    y = np.argmax(m(x), axis=-1)
+    cfg = PGDConfig(eps=0.2, steps=5, rand_init=False)
+    xa = adversarial_examples(m, x, y, cfg, batch_size=32)
+    assert isinstance(xa, np.ndarray) and xa.shape == x.shape and xa.dtype == x.dtype
+    assert xa.min() >= 0.0 and xa.max() <= 1.0 and np.abs(xa - x).max() <= 0.2 + 1e-6
+    assert np.all(np.abs(xa[64:] - x[64:]).max(axis=(1, 2, 3)) > 0)  # the short last batch too
+    acc = float(np.mean(np.argmax(m(xa), axis=-1) == y))
+    assert acc < 1.0 and acc == pytest.approx(robust_accuracy(m, x, y, cfg, batch_size=32))
 
 
 def test_robust_accuracy_falls_with_eps_to_zero(digits):

@@ -1,4 +1,4 @@
 """Functional attacks on tensors: usable in a tf.function train_step and in evaluation."""
-from atmc_tf.attacks.pgd import PGDConfig, accuracy_curve, fgsm, pgd, robust_accuracy
+from atmc_tf.attacks.pgd import PGDConfig, accuracy_curve, adversarial_examples, fgsm, pgd, robust_accuracy
 
-__all__ = ["pgd", "fgsm", "PGDConfig", "robust_accuracy", "accuracy_curve"]
+__all__ = ["pgd", "fgsm", "PGDConfig", "adversarial_examples", "robust_accuracy", "accuracy_curve"]

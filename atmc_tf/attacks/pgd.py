@@ -133,6 +133,16 @@ def fgsm(model_fn, x, y, eps, clip_min=0.0, clip_max=1.0, norm="inf"):
                clip_min=clip_min, clip_max=clip_max)
 
 
+def adversarial_examples(model_fn, x, y, config, batch_size=256):
+    """PGD examples for a whole array (config: PGDConfig), crafted batch by batch in one
+    tf.function; a NumPy array like x. For attacking another model with the same images
+    (transfer, e.g. an int8 .tflite) or storing them."""
+    y = np.asarray(y).reshape(-1)
+    craft = tf.function(lambda xb, yb: config.attack(model_fn, xb, yb), reduce_retracing=True)
+    return np.concatenate([craft(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size])).numpy()
+                           for i in range(0, len(y), batch_size)])
+
+
 def robust_accuracy(model_fn, x, y, config, batch_size=256):
     """Accuracy of model_fn on PGD examples (config: PGDConfig; eps 0 = clean accuracy)."""
     return accuracy_curve(model_fn, x, y, config, [config.eps], batch_size)[config.eps]
