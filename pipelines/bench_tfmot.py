@@ -118,20 +118,17 @@ def qat_model(model):
 
 
 def to_tflite(model, rep_x):
+    """The same full-int8 conversion as atmc_tf's, from the tf_keras model (atmc_tf's exports a
+    Keras 3 model through a SavedModel)."""
     import tensorflow as tf
-    calib = rep_x[np.unique(np.linspace(0, len(rep_x) - 1, num=min(len(rep_x), REP_SAMPLES)).round().astype(int))]
+    from atmc_tf.export.tflite import calibration_samples, set_full_int8
+    calib = calibration_samples(rep_x, REP_SAMPLES)
 
     def representative():
         for i in range(len(calib)):
             yield [calib[i:i + 1]]
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return converter.convert()
+    return set_full_int8(tf.lite.TFLiteConverter.from_keras_model(model), representative).convert()
 
 
 def gzip_at(model, sparsity, x_cal):

@@ -62,8 +62,7 @@ def to_int8_tflite(model, representative_x, batch_size=None, max_samples=MAX_REP
     if not np.all(np.isfinite(x)):
         raise ValueError("representative_x contains NaN or inf")
     step = batch_size or 1
-    # Evenly spaced samples cover the whole array even when it is sorted by class.
-    calibration = x[np.unique(np.linspace(0, len(x) - 1, num=min(len(x), max_samples)).round().astype(int))]
+    calibration = calibration_samples(x, max_samples)
     if len(calibration) < step:
         raise ValueError(f"need at least batch_size={step} representative samples, got {len(calibration)}")
 
@@ -74,17 +73,30 @@ def to_int8_tflite(model, representative_x, batch_size=None, max_samples=MAX_REP
     spec = tf.TensorSpec((batch_size,) + input_shape, tf.as_dtype(model.inputs[0].dtype))
     with tempfile.TemporaryDirectory() as saved_model_dir:
         model.export(saved_model_dir, format="tf_saved_model", verbose=False, input_signature=[spec])
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-        # Already the default; set so that a changed default cannot silently make
-        # dense layers per-tensor (kernel_codes_match would then report mismatches).
-        converter._experimental_disable_per_channel_quantization_for_dense_layers = False
+        converter = set_full_int8(tf.lite.TFLiteConverter.from_saved_model(saved_model_dir), representative_dataset)
         # The converter reads the SavedModel lazily, so convert inside the `with`.
         return converter.convert()
+
+
+def calibration_samples(x, max_samples):
+    """At most max_samples evenly spaced rows of x: they cover the whole array even when it is
+    sorted by class."""
+    return x[np.unique(np.linspace(0, len(x) - 1, num=min(len(x), max_samples)).round().astype(int))]
+
+
+def set_full_int8(converter, representative_dataset):
+    """Configure a TFLiteConverter for full-integer int8: int8 builtins only, int8 input and
+    output, per-channel kernel scales; returns it."""
+    import tensorflow as tf
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    # Already the default; set so that a changed default cannot silently make
+    # dense layers per-tensor (kernel_codes_match would then report mismatches).
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = False
+    return converter
 
 
 # --- reading the flatbuffer -------------------------------------------------------------
