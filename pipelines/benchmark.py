@@ -32,7 +32,7 @@ from absl import app, flags, logging
 
 from pipelines import bench_report as R
 from pipelines import flags_def
-from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, fail
+from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, config_defaults, config_diff, fail
 from pipelines.provenance import package_versions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,15 +159,11 @@ def identity(cfg, bench):
 
 
 def identity_diff(mine, theirs):
-    """Settings that differ; a setting the workdir's run did not know yet (a flag added to the
-    pipeline since) counts as the same when it is at its default."""
-    def same(k):
-        if k not in theirs:
-            return k in F and json.dumps(mine.get(k)) == json.dumps(F[k].default)
-        if k not in mine:
-            return True  # a setting since removed from the pipeline
-        return json.dumps(mine[k]) == json.dumps(theirs[k])
-    return sorted(k for k in set(mine) | set(theirs) if not same(k))
+    """Settings that differ (flags_def.config_diff). One the workdir's run did not know yet counts
+    as what that run did: a PipelineConfig field's default, else the benchmark flag's default; one
+    since removed from the program is ignored."""
+    defaults = {k: F[k].default for k in mine if k in F} | config_defaults()
+    return config_diff(mine, {k: v for k, v in theirs.items() if k in mine}, defaults)
 
 
 def machine():

@@ -237,10 +237,15 @@ class PipelineConfig:
         return names
 
 
-def config_diff(mine, theirs):
+def config_defaults():
+    """PipelineConfig's field defaults: for a field added after a run was recorded, what that run did."""
+    return {f.name: f.default for f in dataclasses.fields(PipelineConfig) if f.default is not dataclasses.MISSING}
+
+
+def config_diff(mine, theirs, defaults=None):
     """Names of the settings in which two recorded configs (dicts) differ. A setting missing
-    from `theirs` (added to PipelineConfig after that run) counts as its default there."""
-    defaults = {f.name: f.default for f in dataclasses.fields(PipelineConfig)
-                if f.default is not dataclasses.MISSING}
+    from `theirs` (added after that run) counts as its entry in `defaults` there
+    (default: config_defaults())."""
+    defaults = config_defaults() if defaults is None else defaults
     theirs = {**{k: v for k, v in defaults.items() if k in mine and k not in theirs}, **theirs}
     return sorted(k for k in set(mine) | set(theirs) if json.dumps(mine.get(k)) != json.dumps(theirs.get(k)))

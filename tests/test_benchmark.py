@@ -113,6 +113,32 @@ def test_workdir_of_other_settings_is_refused(quick):
     assert "other settings" in r.stderr and "eps" in r.stderr
 
 
+IDENTITY_CHECK = """
+import json, sys
+from pipelines.benchmark import identity_diff
+mine = {"eps": 0.1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "tune_val": 3000}
+print(json.dumps([
+    identity_diff(mine, {"eps": 0.1}),                                   # an Adam-era run: no optimizer flags
+    identity_diff(mine, {**mine, "since_removed": 1}),                   # a setting the program dropped
+    identity_diff({**mine, "tune_val": 10}, {k: v for k, v in mine.items() if k != "tune_val"}),
+]))
+"""
+
+
+def test_identity_of_a_run_from_before_a_setting_existed():
+    """A workdir whose run predates a pipeline setting ran at that setting's PipelineConfig default
+    (Adam, no weight decay), not at the benchmark's flag default (SGD); a benchmark-only flag
+    missing from it counts as the flag's default; a removed setting is ignored."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    r = subprocess.run([sys.executable, "-c", IDENTITY_CHECK], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    adam_era, removed, bench_flag = json.loads(r.stdout)
+    assert adam_era == ["optimizer", "weight_decay"]  # momentum 0.9 and tune_val 3000 are their defaults
+    assert removed == []
+    assert bench_flag == ["tune_val"]  # 10 against the flag default 3000
+
+
 @pytest.mark.parametrize("flag,mentions", [
     ("--ratios=0", "--ratios"), ("--ratios=0.01,abc", "--ratios"), ("--methods=magic", "--methods"),
     ("--method=ap", "--method"), ("--size_ratio=0.1", "--size_ratio"), ("--compress_epochs=2", "--compress_epochs"),
