@@ -332,11 +332,9 @@ class Benchmark:
         meta["dense_weights"] = dense_weight_count(self.da_plain)
         self.res.set("meta", meta)
         if not self.res.done("da"):
-            ev = evaluate(self.cfg, self.da_plain, self.data, self.rep_x, os.path.join(self.root, "cells", "da"))
             size = stages.size_summary(self.cfg, None, self.da_plain, None, None)
-            self.res.set("da", self._cell("da", None, ev, size, [da_res], self.cfg.da_lr, None,
-                                          os.path.join(self.root, "da", "model.keras")), cell=True)
-            self._log_cell("da")
+            self._record("da", "da", None, self.da_plain, size, [da_res], self.cfg.da_lr, None,
+                         os.path.join(self.root, "da", "model.keras"))
         self.timing()
         self.tune_compression()
         self.da_more_cell()
@@ -364,6 +362,13 @@ class Benchmark:
                     "val_clean_acc": _last(r.get("history", {}), "val_clean_acc"),
                     "val_adv_acc": _last(r.get("history", {}), "val_adv_acc")} for r in stage_results],
                 "model_file": model_file, "finished": _now()}
+
+    def _record(self, key, method, ratio, plain, size, stage_results, lr, k, model_file, **extra):
+        """Evaluate `plain` and its int8 .tflite (files in <workdir>/cells/<key>), store the cell, log it."""
+        ev = evaluate(self.cfg, plain, self.data, self.rep_x, os.path.join(self.root, "cells", key))
+        cell = self._cell(method, ratio, ev, size, stage_results, lr, k, model_file) | extra
+        self.res.set(key, cell, cell=True)
+        self._log_cell(key)
 
     def _log_cell(self, key):
         c = self.res.cell(key)
@@ -457,7 +462,6 @@ class Benchmark:
     def da_more_cell(self):
         """The fair dense ceiling: DA trained on for the compressed cells' epochs at their learning rate
         (every compressed cell gets those extra adversarial epochs on top of the shared DA)."""
-        from atmc_tf.training import method_config
         from pipelines import stages
         key = "da_more"
         if self.res.done(key):
@@ -465,15 +469,10 @@ class Benchmark:
         lr = float(self.res["tuning"]["lr"].get("atmc", {}).get("chosen", self.cfg.lr))
         wd = os.path.join(self.root, "cells", key)
         logging.info("cell %s: DA + %d epochs (lr %g)", key, self.b["compress_epochs"], lr)
-        config = method_config("da", attack=stages.train_attack(self.cfg), clean_weight=self.cfg.clean_weight,
-                               adv_weight=1 - self.cfg.clean_weight)
         plain, _, res = stages.train_stage(dataclasses.replace(self.cfg, workdir=wd), key, self.da_plain, self.data,
-                                           "da", config, self.b["compress_epochs"], lr)
-        ev = evaluate(self.cfg, plain, self.data, self.rep_x, wd)
-        size = stages.size_summary(self.cfg, None, plain, None, None)
-        self.res.set(key, self._cell(key, None, ev, size, [res], lr, None, os.path.join(wd, key, "model.keras")),
-                     cell=True)
-        self._log_cell(key)
+                                           "da", stages.dense_config(self.cfg), self.b["compress_epochs"], lr)
+        self._record(key, key, None, plain, stages.size_summary(self.cfg, None, plain, None, None), [res], lr, None,
+                     os.path.join(wd, key, "model.keras"))
 
     def compressed_cell(self, method, ratio):
         from pipelines import stages
@@ -496,14 +495,9 @@ class Benchmark:
             self.res.set(key, {"method": method, "ratio": ratio, "status": "failed", "reason": str(err)}, cell=True)
             logging.error("cell %s: %s", key, err)
             return
-        ev = evaluate(self.cfg, plain, self.data, self.rep_x, wd)
         size = stages.size_summary(ccfg, net, plain, scheme, ccfg.bits if scheme else None)
-        cell = self._cell(method, ratio, ev, size, results, lr, k,
-                          os.path.join(wd, results[-1]["stage"], "model.keras"))
-        cell["bits"] = ccfg.bits
-        cell["quant_scheme"] = scheme
-        self.res.set(key, cell, cell=True)
-        self._log_cell(key)
+        self._record(key, method, ratio, plain, size, results, lr, k,
+                     os.path.join(wd, results[-1]["stage"], "model.keras"), bits=ccfg.bits, quant_scheme=scheme)
 
     def tfmot_cell(self, ratio):
         import numpy as np

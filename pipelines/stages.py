@@ -237,9 +237,13 @@ def dense_stage(cfg, data, natural=False):
     keras.utils.set_random_seed(cfg.seed)
     model = initial_model(cfg, data)
     method = "natural" if natural else "da"
-    config = method_config(method, attack=train_attack(cfg), clean_weight=cfg.clean_weight,
-                           adv_weight=1 - cfg.clean_weight)
-    return train_stage(cfg, method, model, data, method, config, cfg.da_epochs, cfg.da_lr)
+    return train_stage(cfg, method, model, data, method, dense_config(cfg, method), cfg.da_epochs, cfg.da_lr)
+
+
+def dense_config(cfg, method="da"):
+    """ATMCConfig of dense training: adversarial ("da", --clean_weight mix) or "natural"."""
+    return method_config(method, attack=train_attack(cfg), clean_weight=cfg.clean_weight,
+                         adv_weight=1 - cfg.clean_weight)
 
 
 def nnz_budget(cfg, dense_model):
