@@ -1,5 +1,6 @@
 """Global L0 projection: feasible, idempotent, and the nearest feasible point."""
 import numpy as np
+import pytest
 import tensorflow as tf
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
@@ -53,6 +54,44 @@ def test_ties_never_exceed_budget():
     assert int(count_nonzero(p)) == 13
 
 
+def test_ties_at_the_threshold_keep_the_lowest_positions():
+    ws = [np.array([3.0, 1.0, -2.0, 2.0], np.float32), np.array([[2.0, 5.0], [-2.0, 0.5]], np.float32)]
+    expected = [[3.0, 0.0, -2.0, 2.0], [[0.0, 5.0], [0.0, 0.0]]]
+    for p in (project_l0(ws, 4), project_l0_hinted(ws, 4, 2.0)[0], project_l0_hinted(ws, 4, 0.0)[0]):
+        for q, e in zip(p, expected):
+            np.testing.assert_array_equal(q.numpy(), e)
+
+
+denormals = st.sampled_from([0.0, 1e-45, -1e-45, 3e-42, -1e-39, 1e-38, 2.0, -2.0])
+
+
+@given(st.lists(denormals, min_size=1, max_size=30), st.integers(0, 30))
+def test_denormal_magnitudes_are_ranked_exactly(values, k):
+    """CPU kernels flush denormals to zero; the projection must still see 1e-45 > 0
+    (else a second projection could swap it for a zero and not be idempotent)."""
+    w = np.array(values, np.float32)
+    (p,) = project_l0([w], k)
+    order = sorted(range(w.size), key=lambda i: (-abs(float(w[i])), i))
+    expected = np.zeros_like(w)
+    expected[order[:k]] = w[order[:k]]
+    np.testing.assert_array_equal(p.numpy().view(np.int32), expected.view(np.int32) * (expected != 0))
+    np.testing.assert_array_equal(project_l0([p], k)[0].numpy(), p.numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_other_float_dtypes(dtype):
+    ws = [np.array([[0.5, -4.0], [1.5, 0.25]], dtype), np.array([-3.0, 0.75], dtype)]
+    p, kth = project_l0_hinted(ws, 3, 1.0)
+    assert p[0].dtype == dtype and kth.dtype == dtype and float(kth) == 1.5
+    np.testing.assert_array_equal(p[0].numpy(), [[0, -4.0], [1.5, 0]])
+    np.testing.assert_array_equal(p[1].numpy(), [-3.0, 0])
+
+
+def test_mixed_dtypes_are_refused():
+    with pytest.raises(ValueError, match="one float dtype"):
+        project_l0([np.ones(3, np.float32), np.ones(3, np.float64)], 2)
+
+
 def test_masks_and_fixed_support():
     ws = [np.arange(1, 7, dtype=np.float32).reshape(2, 3)]
     (m,) = topk_masks(ws, 2)
@@ -85,12 +124,13 @@ def test_hinted_projection_is_the_projection_for_any_hint(ws, k, hint):
     dist = sum(float(np.sum((w.astype(np.float64) - q.numpy()) ** 2)) for w, q in zip(ws, p))
     best = sum(float(np.sum((w.astype(np.float64) - q.numpy()) ** 2)) for w, q in zip(ws, ref))
     assert np.isclose(dist, best, rtol=1e-6, atol=1e-6)
-    for w, q in zip(ws, p):  # kept entries are copies of w, not rescaled
+    for w, q, r in zip(ws, p, ref):  # kept entries are copies of w; the very set project_l0 keeps
         np.testing.assert_array_equal(q.numpy()[q.numpy() != 0], w[q.numpy() != 0])
+        np.testing.assert_array_equal(q.numpy(), r.numpy())
     mags = np.sort(np.concatenate([np.abs(w).ravel() for w in ws]))[::-1]
-    expected = float(mags[min(k, mags.size) - 1]) if k > 0 else 0.0
-    # TF on CPU flushes denormals to zero, hence the tolerance of one smallest normal float.
-    assert abs(float(kth) - expected) <= np.finfo(np.float32).tiny
+    expected = mags[min(k, mags.size) - 1] if k > 0 else np.float32(0)
+    # Bit for bit, denormals included (the selection compares bit patterns, never flushed floats).
+    assert np.float32(kth.numpy()).tobytes() == np.float32(expected).tobytes()
 
 
 @given(st.integers(1, 400), st.floats(0.0, 2.0), st.integers(0, 2**31 - 1))

@@ -3,43 +3,92 @@
 project_l0 is the exact Euclidean projection onto {W : sum_t nnz(W_t) <= k}:
 keep the k largest magnitudes over the concatenation of all tensors, zero the
 rest. There is no per-layer quota; layers compete for the one budget.
+
+Magnitudes are compared as the integer bit patterns of |w| (monotone for
+non-negative IEEE floats), which is exact: CPU kernels that flush denormals to
+zero cannot merge a tiny weight with 0 or misplace the threshold. Of entries
+tied at the threshold, the lowest flat positions (tensor order, then row-major)
+are kept, so exactly min(k, total size) entries survive and every function here
+selects the same set.
 """
 import tensorflow as tf
 
+_BITS = {tf.float16: tf.int16, tf.bfloat16: tf.int16, tf.float32: tf.int32, tf.float64: tf.int64}
 
-def _flat_abs(tensors):
-    return tf.concat([tf.reshape(tf.abs(t), [-1]) for t in tensors], axis=0)
+
+def _magnitude_bits(tensors):
+    """|w| of every tensor, flattened and concatenated, as order-preserving integers."""
+    dtype = tensors[0].dtype
+    if dtype not in _BITS or any(t.dtype != dtype for t in tensors):
+        raise ValueError(f"L0 projection needs tensors of one float dtype, got {[t.dtype.name for t in tensors]}")
+    itype = _BITS[dtype]
+    sign_off = tf.constant(tf.dtypes.as_dtype(itype).max, itype)
+    return tf.concat([tf.bitwise.bitwise_and(tf.bitcast(tf.reshape(t, [-1]), itype), sign_off)
+                      for t in tensors], axis=0)
+
+
+def _kth_largest(values, k):
+    """k-th largest entry of 1-D `values` (1 <= k <= size). One top_k of min(k, size - k + 1)
+    entries: when nearly all values are kept, select the few smallest instead."""
+    rest = tf.size(values) - k + 1
+    return tf.cond(k <= rest,
+                   lambda: tf.reduce_min(tf.math.top_k(values, k=k, sorted=False).values),
+                   lambda: -tf.reduce_min(tf.math.top_k(-values, k=rest, sorted=False).values))
+
+
+def _keep_at(tensors, bits, kth, k):
+    """Boolean masks keeping entries above the threshold `kth`, plus the first-positioned
+    ties at it up to k entries in all."""
+    above = bits > kth
+    tied = tf.equal(bits, kth)
+    room = k - tf.reduce_sum(tf.cast(above, tf.int32))
+    keep = tf.cond(tf.reduce_sum(tf.cast(tied, tf.int32)) <= room,
+                   lambda: above | tied,
+                   lambda: above | (tied & (tf.cumsum(tf.cast(tied, tf.int32)) <= room)))
+    masks, offset = [], 0
+    for t in tensors:
+        size = tf.size(t)
+        masks.append(tf.reshape(keep[offset:offset + size], tf.shape(t)))
+        offset += size
+    return masks
+
+
+def _select(tensors, bits, k, kth):
+    """Boolean keep-masks and the k-th largest bit pattern (`kth`: a callable of k, run only
+    when k > 0; -1 when k = 0)."""
+    n = tf.size(bits)
+    k = tf.minimum(tf.cast(k, tf.int32), n)
+    kth_bits = tf.cond(k > 0, lambda: kth(k), lambda: tf.constant(-1, bits.dtype))
+    keep_none = [tf.zeros(tf.shape(t), tf.bool) for t in tensors]
+    keep = tf.cond(k > 0, lambda: _keep_at(tensors, bits, kth_bits, k), lambda: keep_none)
+    return keep, kth_bits
+
+
+def _top_k_keep(tensors, k):
+    bits = _magnitude_bits(tensors)
+    return _select(tensors, bits, k, lambda k: _kth_largest(bits, k))[0]
+
+
+def _masked(tensors, keep):
+    # A select, not a product: w * 1.0 would flush a denormal w to 0 on CPU.
+    return [tf.where(m, t, tf.zeros_like(t)) for t, m in zip(tensors, keep)]
 
 
 def topk_masks(tensors, k):
     """0/1 masks (same dtypes/shapes as `tensors`) keeping the global top-k |w|.
 
-    Exactly min(k, total size) entries are kept (ties are broken by position,
-    so the count never exceeds k). Cost: one top_k over the concatenated
-    magnitudes, O(N log k); no N x N or N x K intermediates.
+    Exactly min(k, total size) entries are kept (ties at the threshold go to the
+    lowest positions). Cost: one top_k of min(k, N - k + 1) over the N
+    magnitudes, then O(N) comparisons; no N x k intermediates.
     """
     tensors = [tf.convert_to_tensor(t) for t in tensors]
-    flat = _flat_abs(tensors)
-    n = tf.size(flat)
-    k = tf.minimum(tf.cast(k, tf.int32), n)
-    _, idx = tf.math.top_k(flat, k=k, sorted=False)
-    return _masks_from_indices(tensors, idx, n)
+    return [tf.cast(m, t.dtype) for t, m in zip(tensors, _top_k_keep(tensors, k))]
 
 
 def project_l0(tensors, k):
     """Nearest point (Euclidean) with at most k nonzeros in total."""
-    masks = topk_masks(tensors, k)
-    return [tf.convert_to_tensor(t) * m for t, m in zip(tensors, masks)]
-
-
-def _masks_from_indices(tensors, idx, n):
-    keep = tf.scatter_nd(idx[:, None], tf.ones_like(idx, dtype=tf.bool), [n])
-    masks, offset = [], 0
-    for t in tensors:
-        size = tf.size(t)
-        masks.append(tf.cast(tf.reshape(keep[offset:offset + size], tf.shape(t)), t.dtype))
-        offset += size
-    return masks
+    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    return _masked(tensors, _top_k_keep(tensors, k))
 
 
 def project_l0_hinted(tensors, k, threshold_hint, margin=0.5):
@@ -49,39 +98,35 @@ def project_l0_hinted(tensors, k, threshold_hint, margin=0.5):
     k-th magnitude `threshold_hint` bounds the new one from below up to a small
     drift. Only the entries with |w| >= (1 - margin) * hint are candidates; when
     there are at least k of them, every global top-k entry is among them (all
-    others are smaller than every candidate), so a top_k over the candidates is
-    an exact global top_k. Otherwise (first step, large drift) it falls back to
-    the full top_k. For every hint the result is the Euclidean projection, equal
-    to project_l0's (when magnitudes tie at the threshold, either may keep a
-    different one of the tied entries); only the cost changes, from O(N log k)
-    to O(N) + O(M log k) for M candidates.
+    others are smaller than every candidate), so the k-th largest candidate is
+    the global threshold. Otherwise (first step, large drift) it falls back to
+    the full array. For every hint the result equals project_l0's, bit for bit;
+    only the cost changes: O(N) plus a top_k of min(k, M - k + 1) over the M
+    candidates, which is small when the support is stable (M close to k).
     """
     tensors = [tf.convert_to_tensor(t) for t in tensors]
-    flat = _flat_abs(tensors)
-    n = tf.size(flat)
-    k = tf.minimum(tf.cast(k, tf.int32), n)
-    low = tf.cast(threshold_hint, flat.dtype) * (1.0 - margin)
-    cand = tf.cast(tf.reshape(tf.where(flat >= low), [-1]), tf.int32)
-
-    def from_candidates():
-        vals, local = tf.math.top_k(tf.gather(flat, cand), k=k, sorted=False)
-        return vals, tf.gather(cand, local)
-
-    def full():
-        vals, idx = tf.math.top_k(flat, k=k, sorted=False)
-        return vals, idx
-
+    bits = _magnitude_bits(tensors)
+    low = tf.cast(threshold_hint, tensors[0].dtype) * (1.0 - margin)
     # No usable hint (0 before the first step, negative, NaN: low > 0 is false) or too few
-    # candidates (an inf hint has none): the full top_k.
-    vals, idx = tf.cond((low > 0) & (tf.size(cand) >= k), from_candidates, full)
-    kth = tf.cond(k > 0, lambda: tf.reduce_min(vals), lambda: tf.zeros([], flat.dtype))
-    masks = _masks_from_indices(tensors, idx, n)
-    return [t * m for t, m in zip(tensors, masks)], kth
+    # candidates (an inf hint has none): the full array.
+    usable = low > 0
+    low_bits = tf.cond(usable, lambda: _magnitude_bits([tf.reshape(low, [1])])[0],
+                       lambda: tf.constant(0, bits.dtype))
+    cand = tf.boolean_mask(bits, bits >= low_bits)
+
+    def kth(k):
+        return tf.cond(usable & (tf.size(cand) >= k), lambda: _kth_largest(cand, k), lambda: _kth_largest(bits, k))
+
+    masks, kth_bits = _select(tensors, bits, k, kth)
+    threshold = tf.where(kth_bits >= 0, tf.bitcast(tf.maximum(kth_bits, 0), tensors[0].dtype),
+                         tf.zeros([], tensors[0].dtype))
+    return _masked(tensors, masks), threshold
 
 
 def apply_masks(tensors, masks):
     """Projection onto a fixed support (AP / NAP fine-tuning)."""
-    return [tf.convert_to_tensor(t) * tf.cast(m, t.dtype) for t, m in zip(tensors, masks)]
+    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    return _masked(tensors, [tf.not_equal(tf.cast(m, t.dtype), 0) for t, m in zip(tensors, masks)])
 
 
 def count_nonzero(tensors):
