@@ -498,12 +498,17 @@ def markdown(results, png_name="benchmark_tradeoff.png"):
                      f"{rc['pgd_step_s']:.3f} |")
         for b in rc.get("bits", []):
             e = rc["per_bits"][str(b)]
-            L.append(f"| global L0 projection, k={e['k']} (ATMC-{b} budget at ratio {rc['ratio']:g}) | "
+            L.append(f"| global L0 projection, k={e['k']} (ATMC-{b} budget at ratio {rc['ratio']:g}), cold | "
                      f"{e['project_l0_s']:.3f} |")
+            if e.get("project_l0_warm_s") is not None:
+                L.append(f"| the same, warm-started after one training step (as in training) | "
+                         f"{e['project_l0_warm_s']:.3f} |")
             L.append(f"| codebook fit + projection of every kernel ({rc['quant_scheme']}, b={b}) | "
                      f"{e['codebook_s']:.3f} |")
-        L += ["", "| b | (projection + codebook fit) / natural step | ... / PGD-AT step | per-step share with "
-              f"the codebook every {rc['quant_interval']} steps, / PGD-AT step |", "|---|---|---|---|"]
+        warm = any(rc["per_bits"][str(b)].get("project_l0_warm_s") is not None for b in rc.get("bits", []))
+        L += ["", "| b | (cold projection + codebook fit) / natural step | ... / PGD-AT step | per-step share, "
+              f"{'warm projection' if warm else 'projection'} every step and the codebook every "
+              f"{rc['quant_interval']} steps, / PGD-AT step |", "|---|---|---|---|"]
         for b in rc.get("bits", []):
             e = rc["per_bits"][str(b)]
             fmt = lambda key: "-" if e.get(key) is None else f"{e[key]:.3f}"  # noqa: E731

@@ -68,6 +68,8 @@ flags.DEFINE_integer("resnet_input", 224, "ResNet-50 input size for its training
 flags.DEFINE_integer("resnet_batch", 4, "ResNet-50 batch for its training-step time.")
 flags.DEFINE_integer("resnet_reps", 3, "Timed repetitions (median) of each ResNet-50 measurement.")
 flags.DEFINE_bool("resnet_pgd_step", True, "Also time one PGD adversarial training step of ResNet-50.")
+flags.DEFINE_bool("retime", False, "Measure the step-time ratio and the ResNet-50-size cost again (after a change "
+                  "to the constraint code); the cells are kept, the old figures move to timing_history.")
 flags.DEFINE_string("docs_dir", None, "Where BENCHMARKS.md and the PNG go (default: docs/, or <workdir>/docs "
                     "with --quick so that a smoke test never overwrites the real benchmark page).")
 
@@ -89,7 +91,7 @@ PIPELINE_ONLY = ("method", "size_ratio", "nnz_budget", "bits", "bits_enabled", "
                  "al0_epochs", "atmc32_epochs", "atmcb_epochs", "finetune_epochs", "micro_samples", "plot_eps",
                  "model_file", "strategy")
 # Settings that may change between a run and its resume (cells are keyed by method and ratio).
-RERUN_SAFE = ("verbose", "docs_dir", "render_only", "ratios", "methods", "tfmot", "workdir", "timing_steps",
+RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "ratios", "methods", "tfmot", "workdir", "timing_steps",
               "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step",
               "pgd100_steps", "pgd100_restarts", "tfmot_search_iters")
 METHOD_ORDER = ("atmc8", "ap", "al0", "atmc4", "atmc32", "nap")  # the headline comparison first
@@ -637,6 +639,10 @@ def main(argv):
                  "eps": cfg.eps, "workdir": cfg.workdir})
     meta.setdefault("commands", []).append({"at": _now(), "command": meta["command"]})
     res.set("meta", meta)
+    if F.retime:
+        old = {key: res.data.pop(key) for key in ("timing", "resnet50_cost") if key in res.data}
+        if old:
+            res.set("timing_history", res.get("timing_history", []) + [{"replaced": _now(), **old}])
     from atmc_tf.data import DataError
     t0 = time.time()
     try:

@@ -87,15 +87,19 @@ def test_quick_docs_written_and_marked_as_smoke_test(quick):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def test_rerun_resumes_without_retraining(quick):
+def test_rerun_resumes_without_retraining_and_retime_measures_again(quick):
     wd, docs, res, _ = quick
     before = {k: c["finished"] for k, c in res["cells"].items()}
-    r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={docs}", timeout=300)
+    r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={docs}", "--retime", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(wd / "results.json") as fh:
         after = json.load(fh)
     assert {k: c["finished"] for k, c in after["cells"].items()} == before
     assert ": training (lr" not in r.stderr  # no cell was trained again
+    (old,) = after["timing_history"]  # --retime kept the replaced figures
+    assert old["timing"] == res["timing"] and old["replaced"]
+    assert after["timing"]["all_times_s"] != res["timing"]["all_times_s"]  # measured afresh
+    assert after["timing"]["ratio_atmc8"] > 0
 
 
 def test_render_only_rebuilds_the_docs(quick, tmp_path):
