@@ -604,7 +604,7 @@ class Benchmark:
                 input_size=self.b["resnet_input"], batch=self.b["resnet_batch"], reps=self.b["resnet_reps"],
                 ratio=self._tune_ratio(), quant_scheme=self.cfg.quant_scheme,
                 quant_interval=self.cfg.quant_interval, eps=self.cfg.eps, pgd_steps=self.cfg.pgd_steps,
-                pgd_step=self.b["resnet_pgd_step"], seed=self.cfg.seed)
+                pgd_step=self.b["resnet_pgd_step"], seed=self.cfg.seed, lr=self.cfg.lr)
             self.res.set("resnet50_cost", out)
             gc.collect()
 

@@ -71,7 +71,7 @@ def _top_k_keep(tensors, k):
 
 def _masked(tensors, keep):
     # A select, not a product: w * 1.0 would flush a denormal w to 0 on CPU.
-    return [tf.where(m, t, tf.zeros_like(t)) for t, m in zip(tensors, keep)]
+    return [tf.where(m, t, tf.zeros([], t.dtype)) for t, m in zip(tensors, keep)]
 
 
 def topk_masks(tensors, k):
