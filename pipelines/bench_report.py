@@ -501,8 +501,8 @@ def markdown(results, png_name="benchmark_tradeoff.png"):
             L.append(f"| global L0 projection, k={e['k']} (ATMC-{b} budget at ratio {rc['ratio']:g}), cold | "
                      f"{e['project_l0_s']:.3f} |")
             if e.get("project_l0_warm_s") is not None:
-                L.append(f"| the same, warm-started after one SGD step (lr {rc.get('warm_step_lr', '?')}) as in training ("
-                         f"{e.get('warm_candidates', '?'):,} candidates) | {e['project_l0_warm_s']:.3f} |")
+                L.append(f"| the same, warm-started after one SGD step (lr {rc.get('warm_step_lr', '?')}) as in "
+                         f"training ({e.get('warm_candidates', '?'):,} candidates) | {e['project_l0_warm_s']:.3f} |")
             L.append(f"| codebook fit + projection of every kernel ({rc['quant_scheme']}, b={b}) | "
                      f"{e['codebook_s']:.3f} |")
         warm = any(rc["per_bits"][str(b)].get("project_l0_warm_s") is not None for b in rc.get("bits", []))
