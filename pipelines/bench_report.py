@@ -122,8 +122,15 @@ def targets(results):
                                     f"DA - ATMC-8 = {100 * gap:.1f} pts (allowed <= 3.0)"))
     else:
         missing.append("da" if not da else cell_key("atmc8", HEADLINE_RATIO))
+    more = _done(results, "da_more")  # the fair dense ceiling: DA + the compressed cells' extra epochs
+    context = []
+    if more and a8:
+        gap = more["robust_acc"] - a8["robust_acc"]
+        context.append(f"against the dense ceiling da_more ({_pct(more['robust_acc'])}%, DA trained on for the "
+                       f"compressed cells' epochs): da_more - ATMC-8 = {100 * gap:.1f} pts (context, not the target)")
     out.append({"id": "T1", "target": "ATMC-8 at ratio 0.01: robust accuracy within 3 points of DA",
-                "status": _verdict(checks, missing), "evidence": [t for _, t in checks], "missing": missing})
+                "status": _verdict(checks, missing), "evidence": [t for _, t in checks] + context,
+                "missing": missing})
     checks, missing = [], []
     if a8 and ap:
         d = a8["robust_acc"] - ap["robust_acc"]
@@ -132,8 +139,15 @@ def targets(results):
     else:
         missing += [k for k, c in ((cell_key("atmc8", HEADLINE_RATIO), a8), (cell_key("ap", HEADLINE_RATIO), ap))
                     if not c]
+    context = []
+    if more and ap:
+        room = more["robust_acc"] - ap["robust_acc"]
+        context.append(f"AP is {100 * room:.1f} pts below the dense ceiling da_more ({_pct(more['robust_acc'])}%): "
+                       "at this ratio pruning costs AP that much robustness, the most a compressed model can "
+                       "gain over it without beating dense training (context, not the target)")
     out.append({"id": "T2", "target": "ATMC-8 at ratio 0.01: robust accuracy at least 3 points above AP",
-                "status": _verdict(checks, missing), "evidence": [t for _, t in checks], "missing": missing})
+                "status": _verdict(checks, missing), "evidence": [t for _, t in checks] + context,
+                "missing": missing})
 
     # T3: every quantized ATMC beats AL0 and AP at every ratio <= 0.01 (the paper's claim).
     checks, missing = [], []

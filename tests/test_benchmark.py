@@ -181,6 +181,11 @@ def test_targets_t1_t2():
     assert _status(res, "T1") == R.MET and _status(res, "T2") == R.MET
     res["cells"]["atmc8@0.01"]["robust_acc"] = 0.66  # 4 points below DA, 2 above AP
     assert _status(res, "T1") == R.NOT_MET and _status(res, "T2") == R.NOT_MET
+    res["cells"]["da_more"] = _cell("da_more", None, 0.67)  # context only: the verdicts stay
+    t1, t2 = R.targets(res)[:2]
+    assert (t1["status"], t2["status"]) == (R.NOT_MET, R.NOT_MET)
+    assert "da_more - ATMC-8 = 1.0 pts" in t1["evidence"][-1]
+    assert "AP is 3.0 pts below the dense ceiling" in t2["evidence"][-1]
     del res["cells"]["ap@0.01"]
     assert _status(res, "T2") == R.NOT_RUN
 
