@@ -496,6 +496,13 @@ def markdown(results, png_name="benchmark_tradeoff.png"):
                          f"{1000 * tm[f'atmc{b}_step_s']:.1f} ms | "
                          f"{tm[f'ratio_atmc{b}']:.3f} |")
         L.append("")
+        for h in results.get("timing_history", []):
+            old = h.get("timing") or {}
+            shown = ", ".join(f"ATMC-{b} {old[f'ratio_atmc{b}']:.3f}" for b in (8, 4)
+                              if old.get(f"ratio_atmc{b}") is not None)
+            if shown:
+                L += [f"Earlier measurement in this workdir, replaced by `--retime` on {h.get('replaced', '?')}: "
+                      f"{shown}.", ""]
     else:
         L += ["Step-time ratio: NOT RUN YET.", ""]
     rc = results.get("resnet50_cost")

@@ -100,6 +100,7 @@ def test_rerun_resumes_without_retraining_and_retime_measures_again(quick):
     assert old["timing"] == res["timing"] and old["replaced"]
     assert after["timing"]["all_times_s"] != res["timing"]["all_times_s"]  # measured afresh
     assert after["timing"]["ratio_atmc8"] > 0
+    assert "replaced by `--retime`" in (docs / "BENCHMARKS.md").read_text()
 
 
 def test_render_only_rebuilds_the_docs(quick, tmp_path):
