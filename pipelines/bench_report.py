@@ -262,6 +262,9 @@ def plot_tradeoff(results, file):
             ax.axhline(da[ykey], color="black", linestyle="--", linewidth=1, label=f"{LABELS['da']}")
             if xkey == "tflite_gzip_bytes":
                 ax.scatter([da[xkey]], [da[ykey]], color="black", marker="*", s=120, zorder=5)
+        more = _done(results, "da_more")
+        if more:  # the fair dense ceiling for the compressed cells
+            ax.axhline(more[ykey], color="black", linestyle=":", linewidth=1, label=LABELS["da_more"])
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if xkey == "paper_ratio":
