@@ -71,6 +71,7 @@ def _same_model(a, b):
     keys = ("clean_acc", "robust_acc", "tflite_clean_acc", "tflite_robust_acc", "tflite_bytes", "tflite_gzip_bytes")
     return bool(a and b and a.get("status") == b.get("status") == "done" and all(a[k] == b[k] for k in keys))
 
+
 def _optimizer(s):
     """The optimizer of every atmc_tf stage, from the run's settings (runs before --optimizer: Adam)."""
     name = s.get("optimizer", "adam")

@@ -55,13 +55,17 @@ def _keep_at(tensors, bits, kth, k):
 
 def _select(tensors, bits, k, kth):
     """Boolean keep-masks and the k-th largest bit pattern (`kth`: a callable of k, run only
-    when k > 0; -1 when k = 0)."""
-    n = tf.size(bits)
-    k = tf.minimum(tf.cast(k, tf.int32), n)
-    kth_bits = tf.cond(k > 0, lambda: kth(k), lambda: tf.constant(-1, bits.dtype))
-    keep_none = [tf.zeros(tf.shape(t), tf.bool) for t in tensors]
-    keep = tf.cond(k > 0, lambda: _keep_at(tensors, bits, kth_bits, k), lambda: keep_none)
-    return keep, kth_bits
+    when k > 0; the pattern of 0.0 when k = 0)."""
+    k = tf.minimum(tf.cast(k, tf.int32), tf.size(bits))
+
+    def some():
+        kth_bits = kth(k)
+        return _keep_at(tensors, bits, kth_bits, k), kth_bits
+
+    def none():
+        return [tf.zeros(tf.shape(t), tf.bool) for t in tensors], tf.zeros([], bits.dtype)
+
+    return tf.cond(k > 0, some, none)
 
 
 def _top_k_keep(tensors, k):
@@ -110,17 +114,13 @@ def project_l0_hinted(tensors, k, threshold_hint, margin=0.5):
     # No usable hint (0 before the first step, negative, NaN: low > 0 is false) or too few
     # candidates (an inf hint has none): the full array.
     usable = low > 0
-    low_bits = tf.cond(usable, lambda: _magnitude_bits([tf.reshape(low, [1])])[0],
-                       lambda: tf.constant(0, bits.dtype))
-    cand = tf.boolean_mask(bits, bits >= low_bits)
+    cand = tf.boolean_mask(bits, bits >= _magnitude_bits([tf.reshape(low, [1])])[0])
 
     def kth(k):
         return tf.cond(usable & (tf.size(cand) >= k), lambda: _kth_largest(cand, k), lambda: _kth_largest(bits, k))
 
     masks, kth_bits = _select(tensors, bits, k, kth)
-    threshold = tf.where(kth_bits >= 0, tf.bitcast(tf.maximum(kth_bits, 0), tensors[0].dtype),
-                         tf.zeros([], tensors[0].dtype))
-    return _masked(tensors, masks), threshold
+    return _masked(tensors, masks), tf.bitcast(kth_bits, tensors[0].dtype)
 
 
 def apply_masks(tensors, masks):
