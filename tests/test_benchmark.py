@@ -237,3 +237,21 @@ def test_markdown_without_results_says_not_run_yet():
     md = R.markdown({})
     assert "NOT RUN YET" in md and "| T1 |" in md
     assert "**MET**" not in md and "**NOT MET**" not in md
+
+
+def test_paper_order_table():
+    cells = {}
+    for r, rob in ((0.003, (0.1, 0.60, 0.62, 0.63, 0.68, 0.66)), (0.01, (0.1, 0.70, 0.69, 0.70, 0.71, 0.705))):
+        for m, v in zip(R.ORDER_METHODS, rob, strict=True):
+            cells[f"{m}@{r:g}"] = _cell(m, r, v)
+    res = _results(**cells)
+    rows = R.paper_order(res)
+    assert [row["ratio"] for row in rows] == [0.003, 0.01]
+    assert rows[0]["broken"] == [] and rows[1]["broken"] == ["AL0 < AP by 1.0"]
+    assert abs(rows[0]["lead"]["atmc8"] - 0.06) < 1e-9 and abs(rows[1]["ap_minus_nap"] - 0.60) < 1e-9
+    md = "\n".join(R._order_lines(res))  # hand-made cells lack the table's size fields: this section only
+    assert "| 0.003 | 10.0 | 60.0 | 62.0 | 63.0 | 68.0 | 66.0 | holds |" in md
+    assert "largest at ratio 0.003 (+6.0 pts); that is the highest compression run" in md
+    del res["cells"]["atmc32@0.01"]  # a ratio without ATMC-32 is left out, not estimated
+    assert [row["ratio"] for row in R.paper_order(res)] == [0.003]
+    assert "NOT RUN YET: needs NAP" in R.markdown(_results())
