@@ -247,7 +247,7 @@ def test_paper_order_table():
     res = _results(**cells)
     rows = R.paper_order(res)
     assert [row["ratio"] for row in rows] == [0.003, 0.01]
-    assert rows[0]["broken"] == [] and rows[1]["broken"] == ["AL0 < AP by 1.0"]
+    assert rows[0]["broken"] == [] and rows[1]["broken"] == ["AL0 < AP by 1.00"]
     assert abs(rows[0]["lead"]["atmc8"] - 0.06) < 1e-9 and abs(rows[1]["ap_minus_nap"] - 0.60) < 1e-9
     md = "\n".join(R._order_lines(res))  # hand-made cells lack the table's size fields: this section only
     assert "| 0.003 | 10.0 | 60.0 | 62.0 | 63.0 | 68.0 | 66.0 | holds |" in md
@@ -255,3 +255,15 @@ def test_paper_order_table():
     del res["cells"]["atmc32@0.01"]  # a ratio without ATMC-32 is left out, not estimated
     assert [row["ratio"] for row in R.paper_order(res)] == [0.003]
     assert "NOT RUN YET: needs NAP" in R.markdown(_results())
+
+
+def test_shipped_size_interpolates_ap_and_never_extrapolates():
+    res = _results(**{"ap@0.003": _cell("ap", 0.003, 0.60, gz=1000), "ap@0.01": _cell("ap", 0.01, 0.70, gz=100000),
+                      "atmc8@0.003": _cell("atmc8", 0.003, 0.66, gz=10000),
+                      "atmc8@0.01": _cell("atmc8", 0.01, 0.72, gz=200000)})
+    rows = {row["cell"]: row for row in R.shipped_size(res)}
+    assert abs(rows["atmc8@0.003"]["base"] - 0.65) < 1e-9  # halfway in log(bytes)
+    assert rows["atmc8@0.01"]["base"] is None
+    text = "\n".join(R._shipped_lines(res))
+    assert "| atmc8@0.003 | 10,000 | 66.0 | 65.0 (between ap@0.003 and ap@0.01) | +1.0 pts |" in text
+    assert "| atmc8@0.01 | 200,000 | 72.0 | outside AP's finished sizes | - |" in text
