@@ -83,6 +83,11 @@ def cell_key(method, ratio=None):
     return method if ratio is None else f"{method}@{float(ratio):g}"
 
 
+def _ratios(results):
+    """The size ratios the run was set up with (the issue's four for results without settings)."""
+    return [float(r) for r in results.get("meta", {}).get("settings", {}).get("ratios", ISSUE_RATIOS)]
+
+
 def _done(results, key):
     c = results.get("cells", {}).get(key)
     return c if c and c.get("status") == "done" else None
@@ -109,7 +114,7 @@ def _verdict(checks, missing):
 
 def targets(results):
     """[{id, target, status, evidence}] evaluated on the finished cells of results."""
-    ratios = [float(r) for r in results.get("meta", {}).get("settings", {}).get("ratios", ISSUE_RATIOS)]
+    ratios = _ratios(results)
     out = []
     da = _done(results, "da")
 
@@ -241,7 +246,7 @@ ORDER_METHODS = ("nap", "ap", "al0", "atmc32", "atmc8", "atmc4")
 
 def paper_order(results):
     """Per ratio with NAP, AP, AL0 and ATMC-32 finished: robust accuracies, the paper's order, ATMC's lead."""
-    ratios = [float(r) for r in results.get("meta", {}).get("settings", {}).get("ratios", ISSUE_RATIOS)]
+    ratios = _ratios(results)
     rows = []
     for r in ratios:
         c = {m: _done(results, cell_key(m, r)) for m in ORDER_METHODS}
@@ -354,7 +359,7 @@ def plot_tradeoff(results, file):
                "paper-style size / dense fp32 size (log)"),
               ("tflite_robust_acc", "tflite_gzip_bytes",
                "robust accuracy, int8 .tflite (transfer)", "gzipped int8 .tflite bytes (log)")]
-    ratios = [float(r) for r in results.get("meta", {}).get("settings", {}).get("ratios", ISSUE_RATIOS)]
+    ratios = _ratios(results)
     zoomed = tuple(m for m in COMPRESSED if m != "nap")
     for row, zoom in ((grid[0], False), (grid[1], True)):
         for ax, (ykey, xkey, ylabel, xlabel) in zip(row, panels, strict=True):
@@ -448,7 +453,7 @@ def markdown(results, png_name="benchmark_tradeoff.png"):
     meta = results.get("meta", {})
     s = meta.get("settings", {})
     cells = results.get("cells", {})
-    ratios = [float(r) for r in s.get("ratios", ISSUE_RATIOS)]
+    ratios = _ratios(results)
     methods = list(s.get("methods", METHODS))
     expected = ["da", "da_more"] + [cell_key(m, r) for r in ratios for m in methods if m != "da"]
     if s.get("tfmot", True) and "atmc8" in methods:
