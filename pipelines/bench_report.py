@@ -98,7 +98,7 @@ def _pct(v, digits=1):
 
 
 def _pts(v):
-    return f"{100 * v:+.1f} pts"
+    return f"{round(100 * v, 1) + 0.0:+.1f} pts"  # + 0.0: a difference that rounds to zero prints +0.0, not -0.0
 
 
 # --- targets ------------------------------------------------------------------------------
