@@ -93,12 +93,13 @@ def _done(results, key):
     return c if c and c.get("status") == "done" else None
 
 
-def _pct(v, digits=1):
-    return "-" if v is None else f"{100 * v:.{digits}f}"
+def _pct(v, digits=1, sign=""):
+    """v in % with `digits` decimals ('-' for None); + 0.0 makes a value that rounds to zero print 0.0, not -0.0."""
+    return "-" if v is None else f"{round(100 * v, digits) + 0.0:{sign}.{digits}f}"
 
 
 def _pts(v):
-    return f"{round(100 * v, 1) + 0.0:+.1f} pts"  # + 0.0: a difference that rounds to zero prints +0.0, not -0.0
+    return f"{_pct(v, sign='+')} pts"
 
 
 # --- targets ------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def targets(results):
     if da and a8:
         gap = da["robust_acc"] - a8["robust_acc"]
         checks.append((gap <= 0.03 + 1e-9, f"DA {_pct(da['robust_acc'])}% vs ATMC-8 {_pct(a8['robust_acc'])}%: "
-                                    f"DA - ATMC-8 = {100 * gap:.1f} pts (allowed <= 3.0)"))
+                                    f"DA - ATMC-8 = {_pct(gap)} pts (allowed <= 3.0)"))
     else:
         missing.append("da" if not da else cell_key("atmc8", HEADLINE_RATIO))
     more = _done(results, "da_more")  # the fair dense ceiling: DA + the compressed cells' extra epochs
@@ -133,7 +134,7 @@ def targets(results):
     if more and a8:
         gap = more["robust_acc"] - a8["robust_acc"]
         context.append(f"against the dense ceiling da_more ({_pct(more['robust_acc'])}%, DA trained on for the "
-                       f"compressed cells' epochs): da_more - ATMC-8 = {100 * gap:.1f} pts (context, not the target)")
+                       f"compressed cells' epochs): da_more - ATMC-8 = {_pct(gap)} pts (context, not the target)")
     out.append({"id": "T1", "target": "ATMC-8 at ratio 0.01: robust accuracy within 3 points of DA",
                 "status": _verdict(checks, missing), "evidence": [t for _, t in checks] + context,
                 "missing": missing})
@@ -148,7 +149,7 @@ def targets(results):
     context = []
     if more and ap:
         room = more["robust_acc"] - ap["robust_acc"]
-        context.append(f"AP is {100 * room:.1f} pts below the dense ceiling da_more ({_pct(more['robust_acc'])}%): "
+        context.append(f"AP is {_pct(room)} pts below the dense ceiling da_more ({_pct(more['robust_acc'])}%): "
                        "at this ratio pruning costs AP that much robustness, the most a compressed model can "
                        "gain over it without beating dense training (context, not the target)")
     out.append({"id": "T2", "target": "ATMC-8 at ratio 0.01: robust accuracy at least 3 points above AP",
