@@ -162,7 +162,7 @@ def run(cfg, data=None):
 
 # Flags that change only what is evaluated or printed, not what is trained or exported.
 # model_file: the path may move; the file's content (model_file_sha256) is what must not change.
-RERUN_SAFE = ("verbose", "micro_samples", "plot_eps", "eval_pgd_steps", "eval_restarts", "workdir", "model_file")
+RERUN_SAFE = ("verbose", "tensorboard", "micro_samples", "plot_eps", "eval_pgd_steps", "eval_restarts", "workdir", "model_file")
 
 
 def _recorded_config(cfg):
@@ -394,6 +394,10 @@ def main(argv):
 
 
 def entry():
+    """The program (`python -m pipelines.atmc`, or the `atmc` console script)."""
+    main_module = sys.modules["__main__"]
+    if not getattr(main_module, "__doc__", None):  # the console script: --help shows this docstring
+        main_module.__doc__ = __doc__
     app.run(main, flags_parser=flags_def.parse_flags)
 
 

@@ -155,6 +155,10 @@ def main(argv):
 
 
 def entry():
+    """The program (`python -m pipelines.check_tflite`, or the `atmc-check-tflite` console script)."""
+    main_module = sys.modules["__main__"]
+    if not getattr(main_module, "__doc__", None):  # the console script: --help shows this docstring
+        main_module.__doc__ = __doc__
     define_flags()
     app.run(main, flags_parser=parse_flags)
 

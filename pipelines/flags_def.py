@@ -66,6 +66,9 @@ flags.DEFINE_list("plot_eps", None, "Radii for the accuracy-vs-eps plot (default
 flags.DEFINE_enum("strategy", "none", ("none", "mirrored", "multiworker"),
                   "tf.distribute strategy for training: none (one device), mirrored (all local GPUs / "
                   "devices), multiworker (several machines: set TF_CONFIG on each, see README).")
+flags.DEFINE_bool("tensorboard", True, "Write each training stage's curves (clean/adversarial loss and "
+                  "accuracy, nnz, ||W - Z||, for training and validation) under <workdir>/tensorboard/<stage>/ "
+                  "with Keras' TensorBoard callback; open them with `tensorboard --logdir <workdir>/tensorboard`.")
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1 progress bar, 2 one line per epoch: for logs, 0 silent).")
 
 
@@ -202,6 +205,7 @@ class PipelineConfig:
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    tensorboard: bool = True
 
     @classmethod
     def from_flags(cls):

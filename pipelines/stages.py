@@ -144,9 +144,13 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
         clock = EpochClock(clock_file, resuming=os.path.isdir(backup_dir))
         earlier = clock.earlier
         backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
+        callbacks = [backup, clock, faults.KillAt(name)]
+        if cfg.tensorboard:
+            # Epoch curves only: no graph, no profiler, nothing that changes what is trained.
+            callbacks.append(keras.callbacks.TensorBoard(path(cfg, "tensorboard", name), write_graph=False,
+                                                         profile_batch=0, update_freq="epoch"))
         hist = trainer.fit(data.x_train, data.y_train, epochs=epochs, batch_size=cfg.batch_size,
-                           validation_data=(data.x_val, data.y_val),
-                           callbacks=[backup, clock, faults.KillAt(name)], verbose=cfg.verbose)
+                           validation_data=(data.x_val, data.y_val), callbacks=callbacks, verbose=cfg.verbose)
         history = {k: [float(x) for x in v] for k, v in hist.history.items()}
     else:
         trainer.prepare_constraints()

@@ -229,6 +229,7 @@ def tiny_run(tmp_path_factory, models):
     return wd, args
 
 
+@pytest.mark.slow
 def test_stage_names_match_the_run(tiny_run):
     import dataclasses
     from pipelines.flags_def import PipelineConfig

@@ -31,6 +31,7 @@ def quick(tmp_path_factory):
     return wd, docs, results, r
 
 
+@pytest.mark.slow
 def test_quick_results_have_every_field(quick):
     _, _, res, _ = quick
     meta = res["meta"]
@@ -71,6 +72,7 @@ def test_quick_results_have_every_field(quick):
     assert res["tuning"]["da_lr"]["chosen"] and set(res["tuning"]["lr"]) == {"ap", "atmc"}
 
 
+@pytest.mark.slow
 def test_quick_docs_written_and_marked_as_smoke_test(quick):
     wd, docs, res, _ = quick
     md = (docs / "BENCHMARKS.md").read_text()
@@ -87,6 +89,7 @@ def test_quick_docs_written_and_marked_as_smoke_test(quick):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_retraining_and_retime_measures_again(quick):
     wd, docs, res, _ = quick
     before = {k: c["finished"] for k, c in res["cells"].items()}
@@ -103,6 +106,7 @@ def test_rerun_resumes_without_retraining_and_retime_measures_again(quick):
     assert "replaced by `--retime`" in (docs / "BENCHMARKS.md").read_text()
 
 
+@pytest.mark.slow
 def test_render_only_rebuilds_the_docs(quick, tmp_path):
     wd, _, _, _ = quick
     r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={tmp_path}", "--render_only", timeout=120)
@@ -111,6 +115,7 @@ def test_render_only_rebuilds_the_docs(quick, tmp_path):
     assert (tmp_path / "benchmark_tradeoff.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_workdir_of_other_settings_is_refused(quick):
     wd, docs, _, _ = quick
     r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={docs}", "--eps=0.2", timeout=120)

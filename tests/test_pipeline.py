@@ -71,6 +71,7 @@ def tiny_run(tmp_path_factory):
     return wd, r
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny_run(tiny_run):
     wd, r = tiny_run
     report = json.loads((wd / "report.json").read_text())
@@ -97,6 +98,31 @@ def test_end_to_end_tiny_run(tiny_run):
     assert not [p for p in snapshot(wd) if ".tmp" in p], "temporary files left behind"
 
 
+@pytest.mark.slow
+def test_tensorboard_curves_of_every_stage(tiny_run):
+    """Each training stage leaves event files that TensorBoard's own reader parses, holding the
+    trainer's curves for training and validation, one point per epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    wd, _ = tiny_run
+    epochs = {"da": 3, "al0": 1, "atmc32": 1, "atmc4": 2}
+    for stage, n in epochs.items():
+        for split in ("train", "validation"):
+            folder = wd / "tensorboard" / stage / split
+            assert list(folder.glob("events.out.tfevents.*")), folder
+            acc = EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0})
+            acc.Reload()
+            tags = set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
+            want = {"epoch_clean_loss", "epoch_clean_acc", "epoch_adv_loss", "epoch_adv_acc", "epoch_nnz"}
+            if stage == "atmc4":
+                want.add("epoch_w_z_dist")
+            assert want <= tags, (stage, split, sorted(tags))
+            steps = [e.step for e in (acc.Tensors("epoch_adv_acc") if "epoch_adv_acc" in acc.Tags()["tensors"]
+                                      else acc.Scalars("epoch_adv_acc"))]
+            assert steps == list(range(n)), (stage, split, steps)
+
+
+@pytest.mark.slow
 def test_rerun_resumes_and_other_flags_are_refused(tiny_run):
     wd, first = tiny_run
     model_before = snapshot(wd / "atmc4")
@@ -117,6 +143,7 @@ def test_multiworker_without_tf_config_is_refused(tmp_path):
     assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.slow
 def test_pipeline_on_two_workers(tmp_path):
     """--strategy=multiworker: two processes on 127.0.0.1 (TF_CONFIG) train in lockstep."""
     import socket

@@ -10,6 +10,8 @@ import pytest
 import atmc_tf.layers  # noqa: F401  (registers ATMCWrapper for load_model)
 from pipeline_run import run_pipeline, snapshot
 
+pytestmark = pytest.mark.slow  # whole pipeline runs, killed and resumed
+
 FLAGS = ["--limit_train=400", "--limit_test=120", "--da_epochs=4", "--al0_epochs=1", "--atmc32_epochs=1",
          "--atmcb_epochs=3", "--pgd_steps=2", "--eval_pgd_steps=3", "--micro_samples=4",
          "--size_ratio=0.1", "--verbose=0", "--batch_size=64", "--seed=3"]

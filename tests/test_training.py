@@ -38,6 +38,7 @@ def _nnz(net):
     return sum(int(np.count_nonzero(v.numpy())) for w in atmc_wrappers(net) for v in w.compressed_variables)
 
 
+@pytest.mark.slow
 def test_atmc_fit_on_digits_satisfies_constraints_and_learns(digits, da_model, tmp_path):
     x_tr, y_tr, x_te, y_te = digits
     budget = dense_weight_count(da_model) // 10
@@ -111,6 +112,7 @@ def test_quantization_needs_admm_state(da_model):
         ATMCTrainer(wrap_model(da_model), method_config("atmc", attack=ATTACK, nnz_budget=10, bits=2))
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_two_cpus_keeps_constraints():
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run([sys.executable, os.path.join(here, "strategy_run.py")], capture_output=True,
@@ -159,6 +161,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_multiworker_two_processes_end_identical_and_constrained():
     """Two MultiWorkerMirroredStrategy workers on 127.0.0.1 (TF_CONFIG), a few steps of ATMC-b."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -184,7 +187,8 @@ def test_multiworker_two_processes_end_identical_and_constrained():
         assert max(t["levels"] for t in r["tensors"]) <= 8
 
 
-@pytest.mark.parametrize("factorization,bits", [("abc", None), ("abc", 3), ("lowrank", None), ("lowrank", 2)])
+@pytest.mark.parametrize("factorization,bits", [("abc", None), pytest.param("abc", 3, marks=pytest.mark.slow),
+                                                ("lowrank", None), pytest.param("lowrank", 2, marks=pytest.mark.slow)])
 def test_atmc_with_factorized_kernels(digits, da_model, factorization, bits):
     """W = B(A+I)+C (the reference's form) and W = UV+C: the budget covers every factor."""
     x_tr, y_tr, _, _ = digits

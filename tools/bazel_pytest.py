@@ -14,7 +14,8 @@ PASSED; this launcher makes `bazel test` run the tests with pytest instead:
 It maps Bazel's test protocol onto pytest: the target name picks the file
 (TEST_TARGET), `--test_filter=EXPR` becomes `-k EXPR` (TESTBRIDGE_TEST_ONLY),
 the JUnit XML goes where Bazel wants it (XML_OUTPUT_FILE), `--test_arg`s are
-passed on to pytest, and pytest's exit status is the test's.
+passed on to pytest, and pytest's exit status is the test's (with a `-m` marker
+expression, a file whose tests are all deselected passes).
 
 Deliberately no `if __name__ == "__main__":` block: this file is not a program
 (tests/test_build_file.py would then want a py_binary for it).
@@ -49,4 +50,9 @@ def _pytest_args(argv):
 if os.environ.get("TEST_TMPDIR"):
     os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(os.environ["TEST_TMPDIR"], "hypothesis"))
 
-sys.exit(pytest.main(_pytest_args(sys.argv[1:])))
+_status = pytest.main(_pytest_args(sys.argv[1:]))
+# `--test_arg=-m --test_arg="not slow"` (what .ci/run passes): a file whose tests are all
+# deselected has nothing to run, which is not a failure (pytest's exit 5).
+if _status == pytest.ExitCode.NO_TESTS_COLLECTED and "-m" in sys.argv[1:]:
+    _status = pytest.ExitCode.OK
+sys.exit(_status)

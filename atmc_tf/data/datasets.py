@@ -13,6 +13,10 @@ import zlib
 import numpy as np
 
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+# Folders outside the project that a data set is read from, and the Debian package that installs
+# each. tools/env.sh installs the packages named in tools/debian-packages.txt, and
+# tests/test_setup.py checks that every package here is listed there.
+SYSTEM_DATA = {"fashion_mnist": (FASHION_MNIST_SYSTEM_DIR, "dataset-fashion-mnist")}
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 DATASETS = ("digits", "fashion_mnist", "mnist_npz")

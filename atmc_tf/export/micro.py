@@ -110,6 +110,7 @@ def _run_child(model, x, timeout_s):
         np.save(os.path.join(work, "inputs.npy"), x)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        env["ATMC_TF_LIGHT_IMPORT"] = "1"  # LiteRT and TFLite Micro only: no TensorFlow in the child
         # -c rather than -m: runpy warns when the package __init__ already imported this module.
         command = [sys.executable, "-c", "import sys; from atmc_tf.export.micro import child_main; "
                    "child_main(sys.argv[1])", work]

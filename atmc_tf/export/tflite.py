@@ -28,14 +28,31 @@ import gzip
 import re
 import tempfile
 
+import functools
+
 import numpy as np
-from ai_edge_litert import schema_py_generated as schema
-from ai_edge_litert.interpreter import Interpreter
 
 MAX_REPRESENTATIVE_SAMPLES = 300
 KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-_OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-_TENSOR_TYPES = {code: name for name, code in vars(schema.TensorType).items() if not name.startswith("_")}
+
+
+@functools.cache
+def _litert():
+    """(schema module, Interpreter class) of ai-edge-litert, imported on first use: conversion
+    needs only TensorFlow, so `pip install atmc_tf` without the [deploy] extra still imports."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as err:
+        raise ImportError(f"reading or running a .tflite needs LiteRT ({err}); install it with "
+                          "pip install 'atmc_tf[deploy]' (or ai-edge-litert)") from None
+    return schema, Interpreter
+
+
+@functools.cache
+def _enum_names(enum_name):
+    return {code: name for name, code in vars(getattr(_litert()[0], enum_name)).items()
+            if not name.startswith("_")}
 
 
 # --- conversion -----------------------------------------------------------------------
@@ -117,11 +134,12 @@ def parse_check(tflite_bytes):
     # indices and sizes. A builtin op LiteRT lacks (custom ops resolve later) says
     # nothing about the bytes, which the verifier has passed by then.
     try:
-        Interpreter(model_content=data)
+        _litert()[1](model_content=data)
     except ValueError as e:
         message = str(e).strip()
         if "Registration failed" not in message:
             raise invalid(f"truncated or corrupt, LiteRT says: {message}") from None
+    schema = _litert()[0]
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
     if not model.subgraphs:
         raise invalid("it has no subgraph")
@@ -132,7 +150,7 @@ def _op_name(model, op):
     code = model.operatorCodes[op.opcodeIndex]
     # Codes above 127 live in builtinCode; older files only fill the deprecated field.
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-    return _OP_NAMES.get(builtin, f"UNKNOWN_BUILTIN_{builtin}")
+    return _enum_names("BuiltinOperator").get(builtin, f"UNKNOWN_BUILTIN_{builtin}")
 
 
 def op_names(tflite_bytes):
@@ -169,8 +187,8 @@ def tflite_kernels(tflite_bytes):
             continue
         tensor = graph.tensors[op.inputs[1]]
         name = tensor.name.decode()
-        if tensor.type != schema.TensorType.INT8:
-            raise ValueError(f"{op_name} weights {name} are {_TENSOR_TYPES.get(tensor.type)}, not INT8: "
+        if tensor.type != _litert()[0].TensorType.INT8:
+            raise ValueError(f"{op_name} weights {name} are {_enum_names('TensorType').get(tensor.type)}, not INT8: "
                              "not a full-integer model")
         q = tensor.quantization
         kernels.append({
@@ -330,7 +348,7 @@ class LiteRTModel:
     def __init__(self, tflite_bytes, num_threads=None):
         self.tflite_bytes = bytes(tflite_bytes)
         parse_check(self.tflite_bytes)
-        self._interpreter = Interpreter(model_content=self.tflite_bytes, num_threads=num_threads)
+        self._interpreter = _litert()[1](model_content=self.tflite_bytes, num_threads=num_threads)
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ValueError(f"LiteRTModel needs one input and one output, got {len(inputs)} and {len(outputs)}")
