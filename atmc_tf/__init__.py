@@ -3,9 +3,9 @@
 The main user API in one import::
 
     import atmc_tf
-    net = atmc_tf.wrap_model(plain, admm=True)
+    net = atmc_tf.wrap_model(plain)
     config = atmc_tf.method_config("atmc", attack=atmc_tf.PGDConfig(eps=0.1), nnz_budget=k, bits=4)
-    trainer = atmc_tf.ATMCTrainer(net, config)
+    trainer = atmc_tf.ATMCTrainer(net, config)    # or terms=[...], constraints=[...]
     trainer.compile(optimizer=...); trainer.fit(...)
     tflite_bytes = atmc_tf.to_int8_tflite(atmc_tf.strip_model(net), representative_x)
 
@@ -29,6 +29,8 @@ _API = {
     "ATMCWrapper": "atmc_tf.layers", "strip_model": "atmc_tf.layers", "wrap_model": "atmc_tf.layers",
     "ATMCConfig": "atmc_tf.training", "ATMCTrainer": "atmc_tf.training", "METHODS": "atmc_tf.training",
     "dense_weight_count": "atmc_tf.training", "method_config": "atmc_tf.training",
+    "CleanLoss": "atmc_tf.training", "AdversarialLoss": "atmc_tf.training",
+    "GlobalL0": "atmc_tf.constraints", "FixedSupport": "atmc_tf.constraints", "Quantization": "atmc_tf.constraints",
 }
 __all__ = ["__version__", *_API]
 

@@ -8,6 +8,8 @@ visible to anything that inspects the graph; TFLite fuses it back on export.
 import keras
 import numpy as np
 
+from atmc_tf.choices import MODELS as MODEL_NAMES
+
 layers = keras.layers
 
 
@@ -86,7 +88,8 @@ def mlp(input_shape, num_classes, seed=None, hidden=256):
     return keras.Model(inputs, outputs, name="mlp")
 
 
-MODELS = {"lenet": lenet, "small_cnn": small_cnn, "mlp": mlp}
+# Each choice is built by the function of its name.
+MODELS = {name: globals()[name] for name in MODEL_NAMES}
 
 
 def build_model(name, input_shape, num_classes, seed=None):

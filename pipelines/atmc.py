@@ -10,6 +10,10 @@ Started again with the same flags it resumes from what --workdir holds.
 Bad input (flags, --model_file, data, corrupt files in --workdir, an unwritable
 workdir): one line on stderr, exit 2, nothing in --workdir written or deleted.
 Everything that can be checked without TensorFlow is checked before importing it.
+
+Exit codes: 0 done; 1 the TFLite Micro check failed; 2 bad input; 3 the loss became
+NaN/Inf; 4 the compressed model collapsed (--allow_collapse accepts it). With 1 and 4
+the report is written first and the error line says why.
 """
 import hashlib
 import json
@@ -44,9 +48,7 @@ def run(cfg, data=None):
 
     data: the loaded Dataset (main loads it before importing TensorFlow); None loads it here.
     """
-    import numpy as np
-
-    from atmc_tf.export import atomic, c_header, c_source, gzip_size, kernel_codes_match, \
+    from atmc_tf.export import atomic, c_header, c_source, evaluate_deployment, gzip_size, kernel_codes_match, \
         to_int8_tflite, LiteRTModel, check_micro
     from pipelines import faults
     from pipelines import report as rep
@@ -64,6 +66,7 @@ def run(cfg, data=None):
     da_plain, _, da_result = stages.dense_stage(cfg, data)
     final, net, results, scheme = stages.compress_stages(cfg, data, da_plain)
     timings["training"] = time.time() - t
+    collapse = stages.collapse_check(data, da_plain, final, net)
 
     # --- export -------------------------------------------------------------------
     t = time.time()
@@ -88,20 +91,17 @@ def run(cfg, data=None):
     # --- checks: phone (LiteRT) ----------------------------------------------------
     t = time.time()
     lite = LiteRTModel(tfl)
-    keras_logits = final.predict(data.x_test, verbose=0, batch_size=256)
-    lite_logits = lite.predict(data.x_test)
-    x_adv = stages.craft_adversarial(cfg, final, data.x_test, data.y_test)
-    keras_adv = final.predict(x_adv, verbose=0, batch_size=256).argmax(-1)
-    lite_adv = lite.predict(x_adv).argmax(-1)
+    ev = evaluate_deployment(lite, data.x_test, data.y_test, keras_model=final,
+                             x_adv=lambda x, y: stages.craft_adversarial(cfg, final, x, y))
     y = data.y_test
     mismatches = int(sum(layer["mismatches"] for layer in codes["layers"]))
     phone = {
-        "clean_acc": float(np.mean(lite_logits.argmax(-1) == y)),
-        "robust_acc_transfer": float(np.mean(lite_adv == y)),
-        "keras_clean_acc": float(np.mean(keras_logits.argmax(-1) == y)),
-        "keras_robust_acc": float(np.mean(keras_adv == y)),
-        "top1_agreement": float(np.mean(lite_logits.argmax(-1) == keras_logits.argmax(-1))),
-        "top1_agreement_adv": float(np.mean(lite_adv == keras_adv)),
+        "clean_acc": ev.tflite_clean_acc,
+        "robust_acc_transfer": ev.tflite_robust_acc,
+        "keras_clean_acc": ev.keras_clean_acc,
+        "keras_robust_acc": ev.keras_robust_acc,
+        "top1_agreement": ev.top1_agreement,
+        "top1_agreement_adv": ev.top1_agreement_adv,
         "kernel_code_mismatches": mismatches,
         "kernels_exact": mismatches == 0,
         "kernel_codes": codes,
@@ -153,6 +153,7 @@ def run(cfg, data=None):
                   "tflite_b1_bytes": len(tfl_b1)},
         "stages": [{k: r[k] for k in ("stage", "method", "epochs", "seconds")} for r in [da_result] + results],
         "stage_results": [da_result] + results,
+        "collapse": collapse,
         "timings_seconds": timings,
     }
     rep.write_report(cfg.workdir, report)
@@ -162,7 +163,7 @@ def run(cfg, data=None):
 
 # Flags that change only what is evaluated or printed, not what is trained or exported.
 # model_file: the path may move; the file's content (model_file_sha256) is what must not change.
-RERUN_SAFE = ("verbose", "tensorboard", "micro_samples", "plot_eps", "eval_pgd_steps", "eval_restarts", "workdir", "model_file")
+RERUN_SAFE = ("verbose", "tensorboard", "allow_collapse", "micro_samples", "plot_eps", "eval_pgd_steps", "eval_restarts", "workdir", "model_file")
 
 
 def _recorded_config(cfg):
@@ -201,7 +202,7 @@ def claim_workdir(cfg):
     check_claim(cfg)
     file = os.path.join(cfg.workdir, "config.json")
     if not os.path.exists(file):
-        atomic.write_text_atomic(file, json.dumps(_recorded_config(cfg), indent=2, sort_keys=True) + "\n")
+        atomic.write_json_atomic(file, _recorded_config(cfg))
 
 
 # --- files checked before TensorFlow is imported ------------------------------------------
@@ -388,9 +389,25 @@ def main(argv):
         sys.stderr.write(f"error: {err}\n")
         sys.exit(3)
     s = r["summary"]
+    report_md = os.path.join(cfg.workdir, "report.md")
     print(f"clean {s['keras_clean']:.3f} / robust {s['keras_robust']:.3f} (Keras); "
           f"int8 .tflite clean {s['tflite_clean']:.3f} / robust {s['tflite_robust_transfer']:.3f} (transfer); "
-          f"TFLM {'ok' if r['micro']['ok'] else 'FAILED'}; report: {os.path.join(cfg.workdir, 'report.md')}")
+          f"TFLM {'ok' if r['micro']['ok'] else 'FAILED'}; report: {report_md}")
+    # Everything is written by now (nothing is lost); the exit code says what went wrong.
+    status = 0
+    if not r["micro"]["ok"]:
+        reason = r["micro"]["error"] or f"ops TFLite Micro lacks: {', '.join(r['micro']['unsupported_ops'])}"
+        sys.stderr.write(f"error: the TFLite Micro check failed: {flags_def.one_line(reason)} (report: {report_md})\n")
+        status = 1
+    problem = r["collapse"]["problem"]
+    if problem and not cfg.allow_collapse:
+        sys.stderr.write(f"error: {problem}; compress less (--size_ratio), let layers compete fairly "
+                         f"(--l0_scoring=lamp --l0_ramp=0.5), or accept it with --allow_collapse (report: {report_md})\n")
+        status = 4
+    elif problem:
+        sys.stderr.write(f"warning: {problem} (accepted: --allow_collapse)\n")
+    if status:
+        sys.exit(status)
 
 
 def entry():

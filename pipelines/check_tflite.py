@@ -22,7 +22,7 @@ import sys
 
 from absl import app, flags, logging
 
-DATASETS = ("digits", "fashion_mnist", "mnist_npz")  # atmc_tf.data.DATASETS, without importing it here
+from atmc_tf.choices import DATASETS
 F = flags.FLAGS
 
 
@@ -90,23 +90,22 @@ def check(tflite_bytes, data, micro_samples, path="model.tflite"):
     """
     import numpy as np
 
-    from atmc_tf.export import LiteRTModel, check_micro, gzip_size
+    from atmc_tf.export import LiteRTModel, check_micro, evaluate_deployment, gzip_size
 
     lite = LiteRTModel(tflite_bytes)
     model_shape, data_shape = tuple(lite.input_shape[1:]), tuple(data.input_shape)
     if model_shape != data_shape:
         raise ValueError(f"--tflite={path} takes inputs shaped {model_shape}, but --dataset={data.name} images "
                          f"are {data_shape}; pass the data set the model was trained on (--dataset, --data_dir)")
-    logits = lite.predict(data.x_test)
-    if logits.shape[1:] != (data.num_classes,):
-        raise ValueError(f"--tflite={path} outputs shape {tuple(logits.shape[1:])}, but --dataset={data.name} "
+    if lite.output_shape[1:] != (data.num_classes,):
+        raise ValueError(f"--tflite={path} outputs shape {lite.output_shape[1:]}, but --dataset={data.name} "
                          f"has {data.num_classes} classes")
+    ev = evaluate_deployment(lite, data.x_test, data.y_test)
     y = data.y_test
     n = min(int(micro_samples), len(y))
     x_int8 = lite.quantize_input(data.x_test[:n])
     micro = check_micro(tflite_bytes, x_int8, lite.predict_int8(x_int8)).as_dict()
-    phone = {"runtime": "LiteRT", "clean_acc": float(np.mean(logits.argmax(-1) == y)), "samples": int(len(y)),
-             "ops": lite.op_names()}
+    phone = {"runtime": "LiteRT", "clean_acc": ev.tflite_clean_acc, "samples": ev.samples, "ops": lite.op_names()}
     return {
         "tflite": path,
         "bytes": len(tflite_bytes),

@@ -11,11 +11,8 @@ import sys
 
 from absl import flags
 
-DATASETS = ("digits", "fashion_mnist", "mnist_npz")
-MODELS = ("small_cnn", "lenet", "mlp")
-METHODS = ("atmc", "al0", "ap", "nap", "alr", "da")
-SCHEMES = ("codebook_int8", "codebook", "uniform_int8")
-FACTORIZATIONS = ("none", "abc", "lowrank")
+from atmc_tf.choices import DATASETS, FACTORIZATIONS, MODELS, QUANT_SCHEMES
+from pipelines import methods_table
 
 F = flags.FLAGS
 flags.DEFINE_enum("dataset", "digits", DATASETS, "Data set: scikit-learn's bundled digits (offline "
@@ -27,12 +24,19 @@ flags.DEFINE_string("model_file", None, "Your own Keras 3 model (.keras file, Se
                     "inputs in [0, 1], logits out) to train instead of --model. Loaded with Keras' "
                     "safe_mode on: a model file carrying code (Lambda layers) is refused.")
 flags.DEFINE_string("workdir", "runs/atmc", "Where every stage writes its outputs; a rerun resumes from them.")
-flags.DEFINE_enum("method", "atmc", METHODS, "Compression method (ATMC or one of the paper's baselines).")
+flags.DEFINE_enum("method", "atmc", methods_table.METHODS, "Compression method (ATMC or one of the paper's baselines).")
 flags.DEFINE_float("size_ratio", 0.05, "Target paper-style size / dense fp32 size, in (0, 1].")
 flags.DEFINE_integer("nnz_budget", None, "Global nonzero budget k (overrides --size_ratio).")
+flags.DEFINE_enum("l0_scoring", "magnitude", ("magnitude", "lamp"), "How weights compete for the one global "
+                  "budget: magnitude (the paper's |w|: the exact projection onto the L0 ball) or lamp "
+                  "(layer-adaptive scores, Lee et al. 2021: layers of different sizes and scales compete "
+                  "fairly and none is emptied).")
+flags.DEFINE_float("l0_ramp", 0.0, "Fraction of the first compression stage (AL0, or AP's fine-tuning is not "
+                   "ramped) over which the budget falls from dense to k along a cubic schedule (0: cut to k at "
+                   "once, the paper's one-shot start).")
 flags.DEFINE_integer("bits", 4, "Bits per nonzero weight for ATMC-b (1..8); ATMC-32 if --nobits_enabled.")
 flags.DEFINE_bool("bits_enabled", True, "Quantize (ATMC-b); false stops at ATMC-32.")
-flags.DEFINE_enum("quant_scheme", "codebook_int8", SCHEMES, "Quantization set Q_b.")
+flags.DEFINE_enum("quant_scheme", "codebook_int8", QUANT_SCHEMES, "Quantization set Q_b.")
 flags.DEFINE_enum("factorization", "none", FACTORIZATIONS, "Kernel parametrisation during ATMC-32.")
 flags.DEFINE_integer("rank", None, "Rank for --factorization=lowrank.")
 flags.DEFINE_float("rho", 0.1, "ADMM penalty weight rho.")
@@ -66,6 +70,9 @@ flags.DEFINE_list("plot_eps", None, "Radii for the accuracy-vs-eps plot (default
 flags.DEFINE_enum("strategy", "none", ("none", "mirrored", "multiworker"),
                   "tf.distribute strategy for training: none (one device), mirrored (all local GPUs / "
                   "devices), multiworker (several machines: set TF_CONFIG on each, see README).")
+flags.DEFINE_bool("allow_collapse", False, "Exit 0 even when the compressed model collapsed (a budget that cut "
+                  "every path from input to output, or accuracy at chance while the dense model's was not); "
+                  "the report says so either way. Without it such a run exits 4.")
 flags.DEFINE_bool("tensorboard", True, "Write each training stage's curves (clean/adversarial loss and "
                   "accuracy, nnz, ||W - Z||, for training and validation) under <workdir>/tensorboard/<stage>/ "
                   "with Keras' TensorBoard callback; open them with `tensorboard --logdir <workdir>/tensorboard`.")
@@ -83,6 +90,7 @@ _RULES = [
     ("nnz_budget", _positive_int_or_none, "--nnz_budget must be >= 1"),
     ("rank", _positive_int_or_none, "--rank must be >= 1"),
     ("rho", lambda v: math.isfinite(v) and v >= 0, "--rho must be >= 0"),
+    ("l0_ramp", lambda v: math.isfinite(v) and 0 <= v <= 1, "--l0_ramp must be in [0, 1]"),
     ("quant_interval", lambda v: v >= 1, "--quant_interval must be >= 1"),
     ("pgd_steps", lambda v: v >= 1, "--pgd_steps must be >= 1"),
     ("pgd_step_size", lambda v: v is None or (math.isfinite(v) and v > 0), "--pgd_step_size must be > 0"),
@@ -206,6 +214,9 @@ class PipelineConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     tensorboard: bool = True
+    l0_scoring: str = "magnitude"
+    l0_ramp: float = 0.0
+    allow_collapse: bool = False
 
     @classmethod
     def from_flags(cls):
@@ -226,19 +237,8 @@ class PipelineConfig:
         return os.path.basename(self.model_file) if self.model_file else self.model
 
     def stage_names(self):
-        """The training stages this config runs, in order (the folders under workdir).
-
-        Must match stages.dense_stage / stages.compress_stages; tests/test_bad_input.py checks
-        it against a real run.
-        """
-        names = ["da"]
-        if self.method == "atmc":
-            names += ["al0", "atmc32"] + ([f"atmc{self.bits}"] if self.bits is not None else [])
-        elif self.method == "nap":
-            names += ["natural", "nap"]
-        elif self.method != "da":
-            names.append(self.method)
-        return names
+        """The training stages this config runs, in order (the folders under workdir)."""
+        return methods_table.stage_names(self.method, self.bits)
 
 
 def config_defaults():

@@ -1,5 +1,5 @@
-"""report.json, report.md and the PNG plots, all written atomically."""
-import io
+"""report.json, report.md and the PNG plots, all written atomically. No TensorFlow here
+(the benchmark's report saves its figure with save_png too)."""
 import os
 
 import matplotlib
@@ -8,14 +8,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from atmc_tf.export import atomic  # noqa: E402
-from pipelines.stages import write_json  # noqa: E402
 
 
-def _save_png(fig, file):
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic.write_bytes_atomic(file, buf.getvalue())
+def save_png(fig, file):
+    """Save a matplotlib figure as a PNG, atomically, and close it."""
+    try:
+        with atomic.atomic_path(file, ".tmp.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def plot_accuracy_vs_eps(curves, train_eps, file, title, points=None):
@@ -34,7 +35,7 @@ def plot_accuracy_vs_eps(curves, train_eps, file, title, points=None):
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    _save_png(fig, file)
+    save_png(fig, file)
 
 
 def plot_layers(tensors, file, title, level_limit=None):
@@ -56,18 +57,23 @@ def plot_layers(tensors, file, title, level_limit=None):
     b.set_xlabel("distinct nonzero values (0 = fp32, not quantized)")
     b.set_yticks([])
     fig.suptitle(title)
-    _save_png(fig, file)
+    save_png(fig, file)
 
 
 def _pct(v):
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
+def model_name(config):
+    """--model, or the file name of --model_file (the user's own model)."""
+    return os.path.basename(config["model_file"]) if config.get("model_file") else config["model"]
+
+
 def markdown(r):
     """A short human report from the report dict."""
     s, ph, mc, sz = r["summary"], r["phone"], r["micro"], r["size"]
     lines = [
-        f"# ATMC report: {r['config']['method']} on {r['config']['dataset']} ({r['config']['model']})",
+        f"# ATMC report: {r['config']['method']} on {r['config']['dataset']} ({model_name(r['config'])})",
         "",
         f"Attack: L_inf PGD eps={r['config']['eps']}, {r['config']['eval_pgd_steps']} steps, "
         f"{r['config']['eval_restarts']} restart(s). Test images: {r['data']['test']}.",
@@ -85,6 +91,15 @@ def markdown(r):
         f"{_pct(ph['top1_agreement_adv'])} (adversarial). Exported kernels equal the trained ones: "
         f"{ph['kernels_exact']} ({ph['kernel_code_mismatches']} mismatching int8 codes).",
         "",
+    ]
+    collapse = r.get("collapse") or {}
+    if collapse.get("problem"):
+        lines += [f"**Warning: {collapse['problem']}.**", ""]
+    elif collapse.get("cut") or collapse.get("empty_channels"):
+        emptied = [f"{n} ({e} of {t} channels empty)" for n, (e, t) in collapse.get("empty_channels", {}).items()]
+        lines += ["Paths: the budget emptied " + ", ".join(collapse.get("cut", []) + emptied) + "; the input still "
+                  "reaches the output.", ""]
+    lines += [
         "## Size",
         "",
         f"- nonzeros {sz['nnz']} of {sz['dense_bits'] // 32} weights; paper-style bits {sz['paper_bits']} "
@@ -111,5 +126,5 @@ def markdown(r):
 
 
 def write_report(workdir, report):
-    write_json(os.path.join(workdir, "report.json"), report)
+    atomic.write_json_atomic(os.path.join(workdir, "report.json"), report)
     atomic.write_text_atomic(os.path.join(workdir, "report.md"), markdown(report))

@@ -18,20 +18,17 @@ from atmc_tf.attacks import PGDConfig, accuracy_curve, adversarial_examples
 from atmc_tf.constraints.accounting import budget_for_ratio
 from atmc_tf.data import load_dataset
 from atmc_tf.export import atomic
+from atmc_tf.export.atomic import write_json_atomic as write_json
 from atmc_tf.layers import UnsupportedLayerError, strip_model, wrap_model
 from atmc_tf.models import build_model
 from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_count, method_config, model_size,
                               wrap_for_method)
-from pipelines import faults
+from pipelines import faults, methods_table
 from pipelines.flags_def import UsageError
 
 
 def path(cfg, *parts):
     return os.path.join(cfg.workdir, *parts)
-
-
-def write_json(file, obj):
-    atomic.write_text_atomic(file, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
 
 
 def read_json(file):
@@ -91,13 +88,6 @@ def eval_attack(cfg, eps=None):
 
 
 # --- training stages -------------------------------------------------------------
-def _save_model_atomic(model, file):
-    # Hidden ".tmp" sibling as in atmc_tf.export.atomic; Keras insists on a .keras suffix.
-    tmp = os.path.join(os.path.dirname(file), "." + os.path.basename(file) + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, file)
-
-
 def make_optimizer(cfg, lr):
     """--optimizer: Adam, or SGD with momentum (the ATMC reference); decoupled weight decay."""
     wd = cfg.weight_decay or None
@@ -129,7 +119,7 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
     os.makedirs(d, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     with strategy_scope():
-        net = wrap_for_method(start, method, config, **wrap_kwargs)
+        net = wrap_for_method(start, config, **wrap_kwargs)
         trainer = ATMCTrainer(net, config)
         trainer.compile(optimizer=make_optimizer(cfg, lr))
     logging.info("stage %s: method=%s epochs=%d budget=%s bits=%s", name, method, epochs,
@@ -159,7 +149,8 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
     # run counts up to its last finished epoch; the epoch cut short is redone).
     result = {"stage": name, "method": method, "epochs": epochs, "seconds": earlier + time.time() - t0,
               "history": history, "constraints": trainer.constraint_report()}
-    _save_model_atomic(net, model_file)
+    with atomic.atomic_path(model_file, ".tmp.keras") as tmp:
+        net.save(tmp)
     write_json(result_file, result)
     shutil.rmtree(backup_dir, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
@@ -262,45 +253,63 @@ def nnz_budget(cfg, dense_model):
 
 
 def compress_stages(cfg, data, da_plain):
-    """Warm-started chain of the chosen method. Returns (plain, net, [results], scheme)."""
+    """The stages of --method after DA (methods_table.STAGES), each warm-started from the one before.
+    Returns (plain, net, [results], scheme)."""
     k = nnz_budget(cfg, da_plain)
-    atk = train_attack(cfg)
-    mix = dict(clean_weight=cfg.clean_weight, adv_weight=1 - cfg.clean_weight)
-    results = []
+    total = dense_weight_count(da_plain)
+    if k >= total and methods_table.stages(cfg.method, cfg.bits):
+        logging.warning("the nonzero budget k=%d covers all %d compressible weights (--size_ratio=%g%s): nothing "
+                        "is pruned, the run only %s; lower --size_ratio (or --nnz_budget) to prune", k, total,
+                        cfg.size_ratio, f" with {cfg.bits}-bit codes" if cfg.bits else "",
+                        "quantizes" if cfg.bits else "fine-tunes")
+    plain, net, results, scheme = da_plain, None, [], None
+    ramped = False  # --l0_ramp applies to the first stage that leaves the dense model (AL0)
+    steps_per_epoch = -(-len(data.y_train) // cfg.batch_size)
+    for stage in methods_table.stages(cfg.method, cfg.bits):
+        if stage.natural:
+            plain, net, res = dense_stage(cfg, data, natural=True)
+            results.append(res)
+            continue
+        settings = dict(nnz_budget=k, l0_scoring=cfg.l0_scoring)
+        if stage.method in ("al0", "atmc") and not ramped:
+            settings["l0_ramp_steps"] = int(round(cfg.l0_ramp * getattr(cfg, stage.epochs) * steps_per_epoch))
+            ramped = True
+        if stage.adversarial:
+            settings.update(attack=train_attack(cfg), clean_weight=cfg.clean_weight, adv_weight=1 - cfg.clean_weight)
+        if stage.quantized:
+            scheme = cfg.quant_scheme
+            settings.update(bits=cfg.bits, quant_scheme=scheme, rho=cfg.rho, quant_interval=cfg.quant_interval)
+        wrap_kwargs = {}
+        if stage.wrap == "factorization":
+            wrap_kwargs["factorization"] = cfg.factorization
+        elif stage.wrap == "param_budget":
+            wrap_kwargs["param_budget"] = k
+        config = method_config(stage.method, **settings)
+        plain, net, res = train_stage(cfg, stage.name, plain, data, stage.method, config,
+                                      getattr(cfg, stage.epochs), cfg.lr, **wrap_kwargs)
+        results.append(res)
+    return plain, net, results, scheme
 
-    def run(name, start, method, epochs, bits=None, quant=None, **wrap_kwargs):
-        config = method_config(method, attack=atk, nnz_budget=k, bits=bits, **(quant or {}), **mix)
-        plain, net, res = train_stage(cfg, name, start, data, method, config, epochs, cfg.lr,
-                                      **wrap_kwargs)
-        results.append(res)
-        return plain, net
 
-    if cfg.method == "da":
-        return da_plain, None, results, None
-    if cfg.method == "atmc":
-        plain, net = run("al0", da_plain, "al0", cfg.al0_epochs)
-        plain, net = run("atmc32", plain, "atmc", cfg.atmc32_epochs, factorization=cfg.factorization)
-        if cfg.bits is None:
-            return plain, net, results, None
-        qcfg = dict(quant_scheme=cfg.quant_scheme, rho=cfg.rho, quant_interval=cfg.quant_interval)
-        plain, net = run(f"atmc{cfg.bits}", plain, "atmc", cfg.atmcb_epochs, bits=cfg.bits, quant=qcfg)
-        return plain, net, results, cfg.quant_scheme
-    if cfg.method == "al0":
-        plain, net = run("al0", da_plain, "al0", cfg.al0_epochs)
-    elif cfg.method == "ap":
-        plain, net = run("ap", da_plain, "ap", cfg.finetune_epochs)
-    elif cfg.method == "alr":
-        plain, net = run("alr", da_plain, "alr", cfg.finetune_epochs, param_budget=k)
-    elif cfg.method == "nap":
-        natural_plain, _, res = dense_stage(cfg, data, natural=True)
-        results.append(res)
-        config = method_config("nap", nnz_budget=k)
-        plain, net, res = train_stage(cfg, "nap", natural_plain, data, "nap", config,
-                                      cfg.finetune_epochs, cfg.lr)
-        results.append(res)
-    else:
-        raise ValueError(f"unknown method {cfg.method!r}")
-    return plain, net, results, None
+def collapse_check(data, dense, final, net):
+    """Whether compression destroyed the model (atmc_tf.training.diagnostics): the layers it
+    emptied, whether a path still reaches the output, and validation accuracy dense vs compressed."""
+    import numpy as np
+
+    from atmc_tf.training.diagnostics import collapse_problem, path_report
+
+    def val_acc(model):
+        return float(np.mean(model.predict(data.x_val, verbose=0, batch_size=256).argmax(-1) == data.y_val))
+
+    out = {"dense_val_acc": val_acc(dense), "compressed_val_acc": val_acc(final), "problem": None}
+    if net is None:  # --method=da: nothing was compressed
+        return out
+    paths = path_report(net)
+    out.update(paths, empty_channels={k: list(v) for k, v in paths["empty_channels"].items()})
+    out["problem"] = collapse_problem(paths, out["dense_val_acc"], out["compressed_val_acc"], data.num_classes)
+    if out["problem"]:
+        logging.warning("%s", out["problem"])
+    return out
 
 
 # --- evaluation ------------------------------------------------------------------
@@ -317,5 +326,5 @@ def craft_adversarial(cfg, model, x, y, batch_size=256):
 def size_summary(cfg, net, plain, scheme, bits):
     """Paper-style and honest bits of the final model (factors counted as trained)."""
     if net is None:
-        net = wrap_for_method(plain, "da", method_config("da", attack=train_attack(cfg)))
+        net = wrap_for_method(plain, method_config("da", attack=train_attack(cfg)))
     return model_size(net, scheme, bits).as_dict()

@@ -44,3 +44,67 @@ def small_cnn(seed=0, num_classes=10, synchronized_bn=False):
     h = keras.layers.Dense(32, activation="relu")(h)
     o = keras.layers.Dense(num_classes)(h)
     return keras.Model(i, o)
+
+
+def mobilenet_v2_style(seed=0, num_classes=10, input_shape=(8, 8, 1)):
+    """A model the project never shipped: a MobileNetV2-style stem and two inverted-residual blocks
+    (1x1 expand, 3x3 DepthwiseConv2D, 1x1 project, BatchNorm, an Add skip), global average pooling,
+    Dropout, Dense (5,552 compressible weights on 8x8x1 inputs)."""
+    import keras
+    keras.utils.set_random_seed(seed)
+
+    def block(x, expand, out, name):
+        h = keras.layers.Conv2D(expand, 1, use_bias=False, name=f"{name}_expand")(x)
+        h = keras.layers.BatchNormalization(name=f"{name}_bn1")(h)
+        h = keras.layers.ReLU(6.0)(h)
+        h = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{name}_dw")(h)
+        h = keras.layers.BatchNormalization(name=f"{name}_bn2")(h)
+        h = keras.layers.ReLU(6.0)(h)
+        h = keras.layers.Conv2D(out, 1, use_bias=False, name=f"{name}_project")(h)
+        h = keras.layers.BatchNormalization(name=f"{name}_bn3")(h)
+        return keras.layers.Add(name=f"{name}_add")([x, h]) if x.shape[-1] == out else h
+
+    i = keras.Input(input_shape)
+    h = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(i)
+    h = keras.layers.BatchNormalization(name="stem_bn")(h)
+    h = keras.layers.ReLU(6.0)(h)
+    h = block(h, 64, 16, "b1")
+    h = block(h, 64, 16, "b2")
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dropout(0.2)(h)
+    return keras.Model(i, keras.layers.Dense(num_classes, name="logits")(h), name="mobilenet_v2_style")
+
+
+def subclassed_model():
+    """A built subclassed Keras model (one Dense layer): what ATMC refuses to wrap."""
+    import keras
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    model = Sub()
+    model(np.ones((1, 3), np.float32))
+    return model
+
+
+def count_steps_term():
+    """A loss term with state (a stand-in for a multiplier or domain weights): counts its steps in a
+    trainer variable, updated after every step through ctx.assign."""
+    from atmc_tf.training import LossTerm
+
+    class CountSteps(LossTerm):
+        kind = "count_steps"
+
+        def build(self, trainer):
+            self.count = trainer.add_weight(name="count_steps", shape=(), dtype="float32", initializer="zeros",
+                                            trainable=False)
+
+        def after_step(self, ctx):
+            ctx.assign(self.count, self.count.value + 1.0)
+
+    return CountSteps()

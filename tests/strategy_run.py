@@ -33,7 +33,7 @@ from atmc_tf.attacks import PGDConfig  # noqa: E402
 from atmc_tf.constraints import num_levels  # noqa: E402
 from atmc_tf.layers import atmc_wrappers, wrap_model  # noqa: E402
 from atmc_tf.training import ATMCTrainer, dense_weight_count, method_config  # noqa: E402
-from conftest import small_cnn  # noqa: E402
+from conftest import count_steps_term, small_cnn  # noqa: E402
 
 
 def main():
@@ -51,17 +51,21 @@ def main():
         budget = dense_weight_count(plain) // 5
         cfg = method_config("atmc", attack=PGDConfig(eps=0.1, steps=3), nnz_budget=budget, bits=3,
                             quant_interval=2)
-        net = wrap_model(plain, admm=True)
-        trainer = ATMCTrainer(net, cfg)
+        net = wrap_model(plain)
+        terms, constraints = cfg.components()
+        counter = count_steps_term()
+        trainer = ATMCTrainer(net, terms=terms + [counter], constraints=constraints)
         trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     hist = trainer.fit(x, y, epochs=2, batch_size=64, verbose=0)
     report = {"replicas": strategy.num_replicas_in_sync, "budget": budget, "tensors": [],
+              "term_state": [float(p.numpy()) for p in getattr(counter.count.value, "values", [counter.count.value])],
               "replicas_identical": True, "history_nnz": hist.history["nnz"]}
+    # The compressed tensors and every constraint's state (ADMM's Z and U, the L0 threshold).
+    for v in [v for w in atmc_wrappers(net) for v in w.compressed_variables] + trainer.non_trainable_weights:
+        parts = [p.numpy() for p in getattr(v.value, "values", [v.value])]
+        same = all(np.array_equal(parts[0], p) for p in parts[1:])
+        report["replicas_identical"] &= bool(same) and (len(parts) == 2 or MODE == "multiworker")
     for w in atmc_wrappers(net):
-        for v in w.compressed_variables + w.admm_z + w.admm_u:
-            parts = [p.numpy() for p in getattr(v.value, "values", [v.value])]
-            same = all(np.array_equal(parts[0], p) for p in parts[1:])
-            report["replicas_identical"] &= bool(same) and (len(parts) == 2 or MODE == "multiworker")
         for v in w.compressed_variables:
             report["tensors"].append({"nnz": int(np.count_nonzero(v.numpy())),
                                       "levels": int(num_levels(v.value, cfg.quant_scheme, w.channel_axes))})

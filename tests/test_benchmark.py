@@ -1,5 +1,6 @@
 """The benchmark program: a --quick run end to end (results JSON, BENCHMARKS.md, PNG), resume, bad flags,
 and the target logic on hand-made results."""
+import ast
 import json
 import os
 import subprocess
@@ -10,12 +11,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipelines import bench_report as R  # noqa: E402
+from benchmarks import bench_report as R  # noqa: E402
 
 
 def run_bench(*args, timeout=900):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "pipelines.benchmark", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "benchmarks.benchmark", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -36,7 +37,7 @@ def test_quick_results_have_every_field(quick):
     _, _, res, _ = quick
     meta = res["meta"]
     assert meta["quick"] is True
-    assert "pipelines.benchmark --quick" in meta["command"]
+    assert "benchmarks.benchmark --quick" in meta["command"]
     for key in ("tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"):
         assert meta["versions"][key], key
     assert meta["machine"]["nproc"] >= 1 and meta["machine"]["cpu_model"]
@@ -87,6 +88,8 @@ def test_quick_docs_written_and_marked_as_smoke_test(quick):
     assert "| T3 |" in md and md.split("| T3 |")[1].split("\n")[0].count("NOT RUN YET") == 1
     png = (docs / "benchmark_tradeoff.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    with open(docs / R.RESULTS_COPY) as fh:  # the page's source, beside it
+        assert json.load(fh) == res
 
 
 @pytest.mark.slow
@@ -109,10 +112,18 @@ def test_rerun_resumes_without_retraining_and_retime_measures_again(quick):
 @pytest.mark.slow
 def test_render_only_rebuilds_the_docs(quick, tmp_path):
     wd, _, _, _ = quick
-    r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={tmp_path}", "--render_only", timeout=120)
+    docs = tmp_path / "docs"
+    r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={docs}", "--render_only", timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (tmp_path / "BENCHMARKS.md").read_text().startswith("# Benchmark")
-    assert (tmp_path / "benchmark_tradeoff.png").stat().st_size > 10_000
+    page = (docs / "BENCHMARKS.md").read_text()
+    assert page.startswith("# Benchmark")
+    assert (docs / "benchmark_tradeoff.png").stat().st_size > 10_000
+    # Without the workdir, from the copy of the results beside the page: the same page.
+    (docs / "BENCHMARKS.md").unlink()
+    r = run_bench("--quick", f"--workdir={tmp_path / 'gone'}", f"--docs_dir={docs}", "--render_only", timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert R.RESULTS_COPY in r.stdout
+    assert (docs / "BENCHMARKS.md").read_text() == page
 
 
 @pytest.mark.slow
@@ -123,9 +134,26 @@ def test_workdir_of_other_settings_is_refused(quick):
     assert "other settings" in r.stderr and "eps" in r.stderr
 
 
+def test_library_and_pipelines_never_import_the_benchmark():
+    """benchmarks/ sits on top of atmc_tf and pipelines/; neither may depend on it."""
+    offenders = []
+    for top in ("atmc_tf", "pipelines"):
+        for folder, _, files in os.walk(os.path.join(ROOT, top)):
+            for name in (f for f in files if f.endswith(".py")):
+                file = os.path.join(folder, name)
+                with open(file) as fh:
+                    tree = ast.parse(fh.read(), file)
+                for node in ast.walk(tree):
+                    names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                             [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                    offenders += [f"{os.path.relpath(file, ROOT)}: {n}" for n in names
+                                  if n.split(".")[0] == "benchmarks"]
+    assert not offenders
+
+
 IDENTITY_CHECK = """
 import json, sys
-from pipelines.benchmark import identity_diff
+from benchmarks.benchmark import identity_diff
 mine = {"eps": 0.1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "tune_val": 3000}
 print(json.dumps([
     identity_diff(mine, {"eps": 0.1}),                                   # an Adam-era run: no optimizer flags

@@ -21,11 +21,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD_PATH = ROOT / "BUILD"
 
 # Every .py file under these folders must be in the srcs of some py_* target.
-SCANNED_DIRS = ("atmc_tf", "pipelines", "tests", "tools")
+SCANNED_DIRS = ("atmc_tf", "benchmarks", "pipelines", "tests", "tools")
 # Files under these folders with an `if __name__ == "__main__":` block are programs:
 # each must be the `main` of a py_binary.
-PROGRAM_DIRS = ("pipelines", "tools")
-FIRST_PARTY = ("atmc_tf", "pipelines", "tests", "tools")
+PROGRAM_DIRS = ("benchmarks", "pipelines", "tools")
+FIRST_PARTY = ("atmc_tf", "benchmarks", "pipelines", "tests", "tools")
 
 PY_RULES = ("py_library", "py_binary", "py_test")
 # Other calls BUILD may contain (they are parsed but not checked further).

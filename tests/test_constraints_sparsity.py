@@ -157,3 +157,68 @@ def test_hinted_projection_in_tf_function_warm_start_chain():
         (ref,) = project_l0([w], 5000)
         np.testing.assert_array_equal(out.numpy(), ref.numpy())
         w = out + 1e-3 * tf.random.stateless_normal([200_000], seed=[5, step])
+
+
+# --- layer-adaptive scoring (LAMP) ----------------------------------------------------------
+
+def _lamp_reference(w):
+    """LAMP by its definition, in float64: w_u^2 / sum_{v: rank(v) >= rank(u)} w_v^2, ranks by
+    ascending |w| with ties by position."""
+    flat = np.square(w.astype(np.float64).ravel())
+    order = np.argsort(flat, kind="stable")
+    out = np.zeros_like(flat)
+    for r, idx in enumerate(order):
+        tail = flat[order[r:]].sum()
+        out[idx] = flat[idx] / tail if tail > 0 else 0.0
+    return out.reshape(w.shape)
+
+
+@given(hnp.arrays(np.float32, shapes, elements=floats))
+def test_lamp_scores_match_the_definition(w):
+    from atmc_tf.constraints.sparsity import lamp_scores
+    s = lamp_scores(w).numpy()
+    np.testing.assert_allclose(s, _lamp_reference(w), rtol=1e-4, atol=1e-6)
+    assert np.all((s >= 0) & (s <= 1 + 1e-6))
+    if np.any(w != 0):
+        assert np.isclose(s.max(), 1.0, atol=1e-6)  # the largest entry of a nonzero tensor scores 1
+
+
+@given(tensor_lists, st.integers(0, 200), st.floats(1e-3, 1e3))
+def test_lamp_selection_feasible_idempotent_scale_invariant(ws, k, scale):
+    from atmc_tf.constraints.sparsity import select_l0
+    p = select_l0(ws, k, "lamp")
+    assert int(count_nonzero(p)) <= k
+    for w, q in zip(ws, p):  # kept entries keep their values
+        q = q.numpy()
+        np.testing.assert_array_equal(q[q != 0], w[q != 0])
+    again = select_l0(p, k, "lamp")
+    for a, b in zip(p, again):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Rescaling one tensor changes nothing (LAMP is per-tensor scale invariant): with raw magnitudes
+    # a layer with larger weights would win the budget.
+    scaled = select_l0([ws[0] * np.float32(scale)] + ws[1:], k, "lamp")
+    for a, b in zip(p, scaled):
+        np.testing.assert_array_equal(a.numpy() != 0, b.numpy() != 0)
+
+
+def test_lamp_keeps_every_layer_where_magnitude_empties_small_ones():
+    """A depthwise-like tensor of small weights next to a big dense one: magnitude top-k leaves it
+    empty, LAMP keeps entries in both (every layer's largest weight scores 1)."""
+    from atmc_tf.constraints.sparsity import select_l0
+    rng = np.random.default_rng(0)
+    big = rng.normal(0, 1.0, (64, 64)).astype(np.float32)
+    small = rng.normal(0, 0.01, (3, 3, 16, 1)).astype(np.float32)
+    k = 200
+    mag = select_l0([big, small], k, "magnitude")
+    lamp = select_l0([big, small], k, "lamp")
+    assert int(tf.math.count_nonzero(mag[1])) == 0
+    assert int(tf.math.count_nonzero(lamp[1])) > 0 and int(count_nonzero(lamp)) == k
+
+
+def test_fixed_support_and_global_l0_take_the_scoring():
+    from atmc_tf.constraints import FixedSupport, GlobalL0, constraint_from_config, constraint_to_config
+    for cls in (GlobalL0, FixedSupport):
+        c = cls(10, scoring="lamp")
+        assert constraint_from_config(constraint_to_config(c)) == c
+        with pytest.raises(ValueError, match="scoring"):
+            cls(10, scoring="random")

@@ -59,7 +59,7 @@ def test_small_cnn_is_small_and_lenet_is_lenet_class():
 
 
 def test_unknown_model_lists_known_names():
-    with pytest.raises(ValueError, match="lenet, small_cnn, mlp"):
+    with pytest.raises(ValueError, match="small_cnn, lenet, mlp"):
         build_model("resnet50", (8, 8, 1), 10)
 
 

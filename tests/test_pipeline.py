@@ -199,3 +199,35 @@ def test_workdir_from_before_a_new_flag_resumes_at_its_default():
     assert config_diff(cfg.as_dict(), old) == []
     assert config_diff(dataclasses.replace(cfg, optimizer="sgd").as_dict(), old) == ["optimizer"]
     assert config_diff(dataclasses.replace(cfg, lr=1.0).as_dict(), old) == ["lr"]
+
+
+@pytest.mark.slow
+def test_a_collapsed_model_is_named_and_fails_the_run(tmp_path):
+    """A budget of 3 weights cuts every path: the run still writes its report (nothing is lost), says
+    in one line which layers were emptied, and exits 4, unless --allow_collapse."""
+    wd = tmp_path / "wd"
+    flags = [a for a in TINY if not a.startswith("--size_ratio")] + ["--nnz_budget=3"]
+    r = run_pipeline(*flags, f"--workdir={wd}")
+    assert r.returncode == 4, r.stderr[-3000:]
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "collapsed" in errors[0] and "atmc_" in errors[0] and "--allow_collapse" in errors[0]
+    report = json.loads((wd / "report.json").read_text())
+    assert report["collapse"]["problem"] and not report["collapse"]["reaches_output"]
+    assert "collapsed" in (wd / "report.md").read_text()
+    again = run_pipeline(*flags, "--allow_collapse", f"--workdir={wd}")
+    assert again.returncode == 0 and "warning: the compressed model collapsed" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_budget_that_prunes_nothing_is_said(tmp_path):
+    r = run_pipeline("--limit_train=200", "--limit_test=60", "--da_epochs=1", "--method=al0", "--al0_epochs=0",
+                     "--nnz_budget=10000000", "--pgd_steps=1", "--eval_pgd_steps=1", "--micro_samples=2",
+                     "--verbose=0", f"--workdir={tmp_path / 'wd'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "nothing is pruned" in r.stderr and "lower --size_ratio" in r.stderr
+
+
+def test_report_names_the_users_model():
+    from pipelines.report import model_name
+    assert model_name({"model": "small_cnn", "model_file": "/data/my_mobilenet.keras"}) == "my_mobilenet.keras"
+    assert model_name({"model": "lenet", "model_file": None}) == "lenet"

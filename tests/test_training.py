@@ -11,7 +11,7 @@ import pytest
 from atmc_tf.attacks import PGDConfig, robust_accuracy
 from atmc_tf.constraints import num_levels
 from atmc_tf.layers import atmc_wrappers, strip_model, wrap_model
-from atmc_tf.training import (ATMCConfig, ATMCTrainer, METHODS, dense_weight_count, method_config,
+from atmc_tf.training import (ATMCConfig, ATMCTrainer, METHODS, dense_weight_count, method_config, model_size,
                               wrap_for_method)
 from conftest import small_cnn
 
@@ -43,7 +43,7 @@ def test_atmc_fit_on_digits_satisfies_constraints_and_learns(digits, da_model, t
     x_tr, y_tr, x_te, y_te = digits
     budget = dense_weight_count(da_model) // 10
     cfg = method_config("atmc", attack=ATTACK, nnz_budget=budget, bits=4, quant_scheme="codebook_int8")
-    net = wrap_model(da_model, admm=True)
+    net = wrap_model(da_model)
     trainer = ATMCTrainer(net, cfg)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     log = tmp_path / "log.csv"
@@ -70,7 +70,7 @@ def test_every_method_keeps_its_constraints(digits, da_model, method, bits, sche
     budget = n // 8
     extra = {"quant_scheme": scheme, "quant_interval": 2} if bits else {}
     cfg = method_config(method, attack=ATTACK, nnz_budget=budget, bits=bits, **extra)
-    net = wrap_for_method(da_model, method, cfg, param_budget=budget)
+    net = wrap_for_method(da_model, cfg, param_budget=budget)
     trainer = ATMCTrainer(net, cfg)
     trainer.compile(optimizer=keras.optimizers.SGD(0.02, momentum=0.9))
     trainer.prepare_constraints()
@@ -93,9 +93,10 @@ def test_every_method_keeps_its_constraints(digits, da_model, method, bits, sche
 
 def test_trainer_config_round_trip(da_model):
     cfg = method_config("atmc", attack=ATTACK, nnz_budget=100, bits=3, rho=0.2, quant_interval=7)
-    trainer = ATMCTrainer(wrap_model(da_model, admm=True), cfg)
+    trainer = ATMCTrainer(wrap_model(da_model), cfg)
     again = ATMCTrainer.from_config(trainer.get_config())
-    assert again.config == cfg
+    assert again.config == cfg and again.config.method == "atmc"
+    assert [repr(c) for c in again.constraints] == [repr(c) for c in trainer.constraints]
     assert ATMCConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
@@ -107,9 +108,9 @@ def test_config_rejects_bad_values(bad):
         ATMCConfig(**bad)
 
 
-def test_quantization_needs_admm_state(da_model):
-    with pytest.raises(ValueError, match="admm=True"):
-        ATMCTrainer(wrap_model(da_model), method_config("atmc", attack=ATTACK, nnz_budget=10, bits=2))
+def test_constraints_need_a_wrapped_model(da_model):
+    with pytest.raises(ValueError, match="wrap_model"):
+        ATMCTrainer(da_model, method_config("atmc", attack=ATTACK, nnz_budget=10, bits=2))
 
 
 @pytest.mark.slow
@@ -122,6 +123,7 @@ def test_mirrored_strategy_two_cpus_keeps_constraints():
     r = json.loads(line[0][7:])
     assert r["replicas"] == 2
     assert r["replicas_identical"]
+    assert r["term_state"] == [16.0, 16.0]  # a term's state: 2 epochs x 8 steps, the same on both replicas
     assert r["nnz"] <= r["budget"]
     assert max(t["levels"] for t in r["tensors"]) <= 8
 
@@ -183,6 +185,7 @@ def test_multiworker_two_processes_end_identical_and_constrained():
     assert a["replicas"] == b["replicas"] == 2
     assert a["weights_sha256"] == b["weights_sha256"], "workers must end with identical weights"
     for r in outs:
+        assert r["term_state"] == [16.0]  # a term's state, updated in cross-replica context on each worker
         assert r["nnz"] <= r["budget"]
         assert max(t["levels"] for t in r["tensors"]) <= 8
 
@@ -194,7 +197,7 @@ def test_atmc_with_factorized_kernels(digits, da_model, factorization, bits):
     x_tr, y_tr, _, _ = digits
     budget = dense_weight_count(da_model) // 6
     cfg = method_config("atmc", attack=ATTACK, nnz_budget=budget, bits=bits, quant_scheme="codebook")
-    net = wrap_model(da_model, factorization=factorization, ranks=4, admm=bits is not None)
+    net = wrap_model(da_model, factorization=factorization, ranks=4)
     trainer = ATMCTrainer(net, cfg)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     trainer.fit(x_tr[:256], y_tr[:256], epochs=1, batch_size=64, verbose=0)
@@ -204,8 +207,13 @@ def test_atmc_with_factorized_kernels(digits, da_model, factorization, bits):
     if bits:
         assert max(_levels(net, "codebook")) <= 2 ** bits
     x = x_tr[:32]
-    np.testing.assert_allclose(strip_model(net)(x).numpy(), net(x, training=False).numpy(),
-                               rtol=1e-4, atol=1e-4)
+    plain = strip_model(net)
+    np.testing.assert_allclose(plain(x).numpy(), net(x, training=False).numpy(), rtol=1e-4, atol=1e-4)
+    # The size report counts what deploys: the stripped kernels, not the factors.
+    deployed = [l.kernel.numpy() for l in plain.layers if hasattr(l, "kernel")]
+    size = model_size(net)
+    assert size.nnz == sum(int(np.count_nonzero(k)) for k in deployed)
+    assert [t.numel for t in size.tensors] == [k.size for k in deployed]
 
 
 def test_sample_and_class_weights_reach_the_loss(digits, da_model):

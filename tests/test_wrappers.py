@@ -6,11 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from atmc_tf.layers import ATMCWrapper, UnsupportedLayerError, atmc_wrappers, strip_model, wrap_model
-from conftest import small_cnn
+from atmc_tf.layers import (ATMCWrapper, UnconstrainedModelError, UnconstrainedTrainingError, UnsupportedLayerError,
+                            atmc_wrappers, strip_model, wrap_model)
+from conftest import small_cnn, subclassed_model
 
-OPTIONS = [dict(factorization=f, admm=a, sparse_correction=s, ranks=3)
-           for f, a, s in itertools.product(["none", "abc", "lowrank"], [False, True], [True, False])
+OPTIONS = [dict(factorization=f, sparse_correction=s, ranks=3)
+           for f, s in itertools.product(["none", "abc", "lowrank"], [True, False])
            if not (f != "lowrank" and not s)]
 
 
@@ -19,10 +20,11 @@ def test_keras_round_trip_identical_outputs(tmp_path, opts):
     plain = small_cnn()
     net = wrap_model(plain, **opts)
     x = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
-    # move every variable (factors, masks, Z, U) off its initial value
+    # move every variable (kernel or factors, bias, the constrained flag) off its initial value
     for w in atmc_wrappers(net):
         for v in w.weights:
-            v.assign(v.value + np.random.default_rng(1).normal(size=v.shape).astype(np.float32) * 0.01)
+            step = 1 if v.dtype == "int32" else np.random.default_rng(1).normal(size=v.shape).astype(np.float32) * 0.01
+            v.assign(v.value + step)
     path = tmp_path / "m.keras"
     net.save(path)
     loaded = keras.models.load_model(path)  # safe_mode stays on
@@ -32,15 +34,16 @@ def test_keras_round_trip_identical_outputs(tmp_path, opts):
         for va, vb in zip(a.weights, b.weights):
             np.testing.assert_array_equal(va.numpy(), vb.numpy())
     np.testing.assert_allclose(strip_model(loaded)(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert all(int(w.constrained.numpy()) == 1 for w in atmc_wrappers(loaded))
 
 
 @pytest.mark.parametrize("layer", [keras.layers.Dense(4), keras.layers.Conv2D(4, 3),
                                    keras.layers.DepthwiseConv2D(3, depth_multiplier=2)])
 @pytest.mark.parametrize("fac", ["none", "abc", "lowrank"])
 def test_config_round_trip_every_argument(layer, fac):
-    w = ATMCWrapper(layer, factorization=fac, rank=2, sparse_correction=False, admm=True)
+    w = ATMCWrapper(layer, factorization=fac, rank=2, sparse_correction=False)
     again = ATMCWrapper.from_config(w.get_config())
-    for key in ("factorization", "rank", "sparse_correction", "admm", "name"):
+    for key in ("factorization", "rank", "sparse_correction", "name"):
         assert getattr(again, key) == getattr(w, key)
     assert type(again.layer) is type(layer)
 
@@ -77,16 +80,42 @@ def test_double_wrap_and_subclassed_models_are_refused():
     net = wrap_model(small_cnn())
     with pytest.raises(ValueError, match="already wrapped"):
         wrap_model(net)
-
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.d = keras.layers.Dense(2)
-
-        def call(self, x):
-            return self.d(x)
-
-    sub = Sub()
-    sub(np.ones((1, 3)))
     with pytest.raises(UnsupportedLayerError, match="subclassed"):
-        wrap_model(sub)
+        wrap_model(subclassed_model())
+
+
+def test_saved_model_keeps_weights_and_one_flag_only(tmp_path):
+    """A .keras file holds each kernel once (no mask, no ADMM copies) and the constrained flag."""
+    net = wrap_model(small_cnn())
+    for w in atmc_wrappers(net):
+        assert [v.name for v in w.weights if v.name not in ("kernel", "bias")] == ["constrained"], w.weights
+        assert sum(v.name == "kernel" for v in w.weights) == 1
+
+
+def test_training_outside_the_trainer_fails_loudly():
+    """Plain Keras fit, or a custom loop's training call, on a wrapped model: nobody would enforce the
+    constraints, so the wrapper refuses, naming itself and the way out."""
+    net = wrap_model(small_cnn())
+    x = np.random.default_rng(0).random((8, 8, 8, 1)).astype(np.float32)
+    y = np.arange(8) % 10
+    with pytest.raises(UnconstrainedTrainingError, match="outside ATMCTrainer.*custom_step"):
+        net(x, training=True)
+    net.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(UnconstrainedTrainingError, match="atmc_"):
+        net.fit(x, y, epochs=1, verbose=0)
+    net(x, training=False)  # inference is fine
+
+
+def test_strip_refuses_a_never_constrained_model():
+    net = wrap_model(small_cnn())
+    with pytest.raises(UnconstrainedModelError, match="never enforced.*allow_unconstrained"):
+        strip_model(net)
+    assert len(strip_model(net, allow_unconstrained=True).layers) == len(net.layers)
+
+
+def test_admm_argument_is_deprecated_and_ignored():
+    with pytest.warns(DeprecationWarning, match="admm"):
+        net = wrap_model(small_cnn(), admm=True)
+    assert not [v for w in atmc_wrappers(net) for v in w.weights if "admm" in v.name]
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        wrap_model(small_cnn(), admn=True)

@@ -3,7 +3,7 @@
 #   tools/env.sh python -m pipelines.atmc
 #   tools/env.sh python -m pytest tests
 # Set-up, all of it done here (nothing is installed by hand):
-# - .venv from requirements.txt (re-installed when requirements.txt changes);
+# - .venv from requirements.txt and benchmarks/requirements.txt (re-installed when either changes);
 # - the Debian packages in tools/debian-packages.txt that are missing (data sets the tests
 #   and the benchmark read), with apt-get as root or through sudo.
 set -euo pipefail
@@ -44,12 +44,13 @@ fi
 # --- Python virtualenv -------------------------------------------------------------
 venv="$root/.venv"
 stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$root/requirements.txt" | cut -d' ' -f1)"
+reqs=("$root/requirements.txt" "$root/benchmarks/requirements.txt")
+want="$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing requirements into $venv (first run takes a few minutes)"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-  "$venv/bin/python" -m pip install --quiet -r "$root/requirements.txt" >&2
+  "$venv/bin/python" -m pip install --quiet -r "${reqs[0]}" -r "${reqs[1]}" >&2
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

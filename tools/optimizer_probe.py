@@ -1,4 +1,4 @@
-"""Why the benchmark trains with SGD + momentum + weight decay, not Adam (docs/BENCHMARKS.md, "Why SGD").
+"""Why the benchmark trains with SGD + momentum + weight decay, not Adam (docs/why_sgd.md).
 
     PYTHONPATH=. .venv/bin/python tools/optimizer_probe.py adam
     PYTHONPATH=. .venv/bin/python tools/optimizer_probe.py sgd
@@ -40,7 +40,7 @@ def main(opt_name):
     def run(model, method, k, lr, epochs):
         keras.utils.set_random_seed(0)
         cfg = method_config(method, attack=attack, nnz_budget=k)
-        net = wrap_for_method(model, method, cfg)
+        net = wrap_for_method(model, cfg)
         trainer = ATMCTrainer(net, cfg)
         trainer.compile(optimizer=optimizer(lr))
         t = time.time()

@@ -1,7 +1,10 @@
-"""Constraint math: pure tensor functions, no Keras layers.
+"""Constraint math: pure tensor functions and constraint-set objects, no Keras.
 
 Every function here takes and returns tf tensors, runs inside tf.function on
 any device, and is tested alone with property tests (tests/test_constraints_*).
+The constraint sets of the training problem (base.Constraint: GlobalL0,
+FixedSupport, Quantization, ...) are built on these functions; registry.py
+names them.
 """
 from atmc_tf.constraints.sparsity import topk_masks, project_l0, project_l0_hinted, apply_masks, count_nonzero
 from atmc_tf.constraints.quantize import (
@@ -24,5 +27,9 @@ from atmc_tf.constraints.lowrank import (
     allocate_ranks,
 )
 from atmc_tf.constraints.accounting import TensorSize, SizeReport, size_report
+from atmc_tf.constraints.base import Constraint, TensorInfo
+from atmc_tf.constraints.l0 import FixedSupport, GlobalL0
+from atmc_tf.constraints.admm_quantization import Quantization
+from atmc_tf.constraints.registry import CONSTRAINTS, constraint_from_config, constraint_to_config
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -24,7 +24,8 @@ tensors using those levels; all three are idempotent.
 import numpy as np
 import tensorflow as tf
 
-QUANT_SCHEMES = ("codebook", "codebook_int8", "uniform_int8")
+from atmc_tf.choices import QUANT_SCHEMES  # noqa: F401  (re-exported: the names users pick from)
+
 INT8_MAX = 127.0
 
 

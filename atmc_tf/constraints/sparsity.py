@@ -123,6 +123,42 @@ def project_l0_hinted(tensors, k, threshold_hint, margin=0.5):
     return _masked(tensors, masks), tf.bitcast(kth_bits, tensors[0].dtype)
 
 
+SCORINGS = ("magnitude", "lamp")
+
+
+def lamp_scores(tensor):
+    """Layer-adaptive magnitude scores (LAMP, Lee et al., ICLR 2021) of one tensor's entries:
+    w_u^2 / sum of w_v^2 over the entries v of the same tensor with |w_v| >= |w_u| (ties: by
+    position). In [0, 1]; the largest entry of every nonzero tensor scores exactly 1, so a global
+    top-k over these scores keeps at least one entry per tensor when k >= the number of tensors,
+    and tensors of very different sizes or scales compete on comparable terms."""
+    t = tf.convert_to_tensor(tensor)
+    flat = tf.reshape(tf.square(tf.cast(t, tf.float32)), [-1])
+    order = tf.argsort(flat, stable=True)
+    ascending = tf.gather(flat, order)
+    score = tf.math.divide_no_nan(ascending, tf.cumsum(ascending, reverse=True))
+    return tf.reshape(tf.scatter_nd(order[:, None], score, tf.shape(flat)), tf.shape(t))
+
+
+def l0_masks(tensors, k, scoring="magnitude"):
+    """0/1 masks (dtypes and shapes of `tensors`) of the min(k, size) entries with the largest
+    scores: |w| ("magnitude": topk_masks) or lamp_scores ("lamp")."""
+    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    ranked = tensors if scoring == "magnitude" else [lamp_scores(t) for t in tensors]
+    return [tf.cast(m, t.dtype) for t, m in zip(tensors, _top_k_keep(ranked, k))]
+
+
+def select_l0(tensors, k, scoring="magnitude"):
+    """At most k nonzeros in total, kept where the scores are largest; the kept entries keep their
+    values. scoring="magnitude" is project_l0 (the Euclidean projection, the paper's choice);
+    "lamp" ranks by lamp_scores, so no tensor is emptied while the budget covers one entry each."""
+    if scoring == "magnitude":
+        return project_l0(tensors, k)
+    return apply_masks(tensors, l0_masks(tensors, k, scoring))
+
+
 def apply_masks(tensors, masks):
     """Projection onto a fixed support (AP / NAP fine-tuning)."""
     tensors = [tf.convert_to_tensor(t) for t in tensors]

@@ -12,6 +12,8 @@ import zlib
 
 import numpy as np
 
+from atmc_tf.choices import DATASETS
+
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 # Folders outside the project that a data set is read from, and the Debian package that installs
 # each. tools/env.sh installs the packages named in tools/debian-packages.txt, and
@@ -19,7 +21,6 @@ FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 SYSTEM_DATA = {"fashion_mnist": (FASHION_MNIST_SYSTEM_DIR, "dataset-fashion-mnist")}
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-DATASETS = ("digits", "fashion_mnist", "mnist_npz")
 DIGITS_TEST_FRACTION = 0.2
 
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/ format).

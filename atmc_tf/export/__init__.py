@@ -4,18 +4,20 @@
   runner (phones), a C array for TFLite Micro firmware, gzip size.
 - `micro`: the TFLite Micro check (ops, smallest arena, outputs vs LiteRT),
   run in a child process so that a bad model cannot crash the caller.
+- `evaluate`: the .tflite against its Keras model on the same adversarial
+  images (accuracy, top-1 agreement).
 - `atomic`: file writes that never leave a half-written file.
 
 Importing this package does not import TensorFlow; only conversion and the
 kernel comparison do.
 """
 from atmc_tf.export import atomic
-from atmc_tf.export.atomic import write_bytes_atomic, write_text_atomic
+from atmc_tf.export.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
+from atmc_tf.export.evaluate import DeploymentEval, evaluate_deployment
 from atmc_tf.export.micro import MicroCheck, check_micro
 from atmc_tf.export.tflite import (
     KERNEL_OPS,
     LiteRTModel,
-    accuracy,
     c_header,
     c_source,
     gzip_size,

@@ -13,8 +13,12 @@ What the `tflite_micro` package (tflite-micro 0.dev20261023182759) does:
   exception, so the check reads fd 2.
 - TFLM does not verify the flatbuffer (microcontrollers cannot afford it):
   truncated bytes fail in its Python reader, but corrupt bytes that still parse
-  can segfault or hang the process. So TFLM runs in a child process with a
+  can segfault or hang the process. So TFLM runs in child processes with a
   timeout and a bad model never kills the caller.
+- This build can also SEGFAULT for a valid model at one arena size where
+  neighbouring sizes fail cleanly (seen: a MobileNetV2-style model at exactly
+  4,096 bytes). So every arena probe runs in a child of its own: a crash at one
+  size means "not this size", and the search goes on.
 
 TFLM may differ from LiteRT by one int8 step (different rounding in a few
 kernels); that is documented upstream and allowed here.
@@ -82,11 +86,18 @@ def check_micro(tflite_bytes, x_int8_samples, litert_outputs_int8, timeout_s=DEF
             raise _CheckFailed(f"samples and LiteRT outputs must be int8, got {x.dtype} and {expected.dtype}")
         if len(expected) != len(x):
             raise _CheckFailed(f"{len(x)} samples but {len(expected)} LiteRT outputs")
-        child = _run_child(bytes(tflite_bytes), x, timeout_s)
-        result.unsupported_ops = list(dict.fromkeys(_UNSUPPORTED_OP.findall("\n".join(child["log"]))))
-        result.arena_bytes = child["arena_bytes"]
+        model = bytes(tflite_bytes)
+        # ARENA_MAX first, so that a model failing for another reason (an unsupported op, a crash at
+        # every size) is not mistaken for one needing a bigger arena.
+        first = _child(model, "probe", ARENA_MAX, x[:1], timeout_s)
+        result.unsupported_ops = list(dict.fromkeys(_UNSUPPORTED_OP.findall("\n".join(first["log"]))))
+        if first["error"]:
+            raise _CheckFailed(f"{first['error']} even with a {ARENA_MAX}-byte arena "
+                               f"({_tail(chr(10).join(first['log']))})")
+        result.arena_bytes = _smallest_arena(model, x[:1], timeout_s)
+        child = _child(model, "run", result.arena_bytes, x, timeout_s)
         if child["error"]:
-            raise _CheckFailed(child["error"])
+            raise _CheckFailed(f"{child['error']} (running the samples with the {result.arena_bytes}-byte arena)")
         outputs = child["outputs"].reshape(len(x), -1).astype(np.int32)
         if outputs.shape[1] != expected[0].size:
             raise _CheckFailed(f"TFLM outputs have {outputs.shape[1]} values per sample, LiteRT's {expected[0].size}")
@@ -102,12 +113,16 @@ def check_micro(tflite_bytes, x_int8_samples, litert_outputs_int8, timeout_s=DEF
     return result
 
 
-def _run_child(model, x, timeout_s):
-    """Run child_main in a fresh interpreter; returns its result with outputs loaded."""
+def _child(model, mode, arena_bytes, x, timeout_s):
+    """Run child_main in a fresh interpreter: mode "probe" (build an interpreter with this arena,
+    run x[0]) or "run" (every sample of x). Returns {"error", "log", "outputs"}; a child that
+    crashes or hangs is an error, never an exception here."""
     with tempfile.TemporaryDirectory() as work:
         with open(os.path.join(work, "model.tflite"), "wb") as f:
             f.write(model)
         np.save(os.path.join(work, "inputs.npy"), x)
+        with open(os.path.join(work, "task.json"), "w") as f:
+            json.dump({"mode": mode, "arena_bytes": int(arena_bytes)}, f)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         env["ATMC_TF_LIGHT_IMPORT"] = "1"  # LiteRT and TFLite Micro only: no TensorFlow in the child
@@ -117,16 +132,39 @@ def _run_child(model, x, timeout_s):
         try:
             proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise _CheckFailed(f"TFLite Micro did not finish within {timeout_s} s (killed)") from None
+            return {"error": f"TFLite Micro did not finish within {timeout_s} s (killed)", "log": [],
+                    "outputs": None}
         result_file = os.path.join(work, "result.json")
         if proc.returncode != 0 or not os.path.exists(result_file):
-            raise _CheckFailed(f"TFLite Micro child process {_exit_reason(proc.returncode)}: "
-                               f"{_tail(proc.stderr)}")
+            return {"error": f"TFLite Micro child process {_exit_reason(proc.returncode)} with a "
+                             f"{arena_bytes}-byte arena: {_tail(proc.stderr)}", "log": proc.stderr.splitlines(),
+                    "outputs": None}
         with open(result_file) as f:
             child = json.load(f)
         outputs_file = os.path.join(work, "outputs.npy")
         child["outputs"] = np.load(outputs_file) if os.path.exists(outputs_file) else None
         return child
+
+
+def _smallest_arena(model, sample, timeout_s):
+    """The smallest working arena, to ARENA_GRANULARITY, of a model that works with ARENA_MAX:
+    doubling from ARENA_START, then bisection. Each probe is a child process, so a size that
+    crashes counts as a size that does not work."""
+    def works(arena):
+        return _child(model, "probe", arena, sample, timeout_s)["error"] is None
+
+    high = ARENA_START
+    while high < ARENA_MAX and not works(high):
+        high *= 2
+    high = min(high, ARENA_MAX)
+    low = high // 2 if high > ARENA_START else 0  # low fails (or is nothing)
+    while high - low > ARENA_GRANULARITY:
+        mid = max((low + high) // 2 // ARENA_GRANULARITY * ARENA_GRANULARITY, low + ARENA_GRANULARITY)
+        if works(mid):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 def _exit_reason(returncode):
@@ -175,41 +213,26 @@ def _attempt(model, arena_bytes, sample):
     return error, log
 
 
-def smallest_arena(model, sample):
-    """(arena bytes, None, []) for the smallest working arena, else (None, error, TFLM log).
-
-    Probes ARENA_MAX first so that a model failing for another reason (an
-    unsupported op) is not mistaken for one needing a bigger arena; then doubles
-    from ARENA_START and bisects to ARENA_GRANULARITY.
-    """
-    error, log = _attempt(model, ARENA_MAX, sample)
-    if error:
-        return None, f"{error} even with a {ARENA_MAX}-byte arena ({_tail(chr(10).join(log))})", log
-    high = ARENA_START
-    while _attempt(model, high, sample)[0]:
-        high *= 2
-    low = high // 2 if high > ARENA_START else 0  # low fails (or is nothing)
-    while high - low > ARENA_GRANULARITY:
-        mid = max((low + high) // 2 // ARENA_GRANULARITY * ARENA_GRANULARITY, low + ARENA_GRANULARITY)
-        if _attempt(model, mid, sample)[0]:
-            low = mid
-        else:
-            high = mid
-    return high, None, []
-
-
 def child_main(work_dir):
-    """Entry point of the child process: reads model.tflite and inputs.npy from
-    work_dir, writes result.json (arena_bytes, error, log) and outputs.npy."""
+    """Entry point of a child process: reads model.tflite, inputs.npy and task.json ({"mode":
+    "probe" or "run", "arena_bytes"}) from work_dir; writes result.json (error, TFLM log) and, for
+    "run", outputs.npy. ATMC_MICRO_CRASH_ARENAS (comma-separated sizes) makes a probe at those
+    sizes die with SIGSEGV, as this TFLM build does for some models (for the tests)."""
     from tflite_micro import runtime
 
     with open(os.path.join(work_dir, "model.tflite"), "rb") as f:
         model = f.read()
     x = np.load(os.path.join(work_dir, "inputs.npy"))
-    result = {"arena_bytes": None, "error": None, "log": []}
-    arena, result["error"], result["log"] = smallest_arena(model, x[:1])
-    if arena is not None:
-        result["arena_bytes"] = arena
+    with open(os.path.join(work_dir, "task.json")) as f:
+        task = json.load(f)
+    arena = int(task["arena_bytes"])
+    crash_at = {int(v) for v in os.environ.get("ATMC_MICRO_CRASH_ARENAS", "").split(",") if v.strip()}
+    if task["mode"] == "probe" and arena in crash_at:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    result = {"error": None, "log": []}
+    if task["mode"] == "probe":
+        result["error"], result["log"] = _attempt(model, arena, x[:1])
+    else:
         with _fd2_captured() as log:
             try:
                 interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena)

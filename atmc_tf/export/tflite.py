@@ -355,6 +355,7 @@ class LiteRTModel:
         self._input, self._output = inputs[0], outputs[0]
         # shape_signature keeps -1 for a dynamic batch; "shape" would say 1.
         self.input_shape = tuple(int(d) for d in self._input["shape_signature"])
+        self.output_shape = tuple(int(d) for d in self._output["shape_signature"])
         self.fixed_batch = self.input_shape[0] if self.input_shape[0] > 0 else None
         self._allocated_batch = None
 
@@ -407,15 +408,6 @@ class LiteRTModel:
     def op_names(self):
         """The builtin op of every operator, in execution order."""
         return op_names(self.tflite_bytes)
-
-
-def accuracy(model, x, y, batch_size=256):
-    """Top-1 accuracy of a LiteRTModel or a Keras model on float inputs and integer labels."""
-    if isinstance(model, LiteRTModel):
-        logits = model.predict(x, batch_size=batch_size)
-    else:
-        logits = model.predict(x, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y).reshape(-1)))
 
 
 # --- files for firmware -----------------------------------------------------------------

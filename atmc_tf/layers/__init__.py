@@ -1,14 +1,18 @@
-"""Keras wrappers carrying constraint state (mask, ADMM Z and U, factors)."""
+"""Keras wrappers marking the compressed kernels (and their factors) of a model."""
 from atmc_tf.layers.wrappers import (
     ATMCWrapper,
     FACTORIZATIONS,
     SUPPORTED_LAYERS,
+    UnconstrainedModelError,
+    UnconstrainedTrainingError,
     UnsupportedLayerError,
     atmc_wrappers,
+    constraint_scope,
     kernel_channel_axes,
     strip_model,
     wrap_model,
 )
 
-__all__ = ["ATMCWrapper", "FACTORIZATIONS", "SUPPORTED_LAYERS", "UnsupportedLayerError",
-           "atmc_wrappers", "kernel_channel_axes", "strip_model", "wrap_model"]
+__all__ = ["ATMCWrapper", "FACTORIZATIONS", "SUPPORTED_LAYERS", "UnconstrainedModelError",
+           "UnconstrainedTrainingError", "UnsupportedLayerError", "atmc_wrappers", "constraint_scope",
+           "kernel_channel_axes", "strip_model", "wrap_model"]

@@ -1,10 +1,17 @@
 """Keras 3 wrappers that carry a layer's ATMC constraint state.
 
-ATMCWrapper wraps a Dense, Conv2D or DepthwiseConv2D layer. It owns, as real
-non-trainable variables created in build(): a 0/1 mask per compressed tensor
-(the fixed support for AP/NAP), and with admm=True the ADMM duplicate Z and
-dual U per compressed tensor. It never changes what the layer computes; the
-trainer projects the compressed tensors in place after each optimizer step.
+ATMCWrapper wraps a Dense, Conv2D or DepthwiseConv2D layer and marks its kernel
+(or the kernel's factors) as compressed tensors. The constraints' state (a fixed
+support, ADMM's Z and U) belongs to the trainer, not to the model: a saved wrapped
+model holds the weights and one flag, `constrained`, that ATMCTrainer sets when it
+has enforced every constraint (finalize) and clears when a training run starts.
+
+Guards, so that a wrapper never silently does nothing:
+- calling a wrapper in training mode outside ATMCTrainer's step (plain
+  `net.fit`, a custom loop) raises UnconstrainedTrainingError: nobody would
+  project the weights; a custom loop runs inside `trainer.custom_step()`;
+- strip_model refuses a model whose constraints were never enforced
+  (UnconstrainedModelError), unless asked with allow_unconstrained=True.
 
 Parametrisations of the kernel W (viewed as an (m, n) matrix, m = fan-in):
 - "none":    W itself is the compressed tensor.
@@ -15,13 +22,17 @@ Parametrisations of the kernel W (viewed as an (m, n) matrix, m = fan-in):
              initialised by truncated SVD; compressed tensors U, V (, C).
 Biases and every other weight are never compressed.
 """
+import contextlib
+import threading
+import warnings
+
 import keras
 from keras import ops
-from keras.src.models.functional import Functional  # no public alias in Keras 3
 
+from atmc_tf import compat
+from atmc_tf.choices import FACTORIZATIONS
 from atmc_tf.constraints import lowrank
 
-FACTORIZATIONS = ("none", "abc", "lowrank")
 SUPPORTED_LAYERS = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 PASS_THROUGH_LAYERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
                        keras.layers.GroupNormalization)
@@ -29,6 +40,32 @@ PASS_THROUGH_LAYERS = (keras.layers.BatchNormalization, keras.layers.LayerNormal
 
 class UnsupportedLayerError(ValueError):
     """A layer with weights that ATMC cannot wrap."""
+
+
+class UnconstrainedTrainingError(RuntimeError):
+    """A wrapped model trained where no constraint is enforced (outside ATMCTrainer)."""
+
+
+class UnconstrainedModelError(ValueError):
+    """A wrapped model whose constraints were never enforced, asked to be exported."""
+
+
+_SCOPE = threading.local()
+
+
+@contextlib.contextmanager
+def constraint_scope():
+    """Inside it, wrappers may run in training mode: the caller (ATMCTrainer's step, or a custom
+    loop inside trainer.custom_step()) enforces the constraints after the optimizer step."""
+    _SCOPE.depth = getattr(_SCOPE, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _SCOPE.depth -= 1
+
+
+def _in_constraint_scope():
+    return getattr(_SCOPE, "depth", 0) > 0
 
 
 def _supported_names():
@@ -45,8 +82,11 @@ def kernel_channel_axes(layer):
 class ATMCWrapper(keras.layers.Wrapper):
     """Constraint state for one Dense / Conv2D / DepthwiseConv2D layer."""
 
-    def __init__(self, layer, factorization="none", rank=None, sparse_correction=True,
-                 admm=False, **kwargs):
+    def __init__(self, layer, factorization="none", rank=None, sparse_correction=True, **kwargs):
+        if "admm" in kwargs:  # ADMM's Z and U now belong to the trainer's Quantization constraint
+            kwargs.pop("admm")
+            warnings.warn("ATMCWrapper(admm=...) is ignored: the constraints' state lives in ATMCTrainer",
+                          DeprecationWarning, stacklevel=2)
         if not isinstance(layer, SUPPORTED_LAYERS):
             raise UnsupportedLayerError(
                 f"ATMC cannot wrap layer '{layer.name}' of type {type(layer).__name__}: "
@@ -62,7 +102,6 @@ class ATMCWrapper(keras.layers.Wrapper):
         self.factorization = factorization
         self.rank = None if rank is None else int(rank)
         self.sparse_correction = bool(sparse_correction)
-        self.admm = bool(admm)
 
     # --- construction -------------------------------------------------
     def build(self, input_shape=None):
@@ -87,16 +126,10 @@ class ATMCWrapper(keras.layers.Wrapper):
                     shapes["c"] = (m, n)
             self._factors = [self.add_weight(name=f"factor_{k}", shape=s, initializer="zeros",
                                              trainable=True) for k, s in shapes.items()]
-        shapes = [tuple(v.shape) for v in self.compressed_variables]
-        self.masks = [self.add_weight(name=f"mask_{i}", shape=s, initializer="ones", trainable=False)
-                      for i, s in enumerate(shapes)]
-        if self.admm:
-            self.admm_z = [self.add_weight(name=f"admm_z_{i}", shape=s, initializer="zeros",
-                                           trainable=False) for i, s in enumerate(shapes)]
-            self.admm_u = [self.add_weight(name=f"admm_u_{i}", shape=s, initializer="zeros",
-                                           trainable=False) for i, s in enumerate(shapes)]
-        else:
-            self.admm_z, self.admm_u = [], []
+        # 1 once ATMCTrainer enforced every constraint (finalize), 0 while a training run is
+        # under way; strip_model reads it.
+        self.constrained = self.add_weight(name="constrained", shape=(), dtype="int32", initializer="zeros",
+                                           trainable=False)
         self.init_factors_from_kernel()
         self.built = True
 
@@ -156,6 +189,11 @@ class ATMCWrapper(keras.layers.Wrapper):
 
     # --- forward ---------------------------------------------------------
     def call(self, inputs, training=None):
+        if training and not _in_constraint_scope():
+            raise UnconstrainedTrainingError(
+                f"ATMC layer '{self.name}' is being trained outside ATMCTrainer, where no constraint is "
+                "enforced; train the wrapped model with ATMCTrainer(net, config).fit(...) (or "
+                "train_on_batch), or run a custom loop's step inside `with trainer.custom_step():`")
         if self.factorization == "none":
             return self.layer(inputs)
         return _forward(self.layer, inputs, self.effective_kernel())
@@ -166,7 +204,7 @@ class ATMCWrapper(keras.layers.Wrapper):
     def get_config(self):
         config = super().get_config()
         config.update(factorization=self.factorization, rank=self.rank,
-                      sparse_correction=self.sparse_correction, admm=self.admm)
+                      sparse_correction=self.sparse_correction)
         return config
 
 
@@ -193,9 +231,14 @@ def _forward(layer, inputs, kernel):
 
 
 def atmc_wrappers(model):
-    """Every ATMCWrapper of a model, in layer order."""
-    return [l for l in model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(l, ATMCWrapper)]
+    """Every ATMCWrapper of a model (nested models included), in layer order."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, ATMCWrapper):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(atmc_wrappers(layer))
+    return found
 
 
 def _check_layer(layer):
@@ -215,18 +258,23 @@ def _check_layer(layer):
 def _clone(model, clone_function):
     if not isinstance(model, keras.Model) or not model.built:
         raise ValueError("wrap_model/strip_model need a built Sequential or Functional model")
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not compat.is_graph_model(model):
         raise UnsupportedLayerError(
             f"model '{model.name}' is a subclassed model; ATMC needs a Sequential or Functional model")
     return keras.models.clone_model(model, clone_function=clone_function)
 
 
-def wrap_model(model, factorization="none", ranks=None, sparse_correction=True, admm=False):
+def wrap_model(model, factorization="none", ranks=None, sparse_correction=True, **deprecated):
     """Copy of `model` with every Dense/Conv2D/DepthwiseConv2D wrapped, weights kept.
 
     ranks: int or {layer name: rank}, needed for factorization="lowrank".
     Raises UnsupportedLayerError naming the first layer that cannot be handled.
     """
+    if set(deprecated) - {"admm"}:
+        raise TypeError(f"wrap_model() got unexpected keyword arguments {sorted(set(deprecated) - {'admm'})}")
+    if "admm" in deprecated:
+        warnings.warn("wrap_model(admm=...) is ignored: the constraints' state lives in ATMCTrainer",
+                      DeprecationWarning, stacklevel=2)
     for layer in model.layers:
         _check_layer(layer)
         if isinstance(layer, ATMCWrapper):
@@ -238,7 +286,7 @@ def wrap_model(model, factorization="none", ranks=None, sparse_correction=True, 
         if isinstance(layer, SUPPORTED_LAYERS):
             rank = ranks.get(layer.name) if isinstance(ranks, dict) else ranks
             new = ATMCWrapper(new, factorization=factorization, rank=rank,
-                              sparse_correction=sparse_correction, admm=admm)
+                              sparse_correction=sparse_correction)
         pairs[layer.name] = new
         return new
 
@@ -255,8 +303,18 @@ def wrap_model(model, factorization="none", ranks=None, sparse_correction=True, 
     return wrapped
 
 
-def strip_model(model):
-    """Plain Keras copy of a wrapped model: each wrapper becomes its layer with W = effective kernel."""
+def strip_model(model, allow_unconstrained=False):
+    """Plain Keras copy of a wrapped model: each wrapper becomes its layer with W = effective kernel.
+
+    Refuses (UnconstrainedModelError) a model whose constraints ATMCTrainer never enforced to the
+    end (never trained, or a run that stopped before finalize()), unless allow_unconstrained.
+    """
+    loose = [w.name for w in atmc_wrappers(model) if int(ops.convert_to_numpy(w.constrained.value)) != 1]
+    if loose and not allow_unconstrained:
+        raise UnconstrainedModelError(
+            f"model '{model.name}' has ATMC layers whose constraints were never enforced ({', '.join(loose[:5])}"
+            f"{', ...' if len(loose) > 5 else ''}): train it with ATMCTrainer.fit (or call trainer.finalize()) "
+            "before exporting, or pass allow_unconstrained=True to export the weights as they are")
     pairs = {}
 
     def clone(layer):

@@ -11,15 +11,15 @@ atmc        PGD      global top-k every step   as asked       b-bit via ADMM (bi
 (*) ranks from one global parameter budget over all layers' singular values.
 """
 
+from atmc_tf.choices import METHODS
 from atmc_tf.constraints import allocate_ranks, kernel_as_matrix
 from atmc_tf.layers import SUPPORTED_LAYERS, wrap_model
 from atmc_tf.training.config import ATMCConfig
 
-METHODS = ("natural", "da", "nap", "ap", "al0", "alr", "atmc")
 
 
 def method_config(method, attack=None, nnz_budget=None, bits=None, **overrides):
-    """ATMCConfig for a method name; overrides go to ATMCConfig (rho, quant_scheme, ...)."""
+    """ATMCConfig for a method name (recorded in it); overrides go to ATMCConfig (rho, quant_scheme, ...)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     adversarial = method not in ("natural", "nap")
@@ -30,6 +30,7 @@ def method_config(method, attack=None, nnz_budget=None, bits=None, **overrides):
                       sparsity=sparsity,
                       nnz_budget=nnz_budget if sparsity != "none" else None,
                       bits=bits if method == "atmc" else None,
+                      method=method,
                       **overrides)
 
 
@@ -42,9 +43,9 @@ def dense_weight_count(model):
     return sum(int(l.kernel.shape.num_elements()) for l in compressible_layers(model))
 
 
-def wrap_for_method(model, method, config, factorization="none", param_budget=None):
-    """Wrap a plain model the way `method` needs (ALR: global truncated SVD ranks)."""
-    if method == "alr":
+def wrap_for_method(model, config, factorization="none", param_budget=None):
+    """Wrap a plain model the way config.method needs (ALR: factors of global truncated SVD ranks)."""
+    if config.method == "alr":
         layers = compressible_layers(model)
         budget = param_budget or config.nnz_budget
         if budget is None:
@@ -52,6 +53,4 @@ def wrap_for_method(model, method, config, factorization="none", param_budget=No
         ranks = allocate_ranks([kernel_as_matrix(l.kernel.value).numpy() for l in layers], budget)
         return wrap_model(model, factorization="lowrank", sparse_correction=False,
                           ranks={l.name: r for l, r in zip(layers, ranks)})
-    return wrap_model(model, factorization=factorization, admm=config.quantized)
-
-
+    return wrap_model(model, factorization=factorization)

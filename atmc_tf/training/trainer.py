@@ -1,88 +1,178 @@
-"""ATMCTrainer: the constrained min-max problem as a thin custom train_step.
+"""ATMCTrainer: the constrained min-max problem as a composition run by Keras' own fit.
 
-One step: PGD inner max -> clean/adversarial loss mix + ADMM penalty ->
-optimizer step -> projection onto the global L0 ball (or the fixed support)
--> every quant_interval steps Z <- Q_b(mask(W) * (W + U)), U <- U + W - Z.
-fit() ends with a hard projection so the weights satisfy every constraint
-exactly. Everything else (callbacks, validation, History, progress bars,
-distribution strategies) is Keras' own.
+A training run composes loss terms (atmc_tf.training.terms: the clean loss, the
+adversarial loss, ...) and constraint sets (atmc_tf.constraints: the global L0 budget,
+a fixed support, ADMM quantization, ...). One step:
 
-Projections and ADMM updates run in cross-replica context through
-maybe_merge_call + extended.update, exactly as Keras' own optimizer applies
-its updates, so they are correct under MirroredStrategy and
-MultiWorkerMirroredStrategy: every replica receives the same projected value.
+    terms prepare (craft adversarial inputs)  ->  loss = terms + constraint penalties
+    -> optimizer step (with loss scaling under mixed precision)
+    -> constraints project, in order, in cross-replica context  ->  terms after_step
+
+fit() sets the constraints up before the first step (once per run; a resumed run does
+not redo it) and ends with a hard projection, so the weights satisfy every constraint
+exactly. Everything else (callbacks, validation, History, progress bars, distribution
+strategies, compile(loss=, metrics=)) is Keras' own. The step itself never names a
+method: a new constraint or term is a new module plus a registry entry.
+
+Projections and state updates run in cross-replica context (the public
+ReplicaContext.merge_call + extended.update), as Keras' optimizer applies its own
+updates, so they are correct under MirroredStrategy and MultiWorkerMirroredStrategy:
+every replica receives the same projected value.
 """
+import contextlib
+
 import keras
 import tensorflow as tf
 
+from atmc_tf import compat
 from atmc_tf import constraints as C
-from atmc_tf.layers import atmc_wrappers
+from atmc_tf.constraints import TensorInfo, constraint_from_config, constraint_to_config
+from atmc_tf.layers import atmc_wrappers, constraint_scope
 from atmc_tf.training.callbacks import StopOnNonFiniteLoss
 from atmc_tf.training.config import ATMCConfig
 from atmc_tf.training.metrics import LastValue
+from atmc_tf.training.terms import StepContext, term_from_config, term_to_config
 
-_merge_call = tf.__internal__.distribute.interim.maybe_merge_call
+# String losses whose Keras default expects probabilities: the trainer's nets output logits.
+_PROBABILITY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy")
 
 
-def _xent(y, logits, sample_weight=None):
-    """Mean softmax cross-entropy; with sample weights (fit's sample_weight or class_weight)
-    the weighted mean."""
-    y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(logits, tf.float32))
-    if sample_weight is None:
-        return tf.reduce_mean(per_example)
-    w = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(per_example * w), tf.reduce_sum(w))
+def _in_cross_replica(fn):
+    """Run fn(strategy) once in cross-replica context, from replica context (a step) or outside it."""
+    context = tf.distribute.get_replica_context()
+    if context is None:  # already cross-replica
+        return fn(tf.distribute.get_strategy())
+    return context.merge_call(fn)
+
+
+def _as_loss(loss):
+    """compile(loss=...) as a callable (y, logits, sample_weight) -> weighted mean."""
+    if loss is None:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if isinstance(loss, str) and loss in _PROBABILITY_LOSSES:
+        raise ValueError(f"compile(loss={loss!r}) expects probabilities, but ATMCTrainer's net outputs logits; "
+                         "pass keras.losses.SparseCategoricalCrossentropy(from_logits=True) (the default)")
+    loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+
+    def weighted(y, logits, sample_weight=None):
+        per_example = loss(y, logits)
+        if sample_weight is None:
+            return tf.reduce_mean(per_example)
+        w = tf.cast(tf.reshape(sample_weight, tf.shape(per_example)), per_example.dtype)
+        return tf.math.divide_no_nan(tf.reduce_sum(per_example * w), tf.reduce_sum(w))
+    return weighted
+
+
+def _as_metric(identifier, prefix=""):
+    """One compile(metrics=...) entry as a Metric named prefix + its name ("accuracy" on labels)."""
+    if isinstance(identifier, str) and identifier in ("accuracy", "acc"):
+        return keras.metrics.SparseCategoricalAccuracy(name=prefix + identifier)
+    if isinstance(identifier, keras.metrics.Metric):
+        if not prefix:
+            return identifier
+        return type(identifier).from_config({**identifier.get_config(), "name": prefix + identifier.name})
+    metric = keras.metrics.get(identifier)
+    if isinstance(metric, keras.metrics.Metric):
+        return _as_metric(metric, prefix)
+    name = identifier if isinstance(identifier, str) else getattr(metric, "__name__", "metric")
+    return keras.metrics.MeanMetricWrapper(metric, name=prefix + name)
 
 
 @keras.saving.register_keras_serializable(package="atmc_tf")
 class ATMCTrainer(keras.Model):
-    """Wraps a model built by atmc_tf.layers.wrap_model and trains it under ATMCConfig.
+    """Trains a model built by atmc_tf.layers.wrap_model under a composition of terms and constraints.
 
-    Build it (and the wrapped net) inside strategy.scope() to train on several
-    devices. Save `trainer.net` (a plain Functional model of wrappers) with
-    .save("x.keras"); the trainer itself also round-trips through get_config.
+    ATMCTrainer(net, config) runs an ATMCConfig recipe (method_config); ATMCTrainer(net,
+    terms=[...], constraints=[...]) runs any composition. Build it (and the wrapped net)
+    inside strategy.scope() to train on several devices. Save `trainer.net` with
+    .save("x.keras"); the trainer also round-trips through get_config.
     """
 
-    def __init__(self, net, config=None, **kwargs):
+    def __init__(self, net, config=None, terms=None, constraints=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(config, dict):
             config = ATMCConfig.from_dict(config)
+        if config is not None and (terms is not None or constraints is not None):
+            raise ValueError("pass either an ATMCConfig or terms= and constraints=, not both")
+        if config is None and terms is None and constraints is None:
+            config = ATMCConfig()
         self.net = net
-        self.config = config or ATMCConfig()
+        self.config = config
+        if config is not None:
+            terms, constraints = config.components()
+        self.terms = [term_from_config(t) if isinstance(t, dict) else t for t in (terms or [])]
+        self.constraints = [constraint_from_config(c) if isinstance(c, dict) else c for c in (constraints or [])]
+        if not self.terms:
+            raise ValueError("ATMCTrainer needs at least one loss term")
         self.wrappers = atmc_wrappers(net)
-        cfg = self.config
-        if (cfg.sparsity != "none" or cfg.quantized) and not self.wrappers:
-            raise ValueError("sparsity or quantization needs a model wrapped with atmc_tf.layers.wrap_model")
-        if cfg.quantized and not all(w.admm for w in self.wrappers):
-            raise ValueError("quantization (bits) needs wrap_model(..., admm=True) for the Z and U variables")
-        self._vars = [(w, i, v) for w in self.wrappers for i, v in enumerate(w.compressed_variables)]
-        # 1 once masks / Z were set up, so resuming from a checkpoint never redoes it.
+        if self.constraints and not self.wrappers:
+            raise ValueError("constraints need a model wrapped with atmc_tf.layers.wrap_model")
+        infos = [TensorInfo(name=v.path, shape=tuple(v.shape), channel_axes=w.channel_axes, layer=w.name,
+                            kind=type(w.layer).__name__) for w in self.wrappers for v in w.compressed_variables]
+        # 1 once the constraints were set up, so resuming from a checkpoint never redoes it.
         self._constraints_ready = self.add_weight(name="constraints_ready", shape=(), dtype="int32",
                                                   initializer="zeros", trainable=False)
-        # The last k-th largest |w| of the dynamic L0 projection: warm-starts the next
-        # one (sparsity.project_l0_hinted, exact for any value; 0 = no hint yet).
-        self._l0_threshold = self.add_weight(name="l0_threshold", shape=(), dtype="float32",
-                                             initializer="zeros", trainable=False)
-        self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "clean_loss", "adv_loss")}
-        self._trackers["clean_acc"] = keras.metrics.SparseCategoricalAccuracy(name="clean_acc")
-        self._trackers["adv_acc"] = keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
-        for n in ("nnz", "budget", "w_z_dist"):
-            self._trackers[n] = LastValue(n)
+        # Steps of constraint enforcement (ADMM's update interval counts these).
+        self._constraint_steps = self.add_weight(name="constraint_steps", shape=(), dtype="int64",
+                                                 initializer="zeros", trainable=False)
+        for i, c in enumerate(self.constraints):
+            c.build(infos, self._state_factory(f"c{i}_{c.kind}"))
+        for t in self.terms:
+            t.build(self)
+        self._loss_tracker = keras.metrics.Mean(name="loss")
+        names = ["nnz", "budget"] + [n for c in self.constraints for n in c.metric_names if n != "budget"]
+        self._constraint_trackers = {n: LastValue(n) for n in dict.fromkeys(names)}
+        self._loss_fn = _as_loss(None)
+        self._user_metrics = {}
+        self._prepared = False  # prepare_constraints() ran (or found them ready) in this process
         # The wrapped net is built already; so is the trainer (BackupAndRestore checks).
         self.built = bool(net.built)
+
+    def _state_factory(self, prefix):
+        def make_variable(name, shape, dtype, initializer):
+            return self.add_weight(name=f"{prefix}_{name}", shape=tuple(shape), dtype=dtype,
+                                   initializer=initializer, trainable=False)
+        return make_variable
 
     # --- Keras plumbing ---------------------------------------------------
     def call(self, x, training=False):
         return self.net(x, training=training)
 
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
+                **kwargs):
+        """keras.Model.compile. loss: used by every loss term on the net's logits (default
+        SparseCategoricalCrossentropy(from_logits=True)); metrics: computed on the clean
+        predictions under their own names and on adversarial ones as adv_<name>."""
+        if loss_weights is not None:
+            raise ValueError("ATMCTrainer does not take loss_weights (one output); weight the clean and "
+                             "adversarial terms instead (method_config(clean_weight=..., adv_weight=...))")
+        if weighted_metrics:
+            raise ValueError("ATMCTrainer does not take weighted_metrics; fit's sample_weight / class_weight "
+                             "weight the loss, and metrics= are computed unweighted")
+        self._loss_fn = _as_loss(loss)
+        adversarial = any(t.kind == "adversarial" for t in self.terms)
+        metrics = list(metrics or [])
+        self._user_metrics = {"clean": [_as_metric(m) for m in metrics],
+                              "adv": [_as_metric(m, "adv_") for m in metrics] if adversarial else []}
+        super().compile(optimizer=optimizer, **kwargs)
+
     @property
     def metrics(self):
-        return list(self._trackers.values())
+        out = [self._loss_tracker]
+        for t in self.terms:
+            out.extend(t.metrics)
+        for group in self._user_metrics.values():
+            out.extend(group)
+        return out + list(self._constraint_trackers.values())
 
     def get_config(self):
-        return {**super().get_config(), "net": keras.saving.serialize_keras_object(self.net),
-                "config": self.config.to_dict()}
+        config = {**super().get_config(), "net": keras.saving.serialize_keras_object(self.net)}
+        if self.config is not None:
+            return {**config, "config": self.config.to_dict()}
+        return {**config, "terms": [term_to_config(t) for t in self.terms],
+                "constraints": [constraint_to_config(c) for c in self.constraints]}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -91,188 +181,151 @@ class ATMCTrainer(keras.Model):
         return cls(net, **config)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' version MEAN-reduces one input batch across replicas to build the
-        # model symbolically; under MultiWorkerMirroredStrategy that reduce fails on
-        # the PerReplica batch. The wrapped net is built before fit and the trainer
-        # has no compiled loss or metrics, so only the optimizer needs building.
-        if not (self.built and self.net.built and self._compile_metrics is None
-                and self._compile_loss is None):
+        if compat.needs_symbolic_build(self):
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
 
+    def make_train_function(self, force=False):
+        # fit and train_on_batch both come here first: set the constraints up before any step.
+        self.prepare_constraints()
+        return super().make_train_function(force=force)
+
     # --- the step -------------------------------------------------------------
+    def compute_term_loss(self, y, logits, sample_weight=None):
+        """The compiled loss on (labels, float32 logits); what every loss term calls."""
+        return self._loss_fn(y, logits, sample_weight=sample_weight)
+
+    @property
+    def _compressed(self):
+        # A property, not an attribute: Keras would track a list of the net's variables as the trainer's own.
+        return [v for w in self.wrappers for v in w.compressed_variables]
+
+    def _values(self):
+        return [v.value for v in self._compressed]
+
     def train_step(self, data):
         x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
-        cfg = self.config
-        if cfg.adversarial:
-            x_adv = cfg.attack.attack(lambda z: self.net(z, training=cfg.attack_bn_training), x, y)
-        with tf.GradientTape() as tape:
-            terms = []
-            if not cfg.adversarial or cfg.clean_weight > 0:
-                logits = self.net(x, training=True)
-                clean_loss = _xent(y, logits, sw)
-                terms.append((cfg.clean_weight if cfg.adversarial else 1.0) * clean_loss)
-            if cfg.adversarial:
-                logits_adv = self.net(x_adv, training=True)
-                adv_loss = _xent(y, logits_adv, sw)
-                terms.append(cfg.adv_weight * adv_loss)
-            if cfg.quantized:
-                terms.append(0.5 * cfg.rho * self._admm_residual())
-            terms.extend(self.net.losses)
-            loss = tf.add_n(terms)
-            # Gradients are summed over replicas: scale so the sum is the mean.
-            scaled = loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
-        variables = self.trainable_variables
-        self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        _merge_call(self._project_cross_replica, self.distribute_strategy)
-
-        if cfg.adversarial and cfg.clean_weight == 0:
-            logits = self.net(x, training=False)
-            clean_loss = _xent(y, logits)
-        t = self._trackers
-        t["loss"].update_state(loss)
-        t["clean_loss"].update_state(clean_loss)
-        t["clean_acc"].update_state(y, logits)
-        if cfg.adversarial:
-            t["adv_loss"].update_state(adv_loss)
-            t["adv_acc"].update_state(y, logits_adv)
+        ctx = StepContext(self, x, y, sw, training=True)
+        with constraint_scope():
+            for t in self.terms:
+                t.prepare(ctx)
+            with tf.GradientTape() as tape:
+                parts = [p for p in (t.loss(ctx) for t in self.terms) if p is not None]
+                values = self._values()
+                parts += [p for p in (c.penalty(values) for c in self.constraints) if p is not None]
+                parts += [tf.cast(l, tf.float32) for l in self.net.losses]
+                loss = tf.add_n(parts)
+                # Loss scaling (mixed precision; a no-op otherwise); gradients are summed over
+                # replicas, so scale by 1/replicas to make the sum the mean.
+                scaled = self.optimizer.scale_loss(loss)
+                scaled = scaled / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, scaled.dtype)
+            variables = self.trainable_variables
+            self.optimizer.apply(tape.gradient(scaled, variables), variables)
+            self.enforce_constraints()
+            for t in self.terms:
+                t.after_step(ctx)
+        self._loss_tracker.update_state(loss)
+        self._update_user_metrics(ctx)
         self._update_constraint_metrics()
-        return self._step_outputs()
+        return compat.step_outputs({m.name: m.result() for m in self.metrics}, self.distribute_strategy)
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        cfg = self.config
-        logits = self.net(x, training=False)
-        t = self._trackers
-        clean_loss = _xent(y, logits)
-        t["clean_loss"].update_state(clean_loss)
-        t["clean_acc"].update_state(y, logits)
-        loss = clean_loss
-        if cfg.adversarial:
-            x_adv = cfg.attack.attack(lambda z: self.net(z, training=False), x, y)
-            logits_adv = self.net(x_adv, training=False)
-            adv_loss = _xent(y, logits_adv)
-            t["adv_loss"].update_state(adv_loss)
-            t["adv_acc"].update_state(y, logits_adv)
-            loss = cfg.clean_weight * clean_loss + cfg.adv_weight * adv_loss
-        t["loss"].update_state(loss)
+        ctx = StepContext(self, x, y, training=False)
+        parts = [p for p in (t.evaluate(ctx) for t in self.terms) if p is not None]
+        self._loss_tracker.update_state(tf.add_n(parts))
+        self._update_user_metrics(ctx)
         self._update_constraint_metrics()
-        return self._step_outputs()
+        return compat.step_outputs({m.name: m.result() for m in self.metrics}, self.distribute_strategy)
 
-    def _step_outputs(self):
-        outputs = {m.name: m.result() for m in self.metrics}
-        strategy = self.distribute_strategy
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
-                strategy.extended._in_multi_worker_mode():
-            # Keras 3 reduces step outputs with strategy.reduce("MEAN", v, axis=0) in
-            # multi-worker mode, which fails on scalars (tensorflow/tensorflow#72388).
-            # A leading axis of length 1 makes that reduce the mean over workers.
-            outputs = {k: tf.reshape(v, [1]) for k, v in outputs.items()}
-        return outputs
+    def _update_user_metrics(self, ctx):
+        for name, group in self._user_metrics.items():
+            if name in ctx.logits:
+                for m in group:
+                    m.update_state(ctx.y, ctx.logits[name])
 
     def _update_constraint_metrics(self):
-        t = self._trackers
-        if self._vars:
-            t["nnz"].update_state(tf.cast(C.count_nonzero([v.value for _, _, v in self._vars]), tf.float32))
-        t["budget"].update_state(float(self.config.nnz_budget or 0))
-        if self.config.quantized:
-            t["w_z_dist"].update_state(tf.sqrt(self._admm_residual(with_dual=False)))
+        t = self._constraint_trackers
+        values = self._values()
+        if values:
+            t["nnz"].update_state(tf.cast(C.count_nonzero(values), tf.float32))
+        for c in self.constraints:
+            for name, value in c.metrics(values).items():
+                t[name].update_state(value)
 
-    def _admm_residual(self, with_dual=True):
-        """sum ||W - Z + U||^2 (or ||W - Z||^2) over compressed tensors."""
-        total = []
-        for w, i, v in self._vars:
-            r = v.value - w.admm_z[i].value
-            if with_dual:
-                r = r + w.admm_u[i].value
-            total.append(tf.reduce_sum(tf.square(r)))
-        return tf.add_n(total)
+    # --- enforcing the constraints (cross-replica) ------------------------------
+    def assign_state(self, variable, value):
+        """Assign a state variable (a constraint's or a term's) on every replica; any context."""
+        def assign(strategy):
+            strategy.extended.update(variable.value, lambda v, t: v.assign(t), args=(value,), group=False)
+        _in_cross_replica(assign)
 
-    # --- projections (cross-replica) ---------------------------------------
-    @staticmethod
-    def _assign(strategy, variables, values):
-        for var, value in zip(variables, values):
-            strategy.extended.update(var.value, lambda v, t: v.assign(t), args=(value,), group=False)
+    def enforce_constraints(self):
+        """Project onto every constraint set once (after an optimizer step); any context."""
+        if self.constraints:
+            _in_cross_replica(self._enforce_cross_replica)
 
-    def _project_cross_replica(self, strategy):
-        cfg = self.config
-        variables = [v for _, _, v in self._vars]
-        if cfg.sparsity == "none" or not variables:
-            projected = [tf.convert_to_tensor(v.value) for v in variables]
-        elif cfg.sparsity == "dynamic":
-            projected, kth = C.project_l0_hinted([tf.convert_to_tensor(v.value) for v in variables],
-                                                 cfg.nnz_budget, self._l0_threshold.value)
-            self._assign(strategy, variables + [self._l0_threshold], projected + [kth])
-        else:
-            projected = self._project_support([tf.convert_to_tensor(v.value) for v in variables])
-            self._assign(strategy, variables, projected)
-        if cfg.quantized:
-            step = self.optimizer.iterations
-            # Every replica takes the same branch: `step` is a mirrored counter.
-            tf.cond(tf.equal(step % cfg.quant_interval, 0),
-                    lambda: self._admm_update(strategy, projected),
-                    lambda: tf.constant(False))
+    def _enforce_cross_replica(self, strategy):
+        def assign(variable, value):
+            strategy.extended.update(variable.value, lambda v, t: v.assign(t), args=(value,), group=False)
 
-    def _project_support(self, values):
-        if self.config.sparsity == "dynamic":
-            return C.project_l0(values, self.config.nnz_budget)
-        masks = [tf.convert_to_tensor(w.masks[i].value) for w, i, _ in self._vars]
-        return C.apply_masks(values, masks)
+        step = self._constraint_steps.value + 1
+        assign(self._constraint_steps, step)
+        before = [tf.convert_to_tensor(v) for v in self._values()]
+        values = before
+        for c in self.constraints:
+            values = c.project(values, step, assign)
+        for var, old, new in zip(self._compressed, before, values):
+            if new is not old:  # only constraints that moved the weights write them back
+                assign(var, new)
 
-    def _quantize(self, wrapper, value):
-        cfg = self.config
-        return C.quantize(value, cfg.quant_scheme, cfg.bits, wrapper.channel_axes, cfg.kmeans_iters)
+    @contextlib.contextmanager
+    def custom_step(self):
+        """One step of a custom training loop, with the constraints kept:
 
-    def _admm_update(self, strategy, weights):
-        zs, us = [], []
-        for (w, i, _), wt in zip(self._vars, weights):
-            u = tf.convert_to_tensor(w.admm_u[i].value)
-            support = tf.cast(tf.not_equal(wt, 0), wt.dtype) if self.config.sparsity != "none" else 1.0
-            z = self._quantize(w, (wt + u) * support)
-            zs.append(z)
-            us.append(u + wt - z)
-        self._assign(strategy, [w.admm_z[i] for w, i, _ in self._vars], zs)
-        self._assign(strategy, [w.admm_u[i] for w, i, _ in self._vars], us)
-        return tf.constant(True)
+            trainer.prepare_constraints()
+            for x, y in data:
+                with trainer.custom_step():
+                    with tf.GradientTape() as tape:
+                        loss = loss_fn(y, net(x, training=True))
+                    optimizer.apply(tape.gradient(loss, net.trainable_variables), net.trainable_variables)
+            trainer.finalize()
+
+        The wrapped net may run in training mode inside it; on leaving, every constraint projects.
+        """
+        if tf.executing_eagerly():
+            self.prepare_constraints()
+        elif not self._prepared:
+            raise RuntimeError("call trainer.prepare_constraints() before the custom loop's tf.function is traced")
+        with constraint_scope():
+            yield self
+        self.enforce_constraints()
 
     # --- before and after training --------------------------------------------
-    def prepare_constraints(self):
-        """Once per training run: fix the AP/NAP support, start ADMM at Z = Q(W), U = 0."""
-        if int(self._constraints_ready.numpy()) == 1:
-            return
-        cfg = self.config
+    def _apply_constraints(self, method, constrained):
+        """Run every constraint's `method` (initialize or finalize) in order, eagerly, and write the
+        result back; mark the wrappers constrained (1) or in training (0)."""
         with self.distribute_strategy.scope():
-            values = [tf.convert_to_tensor(v.value) for _, _, v in self._vars]
-            if cfg.sparsity == "fixed":
-                masks = C.topk_masks(values, cfg.nnz_budget)
-                for (w, i, _), m in zip(self._vars, masks):
-                    w.masks[i].assign(m)
-                values = C.apply_masks(values, masks)
-            if cfg.sparsity == "dynamic":
-                values = C.project_l0(values, cfg.nnz_budget)
-            for (w, i, v), val in zip(self._vars, values):
-                v.assign(val)
-                if cfg.quantized:
-                    w.admm_z[i].assign(self._quantize(w, val))
-                    w.admm_u[i].assign(tf.zeros_like(val))
+            values = [tf.convert_to_tensor(v) for v in self._values()]
+            for c in self.constraints:
+                values = getattr(c, method)(values, lambda var, value: var.assign(value))
+            for var, val in zip(self._compressed, values):
+                var.assign(val)
+            for w in self.wrappers:
+                w.constrained.assign(constrained)
+
+    def prepare_constraints(self):
+        """Once per training run: set every constraint up (AP's support, ADMM's Z = Q(W), U = 0)."""
+        if int(self._constraints_ready.numpy()) != 1:
+            self._apply_constraints("initialize", constrained=0)
             self._constraints_ready.assign(1)
+        self._prepared = True
 
     def finalize(self):
         """Hard projection onto every constraint set; afterwards they hold exactly."""
-        cfg = self.config
-        with self.distribute_strategy.scope():
-            values = [tf.convert_to_tensor(v.value) for _, _, v in self._vars]
-            if cfg.sparsity != "none":
-                values = self._project_support(values)
-            for (w, i, v), val in zip(self._vars, values):
-                if cfg.quantized:
-                    # Q_b keeps zeros at zero, so the L0 constraint still holds.
-                    val = self._quantize(w, val)
-                    w.admm_z[i].assign(val)
-                    w.admm_u[i].assign(tf.zeros_like(val))
-                v.assign(val)
+        self._apply_constraints("finalize", constrained=1)
 
     def fit(self, *args, **kwargs):
         """keras.Model.fit, plus: constraints set up before, hard projection after.
@@ -288,9 +341,19 @@ class ATMCTrainer(keras.Model):
         return history
 
     # --- reporting -------------------------------------------------------------
+    @property
+    def quantization(self):
+        """The Quantization constraint of this run, or None."""
+        return next((c for c in self.constraints if isinstance(c, C.Quantization)), None)
+
+    @property
+    def nnz_budget(self):
+        return next((c.budget for c in self.constraints if c.sparsifying), None)
+
     def constraint_report(self):
-        """nnz vs budget, per-tensor levels, and the size accounting, as plain Python."""
+        """nnz vs budget, the constraints, and the size accounting, as plain Python."""
         from atmc_tf.training.summary import model_size
-        cfg = self.config
-        size = model_size(self.net, cfg.quant_scheme if cfg.quantized else None, cfg.bits)
-        return {"nnz": size.nnz, "budget": cfg.nnz_budget, "size": size.as_dict()}
+        q = self.quantization
+        size = model_size(self.net, q.scheme if q else None, q.bits if q else None)
+        return {"nnz": size.nnz, "budget": self.nnz_budget, "size": size.as_dict(),
+                "constraints": [c.report() for c in self.constraints]}

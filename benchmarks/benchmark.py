@@ -1,8 +1,8 @@
 """Benchmark: robust accuracy at a given size, ATMC against its baselines and TFMOT, on Fashion-MNIST.
 
-    python -m pipelines.benchmark                       # the full run: many hours on 2 CPU cores, resumable
-    python -m pipelines.benchmark --quick               # smoke test: a few minutes
-    python -m pipelines.benchmark --render_only         # docs/BENCHMARKS.md + docs/benchmark_tradeoff.png
+    python -m benchmarks.benchmark                      # the full run: many hours on 2 CPU cores, resumable
+    python -m benchmarks.benchmark --quick              # smoke test: a few minutes
+    python -m benchmarks.benchmark --render_only        # docs/BENCHMARKS.md + docs/benchmark_tradeoff.png
 
 One shared DA checkpoint; then, per size ratio (paper-style bits / dense fp32 bits),
 NAP, AP, AL0, ATMC-32, ATMC-8 and ATMC-4 with the same number of compression
@@ -11,7 +11,8 @@ epochs, each exported to an int8 .tflite and attacked with PGD-20 x 5 restarts
 process at ATMC-8's gzipped size; PGD-100 on the best model; step-time and
 ResNet-50-size constraint costs. Learning rates are picked on the validation split.
 
-Everything lands in <workdir>/results.json as it finishes (atomic writes); run the
+Everything lands in <workdir>/results.json as it finishes (atomic writes), and each
+rendering copies it beside the page (docs/benchmark_results.json, to commit with it); run the
 same command again to resume: finished cells are skipped and an interrupted
 training stage continues from its last epoch. The pipeline's flags (--eps,
 --pgd_steps, --batch_size, --da_epochs, ...) apply; --helpfull lists them.
@@ -30,7 +31,7 @@ import time
 
 from absl import app, flags, logging
 
-from pipelines import bench_report as R
+from benchmarks import bench_report as R
 from pipelines import flags_def
 from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, config_defaults, config_diff, fail
 from pipelines.provenance import package_versions
@@ -40,7 +41,8 @@ F = flags.FLAGS
 
 flags.DEFINE_bool("quick", False, "Smoke-test settings (a few hundred images, one epoch per stage, tiny attacks, "
                   "ratio 0.01, DA/AP/ATMC-8, TFMOT 1+1 epochs): minutes, not the benchmark. Explicit flags win.")
-flags.DEFINE_bool("render_only", False, "Only render BENCHMARKS.md and the PNG from <workdir>/results.json.")
+flags.DEFINE_bool("render_only", False, "Only render BENCHMARKS.md and the PNG from <workdir>/results.json or, "
+                  f"when the workdir has none, from the copy {R.RESULTS_COPY} in the docs folder.")
 flags.DEFINE_list("ratios", ["0.003", "0.01", "0.03", "0.1"], "Size ratios (paper-style bits / dense fp32 bits).")
 flags.DEFINE_list("methods", list(R.METHODS), f"Methods, from {', '.join(R.METHODS)} (DA always runs).")
 flags.DEFINE_integer("compress_epochs", 6, "Epochs of every compressed method from the DA checkpoint (ATMC-b: "
@@ -75,7 +77,7 @@ flags.DEFINE_string("docs_dir", None, "Where BENCHMARKS.md and the PNG go (defau
 
 # The benchmark's own defaults. SGD + momentum + weight decay is the ATMC reference's optimizer; with
 # Adam the DA weights of the large fc1 layer grow until global magnitude pruning at ratio 0.01 leaves
-# conv1 with 9 of its 500 weights (measured: docs/BENCHMARKS.md, "Why SGD").
+# conv1 with 9 of its 500 weights (measured: docs/why_sgd.md).
 for _name, _value in dict(dataset="fashion_mnist", model="lenet", workdir="runs/bench", eval_restarts=5,
                           da_epochs=12, batch_size=128, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
                           da_lr=0.05, lr=0.01, verbose=2).items():
@@ -190,7 +192,7 @@ def command_line():
     nice = os.nice(0)
     env = f"PYTHONPATH={shlex.quote(os.environ['PYTHONPATH'])} " if os.environ.get("PYTHONPATH") else ""
     return (f"cd {os.getcwd()} && " + env + (f"nice -n {nice} " if nice else "")
-            + shlex.join([exe, "-m", "pipelines.benchmark"] + sys.argv[1:]))
+            + shlex.join([exe, "-m", "benchmarks.benchmark"] + sys.argv[1:]))
 
 
 # --- results file -----------------------------------------------------------------------------
@@ -198,8 +200,8 @@ def command_line():
 class Results:
     """<workdir>/results.json, written atomically after every change; docs re-rendered each time."""
 
-    def __init__(self, workdir, docs_dir):
-        self.file = os.path.join(workdir, "results.json")
+    def __init__(self, file, docs_dir):
+        self.file = file
         self.docs_dir = docs_dir
         self.data = {}
         if os.path.exists(self.file):
@@ -228,9 +230,9 @@ class Results:
         self.save()
 
     def save(self):
-        from pipelines.stages import write_json
+        from atmc_tf.export import atomic
         self.data["updated"] = _now()
-        write_json(self.file, self.data)
+        atomic.write_json_atomic(self.file, self.data)
         self.render()
 
     def render(self):
@@ -275,29 +277,20 @@ def train_method(ccfg, method, data, da_plain):
 
 def evaluate(cfg, plain, data, rep_x, out_dir):
     """Clean and PGD accuracy of the Keras model and of its int8 .tflite on the same adversarial images."""
-    import numpy as np
-
-    from atmc_tf.export import LiteRTModel, atomic, gzip_size, kernel_codes_match, to_int8_tflite
+    from atmc_tf.export import atomic, evaluate_deployment, gzip_size, kernel_codes_match, to_int8_tflite
     from pipelines import stages
     t = time.time()
-    y = data.y_test
-    keras_pred = plain.predict(data.x_test, batch_size=256, verbose=0).argmax(-1)
-    x_adv = stages.craft_adversarial(cfg, plain, data.x_test, y)
-    keras_adv = plain.predict(x_adv, batch_size=256, verbose=0).argmax(-1)
+    x_adv = stages.craft_adversarial(cfg, plain, data.x_test, data.y_test)
     tfl = to_int8_tflite(plain, rep_x)
     os.makedirs(out_dir, exist_ok=True)
     tfl_file = os.path.join(out_dir, "model_int8.tflite")
     atomic.write_bytes_atomic(tfl_file, tfl)
-    lite = LiteRTModel(tfl)
-    lite_pred = lite.predict(data.x_test).argmax(-1)
-    lite_adv = lite.predict(x_adv).argmax(-1)
+    ev = evaluate_deployment(tfl, data.x_test, data.y_test, x_adv, keras_model=plain)
     codes = kernel_codes_match(plain, tfl)
-    return {"clean_acc": float(np.mean(keras_pred == y)), "robust_acc": float(np.mean(keras_adv == y)),
-            "tflite_clean_acc": float(np.mean(lite_pred == y)), "tflite_robust_acc": float(np.mean(lite_adv == y)),
-            "top1_agreement": float(np.mean(lite_pred == keras_pred)),
-            "top1_agreement_adv": float(np.mean(lite_adv == keras_adv)),
-            "kernel_code_mismatches": int(codes["mismatches"]), "tflite_bytes": len(tfl),
-            "tflite_gzip_bytes": gzip_size(tfl), "tflite_file": tfl_file, "eval_seconds": time.time() - t,
+    return {**R.accuracy_fields(ev), "top1_agreement": ev.top1_agreement,
+            "top1_agreement_adv": ev.top1_agreement_adv, "kernel_code_mismatches": int(codes["mismatches"]),
+            "tflite_bytes": len(tfl), "tflite_gzip_bytes": gzip_size(tfl), "tflite_file": tfl_file,
+            "eval_seconds": time.time() - t,
             "attack": f"PGD-{cfg.eval_pgd_steps} x {cfg.eval_restarts} restarts, eps {cfg.eps}, white-box on "
                       "Keras; .tflite on the same images (transfer)"}
 
@@ -503,6 +496,8 @@ class Benchmark:
 
     def tfmot_cell(self, ratio):
         import numpy as np
+
+        from atmc_tf.export import atomic
         key, match = R.cell_key("tfmot", ratio), R.cell_key("atmc8", ratio)
         target = self.res.cell(match)
         if self.res.done(key) or not (target and target.get("status") == "done"):
@@ -513,9 +508,8 @@ class Benchmark:
         arrays = {f"{l.name}/{i}": w for l in self.da_plain.layers for i, w in enumerate(l.get_weights())}
         arrays["check_x"] = self.data.x_test[:64]
         arrays["check_logits"] = self.da_plain.predict(self.data.x_test[:64], verbose=0)
-        tmp = npz + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, npz)
+        with atomic.atomic_path(npz, ".tmp.npz") as tmp:
+            np.savez(tmp, **arrays)
         c = self.cfg
         args = [f"--weights={npz}", f"--out={os.path.join(d, 'result.json')}",
                 f"--target_gzip={target['tflite_gzip_bytes']}", f"--model={c.model}", f"--dataset={c.dataset}",
@@ -531,9 +525,9 @@ class Benchmark:
         logging.info("cell %s: TFMOT in its own process (log %s), target %d B gzipped", key, log_file,
                      target["tflite_gzip_bytes"])
         with open(log_file, "a") as log:
-            log.write(f"\n=== {_now()} {shlex.join([sys.executable, '-m', 'pipelines.bench_tfmot'] + args)}\n")
+            log.write(f"\n=== {_now()} {shlex.join([sys.executable, '-m', 'benchmarks.bench_tfmot'] + args)}\n")
             log.flush()
-            proc = subprocess.run([sys.executable, "-m", "pipelines.bench_tfmot"] + args, cwd=REPO, env=env,
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_tfmot"] + args, cwd=REPO, env=env,
                                   stdout=log, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             self.res.set(key, {"method": "tfmot", "ratio": ratio, "status": "failed",
@@ -549,9 +543,8 @@ class Benchmark:
     def pgd100(self, ratio):
         """The strong attack on the best compressed model at the headline ratio (once all its cells exist)."""
         import keras
-        import numpy as np
 
-        from atmc_tf.export import LiteRTModel
+        from atmc_tf.export import evaluate_deployment
         from atmc_tf.layers import strip_model
         from pipelines import stages
         if self.res.get("pgd100"):
@@ -569,19 +562,18 @@ class Benchmark:
         plain = strip_model(keras.models.load_model(best["model_file"]))
         pcfg = dataclasses.replace(self.cfg, eval_pgd_steps=self.b["pgd100_steps"],
                                    eval_restarts=self.b["pgd100_restarts"])
-        y = self.data.y_test
-        x_adv = stages.craft_adversarial(pcfg, plain, self.data.x_test, y)
+        x_adv = stages.craft_adversarial(pcfg, plain, self.data.x_test, self.data.y_test)
         with open(best["tflite_file"], "rb") as fh:
-            lite = LiteRTModel(fh.read())
+            ev = evaluate_deployment(fh.read(), self.data.x_test, self.data.y_test, x_adv, keras_model=plain)
         self.res.set("pgd100", {
             "cell": key, "steps": self.b["pgd100_steps"], "restarts": self.b["pgd100_restarts"],
-            "robust_acc": float(np.mean(plain.predict(x_adv, batch_size=256, verbose=0).argmax(-1) == y)),
-            "tflite_robust_acc": float(np.mean(lite.predict(x_adv).argmax(-1) == y)),
+            "robust_acc": ev.keras_robust_acc, "tflite_robust_acc": ev.tflite_robust_acc,
             "robust_acc_eval": best["robust_acc"], "tflite_robust_acc_eval": best["tflite_robust_acc"],
             "seconds": time.time() - t})
 
     def timing(self):
-        from pipelines import bench_timing, stages
+        from benchmarks import bench_timing
+        from pipelines import stages
         if not self.res.get("timing"):
             logging.info("timing: ATMC step vs bare PGD-AT step")
             out = bench_timing.step_time_ratio(
@@ -615,16 +607,16 @@ def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
     cfg, bench, docs = settings_from_flags()
+    file = os.path.join(cfg.workdir, "results.json")
     if F.render_only:
-        file = os.path.join(cfg.workdir, "results.json")
-        if not os.path.exists(file):
-            fail(f"{file} does not exist: run the benchmark first (or point --workdir at its workdir)")
-        res = Results(cfg.workdir, docs)
-        md, png = R.render(res.data, docs)
-        print(f"rendered {md} and {png} from {file}")
+        source = file if os.path.exists(file) else os.path.join(docs, R.RESULTS_COPY)
+        if not os.path.exists(source):
+            fail(f"neither {file} nor {source} exists: run the benchmark first (or point --workdir at its workdir)")
+        md, png = R.render(Results(source, docs).data, docs)
+        print(f"rendered {md} and {png} from {source}")
         return
     check_workdir(cfg.workdir)
-    res = Results(cfg.workdir, docs)
+    res = Results(file, docs)
     mine = identity(cfg, bench)
     meta = res.get("meta")
     if meta:

@@ -71,7 +71,7 @@ def step_time_ratio(plain, x, y, attack, ratio, bits_list=(8, 4), quant_scheme="
         budgets[b] = k
         cfg = method_config("atmc", attack=attack, nnz_budget=k, bits=b, quant_scheme=quant_scheme, rho=rho,
                             quant_interval=quant_interval, **mix)
-        trainers[f"atmc{b}"] = _trainer(wrap_for_method(plain, "atmc", cfg), cfg, make_optimizer)
+        trainers[f"atmc{b}"] = _trainer(wrap_for_method(plain, cfg), cfg, make_optimizer)
     for tr in trainers.values():  # warm-up: trace, and one full ADMM period
         for xb, yb in batches[:quant_interval + 1]:
             tr.train_on_batch(xb, yb)

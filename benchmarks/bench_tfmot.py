@@ -1,9 +1,9 @@
 """The benchmark's TFMOT peer, in its own process: prune_low_magnitude + pruning-preserving QAT on tf_keras.
 
-    TF_USE_LEGACY_KERAS=1 python -m pipelines.bench_tfmot --weights=da.npz --out=result.json \
+    TF_USE_LEGACY_KERAS=1 python -m benchmarks.bench_tfmot --weights=da.npz --out=result.json \
         --target_gzip=60000 ...
 
-pipelines/benchmark.py starts it with subprocess; it never runs in the Keras 3
+benchmarks/benchmark.py starts it with subprocess; it never runs in the Keras 3
 process, because tensorflow-model-optimization works only with tf_keras (Keras
 2) and switches TensorFlow to it for the whole process (TF_USE_LEGACY_KERAS=1).
 
@@ -28,7 +28,6 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported
 
-import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -184,7 +183,8 @@ def run():
 
     from atmc_tf.constraints.accounting import TensorSize, size_report
     from atmc_tf.data import load_dataset
-    from atmc_tf.export import LiteRTModel, atomic, gzip_size, tflite_kernels
+    from atmc_tf.export import atomic, evaluate_deployment, gzip_size, tflite_kernels
+    from benchmarks.bench_report import accuracy_fields
 
     t_start = time.time()
     K.utils.set_random_seed(F.seed)
@@ -247,20 +247,14 @@ def run():
     size = size_report(tensors, dense).as_dict()
 
     t = time.time()
-    y = data.y_test
-    lite = LiteRTModel(tfl)
-    keras_clean = qat.predict(data.x_test, batch_size=256, verbose=0).argmax(-1)
-    x_adv = craft(qat, data.x_test, y, F.eps, F.eval_pgd_steps, F.eval_restarts)
-    keras_adv = qat.predict(x_adv, batch_size=256, verbose=0).argmax(-1)
-    lite_clean = lite.predict(data.x_test).argmax(-1)
-    lite_adv = lite.predict(x_adv).argmax(-1)
+    ev = evaluate_deployment(tfl, data.x_test, data.y_test, keras_model=qat,
+                             x_adv=lambda x, y: craft(qat, x, y, F.eps, F.eval_pgd_steps, F.eval_restarts))
     eval_s = time.time() - t
     gz = gzip_size(tfl)
     result = {
         "method": "tfmot", "status": "done", "sparsity": sparsity, "target_gzip_bytes": F.target_gzip,
         "gzip_mismatch": None if not F.target_gzip else (gz - F.target_gzip) / F.target_gzip,
-        "clean_acc": float(np.mean(keras_clean == y)), "robust_acc": float(np.mean(keras_adv == y)),
-        "tflite_clean_acc": float(np.mean(lite_clean == y)), "tflite_robust_acc": float(np.mean(lite_adv == y)),
+        **accuracy_fields(ev),
         "paper_bits": size["paper_bits"], "paper_ratio": size["paper_ratio"], "honest_bits": size["honest_bits"],
         "nnz": size["nnz"], "size": size, "tflite_bytes": len(tfl), "tflite_gzip_bytes": gz,
         "tflite_file": tfl_file,
@@ -276,7 +270,7 @@ def run():
                   "(fake-quant, straight-through gradients); .tflite: the same images (transfer)",
         "training": "natural (TFMOT has no adversarial training)",
     }
-    atomic.write_text_atomic(F.out, json.dumps(result, indent=2, sort_keys=True, default=float) + "\n")
+    atomic.write_json_atomic(F.out, result)
     logging.info("tfmot: clean %.4f robust %.4f (.tflite %.4f / %.4f), %d B gzipped (target %s)",
                  result["clean_acc"], result["robust_acc"], result["tflite_clean_acc"], result["tflite_robust_acc"],
                  gz, F.target_gzip)

@@ -1,11 +1,10 @@
 """The benchmark's results.json -> docs/BENCHMARKS.md + docs/benchmark_tradeoff.png, and its targets.
 
-No TensorFlow here: `python -m pipelines.benchmark --render_only` re-renders the
+No TensorFlow here: `python -m benchmarks.benchmark --render_only` re-renders the
 documents from <workdir>/results.json in a second. Every number in the
 documents comes from results.json; a target whose cells are missing is
 NOT RUN YET, never estimated.
 """
-import io
 import math
 import os
 
@@ -16,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 from atmc_tf.export import atomic  # noqa: E402
+from pipelines.report import save_png  # noqa: E402
 
 METHODS = ("da", "nap", "ap", "al0", "atmc32", "atmc8", "atmc4")
 COMPRESSED = METHODS[1:]
@@ -34,37 +34,17 @@ CELL_FIELDS = ("method", "ratio", "status", "clean_acc", "robust_acc", "tflite_c
                "train_seconds", "eval_seconds", "lr")
 TFMOT_FIELDS = CELL_FIELDS + ("sparsity", "target_gzip_bytes", "gzip_mismatch")
 MET, NOT_MET, NOT_RUN = "MET", "NOT MET", "NOT RUN YET"
+# The copy of the results that every rendering writes beside the page (committed with it), and the
+# folder of the docs pages the page links to.
+RESULTS_COPY = "benchmark_results.json"
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
 
-
-# Measured on 2026-11-23 with tools/optimizer_probe.py (its docstring has the commands) and, for the
-# 15-epoch Adam model, from the first full run (Adam, batch 64), aborted after its NAP/AP tuning runs.
-WHY_SGD = [
-    "### Why SGD (momentum 0.9, weight decay 5e-4) and not Adam", "",
-    "The first full run trained everything with Adam (DA lr 3e-3, 15 epochs, batch 64). Its DA model was "
-    "fine (88.7% clean / 67.4% PGD-20x5 on the test set), but Adam without weight decay let the weights of the "
-    "big fc1 layer grow (mean |w| 0.138 in fc1 with 2450 inputs per unit), so the one global top-k at ratio 0.01 "
-    "(k = 12,555) kept 9 of conv1's 500 weights, 321 / 25,000 of conv2, 12,162 of fc1 and 63 / 5,000 of the "
-    "logits: one-shot pruning took validation accuracy from 89.1% to 2.9%, and 3 epochs of tuning on 12k images "
-    "brought NAP back to 27% clean and AP to 29% clean / 10% robust. The reference trains with SGD + momentum + "
-    "weight decay; `tools/optimizer_probe.py` compares the two on the same 12k images (4 DA epochs, then 2 epochs "
-    "of AP and of AL0 at ratio 0.01, validation accuracy clean / PGD-7):", "",
-    "| optimizer | DA | global top-k keeps (conv1, conv2, fc1, logits) | AP | AL0 |",
-    "|---|---|---|---|---|",
-    "| Adam, lr 3e-3 / 1e-3 | 86.2 / 67.0 | 48, 729, 11,454, 324 | 72.6 / 50.3 | 72.4 / 50.7 |",
-    "| SGD m 0.9, wd 5e-4, lr 0.05 / 0.01 | 82.7 / 62.4 | 266, 2,847, 6,898, 2,544 | 81.8 / 58.2 | 82.1 / 58.1 |",
-    "",
-    "With SGD, AP and AL0 lose about 4 robust points to their DA model; with Adam, about 16. So this benchmark "
-    "uses SGD for every atmc_tf stage (`--optimizer=sgd`; the pipeline's default stays Adam, which the small "
-    "digits model tolerates). Learning rates are still picked on the validation split.", ""]
-
-AL0_IS_AP = (
-    "after the first global top-k, a pruned weight moves by one SGD step (lr x its momentum buffer) and the "
-    "next projection zeroes it again unless that single step lifted it past the k-th largest magnitude. Here "
-    "none ever did, so AL0's support never changed and its trajectory is AP's, bit for bit under op determinism "
-    "(checked on the tuning runs: every weight of `tune/al0_lr0.01` equals `tune/ap_lr0.01`). ATMC's edge at "
-    "a given size comes from the codebook paying for more nonzeros (at ratio 0.01, k_8 = 46,124 against "
-    "k_32 = 12,555).")
+def accuracy_fields(ev):
+    """A cell's accuracy fields from an atmc_tf.export.DeploymentEval: Keras (the float or QAT model)
+    and .tflite, clean and robust."""
+    return {"clean_acc": ev.keras_clean_acc, "robust_acc": ev.keras_robust_acc,
+            "tflite_clean_acc": ev.tflite_clean_acc, "tflite_robust_acc": ev.tflite_robust_acc}
 
 
 def _same_model(a, b):
@@ -335,13 +315,6 @@ def _shipped_lines(results):
 
 # --- plot -----------------------------------------------------------------------------------
 
-def _save_png(fig, file):
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic.write_bytes_atomic(file, buf.getvalue())
-
-
 def plot_tradeoff(results, file):
     """Robust and clean accuracy vs paper-style size ratio, .tflite robust vs gzipped bytes.
 
@@ -414,7 +387,7 @@ def plot_tradeoff(results, file):
     if meta.get("quick"):
         title = "QUICK SMOKE RUN (not the benchmark): " + title
     fig.suptitle(title)
-    _save_png(fig, file)
+    save_png(fig, file)
 
 
 # --- markdown -------------------------------------------------------------------------------
@@ -450,7 +423,9 @@ def _versions(meta):
     return ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k])
 
 
-def markdown(results, png_name="benchmark_tradeoff.png"):
+def markdown(results, png_name="benchmark_tradeoff.png", notes="."):
+    """The page from results alone; `notes`: the folder of the docs pages it links to (why_sgd.md,
+    al0_is_ap.md), relative to the page."""
     meta = results.get("meta", {})
     s = meta.get("settings", {})
     cells = results.get("cells", {})
@@ -484,7 +459,8 @@ def markdown(results, png_name="benchmark_tradeoff.png"):
           f"- data: {meta.get('data', {})}",
           "- resume: run the same command again; finished cells are skipped and an interrupted training stage "
           "continues from its last epoch. `--render_only` rewrites this page and the PNG from "
-          f"`{meta.get('workdir', '<workdir>')}/results.json`.", ""]
+          f"`{meta.get('workdir', '<workdir>')}/results.json`, or, without it, from `{RESULTS_COPY}` beside "
+          "this page (the copy of the results every rendering writes).", ""]
     L += ["## Setting", "",
           f"- {meta.get('dataset', '?')}: {s.get('train', '?')} training images, {s.get('val', '?')} validation "
           "images carved from the 60k training set (stratified, seed 0) and used for every choice below, "
@@ -556,7 +532,8 @@ def markdown(results, png_name="benchmark_tradeoff.png"):
           f"{s.get('batch_size', '?')}, {_optimizer(s)}; TFMOT: {s.get('tfmot_prune_epochs', '?')} pruning + "
           f"{s.get('tfmot_qat_epochs', '?')} QAT epochs, Adam 1e-3 / 1e-4 (TFMOT guide defaults).", ""]
     if s.get("optimizer") == "sgd":
-        L += WHY_SGD
+        L += ["Why SGD and not Adam (the benchmark's first full run, measured once): "
+              f"[why_sgd.md]({notes}/why_sgd.md).", ""]
     # Targets
     L += ["## Targets", "", "| | target | status | evidence |", "|---|---|---|---|"]
     for t in targets(results):
@@ -593,7 +570,7 @@ def markdown(results, png_name="benchmark_tradeoff.png"):
                   "the methods as shipped in the right-hand panel (robust accuracy against gzipped bytes).", ""]
         if _same_model(cells.get(cell_key("al0", r)), cells.get(cell_key("ap", r))):
             L += [f"AL0 and AP at ratio {r:g} are the same model (identical accuracies, .tflite bytes and gzipped "
-                  "size): " + AL0_IS_AP, ""]
+                  f"size); why that can happen: [al0_is_ap.md]({notes}/al0_is_ap.md).", ""]
     L += ["## Against the paper", ""] + _order_lines(results)
     L += ["## At equal shipped size", ""] + _shipped_lines(results)
     # PGD-100
@@ -670,20 +647,24 @@ def markdown(results, png_name="benchmark_tradeoff.png"):
     L += ["## Reproduce", "",
           "```sh",
           "apt-get install dataset-fashion-mnist      # the data (Debian), nothing is downloaded at run time",
-          "nohup nice -n 10 tools/env.sh python -m pipelines.benchmark --workdir=runs/bench > runs/bench.log 2>&1 &",
-          "tools/env.sh python -m pipelines.benchmark --workdir=runs/bench --render_only   # this page + PNG",
-          "tools/env.sh python -m pipelines.benchmark --quick --workdir=/tmp/bq             # smoke test, minutes",
+          "nohup nice -n 10 tools/env.sh python -m benchmarks.benchmark --workdir=runs/bench > runs/bench.log 2>&1 &",
+          "tools/env.sh python -m benchmarks.benchmark --workdir=runs/bench --render_only   # this page + PNG",
+          "tools/env.sh python -m benchmarks.benchmark --quick --workdir=/tmp/bq             # smoke test, minutes",
           "```", ""]
     return "\n".join(L)
 
 
 def render(results, docs_dir):
-    """Write BENCHMARKS.md and benchmark_tradeoff.png into docs_dir; returns their paths."""
+    """Write BENCHMARKS.md, benchmark_tradeoff.png and the results they come from (RESULTS_COPY, so that
+    the page can be committed with its source and re-rendered without the workdir) into docs_dir;
+    returns the paths of the page and the PNG."""
     os.makedirs(docs_dir, exist_ok=True)
     png = os.path.join(docs_dir, "benchmark_tradeoff.png")
     md = os.path.join(docs_dir, "BENCHMARKS.md")
+    atomic.write_json_atomic(os.path.join(docs_dir, RESULTS_COPY), results)
     plot_tradeoff(results, png)
-    atomic.write_text_atomic(md, markdown(results, os.path.basename(png)))
+    notes = os.path.relpath(DOCS, os.path.abspath(docs_dir)).replace(os.sep, "/")
+    atomic.write_text_atomic(md, markdown(results, os.path.basename(png), notes))
     return md, png
 
 

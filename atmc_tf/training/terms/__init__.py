@@ -1,0 +1,8 @@
+"""Loss terms of the training objective (base.LossTerm); registry.py names them."""
+from atmc_tf.training.terms.adversarial import AdversarialLoss
+from atmc_tf.training.terms.base import LossTerm, StepContext
+from atmc_tf.training.terms.clean import CleanLoss
+from atmc_tf.training.terms.registry import TERMS, term_from_config, term_to_config
+
+__all__ = ["AdversarialLoss", "CleanLoss", "LossTerm", "StepContext", "TERMS", "term_from_config",
+           "term_to_config"]

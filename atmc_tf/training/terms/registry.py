@@ -1,0 +1,12 @@
+"""Loss terms by name. A new term: a module with a `LossTerm` subclass, one entry here."""
+from atmc_tf import components
+from atmc_tf.training.terms.adversarial import AdversarialLoss
+from atmc_tf.training.terms.clean import CleanLoss
+
+TERMS = {cls.kind: cls for cls in (CleanLoss, AdversarialLoss)}
+
+term_to_config = components.to_config
+
+
+def term_from_config(config):
+    return components.from_config(config, TERMS, "loss term")
