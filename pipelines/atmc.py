@@ -35,10 +35,16 @@ def versions():
 
 def start_tensorflow(cfg):
     """Before any model is loaded or built: op determinism (--deterministic) and the
-    tf.distribute strategy (--strategy; MultiWorkerMirroredStrategy must come first)."""
-    from pipelines import stages
-    if cfg.deterministic:
+    tf.distribute strategy (--strategy; MultiWorkerMirroredStrategy must come first).
+    TensorFlow's C++ start-up lines (oneDNN, CUDA probing on a CPU machine) are held back
+    below --verbose=3: TF 2.21 logs them through absl, which TF_CPP_MIN_LOG_LEVEL no longer filters."""
+    from pipelines import console
+    with console.quiet_native(cfg.verbose):
         import tensorflow as tf
+
+        from pipelines import stages
+        tf.config.list_physical_devices()  # device discovery, and its CUDA probing, happens here
+    if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     stages.make_strategy(cfg)
 
@@ -50,7 +56,7 @@ def run(cfg, data=None):
     """
     from atmc_tf.export import atomic, c_header, c_source, evaluate_deployment, gzip_size, kernel_codes_match, \
         to_int8_tflite, LiteRTModel, check_micro
-    from pipelines import faults
+    from pipelines import console, faults
     from pipelines import report as rep
     from pipelines import stages
 
@@ -73,8 +79,9 @@ def run(cfg, data=None):
     export_dir = stages.path(cfg, "export")
     os.makedirs(export_dir, exist_ok=True)
     rep_x = data.x_train[: min(len(data.x_train), 300)]
-    tfl = to_int8_tflite(final, rep_x)
-    tfl_b1 = to_int8_tflite(final, rep_x, batch_size=1)
+    with console.quiet_native(cfg.verbose):  # the converter prints its settings on every call
+        tfl = to_int8_tflite(final, rep_x)
+        tfl_b1 = to_int8_tflite(final, rep_x, batch_size=1)
     files = {"tflite": os.path.join(export_dir, "model_int8.tflite"),
              "tflite_b1": os.path.join(export_dir, "model_int8_batch1.tflite"),
              "c_source": os.path.join(export_dir, "model_data.cc"),
@@ -90,9 +97,10 @@ def run(cfg, data=None):
 
     # --- checks: phone (LiteRT) ----------------------------------------------------
     t = time.time()
-    lite = LiteRTModel(tfl)
-    ev = evaluate_deployment(lite, data.x_test, data.y_test, keras_model=final,
-                             x_adv=lambda x, y: stages.craft_adversarial(cfg, final, x, y))
+    with console.quiet_native(cfg.verbose):  # LiteRT announces its CPU delegate
+        lite = LiteRTModel(tfl)
+        ev = evaluate_deployment(lite, data.x_test, data.y_test, keras_model=final,
+                                 x_adv=lambda x, y: stages.craft_adversarial(cfg, final, x, y))
     y = data.y_test
     mismatches = int(sum(layer["mismatches"] for layer in codes["layers"]))
     phone = {
@@ -357,6 +365,8 @@ def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
     cfg = PipelineConfig.from_flags()
+    from pipelines import console
+    console.quiet_libraries(cfg.verbose)
     # Bad input is refused before anything is written and, where possible, before
     # TensorFlow is imported: files first, then the data, then what needs Keras.
     if cfg.model_file is not None:
@@ -380,7 +390,8 @@ def main(argv):
         except UsageError as err:
             fail(str(err))
     claim_workdir(cfg)
-    from atmc_tf.training import TrainingDivergedError
+    with console.quiet_native(cfg.verbose):  # TensorFlow's C++ start-up lines (see start_tensorflow)
+        from atmc_tf.training import TrainingDivergedError
     try:
         r = run(cfg, data)
     except (DataError, UsageError) as err:

@@ -76,7 +76,9 @@ flags.DEFINE_bool("allow_collapse", False, "Exit 0 even when the compressed mode
 flags.DEFINE_bool("tensorboard", True, "Write each training stage's curves (clean/adversarial loss and "
                   "accuracy, nnz, ||W - Z||, for training and validation) under <workdir>/tensorboard/<stage>/ "
                   "with Keras' TensorBoard callback; open them with `tensorboard --logdir <workdir>/tensorboard`.")
-flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1 progress bar, 2 one line per epoch: for logs, 0 silent).")
+flags.DEFINE_integer("verbose", 1, "0: no per-epoch output; 1: progress bars on a terminal, one line per epoch "
+                     "otherwise (a log file); 2: one line per epoch; 3: also TensorFlow's, the converter's and "
+                     "LiteRT's own log lines. Status lines and errors print at every level.")
 
 
 def _positive_int_or_none(v):
@@ -110,7 +112,7 @@ _RULES = [
     ("limit_train", _positive_int_or_none, "--limit_train must be >= 1"),
     ("limit_test", _positive_int_or_none, "--limit_test must be >= 1"),
     ("micro_samples", lambda v: v >= 1, "--micro_samples must be >= 1"),
-    ("verbose", lambda v: v in (0, 1, 2), "--verbose must be 0, 1 or 2"),
+    ("verbose", lambda v: v in (0, 1, 2, 3), "--verbose must be 0, 1, 2 or 3"),
 ]
 for _name, _check, _msg in _RULES:
     flags.register_validator(_name, _check, message=_msg)

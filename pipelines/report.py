@@ -39,25 +39,40 @@ def plot_accuracy_vs_eps(curves, train_eps, file, title, points=None):
 
 
 def plot_layers(tensors, file, title, level_limit=None):
-    """Per compressed tensor: density (nnz / size) and number of distinct nonzero levels."""
+    """layers_figure, saved as a PNG."""
+    save_png(layers_figure(tensors, title, level_limit), file)
+
+
+def layers_figure(tensors, title, level_limit=None):
+    """Per compressed tensor: density (nnz / size) and number of distinct nonzero levels, each bar
+    labelled with its value, the tensor names on both panels, the 2^b limit's legend outside the bars."""
     names = [t["name"].split("/")[0].replace("atmc_", "") + "/" + t["name"].split("/")[-1]
              for t in tensors]
     density = [t["nnz"] / max(t["numel"], 1) for t in tensors]
     levels = [t["levels"] for t in tensors]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 1.6 + 0.45 * len(tensors)), constrained_layout=True)
     a.barh(names, density, color="tab:blue")
     a.set_xlabel("density (nonzeros / weights)")
     a.set_xlim(0, 1)
     for i, t in enumerate(tensors):
-        a.text(min(density[i] + 0.01, 0.8), i, f"{t['nnz']}/{t['numel']}", va="center", fontsize=8)
+        text = f"{t['nnz']}/{t['numel']}"
+        if density[i] > 0.7:  # a long bar: the label goes inside its end, in white
+            a.text(density[i] - 0.01, i, text, va="center", ha="right", fontsize=8, color="white")
+        else:
+            a.text(density[i] + 0.01, i, text, va="center", ha="left", fontsize=8)
     b.barh(names, levels, color="tab:orange")
+    top = max(levels + [level_limit or 0, 1])
+    b.set_xlim(0, top * 1.25)
+    for i, v in enumerate(levels):
+        b.text(v + top * 0.02, i, str(v) if v else "fp32", va="center", fontsize=8)
     if level_limit:
         b.axvline(level_limit, color="black", linestyle="--", label=f"limit 2^b = {level_limit}")
-        b.legend(loc="lower right")
-    b.set_xlabel("distinct nonzero values (0 = fp32, not quantized)")
-    b.set_yticks([])
+        b.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)
+    b.set_xlabel("distinct nonzero values per tensor (0 = fp32, not quantized)")
+    b.set_ylabel("compressed tensor")
+    a.set_ylabel("compressed tensor")
     fig.suptitle(title)
-    save_png(fig, file)
+    return fig
 
 
 def _pct(v):

@@ -23,7 +23,7 @@ from atmc_tf.layers import UnsupportedLayerError, strip_model, wrap_model
 from atmc_tf.models import build_model
 from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_count, method_config, model_size,
                               wrap_for_method)
-from pipelines import faults, methods_table
+from pipelines import console, faults, methods_table
 from pipelines.flags_def import UsageError
 
 
@@ -135,12 +135,15 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
         earlier = clock.earlier
         backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
         callbacks = [backup, clock, faults.KillAt(name)]
+        if console.epoch_lines(cfg.verbose):
+            callbacks.append(console.epoch_line(name, epochs))
         if cfg.tensorboard:
             # Epoch curves only: no graph, no profiler, nothing that changes what is trained.
             callbacks.append(keras.callbacks.TensorBoard(path(cfg, "tensorboard", name), write_graph=False,
                                                          profile_batch=0, update_freq="epoch"))
         hist = trainer.fit(data.x_train, data.y_train, epochs=epochs, batch_size=cfg.batch_size,
-                           validation_data=(data.x_val, data.y_val), callbacks=callbacks, verbose=cfg.verbose)
+                           validation_data=(data.x_val, data.y_val), callbacks=callbacks,
+                           verbose=console.fit_verbosity(cfg.verbose))
         history = {k: [float(x) for x in v] for k, v in hist.history.items()}
     else:
         trainer.prepare_constraints()

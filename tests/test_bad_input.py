@@ -88,7 +88,7 @@ BAD_FLAGS = [
     ("--atmc32_epochs=-1", "--atmc32_epochs"), ("--atmcb_epochs=-1", "--atmcb_epochs"),
     ("--finetune_epochs=-1", "--finetune_epochs"), ("--da_lr=-0.1", "--da_lr"), ("--lr=nan", "--lr"),
     ("--limit_train=0", "--limit_train"), ("--limit_test=0", "--limit_test"),
-    ("--micro_samples=0", "--micro_samples"), ("--verbose=3", "--verbose"), ("--pgd_step_size=0", "--pgd_step_size"),
+    ("--micro_samples=0", "--micro_samples"), ("--verbose=4", "--verbose"), ("--pgd_step_size=0", "--pgd_step_size"),
     ("--pgd_step_size=inf", "--pgd_step_size"), ("--rank=0", "--rank"), ("--eps=inf", "--eps"),
     ("--plot_eps=0.1,2", "--plot_eps"), ("--seed=1.5", "seed"), ("--batch_size=x", "batch_size"),
     ("--quant_scheme=kmeans", "quant_scheme"), ("--factorization=svd", "factorization"),

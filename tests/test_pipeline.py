@@ -231,3 +231,39 @@ def test_report_names_the_users_model():
     from pipelines.report import model_name
     assert model_name({"model": "small_cnn", "model_file": "/data/my_mobilenet.keras"}) == "my_mobilenet.keras"
     assert model_name({"model": "lenet", "model_file": None}) == "lenet"
+
+
+@pytest.mark.slow
+def test_quiet_by_default_when_redirected(tmp_path):
+    """Output to a file (not a terminal): one line per epoch, the pipeline's status lines, no progress
+    bars or terminal codes, none of TensorFlow's, the converter's or LiteRT's own log lines."""
+    flags = [a for a in TINY if not a.startswith("--verbose")]
+    r = run_pipeline(*flags, f"--workdir={tmp_path / 'wd'}", extra_env={"TF_CPP_MIN_LOG_LEVEL": ""})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    lines = out.splitlines()
+    epochs = 3 + 1 + 1 + 2  # TINY's da, al0, atmc32, atmc4
+    assert sum(l.startswith("stage ") and " epoch " in l for l in lines) == epochs
+    assert len(lines) <= epochs + 20, out
+    for noise in ("\r", "\x1b[", "fully_quantize", "XNNPACK", "port.cc", "cuda", "functional_saver", "Epoch 1/"):
+        assert noise not in out, noise
+
+
+def test_layers_plot_is_labelled_and_its_legend_covers_no_bar():
+    import matplotlib
+    matplotlib.use("Agg")
+    from pipelines.report import layers_figure
+    tensors = [{"name": f"atmc_l{i}/kernel", "nnz": n, "numel": 100, "levels": lv}
+               for i, (n, lv) in enumerate([(95, 16), (10, 15), (50, 0)])]
+    fig = layers_figure(tensors, "t", level_limit=16)
+    fig.canvas.draw()
+    left, right = fig.axes
+    names = ["l0/kernel", "l1/kernel", "l2/kernel"]
+    for ax in (left, right):
+        assert [t.get_text() for t in ax.get_yticklabels()] == names
+        assert ax.get_xlabel() and ax.get_ylabel()
+    assert sorted(t.get_text() for t in right.texts) == ["15", "16", "fp32"]
+    inside = [t for t in left.texts if t.get_color() == "white"]
+    assert [t.get_text() for t in inside] == ["95/100"]  # a nearly full bar's label sits inside it
+    legend = right.get_legend().get_window_extent()
+    assert legend.y0 >= right.get_window_extent().y1 - 1  # above the plotting area, over no bar

@@ -121,7 +121,7 @@ def test_one_import_is_the_user_api_and_registers_the_keras_classes(tmp_path):
 
     import atmc_tf
     from conftest import small_cnn
-    net = atmc_tf.wrap_model(small_cnn(), admm=True)
+    net = atmc_tf.wrap_model(small_cnn())
     net.save(tmp_path / "wrapped.keras")
     code = ("import atmc_tf, keras, sys; m = keras.saving.load_model(sys.argv[1]); "
             "print(atmc_tf.__version__, type(m.layers[1]).__name__, "
