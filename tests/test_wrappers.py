@@ -119,3 +119,11 @@ def test_admm_argument_is_deprecated_and_ignored():
     assert not [v for w in atmc_wrappers(net) for v in w.weights if "admm" in v.name]
     with pytest.raises(TypeError, match="unexpected keyword"):
         wrap_model(small_cnn(), admn=True)
+
+
+def test_export_of_a_never_constrained_wrapped_model_is_refused():
+    from atmc_tf.export import to_int8_tflite
+    net = wrap_model(small_cnn())
+    x = np.random.default_rng(0).random((8, 8, 8, 1)).astype(np.float32)
+    with pytest.raises(UnconstrainedModelError, match="never enforced"):
+        to_int8_tflite(net, x)

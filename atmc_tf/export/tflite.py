@@ -64,9 +64,14 @@ def to_int8_tflite(model, representative_x, batch_size=None, max_samples=MAX_REP
     most `max_samples` evenly spaced ones calibrate the activation ranges.
     batch_size=None keeps a dynamic batch; an integer fixes it (1 for
     microcontrollers: no SHAPE/PACK ops, static tensor sizes).
+    A model with ATMC wrappers is exported through strip_model, which refuses one whose
+    constraints were never enforced (UnconstrainedModelError).
     """
     import tensorflow as tf
 
+    from atmc_tf.layers import atmc_wrappers, strip_model
+    if atmc_wrappers(model):
+        model = strip_model(model)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"to_int8_tflite needs a single-input, single-output model, "
                          f"got {len(model.inputs)} inputs and {len(model.outputs)} outputs")
