@@ -36,7 +36,8 @@ def test_every_system_data_folder_comes_from_a_declared_package():
 def test_env_sh_installs_the_declared_packages():
     """tools/env.sh reads the same list (a copy of the names inside it would drift)."""
     text = open(os.path.join(ROOT, "tools", "env.sh")).read()
-    assert "tools/debian-packages.txt" in text and "apt-get install" in text
+    assert "tools/debian-packages.txt" in text and "tools/debian_install.sh" in text
+    assert "apt-get install" in open(os.path.join(ROOT, "tools", "debian_install.sh")).read()
     for package in declared_debian_packages():
         assert package not in text, f"{package} is named inside tools/env.sh; list it in tools/debian-packages.txt"
 

@@ -23,26 +23,7 @@ if [ ! -x "$python" ] || ! "$python" -c "import pytest" >/dev/null 2>&1; then
   exit 2
 fi
 
-pkgs=(bazel-bootstrap bazel-rules-java bazel-platforms)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  export DEBIAN_FRONTEND=noninteractive
-  say "installing ${missing[*]}"
-  t0=$SECONDS
-  if ! "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"; then
-    say "apt-get install failed; running apt-get update and retrying"
-    "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" || {
-      say "could not install ${missing[*]}"
-      exit 2
-    }
-  fi
-  say "apt-get install took $((SECONDS - t0))s"
-fi
+"$root/tools/debian_install.sh" bazel-bootstrap bazel-rules-java bazel-platforms || exit 2
 
 out_root="${ATMC_BAZEL_ROOT:-/tmp/atmc_tf-bazel}"
 startup=(--output_user_root="$out_root")

@@ -12,34 +12,7 @@ say() { echo "tools/env.sh: $*" >&2; }
 
 # --- Debian packages --------------------------------------------------------------
 mapfile -t pkgs < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$root/tools/debian-packages.txt" | awk '{print $1}')
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-      sudo=(sudo -n)
-    else
-      say "cannot install the Debian packages ${missing[*]} (not root, no sudo): ask an administrator for" \
-          "'apt-get install ${missing[*]}'; continuing without them (Fashion-MNIST runs and their tests will say what is missing)"
-      missing=()
-    fi
-  fi
-fi
-if [ "${#missing[@]}" -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  say "installing Debian packages: ${missing[*]}"
-  if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
-    say "apt-get install failed; running apt-get update and retrying"
-    if ! { "${sudo[@]}" apt-get update -qq >&2 &&
-           "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; }; then
-      say "could not install ${missing[*]} with apt-get; install them, then run this command again"
-      exit 2
-    fi
-  fi
-fi
+"$root/tools/debian_install.sh" --or-warn "${pkgs[@]}" || exit 2
 
 # --- Python virtualenv -------------------------------------------------------------
 venv="$root/.venv"
