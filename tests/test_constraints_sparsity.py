@@ -173,7 +173,12 @@ def _lamp_reference(w):
     return out.reshape(w.shape)
 
 
-@given(hnp.arrays(np.float32, shapes, elements=floats))
+# TensorFlow's CPU kernels flush float32 subnormals to zero (the cast to float64 included), so a
+# subnormal weight scores 0, as a zero does; the reference would not, so they are left out here.
+normal_floats = st.floats(-10, 10, allow_nan=False, width=32, allow_subnormal=False)
+
+
+@given(hnp.arrays(np.float32, shapes, elements=normal_floats))
 def test_lamp_scores_match_the_definition(w):
     from atmc_tf.constraints.sparsity import lamp_scores
     s = lamp_scores(w).numpy()
@@ -183,8 +188,8 @@ def test_lamp_scores_match_the_definition(w):
         assert np.isclose(s.max(), 1.0, atol=1e-6)  # the largest entry of a nonzero tensor scores 1
 
 
-@given(tensor_lists, st.integers(0, 200), st.floats(1e-3, 1e3))
-def test_lamp_selection_feasible_idempotent_scale_invariant(ws, k, scale):
+@given(tensor_lists, st.integers(0, 200), st.integers(0, 8))
+def test_lamp_selection_feasible_idempotent_scale_invariant(ws, k, exponent):
     from atmc_tf.constraints.sparsity import select_l0
     p = select_l0(ws, k, "lamp")
     assert int(count_nonzero(p)) <= k
@@ -195,8 +200,8 @@ def test_lamp_selection_feasible_idempotent_scale_invariant(ws, k, scale):
     for a, b in zip(p, again):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # Rescaling one tensor changes nothing (LAMP is per-tensor scale invariant): with raw magnitudes
-    # a layer with larger weights would win the budget.
-    scaled = select_l0([ws[0] * np.float32(scale)] + ws[1:], k, "lamp")
+    # a layer with larger weights would win the budget. Powers of two scale float32 exactly.
+    scaled = select_l0([ws[0] * np.float32(2.0 ** exponent)] + ws[1:], k, "lamp")
     for a, b in zip(p, scaled):
         np.testing.assert_array_equal(a.numpy() != 0, b.numpy() != 0)
 

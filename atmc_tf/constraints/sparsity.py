@@ -131,9 +131,10 @@ def lamp_scores(tensor):
     w_u^2 / sum of w_v^2 over the entries v of the same tensor with |w_v| >= |w_u| (ties: by
     position). In [0, 1]; the largest entry of every nonzero tensor scores exactly 1, so a global
     top-k over these scores keeps at least one entry per tensor when k >= the number of tensors,
-    and tensors of very different sizes or scales compete on comparable terms."""
+    and tensors of very different sizes or scales compete on comparable terms. Computed in float64
+    (returned as float64): the square of a tiny float32 weight would underflow to 0 in float32."""
     t = tf.convert_to_tensor(tensor)
-    flat = tf.reshape(tf.square(tf.cast(t, tf.float32)), [-1])
+    flat = tf.reshape(tf.square(tf.cast(t, tf.float64)), [-1])
     order = tf.argsort(flat, stable=True)
     ascending = tf.gather(flat, order)
     score = tf.math.divide_no_nan(ascending, tf.cumsum(ascending, reverse=True))
