@@ -11,9 +11,11 @@ Bad input (flags, --model_file, data, corrupt files in --workdir, an unwritable
 workdir): one line on stderr, exit 2, nothing in --workdir written or deleted.
 Everything that can be checked without TensorFlow is checked before importing it.
 
-Exit codes: 0 done; 1 the TFLite Micro check failed; 2 bad input; 3 the loss became
-NaN/Inf; 4 the compressed model collapsed (--allow_collapse accepts it). With 1 and 4
-the report is written first and the error line says why.
+Exit codes: 0 done; 1 the TFLite Micro check failed; 2 bad input (also: another run holds
+the --workdir); 3 the loss became NaN/Inf; 4 the compressed model collapsed
+(--allow_collapse accepts it); 130 / 143 stopped by SIGINT / SIGTERM (one line; run the
+same command again to resume). With 1 and 4 the report is written first and the error
+line says why.
 """
 import hashlib
 import json
@@ -361,7 +363,49 @@ def load_data(cfg):
                         limit_train=cfg.limit_train, limit_test=cfg.limit_test)
 
 
+_LOCK = []  # the open lock file: held for the life of the process, released by the OS when it ends
+
+
+def hold_workdir(workdir):
+    """One run per --workdir: an exclusive lock on <workdir>/.lock for as long as this process lives.
+    A second run is refused in one line; a run killed with -9 holds nothing (the OS drops its lock)."""
+    import fcntl
+    path = os.path.join(workdir, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        fail(f"--workdir={workdir} is in use by another run (process {owner}); wait for it to finish, "
+             "or use another --workdir")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _LOCK.append(fd)
+
+
+class Stopped(BaseException):
+    """SIGTERM: stop where the run is, as SIGINT does (KeyboardInterrupt)."""
+
+
+def _stop_on_sigterm(signum, frame):
+    raise Stopped()
+
+
 def main(argv):
+    """The program: main_body, with SIGINT and SIGTERM turned into one line and exit 130 / 143."""
+    import signal
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        main_body(argv)
+    except (KeyboardInterrupt, Stopped) as stop:
+        name, code = ("SIGTERM", 143) if isinstance(stop, Stopped) else ("SIGINT", 130)
+        sys.stderr.write(f"stopped: {name}; finished stages and the last finished epoch are kept, run the same "
+                         "command again to resume\n")
+        sys.exit(code)
+
+
+def main_body(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
     cfg = PipelineConfig.from_flags()
@@ -389,6 +433,7 @@ def main(argv):
             stages.initial_model(cfg, data)
         except UsageError as err:
             fail(str(err))
+    hold_workdir(cfg.workdir)
     claim_workdir(cfg)
     with console.quiet_native(cfg.verbose):  # TensorFlow's C++ start-up lines (see start_tensorflow)
         from atmc_tf.training import TrainingDivergedError

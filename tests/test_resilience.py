@@ -2,13 +2,17 @@
 uninterrupted one; two runs with the same --seed give bit-identical weights."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
 import pytest
 
 import atmc_tf.layers  # noqa: F401  (registers ATMCWrapper for load_model)
-from pipeline_run import run_pipeline, snapshot
+from pipeline_run import ROOT, run_pipeline, snapshot
 
 pytestmark = pytest.mark.slow  # whole pipeline runs, killed and resumed
 
@@ -97,3 +101,59 @@ def test_kill_during_checkpoint_write_falls_back_to_previous_epoch(tmp_path, uni
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "previous epoch's checkpoint" in resumed.stderr
     _check_complete(wd, uninterrupted)
+
+
+def _start(wd):
+    """The pipeline in the background, as a second terminal would start it."""
+    env = {k: v for k, v in os.environ.items() if k != "ATMC_FAULT"}
+    env.update(PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.Popen([sys.executable, "-m", "pipelines.atmc", *FLAGS, f"--workdir={wd}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, proc, timeout=300):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def test_a_second_run_on_the_same_workdir_is_refused(tmp_path):
+    """One run per workdir: while the first holds it, a second one with the same flags is refused in one
+    line and exits 2; the first finishes as if alone."""
+    wd = tmp_path / "wd"
+    first = _start(wd)
+    try:
+        _wait_for(wd / "config.json", first)  # claimed: the lock is held from here on
+        second = run_with_fault(wd)
+        assert second.returncode == 2, second.stderr[-2000:]
+        lines = [l for l in second.stderr.splitlines() if l.strip()]
+        assert lines[-1].startswith("error:") and "in use by another run" in lines[-1]
+        assert str(first.pid) in lines[-1]
+        _, err = first.communicate(timeout=900)
+        assert first.returncode == 0, err[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+
+def test_sigint_and_sigterm_stop_in_one_line_and_the_run_resumes(tmp_path):
+    wd = tmp_path / "wd"
+    for sig, code, name, marker in ((signal.SIGINT, 130, "SIGINT", wd / "da" / "backup"),
+                                    (signal.SIGTERM, 143, "SIGTERM", wd / "al0")):
+        proc = _start(wd)
+        try:
+            _wait_for(marker, proc)
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == code, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        last = [l for l in err.splitlines() if l.strip()][-1]
+        assert last.startswith(f"stopped: {name}") and "resume" in last
+    done = run_with_fault(wd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "done already" in done.stderr and (wd / "report.json").exists()
