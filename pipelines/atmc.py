@@ -451,9 +451,10 @@ def main_body(argv):
           f"TFLM {'ok' if r['micro']['ok'] else 'FAILED'}; report: {report_md}")
     # Everything is written by now (nothing is lost); the exit code says what went wrong.
     status = 0
-    if not r["micro"]["ok"]:
-        reason = r["micro"]["error"] or f"ops TFLite Micro lacks: {', '.join(r['micro']['unsupported_ops'])}"
-        sys.stderr.write(f"error: the TFLite Micro check failed: {flags_def.one_line(reason)} (report: {report_md})\n")
+    from atmc_tf.export.micro import failure_reason
+    micro_problem = failure_reason(r["micro"])
+    if micro_problem:
+        sys.stderr.write(f"error: the TFLite Micro check failed: {micro_problem} (report: {report_md})\n")
         status = 1
     problem = r["collapse"]["problem"]
     if problem and not cfg.allow_collapse:

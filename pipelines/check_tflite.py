@@ -145,9 +145,8 @@ def main(argv):
         atomic.write_text_atomic(F.json_out, text)
     sys.stdout.write(text)
     if not summary["ok"]:
-        micro = summary["micro"]
-        reason = micro["error"] or f"ops TFLite Micro lacks: {', '.join(micro['unsupported_ops'])}"
-        sys.stderr.write("error: TFLite Micro check failed: " + " ".join(str(reason).split()) + "\n")
+        from atmc_tf.export.micro import failure_reason
+        sys.stderr.write(f"error: TFLite Micro check failed: {failure_reason(summary['micro'])}\n")
         sys.exit(1)
     logging.info("phone clean acc %.4f on %d images; TFLite Micro ok, arena %s bytes",
                  summary["phone"]["clean_acc"], summary["phone"]["samples"], summary["micro"]["arena_bytes"])

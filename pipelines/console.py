@@ -7,9 +7,7 @@ lines (stage started, done already, export sizes, warnings, errors) print at eve
 """
 import contextlib
 import logging as std_logging
-import os
 import sys
-import tempfile
 import time
 
 LOUD = 3
@@ -39,26 +37,16 @@ def quiet_native(verbose):
     if verbose >= LOUD:
         yield
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 1)
-        os.dup2(held.fileno(), 2)
-        try:
+    from atmc_tf.export.micro import captured_output  # numpy only: no TensorFlow here
+
+    held, failed = [], True
+    try:
+        with captured_output((1, 2)) as held:
             yield
-        except BaseException:
-            os.dup2(saved[1], 2)
-            held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
-            raise
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
+        failed = False
+    finally:
+        if failed and held:
+            sys.stderr.write("\n".join(held) + "\n")
 
 
 def epoch_line(stage, epochs):

@@ -13,12 +13,6 @@ from atmc_tf.constraints import sparsity
 from atmc_tf.constraints.base import Constraint
 
 
-def _check_scoring(scoring):
-    if scoring not in sparsity.SCORINGS:
-        raise ValueError(f"l0 scoring must be one of {sparsity.SCORINGS}, got {scoring!r}")
-    return scoring
-
-
 def _check_budget(budget):
     if budget is None or int(budget) != budget or int(budget) < 1:
         raise ValueError(f"nnz budget must be an integer >= 1, got {budget!r}")
@@ -40,7 +34,7 @@ class GlobalL0(Constraint):
 
     def __init__(self, budget, scoring="magnitude", ramp_steps=0):
         self.budget = _check_budget(budget)
-        self.scoring = _check_scoring(scoring)
+        self.scoring = sparsity.check_scoring(scoring)
         if int(ramp_steps) != ramp_steps or ramp_steps < 0:
             raise ValueError(f"ramp_steps must be an integer >= 0, got {ramp_steps!r}")
         self.ramp_steps = int(ramp_steps)
@@ -98,7 +92,7 @@ class FixedSupport(Constraint):
 
     def __init__(self, budget, scoring="magnitude"):
         self.budget = _check_budget(budget)
-        self.scoring = _check_scoring(scoring)
+        self.scoring = sparsity.check_scoring(scoring)
 
     def build(self, tensors, make_variable):
         super().build(tensors, make_variable)

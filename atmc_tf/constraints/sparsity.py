@@ -126,6 +126,13 @@ def project_l0_hinted(tensors, k, threshold_hint, margin=0.5):
 SCORINGS = ("magnitude", "lamp")
 
 
+def check_scoring(scoring):
+    """`scoring` if it is one of SCORINGS, else ValueError."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"l0 scoring must be one of {SCORINGS}, got {scoring!r}")
+    return scoring
+
+
 def lamp_scores(tensor):
     """Layer-adaptive magnitude scores (LAMP, Lee et al., ICLR 2021) of one tensor's entries:
     w_u^2 / sum of w_v^2 over the entries v of the same tensor with |w_v| >= |w_u| (ties: by
@@ -145,8 +152,7 @@ def l0_masks(tensors, k, scoring="magnitude"):
     """0/1 masks (dtypes and shapes of `tensors`) of the min(k, size) entries with the largest
     scores: |w| ("magnitude": topk_masks) or lamp_scores ("lamp")."""
     tensors = [tf.convert_to_tensor(t) for t in tensors]
-    if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    check_scoring(scoring)
     ranked = tensors if scoring == "magnitude" else [lamp_scores(t) for t in tensors]
     return [tf.cast(m, t.dtype) for t, m in zip(tensors, _top_k_keep(ranked, k))]
 

@@ -167,6 +167,15 @@ def _smallest_arena(model, sample, timeout_s):
     return high
 
 
+def failure_reason(result):
+    """Why a MicroCheck (or its as_dict()) did not pass, on one line; None if it passed."""
+    get = result.get if isinstance(result, dict) else lambda k: getattr(result, k)
+    if get("ok"):
+        return None
+    reason = get("error") or f"ops TFLite Micro lacks: {', '.join(get('unsupported_ops'))}"
+    return " ".join(str(reason).split())
+
+
 def _exit_reason(returncode):
     if returncode < 0:
         with contextlib.suppress(ValueError):
@@ -182,18 +191,24 @@ def _tail(text, lines=5):
 # --- inside the child process -----------------------------------------------------------
 
 @contextlib.contextmanager
-def _fd2_captured():
-    """Collect what C++ writes to file descriptor 2 inside the block (a list, filled on exit)."""
+def captured_output(fds=(2,)):
+    """Collect what native code writes to the file descriptors `fds` inside the block (a list of
+    non-blank lines, filled on exit, also when the block raises); the descriptors are restored."""
     lines = []
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(fd) for fd in fds]
     with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
+        for fd in fds:
+            os.dup2(log.fileno(), fd)
         try:
             yield lines
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip(fds, saved):
+                os.dup2(copy, fd)
+                os.close(copy)
             log.seek(0)
             lines.extend(line for line in log.read().decode(errors="replace").splitlines() if line.strip())
 
@@ -202,7 +217,7 @@ def _attempt(model, arena_bytes, sample):
     """(error or None, TFLM log) for building an interpreter with this arena and running one sample."""
     from tflite_micro import runtime
 
-    with _fd2_captured() as log:
+    with captured_output() as log:
         try:
             interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena_bytes)
             interpreter.set_input(sample, 0)
@@ -233,7 +248,7 @@ def child_main(work_dir):
     if task["mode"] == "probe":
         result["error"], result["log"] = _attempt(model, arena, x[:1])
     else:
-        with _fd2_captured() as log:
+        with captured_output() as log:
             try:
                 interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena)
                 outputs = []

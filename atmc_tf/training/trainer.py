@@ -45,6 +45,11 @@ def _in_cross_replica(fn):
     return context.merge_call(fn)
 
 
+def _update(strategy, variable, value):
+    """variable <- value on every replica (cross-replica context), as Keras' optimizer writes."""
+    strategy.extended.update(variable.value, lambda v, t: v.assign(t), args=(value,), group=False)
+
+
 def _as_loss(loss):
     """compile(loss=...) as a callable (y, logits, sample_weight) -> weighted mean."""
     if loss is None:
@@ -258,9 +263,7 @@ class ATMCTrainer(keras.Model):
     # --- enforcing the constraints (cross-replica) ------------------------------
     def assign_state(self, variable, value):
         """Assign a state variable (a constraint's or a term's) on every replica; any context."""
-        def assign(strategy):
-            strategy.extended.update(variable.value, lambda v, t: v.assign(t), args=(value,), group=False)
-        _in_cross_replica(assign)
+        _in_cross_replica(lambda strategy: _update(strategy, variable, value))
 
     def enforce_constraints(self):
         """Project onto every constraint set once (after an optimizer step); any context."""
@@ -269,7 +272,7 @@ class ATMCTrainer(keras.Model):
 
     def _enforce_cross_replica(self, strategy):
         def assign(variable, value):
-            strategy.extended.update(variable.value, lambda v, t: v.assign(t), args=(value,), group=False)
+            _update(strategy, variable, value)
 
         step = self._constraint_steps.value + 1
         assign(self._constraint_steps, step)

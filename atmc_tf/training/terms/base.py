@@ -58,14 +58,14 @@ class LossTerm(Component):
         return []
 
     def prepare(self, ctx):
-        pass
+        """Before the gradient tape: craft inputs (ctx.inputs) the term's loss needs."""
 
     def loss(self, ctx):
         """The weighted contribution to the training loss (inside the tape), or None."""
         return None
 
     def after_step(self, ctx):
-        pass
+        """After the optimizer step and the projections: update state (ctx.assign), track metrics."""
 
     def evaluate(self, ctx):
         """The weighted contribution to the evaluation loss (test_step), or None."""
