@@ -12,14 +12,18 @@ workdir): one line on stderr, exit 2, nothing in --workdir written or deleted.
 Everything that can be checked without TensorFlow is checked before importing it.
 
 Exit codes: 0 done; 1 the TFLite Micro check failed; 2 bad input (also: another run holds
-the --workdir); 3 the loss became NaN/Inf; 4 the compressed model collapsed
+the --workdir; a full disk or an unwritable output, after which the same command resumes);
+3 the loss became NaN/Inf; 4 the compressed model collapsed
 (--allow_collapse accepts it); 130 / 143 stopped by SIGINT / SIGTERM (one line; run the
 same command again to resume). With 1 and 4 the report is written first and the error
 line says why.
 """
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 import zipfile
@@ -198,7 +202,7 @@ def check_claim(cfg):
             raise ValueError("not a JSON object")
     except (OSError, ValueError):
         fail(f"{file} is unreadable or corrupt; delete it or use a new --workdir")
-    theirs = {k: v for k, v in theirs.items() if k not in RERUN_SAFE}
+    theirs = {k: v for k, v in theirs.items() if k not in RERUN_SAFE and k != "data_sha256"}  # see check_data
     diff = config_diff(mine, theirs)
     if diff:
         names = ["model_file (another model)" if k == "model_file_sha256" else k for k in diff]
@@ -206,13 +210,74 @@ def check_claim(cfg):
              "use a new --workdir or the same flags to resume")
 
 
-def claim_workdir(cfg):
-    """Record the flags in <workdir>/config.json; refuse a workdir made with other flags."""
-    from atmc_tf.export import atomic
-    check_claim(cfg)
+# The longest name a run writes below --workdir, with room: tensorboard/<stage>/validation/events.out.tfevents.
+# <time>.<host>.<pid>.<n>.v2, or <stage>/backup/.previous.weights.h5.<random>.tmp.weights.h5.
+_LONGEST_OUTPUT = 240
+
+
+def output_dirs(cfg):
+    """Every folder a run writes into, below --workdir."""
+    dirs = [cfg.workdir, os.path.join(cfg.workdir, "export")]
+    for name in cfg.stage_names():
+        dirs += [os.path.join(cfg.workdir, name), os.path.join(cfg.workdir, name, "backup")]
+        if cfg.tensorboard:
+            dirs.append(os.path.join(cfg.workdir, "tensorboard", name))
+    return dirs
+
+
+def check_outputs(cfg):
+    """Every output path usable before any work is done (not after an hour of training): no path too
+    long for the file system, and every output folder that exists already is a folder this process
+    can write in (a probe file is created and removed: it also catches read-only mounts, which
+    permission bits do not show to root)."""
+    workdir = os.path.abspath(cfg.workdir)
+    try:
+        limit = os.pathconf(workdir, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        limit = 4096
+    if len(workdir) + _LONGEST_OUTPUT > limit:
+        fail(f"--workdir is {len(workdir)} characters long; the files a run writes under it would pass the "
+             f"system's {limit}-character path limit: use a --workdir shorter than {limit - _LONGEST_OUTPUT} "
+             "characters")
+    for d in output_dirs(cfg):
+        if not os.path.lexists(d):
+            continue
+        if not os.path.isdir(d):
+            fail(f"{d} is in the way: the run writes a folder there; move or delete that file, or use a new --workdir")
+        probe = os.path.join(d, f".write_probe_{os.getpid()}")
+        try:
+            with open(probe, "w") as fh:
+                fh.write("ok")
+            os.remove(probe)
+        except OSError as err:
+            fail(f"{d} is not writable ({err.strerror}); the run writes its results there: make it writable, "
+                 "or use a new --workdir")
+
+
+def check_data(cfg, data):
+    """Refuse a workdir whose run was trained on other data than --dataset/--data_dir give now
+    (a data file replaced between runs): config.json records the data's fingerprint."""
     file = os.path.join(cfg.workdir, "config.json")
     if not os.path.exists(file):
-        atomic.write_json_atomic(file, _recorded_config(cfg))
+        return
+    with open(file) as fh:
+        recorded = json.load(fh).get("data_sha256")  # check_claim read it already: a JSON object
+    if recorded is not None and recorded != data.fingerprint():
+        where = f" in --data_dir={cfg.data_dir}" if cfg.data_dir else ""
+        fail(f"--workdir={cfg.workdir} was trained on other data: the --dataset={cfg.dataset} files{where} changed "
+             "since that run started (their fingerprint differs); use a new --workdir, or restore the files "
+             "the run started with to resume it")
+
+
+def claim_workdir(cfg, data):
+    """Record the flags and the data's fingerprint in <workdir>/config.json; refuse a workdir made
+    with other flags or other data."""
+    from atmc_tf.export import atomic
+    check_claim(cfg)
+    check_data(cfg, data)
+    file = os.path.join(cfg.workdir, "config.json")
+    if not os.path.exists(file):
+        atomic.write_json_atomic(file, {**_recorded_config(cfg), "data_sha256": data.fingerprint()})
 
 
 # --- files checked before TensorFlow is imported ------------------------------------------
@@ -238,24 +303,6 @@ def keras_archive_problem(file):
         if not isinstance(config, dict):
             return "its config.json is not a JSON object"
     except Exception as err:  # noqa: BLE001 -- zipfile raises many types on damaged input
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-def h5_problem(file):
-    """Why `file` is not a readable HDF5 file (every dataset read back), or None."""
-    import h5py  # no TensorFlow; ~0.1 s
-
-    def read(_, obj):
-        if isinstance(obj, h5py.Dataset):
-            obj[()]
-
-    try:
-        if os.path.getsize(file) == 0:
-            return "empty file"
-        with h5py.File(file, "r") as fh:
-            fh.visititems(read)
-    except Exception as err:  # noqa: BLE001 -- h5py raises OSError, KeyError, ValueError, ...
         return f"{type(err).__name__}: {err}"
     return None
 
@@ -294,43 +341,15 @@ def check_resume_files(cfg):
                 fail(f"{result} is corrupt ({problem}); {retrain}")
             continue
         backup = os.path.join(d, "backup")
-        restart = (f"delete {backup}{os.sep} to restart stage {name} from its first epoch, "
-                   "or use a new --workdir")
-        weights = os.path.join(backup, "latest.weights.h5")
-        meta = os.path.join(backup, "training_metadata.json")
-        problem = checkpoint_problem(weights, meta)
-        if problem is None:
-            continue
-        # A kill while Keras wrote the epoch checkpoint: BackupAndRestore(double_checkpoint=True)
-        # kept the previous epoch's state as *.bkp; resume from it rather than lose the stage.
-        if os.path.exists(weights + ".bkp") and checkpoint_problem(weights + ".bkp", meta + ".bkp") is None:
-            from atmc_tf.export import atomic
-            logging.warning("%s: the latest epoch checkpoint is damaged (%s); resuming from the "
-                            "previous epoch's checkpoint", backup, problem)
-            for f in (weights, meta):
-                if os.path.exists(f + ".bkp"):
-                    with open(f + ".bkp", "rb") as fh:
-                        atomic.write_bytes_atomic(f, fh.read())
-            continue
-        fail(f"{problem}; {restart}")
-
-
-def checkpoint_problem(weights, meta):
-    """What is wrong with a BackupAndRestore checkpoint (weights .h5 + metadata json), or None."""
-    if os.path.exists(weights):
-        problem = h5_problem(weights)
-        if problem:
-            return f"{weights} (epoch checkpoint) is truncated or corrupt ({problem})"
-    if os.path.exists(meta):
-        problem = json_problem(meta, required=("epoch",))
-        if problem is None:
-            with open(meta) as fh:
-                epoch = json.load(fh)["epoch"]
-            if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
-                problem = f"epoch is {epoch!r}, expected a count >= 0"
-        if problem:
-            return f"{meta} (epoch checkpoint) is corrupt ({problem})"
-    return None
+        from atmc_tf.checkpoint_files import CheckpointError, find_checkpoint, is_previous
+        try:
+            found = find_checkpoint(backup)
+        except CheckpointError as err:
+            fail(f"{err}; delete {backup}{os.sep} to restart stage {name} from its first epoch, "
+                 "or use a new --workdir")
+        if found and is_previous(found[0]):
+            logging.warning("%s: the latest epoch checkpoint is incomplete; resuming from the previous epoch's "
+                            "checkpoint (epoch %d)", backup, found[1]["epoch"])
 
 
 def check_model_file(path):
@@ -384,6 +403,20 @@ def hold_workdir(workdir):
     _LOCK.append(fd)
 
 
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
+
+
+def write_error_line(err):
+    """One line for an OSError while writing an output: which file, why, what to do."""
+    where = f" {err.filename}" if err.filename else ""
+    free = ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename:
+        with contextlib.suppress(OSError):
+            free = f" ({shutil.disk_usage(os.path.dirname(os.path.abspath(err.filename))).free / 1e6:.1f} MB free there)"
+    return (f"could not write{where}: {err.strerror}{free}; finished stages and the last finished epoch are kept: "
+            "fix that (free space, permissions) and run the same command again to resume")
+
+
 class Stopped(BaseException):
     """SIGTERM: stop where the run is, as SIGINT does (KeyboardInterrupt)."""
 
@@ -418,6 +451,7 @@ def main_body(argv):
     if cfg.strategy == "multiworker" and "TF_CONFIG" not in os.environ:
         fail("--strategy=multiworker needs TF_CONFIG in the environment of every worker "
              "(see README, 'Several machines')")
+    check_outputs(cfg)
     check_workdir(cfg.workdir)
     check_claim(cfg)
     check_resume_files(cfg)
@@ -426,6 +460,7 @@ def main_body(argv):
         data = load_data(cfg)
     except DataError as err:
         fail(data_error_line(err, cfg.dataset, cfg.data_dir))
+    check_data(cfg, data)
     if cfg.model_file is not None:
         from pipelines import stages  # imports TensorFlow
         try:
@@ -434,15 +469,27 @@ def main_body(argv):
         except UsageError as err:
             fail(str(err))
     hold_workdir(cfg.workdir)
-    claim_workdir(cfg)
+    claim_workdir(cfg, data)
     with console.quiet_native(cfg.verbose):  # TensorFlow's C++ start-up lines (see start_tensorflow)
         from atmc_tf.training import TrainingDivergedError
+        from atmc_tf.training.checkpoint import CheckpointWriteError
     try:
         r = run(cfg, data)
     except (DataError, UsageError) as err:
         fail(str(err))
+    except CheckpointWriteError as err:
+        fail(str(err))
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        fail(write_error_line(err))
     except TrainingDivergedError as err:
-        sys.stderr.write(f"error: {err}\n")
+        # A run keeps the flags it started with (config.json), so the rerun the library's message asks
+        # for needs a new --workdir.
+        what = str(err).split(";")[0]
+        sys.stderr.write(f"error: {what}; the finished stages and epochs are kept; lower the learning rate "
+                         "(--lr, or --da_lr for dense training) or --rho and run again with a new --workdir "
+                         f"(--workdir={cfg.workdir} keeps the flags it started with)\n")
         sys.exit(3)
     s = r["summary"]
     report_md = os.path.join(cfg.workdir, "report.md")

@@ -2,14 +2,12 @@
 
 Every stage writes its outputs under cfg.workdir and, when started again with
 the same flags, returns the saved result instead of redoing the work. Training
-stages checkpoint every epoch (Keras BackupAndRestore) so a killed run resumes
-mid-stage; finished stages save a .keras model and a result.json, atomically.
+stages checkpoint every epoch (atmc_tf.training.checkpoint.ResumableCheckpoint) so a
+killed run resumes mid-stage, exactly where an uninterrupted run would be; finished
+stages save a .keras model and a result.json, atomically, and only then drop the checkpoint.
 """
-import contextlib
 import json
 import os
-import shutil
-import time
 
 import keras
 from absl import logging
@@ -21,8 +19,11 @@ from atmc_tf.export import atomic
 from atmc_tf.export.atomic import write_json_atomic as write_json
 from atmc_tf.layers import UnsupportedLayerError, strip_model, wrap_model
 from atmc_tf.models import build_model
+from atmc_tf.checkpoint_files import find_checkpoint
 from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_count, method_config, model_size,
                               wrap_for_method)
+from atmc_tf.training.checkpoint import ResumableCheckpoint
+from atmc_tf.training.data_order import resumable_batches
 from pipelines import console, faults, methods_table
 from pipelines.flags_def import UsageError
 
@@ -124,59 +125,44 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
         trainer.compile(optimizer=make_optimizer(cfg, lr))
     logging.info("stage %s: method=%s epochs=%d budget=%s bits=%s", name, method, epochs,
                  config.nnz_budget, config.bits)
-    t0 = time.time()
-    history = {}
-    earlier = 0.0  # seconds of the epochs finished before an interruption
-    backup_dir, clock_file = os.path.join(d, "backup"), os.path.join(d, "elapsed.json")
+    history, seconds = {}, 0.0
+    backup_dir = os.path.join(d, "backup")
+    checkpoint = None
     if epochs > 0:
-        # double_checkpoint: a kill while Keras writes the epoch checkpoint leaves the
-        # previous epoch's copy (*.bkp) to resume from.
-        clock = EpochClock(clock_file, resuming=os.path.isdir(backup_dir))
-        earlier = clock.earlier
-        backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
-        callbacks = [backup, clock, faults.KillAt(name)]
+        # Every epoch is checkpointed atomically (ResumableCheckpoint); the batches of epoch e
+        # are a function of (seed, e) and the attack's random starts of (seed, step), so a run
+        # resumed from the checkpoint trains exactly as an uninterrupted one would have.
+        checkpoint = ResumableCheckpoint(backup_dir)
+        found = find_checkpoint(backup_dir)  # intact: check_resume_files ran at start-up
+        first_epoch = found[1]["epoch"] if found else 0
+        batches, steps = resumable_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, first_epoch)
+        callbacks = [checkpoint, faults.KillAt(name)]
         if console.epoch_lines(cfg.verbose):
             callbacks.append(console.epoch_line(name, epochs))
         if cfg.tensorboard:
             # Epoch curves only: no graph, no profiler, nothing that changes what is trained.
             callbacks.append(keras.callbacks.TensorBoard(path(cfg, "tensorboard", name), write_graph=False,
                                                          profile_batch=0, update_freq="epoch"))
-        hist = trainer.fit(data.x_train, data.y_train, epochs=epochs, batch_size=cfg.batch_size,
-                           validation_data=(data.x_val, data.y_val), callbacks=callbacks,
-                           verbose=console.fit_verbosity(cfg.verbose))
-        history = {k: [float(x) for x in v] for k, v in hist.history.items()}
+        trainer.fit(batches, steps_per_epoch=steps, epochs=epochs, shuffle=False,
+                    validation_data=(data.x_val, data.y_val), callbacks=callbacks,
+                    verbose=console.fit_verbosity(cfg.verbose))
+        history, seconds = checkpoint.history, checkpoint.seconds
     else:
         trainer.prepare_constraints()
         trainer.finalize()
-    # "seconds": training wall time summed over every run of the stage (an interrupted
-    # run counts up to its last finished epoch; the epoch cut short is redone).
-    result = {"stage": name, "method": method, "epochs": epochs, "seconds": earlier + time.time() - t0,
+    # "seconds": training wall time of the finished epochs summed over every run of the stage
+    # (the epoch a kill cut short is redone and not counted); "history": every epoch's logs.
+    result = {"stage": name, "method": method, "epochs": epochs, "seconds": seconds,
               "history": history, "constraints": trainer.constraint_report()}
+    faults.point(f"{name}:save")
     with atomic.atomic_path(model_file, ".tmp.keras") as tmp:
         net.save(tmp)
+    faults.point(f"{name}:saved")
     write_json(result_file, result)
-    shutil.rmtree(backup_dir, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(clock_file)
+    # Only now, with the result saved, is the checkpoint no longer needed.
+    if checkpoint is not None:
+        checkpoint.delete()
     return strip_model(net), net, result
-
-
-class EpochClock(keras.callbacks.Callback):
-    """Training seconds of the finished epochs, persisted next to the epoch checkpoint so
-    that a resumed stage reports the wall time of all its runs, not only of the last one."""
-
-    def __init__(self, file, resuming):
-        super().__init__()
-        self.file, self.earlier = file, 0.0
-        if resuming:
-            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-                self.earlier = float(read_json(file)["seconds"])
-
-    def on_train_begin(self, logs=None):
-        self.t0 = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        write_json(self.file, {"seconds": self.earlier + time.time() - self.t0, "epochs_done": epoch + 1})
 
 
 def load_user_model(file):

@@ -33,3 +33,24 @@ def test_the_readme_library_example_runs_as_written(tmp_path):
     load = subprocess.run([sys.executable, "-c", "import atmc_tf, keras; keras.saving.load_model('atmc.keras')"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert load.returncode == 0, load.stderr[-2000:]
+
+
+def test_the_readme_resumable_training_snippet_runs(tmp_path, monkeypatch, digits):
+    """The 'Resumable training in your own script' snippet, run on a small trainer (2 epochs, not 30),
+    twice: the second run finds the deleted checkpoint gone and starts afresh, as a new run would."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text[text.index("Resumable training in your own script"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "epochs=30" in code
+    import keras
+
+    import atmc_tf
+    from conftest import small_cnn
+    x, y = digits[0][:128], digits[1][:128]
+    net = atmc_tf.wrap_model(small_cnn())
+    trainer = atmc_tf.ATMCTrainer(net, atmc_tf.method_config("al0", attack=atmc_tf.PGDConfig(eps=0.1, steps=1),
+                                                             nnz_budget=3000))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05))
+    monkeypatch.chdir(tmp_path)
+    exec(code.replace("epochs=30", "epochs=2"), {"x": x, "y": y, "trainer": trainer, "net": net})
+    assert (tmp_path / "net.keras").exists() and not (tmp_path / "ckpt").exists()

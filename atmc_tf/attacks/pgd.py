@@ -47,10 +47,13 @@ class PGDConfig:
     def alpha(self):
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
-    def attack(self, model_fn, x, y):
+    def attack(self, model_fn, x, y, seed=None):
+        """x_adv for (x, y); seed: a stateless seed (shape [2] integer tensor) makes the random
+        start a function of it alone (a training step passes one derived from its step count,
+        so a resumed run draws the same starts as an uninterrupted one); None: TF's global RNG."""
         return pgd(model_fn, x, y, eps=self.eps, step_size=self.alpha, steps=self.steps,
                    norm=self.norm, rand_init=self.rand_init, restarts=self.restarts,
-                   clip_min=self.clip_min, clip_max=self.clip_max)
+                   clip_min=self.clip_min, clip_max=self.clip_max, seed=seed)
 
 
 def _xent(y, logits):
@@ -69,22 +72,30 @@ def _project(delta, eps, norm):
     return delta * tf.minimum(1.0, eps / tf.maximum(_norm2(delta), 1e-12))
 
 
-def _random_start(x, eps, norm):
+def _random_start(x, eps, norm, seed=None):
+    """A uniform point of the eps-ball around 0 per example; from TF's global RNG, or a
+    function of `seed` alone (stateless) when one is given."""
+    if seed is None:
+        uniform, normal = tf.random.uniform, tf.random.normal
+    else:
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+        uniform = lambda shape, *a, **k: tf.random.stateless_uniform(shape, seeds[0], *a, **k)  # noqa: E731
+        normal = lambda shape, **k: tf.random.stateless_normal(shape, seeds[1], **k)  # noqa: E731
     if norm == "inf":
-        return tf.random.uniform(tf.shape(x), -eps, eps, dtype=x.dtype)
-    direction = tf.random.normal(tf.shape(x), dtype=x.dtype)
+        return uniform(tf.shape(x), -eps, eps, dtype=x.dtype)
+    direction = normal(tf.shape(x), dtype=x.dtype)
     direction /= tf.maximum(_norm2(direction), 1e-12)
-    radius = tf.random.uniform(tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0),
-                               dtype=x.dtype)
+    radius = uniform(tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0), dtype=x.dtype)
     return direction * radius * eps
 
 
 def pgd(model_fn, x, y, eps, step_size=None, steps=10, norm="inf", rand_init=True,
-        clip_min=0.0, clip_max=1.0, restarts=1, loss_fn=None):
+        clip_min=0.0, clip_max=1.0, restarts=1, loss_fn=None, seed=None):
     """Untargeted PGD maximising loss_fn(y, model_fn(x_adv)) (per-example losses).
 
     Returns x_adv with ||x_adv - x|| <= eps (in `norm`) and clip_min <= x_adv <= clip_max,
-    gradient-stopped. loss_fn defaults to softmax cross-entropy on logits.
+    gradient-stopped. loss_fn defaults to softmax cross-entropy on logits. seed (shape [2]
+    integers) makes the random starts stateless: the same seed, the same starts.
     """
     norm = "inf" if norm in (np.inf, "inf", "linf") else str(norm)
     if norm not in NORMS:
@@ -109,8 +120,10 @@ def pgd(model_fn, x, y, eps, step_size=None, steps=10, norm="inf", rand_init=Tru
         return i + 1, tf.clip_by_value(x_adv, clip_min, clip_max)
 
     best, best_loss = x, None
-    for _ in range(int(restarts)):
-        start = x + _random_start(x, eps_t, norm) if rand_init else x
+    for r in range(int(restarts)):
+        restart_seed = None if seed is None else tf.random.experimental.stateless_fold_in(
+            tf.cast(seed, tf.int64), r)
+        start = x + _random_start(x, eps_t, norm, restart_seed) if rand_init else x
         start = tf.clip_by_value(start, clip_min, clip_max)
         _, x_adv = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), start))
         x_adv = tf.stop_gradient(x_adv)

@@ -6,6 +6,7 @@ comes from Debian's `dataset-fashion-mnist` package (or any folder holding the
 original IDX files); MNIST from a Keras `mnist.npz` copied in by hand.
 """
 import dataclasses
+import hashlib
 import gzip
 import os
 import zlib
@@ -42,6 +43,15 @@ class Dataset:
     name: str
     num_classes: int
     input_shape: tuple
+
+    def fingerprint(self):
+        """SHA-256 over every split's arrays (dtype, shape, bytes): equal exactly when the data are."""
+        digest = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
+            a = np.ascontiguousarray(a)
+            digest.update(f"{a.dtype.str}{a.shape}".encode())
+            digest.update(a.tobytes())
+        return digest.hexdigest()
 
     def summary(self):
         return {"name": self.name, "num_classes": self.num_classes,

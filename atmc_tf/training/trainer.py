@@ -22,6 +22,7 @@ every replica receives the same projected value.
 import contextlib
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from atmc_tf import compat
@@ -95,7 +96,7 @@ class ATMCTrainer(keras.Model):
     .save("x.keras"); the trainer also round-trips through get_config.
     """
 
-    def __init__(self, net, config=None, terms=None, constraints=None, **kwargs):
+    def __init__(self, net, config=None, terms=None, constraints=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(config, dict):
             config = ATMCConfig.from_dict(config)
@@ -119,6 +120,14 @@ class ATMCTrainer(keras.Model):
         # 1 once the constraints were set up, so resuming from a checkpoint never redoes it.
         self._constraints_ready = self.add_weight(name="constraints_ready", shape=(), dtype="int32",
                                                   initializer="zeros", trainable=False)
+        # The base of every training step's stateless seed (StepContext.seed): drawn from NumPy's
+        # global RNG (keras.utils.set_random_seed fixes it) unless given, and checkpointed, so the
+        # attack's random starts of a resumed run are those of an uninterrupted one.
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+        self._seed = int(seed)
+        self._rng_seed = self.add_weight(name="rng_seed", shape=(), dtype="int64",
+                                         initializer=keras.initializers.Constant(self._seed), trainable=False)
         # Steps of constraint enforcement (ADMM's update interval counts these).
         self._constraint_steps = self.add_weight(name="constraint_steps", shape=(), dtype="int64",
                                                  initializer="zeros", trainable=False)
@@ -173,7 +182,7 @@ class ATMCTrainer(keras.Model):
         return out + list(self._constraint_trackers.values())
 
     def get_config(self):
-        config = {**super().get_config(), "net": keras.saving.serialize_keras_object(self.net)}
+        config = {**super().get_config(), "net": keras.saving.serialize_keras_object(self.net), "seed": self._seed}
         if self.config is not None:
             return {**config, "config": self.config.to_dict()}
         return {**config, "terms": [term_to_config(t) for t in self.terms],

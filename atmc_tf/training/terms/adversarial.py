@@ -18,7 +18,8 @@ class AdversarialLoss(PredictionLoss):
         self.attack, self.weight, self.bn_training = attack, float(weight), bool(bn_training)
 
     def prepare(self, ctx):
-        ctx.inputs["adv"] = self.attack.attack(lambda z: ctx.net(z, training=self.bn_training), ctx.x, ctx.y)
+        ctx.inputs["adv"] = self.attack.attack(lambda z: ctx.net(z, training=self.bn_training), ctx.x, ctx.y,
+                                               seed=ctx.seed(1))
 
     def loss(self, ctx):
         logits = ctx.net(ctx.inputs["adv"], training=True)
@@ -30,7 +31,7 @@ class AdversarialLoss(PredictionLoss):
         self.track(ctx)
 
     def evaluate(self, ctx):
-        x_adv = self.attack.attack(lambda z: ctx.net(z, training=False), ctx.x, ctx.y)
+        x_adv = self.attack.attack(lambda z: ctx.net(z, training=False), ctx.x, ctx.y, seed=ctx.seed(2))
         logits = ctx.net(x_adv, training=False)
         ctx.record("adv", logits, ctx.loss_fn(logits))
         self.track(ctx)

@@ -34,6 +34,17 @@ class StepContext:
         self.inputs = {"clean": x}
         self.logits, self.losses = {}, {}
 
+    def seed(self, salt=0):
+        """A stateless seed (shape [2] int64) for this step's randomness: a function of the
+        trainer's checkpointed seed, the optimizer's step count, the replica and `salt` (one per
+        use) alone, so a resumed run draws what an uninterrupted one would have drawn."""
+        trainer = self.trainer
+        step = tf.cast(trainer.optimizer.iterations, tf.int64)
+        base = tf.stack([tf.cast(trainer._rng_seed, tf.int64), step])
+        replica = tf.distribute.get_replica_context()
+        replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+        return tf.random.experimental.stateless_fold_in(base, tf.cast(replica_id, tf.int64) * 1000 + salt)
+
     def loss_fn(self, logits, sample_weight=None):
         """The compiled loss (compile(loss=...); default softmax cross-entropy on logits), in float32."""
         return self.trainer.compute_term_loss(self.y, tf.cast(logits, tf.float32), sample_weight)
