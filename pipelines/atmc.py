@@ -307,6 +307,35 @@ def keras_archive_problem(file):
     return None
 
 
+def custom_classes(config):
+    """The layers of a .keras config.json (a dict) whose class is not Keras' own: one
+    "layer 'name' of class Cls (registered as 'pkg>Cls')" per layer, nested models included.
+    The pipeline never imports the user's code, so it cannot load them. Classes atmc_tf registers load."""
+    found = []
+
+    def visit(obj, layer_name=None):
+        if isinstance(obj, dict):
+            registered = obj.get("registered_name")
+            is_object = "class_name" in obj and "config" in obj
+            module = obj.get("module")
+            if is_object and isinstance(registered, str) and not registered.startswith("atmc_tf>") \
+                    and (not isinstance(module, str) or module.split(".")[0] != "keras"):
+                name = obj.get("name") or (obj["config"].get("name") if isinstance(obj["config"], dict) else None)
+                what = f"layer '{name}' of class" if name else f"layer '{layer_name}' uses"
+                how = f" (registered as '{registered}')" if ">" in registered else " (not registered)"
+                found.append(f"{what} {obj['class_name']}{how}")
+                return
+            name = obj.get("name") if is_object else None
+            for value in obj.values():
+                visit(value, name or layer_name)
+        elif isinstance(obj, list):
+            for value in obj:
+                visit(value, layer_name)
+
+    visit(config)
+    return found
+
+
 def json_problem(file, required=()):
     """Why `file` is not a JSON object holding the `required` keys, or None."""
     try:
@@ -365,6 +394,12 @@ def check_model_file(path):
     if problem:
         fail(f"--model_file={path} is truncated or corrupt ({problem}); save the model again with "
              "model.save('name.keras')")
+    with zipfile.ZipFile(path) as zf:
+        custom = custom_classes(json.loads(zf.read("config.json")))
+    if custom:
+        fail(f"--model_file={path}: {'; '.join(custom)}: the pipeline loads only Keras' built-in layers (it never "
+             "imports your code), and ATMC compresses Dense, Conv2D and DepthwiseConv2D; rebuild the model "
+             "with built-in layers, or compress it with the atmc_tf library in your own program")
 
 
 def data_error_line(err, dataset, data_dir):

@@ -12,7 +12,8 @@ child process so a bad model cannot crash this one). Prints a JSON summary on st
 
 Exit codes: 0 every check passed; 1 the checks ran and TFLite Micro failed (the JSON
 says why); 2 bad input (flags, a .tflite that is missing, empty or does not parse, a
-model that does not fit the data set, missing data): one line on stderr, nothing written.
+float or dynamic-range model rather than full-integer int8, a model that does not fit the
+data set, missing data): one line on stderr, nothing written.
 TensorFlow is never imported (LiteRT and TFLite Micro only).
 """
 import hashlib
@@ -54,7 +55,7 @@ def parse_flags(argv):
 
 def read_tflite(path):
     """The file's bytes, parsed once; exits 2 with one line if they are not a usable .tflite."""
-    from atmc_tf.export import parse_check
+    from atmc_tf.export import int8_problem
     if not os.path.exists(path):
         fail(f"--tflite={path}: no such file")
     if os.path.isdir(path):
@@ -67,9 +68,14 @@ def read_tflite(path):
     if not data:
         fail(f"--tflite={path} is empty (0 bytes); export the model again")
     try:
-        parse_check(data)
+        problem = int8_problem(data)
     except ValueError as err:
         fail(f"--tflite={path}: {err}; export the model again")
+    if problem:
+        fail(f"--tflite={path} is {problem}; check_tflite checks full-integer int8 models: convert with "
+             "optimizations=[tf.lite.Optimize.DEFAULT], a representative_dataset, "
+             "target_spec.supported_ops=[tf.lite.OpsSet.TFLITE_BUILTINS_INT8] and "
+             "inference_input_type=inference_output_type=tf.int8 (as atmc_tf.to_int8_tflite does)")
     return data
 
 

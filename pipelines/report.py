@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from atmc_tf.export import atomic  # noqa: E402
+from atmc_tf.export.micro import failure_reason  # noqa: E402
 
 
 def save_png(fig, file):
@@ -126,6 +127,7 @@ def markdown(r):
         "## Microcontroller (TFLite Micro)",
         "",
         f"- passes: {mc['ok']}; ops: {', '.join(mc['ops'])}; unsupported: {mc['unsupported_ops'] or 'none'}",
+        *([f"- **failed: {failure_reason(mc)}**"] if not mc["ok"] else []),
         f"- smallest working arena: {mc['arena_bytes']} bytes; max |TFLM - LiteRT| = "
         f"{mc['max_abs_diff_vs_litert']} int8 step(s) over {mc['samples_checked']} images",
         "",

@@ -18,7 +18,7 @@ from atmc_tf.data import load_dataset
 from atmc_tf.export import atomic
 from atmc_tf.export.atomic import write_json_atomic as write_json
 from atmc_tf.layers import UnsupportedLayerError, strip_model, wrap_model
-from atmc_tf.models import build_model
+from atmc_tf.models import build_model, classifier_problem
 from atmc_tf.checkpoint_files import find_checkpoint
 from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_count, method_config, model_size,
                               wrap_for_method)
@@ -195,10 +195,9 @@ def check_user_model(model, data, file):
     if out_shape != (data.num_classes,):
         raise UsageError(f"{where} outputs shape {out_shape}, but --dataset={data.name} has {data.num_classes} "
                          f"classes; end the model with Dense({data.num_classes}) returning logits")
-    last = model.layers[-1] if model.layers else None
-    if isinstance(last, keras.layers.Softmax) or getattr(last, "activation", None) is keras.activations.softmax:
-        raise UsageError(f"{where}: the output layer '{last.name}' applies softmax; ATMC trains on logits, "
-                         "remove the softmax (e.g. Dense(units) without activation)")
+    problem = classifier_problem(model)
+    if problem:
+        raise UsageError(f"{where}: {problem}")
     try:
         wrap_model(model)
     except UnsupportedLayerError as err:

@@ -113,11 +113,23 @@ def _model(kind):
     h = i
     if kind == "separable":
         h = keras.layers.SeparableConv2D(4, 3, padding="same", name="sep_conv")(h)
+    if kind == "rescaling":  # a second division by 255 of images the pipeline feeds in [0, 1]
+        h = keras.layers.Rescaling(1 / 255, name="scale")(h)
     h = keras.layers.Flatten()(h)
     if kind == "flatten_custom":
         h = keras.layers.Dense(16, name="hidden")(h)
+    if kind == "registered_custom":  # a user's registered layer: the pipeline never imports the user's code
+        @keras.saving.register_keras_serializable(package="my_package")
+        class Halve(keras.layers.Layer):
+            def call(self, x):
+                return x * 0.5
+
+        h = Halve(name="halve")(h)
     units = 5 if kind == "units5" else 10
-    o = keras.layers.Dense(units, activation="softmax" if kind == "softmax" else None, name="logits")(h)
+    activation = {"softmax": "softmax", "softmax_dropout": "softmax", "sigmoid": "sigmoid"}.get(kind)
+    o = keras.layers.Dense(units, activation=activation, name="logits")(h)
+    if kind == "softmax_dropout":
+        o = keras.layers.Dropout(0.2, name="drop")(o)
     return keras.Model(i, o)
 
 
@@ -136,7 +148,8 @@ def models(tmp_path_factory):
     """Model files made by Keras (in this process), plus broken variants made without it."""
     d = tmp_path_factory.mktemp("models")
     paths = {}
-    for kind in ("good", "separable", "input16", "units5", "softmax", "flatten_custom"):
+    for kind in ("good", "separable", "input16", "units5", "softmax", "flatten_custom", "softmax_dropout", "sigmoid",
+                 "rescaling", "registered_custom"):
         paths[kind] = d / f"{kind}.keras"
         _model(kind).save(paths[kind])
     marker = d / "lambda_ran"
@@ -186,6 +199,12 @@ MODEL_FILE_CASES = [  # (model, extra flags, needs Keras to find the problem, wh
     ("input16", [], True, ["input16.keras", "(16, 16, 1)", "(8, 8, 1)"]),
     ("units5", [], True, ["units5.keras", "(5,)", "10 classes"]),
     ("softmax", [], True, ["softmax.keras", "'logits'", "softmax", "logits"]),
+    ("softmax_dropout", [], True, ["softmax_dropout.keras", "'logits' (Dense)", "'drop' (Dropout)", "softmax",
+                                   "outputs logits"]),
+    ("sigmoid", [], True, ["sigmoid.keras", "'logits' (Dense)", "sigmoid", "outputs logits"]),
+    ("rescaling", [], True, ["rescaling.keras", "'scale' (Rescaling)", "[0, 1]", "remove the Rescaling layer"]),
+    ("registered_custom", [], False, ["registered_custom.keras", "'halve'", "Halve", "'my_package>Halve'",
+                                      "built-in layers"]),
 ]
 
 
@@ -449,3 +468,31 @@ def test_bad_tflite(tiny_run, tmp_path, case):
     assert_mentions(the_error_line(r), *mentions)
     assert snapshot(d) == before, "a refused check wrote files"
     assert not (tmp_path / "missing").exists()
+
+
+def _not_full_int8_tflite(kind):
+    """A tiny .tflite that TFLite Micro's int8 check does not apply to: float, or dynamic range."""
+    import keras
+    import tensorflow as tf
+    i = keras.Input((8, 8, 1))
+    o = keras.layers.Dense(10)(keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(i)))
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(i, o))
+    if kind == "dynamic_range":  # int8 weights, float activations: no representative data set
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert()
+
+
+@pytest.mark.parametrize("kind,words", [("float", ["a float model", "float32 activations"]),
+                                        ("dynamic_range", ["a dynamic-range quantized model", "int8 weights"])])
+def test_check_tflite_refuses_a_model_that_is_not_full_int8(tmp_path, kind, words):
+    """Not a TFLite Micro failure (exit 1) but bad input (exit 2): the line says what the file is and how to
+    convert it."""
+    d = tmp_path / "ship"
+    d.mkdir()
+    path = d / f"{kind}.tflite"
+    path.write_bytes(_not_full_int8_tflite(kind))
+    before = snapshot(d)
+    r = run_check_tflite(f"--tflite={path}", f"--json_out={d / 'summary.json'}")
+    assert_mentions(the_error_line(r), str(path), *words, "full-integer int8", "representative_dataset",
+                    "TFLITE_BUILTINS_INT8")
+    assert snapshot(d) == before, "a refused check wrote files"

@@ -83,3 +83,65 @@ def test_small_cnn_converts_to_int8_tflite_micro_ops():
     assert ops <= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "RESHAPE", "MEAN",
                    "AVERAGE_POOL_2D", "MAX_POOL_2D"}, ops
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= ops
+
+
+# --- classifier_problem: what a user's model must not do (issue 15) ------------------------------
+
+L = keras.layers
+
+
+def _functional(*layer_list):
+    i = keras.Input((8, 8, 1))
+    h = i
+    for layer in layer_list:
+        h = layer(h)
+    return keras.Model(i, h)
+
+
+PROBABILITY_OUTPUTS = {  # name: (model, what the line names)
+    "softmax_then_dropout": (lambda: _functional(L.Flatten(), L.Dense(10, activation="softmax", name="logits"),
+                                                 L.Dropout(0.2, name="drop")),
+                             ["'logits' (Dense)", "'drop' (Dropout)", "softmax", "activation='softmax'"]),
+    "softmax_then_identity_reshape_linear": (
+        lambda: _functional(L.Flatten(), L.Dense(10, activation="softmax", name="logits"), L.Identity(),
+                            L.Reshape((10,)), L.Activation("linear")),
+        ["'logits' (Dense)", "Identity", "Reshape", "Activation", "softmax"]),
+    "sigmoid": (lambda: _functional(L.Flatten(), L.Dense(10, activation="sigmoid", name="logits")),
+                ["the output layer 'logits' (Dense)", "sigmoid", "activation='sigmoid'"]),
+    "activation_softmax_layer": (lambda: _functional(L.Flatten(), L.Dense(10), L.Activation("softmax", name="probs")),
+                                 ["'probs' (Activation)", "softmax", "remove the layer 'probs'"]),
+    "activation_sigmoid_then_flatten": (
+        lambda: _functional(L.Flatten(), L.Dense(10), L.Activation("sigmoid", name="probs"), L.Flatten()),
+        ["'probs' (Activation)", "sigmoid", "remove the layer 'probs'"]),
+    "softmax_layer_sequential": (lambda: keras.Sequential([keras.Input((8, 8, 1)), L.Flatten(), L.Dense(10),
+                                                           L.Softmax(name="sm"), L.Dropout(0.5)]),
+                                 ["'sm' (Softmax)", "softmax", "remove the layer 'sm'"]),
+    "rescaling_1_255": (lambda: _functional(L.Rescaling(1 / 255, name="scale"), L.Flatten(), L.Dense(10)),
+                        ["'scale' (Rescaling)", "0.00392", "[0, 1]", "remove the Rescaling layer"]),
+    "rescaling_after_reshape_sequential": (
+        lambda: keras.Sequential([keras.Input((8, 8, 1)), L.Reshape((64,)), L.Rescaling(1 / 255, name="scale"),
+                                  L.Dense(10)]),
+        ["'scale' (Rescaling)", "remove the Rescaling layer"]),
+}
+
+
+@pytest.mark.parametrize("case", list(PROBABILITY_OUTPUTS))
+def test_classifier_problem_refuses_probabilities_and_a_second_rescaling(case):
+    from atmc_tf.models import classifier_problem
+    build, mentions = PROBABILITY_OUTPUTS[case]
+    problem = classifier_problem(build())
+    assert problem and "\n" not in problem, problem
+    for word in mentions + ["logits" if "rescaling" not in case else "train at chance"]:
+        assert word in problem, (word, problem)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: _functional(L.Flatten(), L.Dense(10)),
+    lambda: _functional(L.Rescaling(2.0, offset=-1.0), L.Flatten(), L.Dense(10)),  # [0, 1] -> [-1, 1]: fine
+    lambda: _functional(L.Flatten(), L.Dense(10, activation="softmax"), L.Dense(10)),  # softmax is not last
+    lambda: _functional(L.Flatten(), L.Dense(10), L.Dropout(0.1)),
+    *[lambda name=name: build_model(name, (8, 8, 1), 10) for name in sorted(MODELS)],
+], ids=["dense", "rescaling_2x", "hidden_softmax", "dropout_last", *sorted(MODELS)])
+def test_classifier_problem_accepts_logits_models(build):
+    from atmc_tf.models import classifier_problem
+    assert classifier_problem(build()) is None

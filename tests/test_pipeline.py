@@ -227,6 +227,27 @@ def test_a_budget_that_prunes_nothing_is_said(tmp_path):
     assert "nothing is pruned" in r.stderr and "lower --size_ratio" in r.stderr
 
 
+@pytest.mark.slow
+def test_a_tflite_micro_crash_fails_the_run_with_its_reason(tmp_path):
+    """TFLite Micro dying with SIGSEGV in its child (this build does, e.g. on a Dense(100000) model; simulated
+    here at every arena size the check tries first): everything is still written, the one error line and the
+    report both say why, and the exit code is 1 (the documented "TFLM failed"), never 0."""
+    from atmc_tf.export import micro
+    wd = tmp_path / "wd"
+    r = run_pipeline("--limit_train=200", "--limit_test=60", "--da_epochs=1", "--method=al0", "--al0_epochs=0",
+                     "--nnz_budget=10000000", "--pgd_steps=1", "--eval_pgd_steps=1", "--micro_samples=2",
+                     "--verbose=0", f"--workdir={wd}", extra_env={"ATMC_MICRO_CRASH_ARENAS": str(micro.ARENA_MAX)})
+    assert r.returncode == 1, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "TFLite Micro check failed" in errors[0], r.stderr[-3000:]
+    reason = micro.failure_reason(json.loads((wd / "report.json").read_text())["micro"])
+    assert "died with SIGSEGV" in reason and str(micro.ARENA_MAX) in reason and reason in errors[0]
+    assert reason in (wd / "report.md").read_text()
+    assert "TFLM FAILED" in r.stdout
+    for f in ("model_int8.tflite", "model_int8_batch1.tflite", "model_data.cc", "model_data.h"):
+        assert (wd / "export" / f).stat().st_size > 0
+
+
 def test_report_names_the_users_model():
     from pipelines.report import model_name
     assert model_name({"model": "small_cnn", "model_file": "/data/my_mobilenet.keras"}) == "my_mobilenet.keras"

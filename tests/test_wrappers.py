@@ -127,3 +127,69 @@ def test_export_of_a_never_constrained_wrapped_model_is_refused():
     x = np.random.default_rng(0).random((8, 8, 8, 1)).astype(np.float32)
     with pytest.raises(UnconstrainedModelError, match="never enforced"):
         to_int8_tflite(net, x)
+
+
+# --- custom (registered) layers are named with their class and registered name (issue 15) ---------
+
+@keras.saving.register_keras_serializable(package="atmc_tests")
+class _MyDense(keras.layers.Layer):
+    """A custom layer with a kernel: ATMC cannot compress it."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], self.units))
+
+    def call(self, x):
+        return x @ self.w
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="atmc_tests")
+class _Scale(keras.layers.Layer):
+    """Weight-free, but its get_config() forgets `factor`: it cannot be copied."""
+
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+    def get_config(self):
+        return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="atmc_tests")
+class _GainDense(keras.layers.Dense):
+    """A Dense with its own call(): a factorized wrapper would compute a plain Dense instead."""
+
+    def call(self, x):
+        return super().call(x) * 2.0
+
+
+@pytest.mark.parametrize("layer,factorization,words", [
+    (_MyDense(4, name="my_dense"), "none", ["cannot wrap", "'my_dense'", "_MyDense", "'atmc_tests>_MyDense'"]),
+    (_Scale(0.5, name="my_scale"), "none", ["cannot copy", "'my_scale'", "_Scale", "'atmc_tests>_Scale'",
+                                             "factor", "get_config"]),
+    (_GainDense(4, name="gain"), "lowrank", ["cannot factorize", "'gain'", "_GainDense",
+                                             "'atmc_tests>_GainDense'", "call()", "factorization='none'"]),
+], ids=["weights", "no_config", "own_call_factorized"])
+def test_custom_registered_layer_is_named_with_its_class(layer, factorization, words):
+    model = keras.Sequential([keras.Input((6,)), layer, keras.layers.Dense(3)])
+    with pytest.raises(UnsupportedLayerError) as err:
+        wrap_model(model, factorization=factorization, ranks=2)
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+    assert "\n" not in str(err.value)
+
+
+def test_custom_dense_subclass_wraps_unfactorized():
+    """factorization='none' runs the layer's own call(): nothing is bypassed, so it is accepted."""
+    model = keras.Sequential([keras.Input((6,)), _GainDense(4), keras.layers.Dense(3)])
+    x = np.ones((2, 6), np.float32)
+    np.testing.assert_allclose(wrap_model(model)(x).numpy(), model(x).numpy(), rtol=1e-6)

@@ -21,6 +21,7 @@ from atmc_tf.export.tflite import (
     c_header,
     c_source,
     gzip_size,
+    int8_problem,
     kernel_codes_match,
     op_names,
     parse_check,

@@ -91,13 +91,15 @@ def check_micro(tflite_bytes, x_int8_samples, litert_outputs_int8, timeout_s=DEF
         # every size) is not mistaken for one needing a bigger arena.
         first = _child(model, "probe", ARENA_MAX, x[:1], timeout_s)
         result.unsupported_ops = list(dict.fromkeys(_UNSUPPORTED_OP.findall("\n".join(first["log"]))))
-        if first["error"]:
-            raise _CheckFailed(f"{first['error']} even with a {ARENA_MAX}-byte arena "
-                               f"({_tail(chr(10).join(first['log']))})")
+        if first["error"]:  # a crash names its arena already
+            where = ", the largest tried" if first.get("crashed") else f" even with a {ARENA_MAX}-byte arena"
+            raise _CheckFailed(f"{first['error']}{where} ({_tail(chr(10).join(first['log']))})")
         result.arena_bytes = _smallest_arena(model, x[:1], timeout_s)
         child = _child(model, "run", result.arena_bytes, x, timeout_s)
         if child["error"]:
-            raise _CheckFailed(f"{child['error']} (running the samples with the {result.arena_bytes}-byte arena)")
+            raise _CheckFailed(f"{child['error']} while running the samples ({_tail(chr(10).join(child['log']))})"
+                               if child.get("crashed") else
+                               f"{child['error']} (running the samples with the {result.arena_bytes}-byte arena)")
         outputs = child["outputs"].reshape(len(x), -1).astype(np.int32)
         if outputs.shape[1] != expected[0].size:
             raise _CheckFailed(f"TFLM outputs have {outputs.shape[1]} values per sample, LiteRT's {expected[0].size}")
@@ -116,7 +118,7 @@ def check_micro(tflite_bytes, x_int8_samples, litert_outputs_int8, timeout_s=DEF
 def _child(model, mode, arena_bytes, x, timeout_s):
     """Run child_main in a fresh interpreter: mode "probe" (build an interpreter with this arena,
     run x[0]) or "run" (every sample of x). Returns {"error", "log", "outputs"}; a child that
-    crashes or hangs is an error, never an exception here."""
+    crashes or hangs is an error (with "crashed": True and its stderr as the log), never an exception here."""
     with tempfile.TemporaryDirectory() as work:
         with open(os.path.join(work, "model.tflite"), "wb") as f:
             f.write(model)
@@ -132,13 +134,13 @@ def _child(model, mode, arena_bytes, x, timeout_s):
         try:
             proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return {"error": f"TFLite Micro did not finish within {timeout_s} s (killed)", "log": [],
-                    "outputs": None}
+            return {"error": f"TFLite Micro did not finish within {timeout_s} s with a {arena_bytes}-byte arena "
+                             "(killed)", "log": [], "outputs": None, "crashed": True}
         result_file = os.path.join(work, "result.json")
         if proc.returncode != 0 or not os.path.exists(result_file):
             return {"error": f"TFLite Micro child process {_exit_reason(proc.returncode)} with a "
-                             f"{arena_bytes}-byte arena: {_tail(proc.stderr)}", "log": proc.stderr.splitlines(),
-                    "outputs": None}
+                             f"{arena_bytes}-byte arena", "log": proc.stderr.splitlines(), "outputs": None,
+                    "crashed": True}
         with open(result_file) as f:
             child = json.load(f)
         outputs_file = os.path.join(work, "outputs.npy")

@@ -151,6 +151,29 @@ def parse_check(tflite_bytes):
     return model
 
 
+def int8_problem(tflite_bytes):
+    """What keeps a .tflite from being a full-integer int8 model (int8 input, output and activations, as
+    TFLite Micro runs it), in a few words ("a float model (float32 activations)"); None if it is one.
+    ValueError if the bytes are not a .tflite."""
+    model = parse_check(tflite_bytes)
+    names = _enum_names("TensorType")
+    graph = model.subgraphs[0]
+    ends = set(graph.inputs) | set(graph.outputs)
+    inner = {names.get(graph.tensors[i].type, "?") for op in graph.operators for i in op.outputs if i not in ends}
+    every = {names.get(t.type, "?") for t in graph.tensors}
+    other = "/".join(sorted(t.lower() for t in inner - {"INT8", "INT32"}))
+    if other and all(t.startswith("FLOAT") for t in inner - {"INT8", "INT32"}):
+        if "INT8" in every:
+            return f"a dynamic-range quantized model (int8 weights, {other} activations)"
+        return f"a float model ({other} activations)"
+    if other:
+        return f"a model with {other} activations"
+    io = {names.get(graph.tensors[i].type, "?") for i in ends}
+    if io != {"INT8"}:
+        return f"an int8 model with {'/'.join(sorted(t.lower() for t in io - {'INT8'}))} input or output"
+    return None
+
+
 def _op_name(model, op):
     code = model.operatorCodes[op.opcodeIndex]
     # Codes above 127 live in builtinCode; older files only fill the deprecated field.

@@ -241,6 +241,26 @@ def atmc_wrappers(model):
     return found
 
 
+def _describe(layer):
+    """"layer 'name' of type Cls", with the name Cls is registered under for a custom class."""
+    cls = type(layer)
+    registered = keras.saving.get_registered_name(cls)
+    custom = "" if registered == cls.__name__ else f" (registered as '{registered}')"
+    return f"layer '{layer.name}' of type {cls.__name__}{custom}"
+
+
+def _check_factorizable(layer, factorization):
+    """A subclass of a supported layer, from outside Keras, with a call() of its own: a factorized
+    ATMCWrapper computes the plain Dense / Conv2D / DepthwiseConv2D instead (_forward), so refuse it."""
+    if factorization == "none" or not isinstance(layer, SUPPORTED_LAYERS):
+        return
+    base = next(c for c in SUPPORTED_LAYERS if isinstance(layer, c))
+    if type(layer).__module__.split(".")[0] != "keras" and type(layer).call is not base.call:
+        raise UnsupportedLayerError(
+            f"ATMC cannot factorize {_describe(layer)}: it subclasses {base.__name__} with a call() of its own, "
+            f"which factorization='{factorization}' would bypass; use factorization='none' or {base.__name__} itself")
+
+
 def _check_layer(layer):
     if isinstance(layer, (ATMCWrapper, keras.layers.InputLayer)):
         return
@@ -251,8 +271,20 @@ def _check_layer(layer):
     if isinstance(layer, SUPPORTED_LAYERS + PASS_THROUGH_LAYERS) or not layer.weights:
         return
     raise UnsupportedLayerError(
-        f"ATMC cannot wrap layer '{layer.name}' of type {type(layer).__name__}: supported are "
+        f"ATMC cannot wrap {_describe(layer)}: supported are "
         f"{_supported_names()} (weight-free layers and normalization layers pass through unchanged)")
+
+
+def _rebuilt(layer):
+    """A new layer from layer.get_config(); UnsupportedLayerError naming the layer if that fails."""
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except Exception as err:  # noqa: BLE001 -- a custom class's from_config may raise anything
+        text = (str(err).strip().splitlines() or [""])[-1].removeprefix("Exception encountered: ")
+        raise UnsupportedLayerError(
+            f"ATMC cannot copy {_describe(layer)}: {type(layer).__name__}.from_config(layer.get_config()) fails "
+            f"({type(err).__name__}: {text[:200]}); give the class a get_config() that returns every "
+            "argument of its __init__") from None
 
 
 def _clone(model, clone_function):
@@ -277,12 +309,13 @@ def wrap_model(model, factorization="none", ranks=None, sparse_correction=True, 
                       DeprecationWarning, stacklevel=2)
     for layer in model.layers:
         _check_layer(layer)
+        _check_factorizable(layer, factorization)
         if isinstance(layer, ATMCWrapper):
             raise ValueError(f"model '{model.name}' is already wrapped; call strip_model first")
     pairs = {}
 
     def clone(layer):
-        new = layer.__class__.from_config(layer.get_config())
+        new = _rebuilt(layer)
         if isinstance(layer, SUPPORTED_LAYERS):
             rank = ranks.get(layer.name) if isinstance(ranks, dict) else ranks
             new = ATMCWrapper(new, factorization=factorization, rank=rank,
