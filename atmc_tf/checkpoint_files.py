@@ -30,42 +30,55 @@ def sha256(path):
 
 
 def _metadata(path):
-    """The metadata dict at `path`, or None when it is missing, not JSON, or lacks a valid epoch."""
+    """(metadata dict, None) or (None, why it cannot be used) for the metadata file at `path`."""
     try:
         with open(path) as fh:
             meta = json.load(fh)
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as err:
+        return None, f"not readable JSON ({type(err).__name__})"
     if not isinstance(meta, dict):
-        return None
+        return None, f"a JSON {type(meta).__name__}, expected an object"
     epoch = meta.get("epoch")
     if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
-        return None
-    return meta
+        return None, f"epoch is {epoch!r}, expected a count >= 0"
+    if not isinstance(meta.get("weights_sha256"), str):
+        return None, "no weights_sha256 (not written by atmc_tf's ResumableCheckpoint)"
+    return meta, None
 
 
 def find_checkpoint(backup_dir):
     """(weights_path, metadata) of the newest intact checkpoint in `backup_dir`, or None if there
-    is none at all. Raises CheckpointError when files are there but no weights file matches the
-    digest its metadata names (every copy damaged). Reads files only; needs no model."""
+    is none at all. Raises CheckpointError, naming each file's problem, when files are there but
+    no weights file matches the digest a metadata file names (every copy damaged). Reads files
+    only; needs no model."""
     weights = [os.path.join(backup_dir, n) for n in (WEIGHTS, PREVIOUS_WEIGHTS)]
     metas = [os.path.join(backup_dir, n) for n in (METADATA, PREVIOUS_METADATA)]
     present = [p for p in weights + metas if os.path.exists(p)]
     if not present:
         return None
     digests = {sha256(w): w for w in weights if os.path.isfile(w)}
-    best = None
+    best, problems = None, []
     for m in metas:
-        meta = _metadata(m)
-        if meta is None:
+        if not os.path.exists(m):
             continue
-        w = digests.get(meta.get("weights_sha256"))
-        if w is not None and (best is None or meta["epoch"] > best[1]["epoch"]):
+        meta, problem = _metadata(m)
+        if meta is None:
+            problems.append(f"{m} is corrupt ({problem})")
+            continue
+        w = digests.get(meta["weights_sha256"])
+        if w is None:
+            problems.append(f"no weights file matches the SHA-256 that {os.path.basename(m)} names")
+        elif best is None or meta["epoch"] > best[1]["epoch"]:
             best = (w, meta)
     if best is None:
-        names = ", ".join(os.path.basename(p) for p in present)
-        raise CheckpointError(f"{backup_dir} holds no intact epoch checkpoint ({names}: no weights file matches "
-                              "the digest its metadata names; truncated, damaged, or not written by atmc_tf)")
+        if not any(os.path.exists(m) for m in metas):
+            problems.append("no metadata file (training_metadata.json)")
+        for w in weights:
+            if os.path.exists(w):
+                size = os.path.getsize(w)
+                state = "an empty file" if size == 0 else f"{size} bytes"
+                problems.append(f"{w} is {state}: truncated or damaged unless a metadata file matches it")
+        raise CheckpointError(f"{backup_dir} holds no intact epoch checkpoint: {'; '.join(problems)}")
     return best
 
 

@@ -265,12 +265,16 @@ def _weights_h5(wd):
 
 
 def _unfinished_atmc4(wd, weights=None, metadata=None):
-    """atmc4 as a killed run leaves it: no result.json, a BackupAndRestore checkpoint."""
+    """atmc4 as a killed run leaves it (no result.json, an epoch checkpoint whose metadata names the
+    SHA-256 of the intact weights), then damaged: `weights` / `metadata` replace the files' bytes."""
+    import hashlib
     (wd / "atmc4" / "result.json").unlink()
     backup = wd / "atmc4" / "backup"
     backup.mkdir()
-    (backup / "latest.weights.h5").write_bytes(_weights_h5(wd) if weights is None else weights)
-    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}' if metadata is None else metadata)
+    intact = _weights_h5(wd)
+    good_meta = json.dumps({"epoch": 1, "batch": 0, "weights_sha256": hashlib.sha256(intact).hexdigest()})
+    (backup / "latest.weights.h5").write_bytes(intact if weights is None else weights)
+    (backup / "training_metadata.json").write_text(good_meta if metadata is None else metadata)
 
 
 def _flip_middle(path):
@@ -297,10 +301,10 @@ RESUME_CASES = {
     "config_json_corrupt": (lambda wd: (wd / "config.json").write_text("{not json"),
                             ["config.json", "unreadable or corrupt", "delete it"]),
     "backup_weights_truncated": (lambda wd: _unfinished_atmc4(wd, weights=_weights_h5(wd)[:3000]),
-                                 ["atmc4/backup/latest.weights.h5", "truncated or corrupt",
-                                  "restart stage atmc4"]),
+                                 ["atmc4/backup/latest.weights.h5", "3000 bytes", "truncated or damaged",
+                                  "no intact epoch checkpoint", "restart stage atmc4"]),
     "backup_weights_empty": (lambda wd: _unfinished_atmc4(wd, weights=b""),
-                             ["atmc4/backup/latest.weights.h5", "empty file"]),
+                             ["atmc4/backup/latest.weights.h5", "an empty file"]),
     "backup_metadata_garbage": (lambda wd: _unfinished_atmc4(wd, metadata='{"epoch": 1, "ba'),
                                 ["atmc4/backup/training_metadata.json", "corrupt", "restart stage atmc4"]),
     "backup_metadata_bad_epoch": (lambda wd: _unfinished_atmc4(wd, metadata='{"epoch": -3}'),
