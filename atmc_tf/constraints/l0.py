@@ -19,6 +19,17 @@ def _check_budget(budget):
     return int(budget)
 
 
+def cubic_budget(step, budget, total, ramp_steps):
+    """Zhu and Gupta's cubic schedule, an int64 tensor: budget + floor((total - budget)(1 - t/T)^3)
+    after `step` = t of T = `ramp_steps` steps (total at t = 0, budget from t = T on); `budget`
+    itself when ramp_steps is 0 or the budget already covers `total`."""
+    if ramp_steps == 0 or total <= budget:
+        return tf.constant(budget, tf.int64)
+    left = 1.0 - tf.minimum(tf.cast(step, tf.float64) / ramp_steps, 1.0)
+    extra = tf.cast(tf.math.floor((total - budget) * left ** 3), tf.int64)
+    return budget + extra
+
+
 class GlobalL0(Constraint):
     """At most `budget` nonzeros over all compressed tensors, re-selected after every step.
 
@@ -49,11 +60,7 @@ class GlobalL0(Constraint):
 
     def budget_at(self, step):
         """k_t: the budget after `step` enforcement steps (a tensor)."""
-        if self.ramp_steps == 0 or self.size <= self.budget:
-            return tf.constant(self.budget, tf.int64)
-        left = 1.0 - tf.minimum(tf.cast(step, tf.float64) / self.ramp_steps, 1.0)
-        extra = tf.cast(tf.math.floor((self.size - self.budget) * left ** 3), tf.int64)
-        return self.budget + extra
+        return cubic_budget(step, self.budget, self.size, self.ramp_steps)
 
     def _select(self, values, k):
         return sparsity.select_l0(values, k, self.scoring)

@@ -141,11 +141,18 @@ def lamp_scores(tensor):
     and tensors of very different sizes or scales compete on comparable terms. Computed in float64
     (returned as float64): the square of a tiny float32 weight would underflow to 0 in float32."""
     t = tf.convert_to_tensor(tensor)
-    flat = tf.reshape(tf.square(tf.cast(t, tf.float64)), [-1])
-    order = tf.argsort(flat, stable=True)
-    ascending = tf.gather(flat, order)
+    return tf.reshape(lamp_of_energies(tf.reshape(tf.square(tf.cast(t, tf.float64)), [-1])), tf.shape(t))
+
+
+def lamp_of_energies(energies):
+    """LAMP scores of items given their non-negative energies (1-D float64; w^2 for entries,
+    squared group norms for groups): e_u / sum of e_v over the items v with e_v >= e_u (ties: by
+    position). The item ranked last (largest, last-positioned on ties) of a nonzero vector scores
+    exactly 1 and every other item at most 1/2."""
+    order = tf.argsort(energies, stable=True)
+    ascending = tf.gather(energies, order)
     score = tf.math.divide_no_nan(ascending, tf.cumsum(ascending, reverse=True))
-    return tf.reshape(tf.scatter_nd(order[:, None], score, tf.shape(flat)), tf.shape(t))
+    return tf.scatter_nd(order[:, None], score, tf.shape(energies))
 
 
 def l0_masks(tensors, k, scoring="magnitude"):

@@ -1,0 +1,139 @@
+"""One global budget of whole output channels (structured sparsity) over all compressed tensors.
+
+GroupL0 is GlobalL0 with groups for entries (group_sparsity.py): after every step at most
+`budget` groups stay nonzero, the support moving with the weights. The budget counts groups, or
+parameters, or caller-given costs such as MACs (budget_unit), so one budget can be spent where a
+channel is cheapest. It composes with the other constraints by order: [GroupL0, GlobalL0] prunes
+unstructured inside the kept channels, [GroupL0, Quantization] quantizes them (both only keep
+zeros at zero, so the channel budget still holds after their projections).
+"""
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from atmc_tf.constraints import group_sparsity as gs
+from atmc_tf.constraints.base import Constraint
+from atmc_tf.constraints.l0 import cubic_budget
+
+BUDGET_UNITS = ("groups", "params", "macs")
+
+
+def _check_costs(group_costs, budget_unit):
+    """group_costs as {name: float or [float, ...]} (plain JSON values, so that get_config round-trips)."""
+    if group_costs is None:
+        if budget_unit == "macs":
+            raise ValueError("budget_unit='macs' needs group_costs: the MACs of every group of every tensor")
+        return None
+    if budget_unit == "groups":
+        raise ValueError("group_costs apply to budget_unit 'params' or 'macs'; a 'groups' budget counts groups")
+    if not isinstance(group_costs, dict):
+        raise ValueError(f"group_costs must be a dict {{tensor or layer name: cost(s)}}, got {group_costs!r}")
+    out = {}
+    for name, cost in group_costs.items():
+        values = [float(c) for c in cost] if isinstance(cost, (list, tuple, np.ndarray)) else [float(cost)]
+        if not all(math.isfinite(c) and c >= 0 for c in values):
+            raise ValueError(f"group_costs[{name!r}] must be finite and >= 0, got {cost!r}")
+        out[str(name)] = values if isinstance(cost, (list, tuple, np.ndarray)) else values[0]
+    return out
+
+
+class GroupL0(Constraint):
+    """At most `budget` nonzero output channels over all compressed tensors, re-selected after every step.
+
+    budget_unit:
+      "groups": `budget` groups; the selection is exact (the Euclidean projection for scoring "l2").
+      "params": each group costs its own weights, plus group_costs[name] (one number for every group
+                of that tensor, or one per group): the weights removing it frees elsewhere, e.g. the
+                consumer layer's input slice. Greedy by score per parameter (group_sparsity).
+      "macs":   each group costs group_costs[name] (required for every tensor): its MACs need the
+                layer's output spatial size, which a constraint does not know. Greedy as "params".
+    group_costs keys are TensorInfo names or, for a layer with one compressed tensor, its layer name.
+    Only the compressed tensors count: biases and normalisation weights of a channel are not costed.
+    scoring: "l2" (squared group norm) or "lamp" (size-fair, never empties a nonzero tensor while
+    the budget covers each tensor's strongest group); see group_sparsity.group_scores.
+    ramp_steps: the budget falls from everything to `budget` along GlobalL0's cubic schedule.
+    finalize() always enforces `budget` itself.
+    """
+
+    kind = "group_l0"
+    metric_names = ("group_budget", "kept_groups")
+    sparsifying = True
+
+    def __init__(self, budget, scoring="l2", budget_unit="groups", group_costs=None, ramp_steps=0):
+        if budget is None or isinstance(budget, bool) or int(budget) != budget or int(budget) < 1:
+            raise ValueError(f"group budget must be an integer >= 1, got {budget!r}")
+        if budget_unit not in BUDGET_UNITS:
+            raise ValueError(f"budget_unit must be one of {BUDGET_UNITS}, got {budget_unit!r}")
+        if int(ramp_steps) != ramp_steps or ramp_steps < 0:
+            raise ValueError(f"ramp_steps must be an integer >= 0, got {ramp_steps!r}")
+        self.budget = int(budget)
+        self.scoring = gs.check_group_scoring(scoring)
+        self.budget_unit = budget_unit
+        self.group_costs = _check_costs(group_costs, budget_unit)
+        self.ramp_steps = int(ramp_steps)
+
+    def build(self, tensors, make_variable):
+        super().build(tensors, make_variable)
+        self.axes = [t.channel_axes for t in self.tensors]
+        self.costs = self._group_costs()
+        self.total = (sum(gs.num_groups(t.shape, a) for t, a in zip(self.tensors, self.axes))
+                      if self.costs is None else float(sum(c.sum() for c in self.costs)))
+        self.current = make_variable("group_budget_now", (), "float32", "zeros")
+
+    def _group_costs(self):
+        """Per-tensor float64 arrays of per-group costs, or None for unit costs."""
+        if self.budget_unit == "groups":
+            return None
+        given = dict(self.group_costs or {})
+        by_layer = {}
+        for t in self.tensors:
+            by_layer.setdefault(t.layer, []).append(t)
+        costs = []
+        for t, axes in zip(self.tensors, self.axes):
+            n = gs.num_groups(t.shape, axes)
+            key = t.name if t.name in given else t.layer if len(by_layer[t.layer]) == 1 else None
+            cost = np.asarray(given.pop(key, 0.0 if self.budget_unit == "params" else np.nan), np.float64)
+            if self.budget_unit == "macs" and np.isnan(cost).any():
+                raise ValueError(f"budget_unit='macs': group_costs has no entry for tensor {t.name!r} "
+                                 f"(layer {t.layer!r})")
+            if cost.ndim == 1 and cost.shape[0] != n:
+                raise ValueError(f"group_costs for tensor {t.name!r} must be one number or {n} numbers (its groups), "
+                                 f"got {cost.shape[0]}")
+            cost = np.broadcast_to(cost, (n,))
+            if self.budget_unit == "params":
+                cost = cost + gs.group_size(t.shape, axes)
+            if not np.all(cost > 0):
+                raise ValueError(f"every group of tensor {t.name!r} must cost > 0 (budget_unit={self.budget_unit!r})")
+            costs.append(np.array(cost, np.float64))
+        if given:  # a misspelt name must not silently leave its tensor uncosted
+            raise ValueError(f"group_costs names no compressed tensor: {sorted(given)}; tensors: "
+                             f"{[t.name for t in self.tensors]}, layers: {sorted(by_layer)}")
+        return costs
+
+    def budget_at(self, step):
+        """The budget after `step` enforcement steps (an int64 tensor)."""
+        return cubic_budget(step, self.budget, self.total, self.ramp_steps)
+
+    def _select(self, values, budget):
+        return gs.select_group_l0(values, self.axes, budget, self.scoring, self.costs)
+
+    def initialize(self, values, assign):
+        return self.project(values, 0, assign)
+
+    def project(self, values, step, assign):
+        budget = self.budget_at(step)
+        assign(self.current, tf.cast(budget, tf.float32))
+        return self._select(values, budget)
+
+    def finalize(self, values, assign):
+        assign(self.current, tf.constant(float(self.budget)))
+        return self._select(values, self.budget)
+
+    def metrics(self, values):
+        return {"group_budget": tf.convert_to_tensor(self.current.value),
+                "kept_groups": tf.cast(gs.count_nonzero_groups(values, self.axes), tf.float32)}
+
+    def get_config(self):
+        return {"budget": self.budget, "scoring": self.scoring, "budget_unit": self.budget_unit,
+                "group_costs": self.group_costs, "ramp_steps": self.ramp_steps}
