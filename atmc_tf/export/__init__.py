@@ -7,6 +7,8 @@
 - `evaluate`: the .tflite against its Keras model on the same adversarial
   images (accuracy, top-1 agreement).
 - `atomic`: file writes that never leave a half-written file.
+- `surgery`: a smaller Keras model without the channels that do nothing (all-zero or
+  foldable constant channels), same outputs; `count_macs`.
 
 Importing this package does not import TensorFlow; only conversion and the
 kernel comparison do.
@@ -15,6 +17,7 @@ from atmc_tf.export import atomic
 from atmc_tf.export.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
 from atmc_tf.export.evaluate import DeploymentEval, evaluate_deployment
 from atmc_tf.export.micro import MicroCheck, check_micro
+from atmc_tf.export.surgery import SurgeryError, count_macs, shrink_model
 from atmc_tf.export.tflite import (
     KERNEL_OPS,
     LiteRTModel,
