@@ -61,7 +61,7 @@ def run(cfg, data=None):
     data: the loaded Dataset (main loads it before importing TensorFlow); None loads it here.
     """
     from atmc_tf.export import atomic, c_header, c_source, evaluate_deployment, gzip_size, kernel_codes_match, \
-        to_int8_tflite, LiteRTModel, check_micro
+        to_int8_tflite, LiteRTModel, check_micro, shrink_model
     from pipelines import console, faults
     from pipelines import report as rep
     from pipelines import stages
@@ -85,9 +85,17 @@ def run(cfg, data=None):
     export_dir = stages.path(cfg, "export")
     os.makedirs(export_dir, exist_ok=True)
     rep_x = data.x_train[: min(len(data.x_train), 300)]
+    deployed, structure, dense_b1 = final, None, None
+    if cfg.structure == "channel":
+        # Cut the pruned channels out: a genuinely smaller model (outputs equal to `final`'s up to
+        # float round-off; surgery verifies it). strict=False: a channel it cannot cut safely is kept.
+        deployed, cut = shrink_model(final, strict=False)
+        structure = {"surgery": cut}
     with console.quiet_native(cfg.verbose):  # the converter prints its settings on every call
-        tfl = to_int8_tflite(final, rep_x)
-        tfl_b1 = to_int8_tflite(final, rep_x, batch_size=1)
+        tfl = to_int8_tflite(deployed, rep_x)
+        tfl_b1 = to_int8_tflite(deployed, rep_x, batch_size=1)
+        if structure is not None:
+            dense_b1 = to_int8_tflite(da_plain, rep_x, batch_size=1)
     files = {"tflite": os.path.join(export_dir, "model_int8.tflite"),
              "tflite_b1": os.path.join(export_dir, "model_int8_batch1.tflite"),
              "c_source": os.path.join(export_dir, "model_data.cc"),
@@ -97,7 +105,7 @@ def run(cfg, data=None):
     atomic.write_text_atomic(files["c_source"], c_source(tfl_b1, "g_model"))
     atomic.write_text_atomic(files["c_header"], c_header("g_model"))
     faults.point("export")
-    codes = kernel_codes_match(final, tfl)
+    codes = kernel_codes_match(deployed, tfl)
     timings["export"] = time.time() - t
     logging.info("export: %d bytes (%d gzipped), batch-1 %d bytes", len(tfl), gzip_size(tfl), len(tfl_b1))
 
@@ -131,6 +139,22 @@ def run(cfg, data=None):
     x_int8 = lite_b1.quantize_input(data.x_test[:n])
     micro = check_micro(tfl_b1, x_int8, lite_b1.predict_int8(x_int8)).as_dict()
     timings["micro_check"] = time.time() - t
+    if structure is not None:
+        # Dense vs channel-pruned, batch-1 int8 models in the same run: bytes, TFLM arena, LiteRT latency
+        # (single thread, median of 300 invocations; wall clock on this machine).
+        t = time.time()
+        dense_lite = LiteRTModel(dense_b1, num_threads=1)
+        x_dense = dense_lite.quantize_input(data.x_test[:n])
+        dense_micro = check_micro(dense_b1, x_dense, dense_lite.predict_int8(x_dense)).as_dict()
+        latency = {"dense": dense_lite.latency_ms(data.x_test, runs=300),
+                   "compressed": LiteRTModel(tfl_b1, num_threads=1).latency_ms(data.x_test, runs=300)}
+        structure.update(
+            tflite_b1_bytes={"dense": len(dense_b1), "compressed": len(tfl_b1)},
+            bytes_ratio=len(tfl_b1) / len(dense_b1),
+            arena_bytes={"dense": dense_micro["arena_bytes"], "compressed": micro["arena_bytes"]},
+            litert_latency_ms=latency, latency_ratio=latency["compressed"] / latency["dense"],
+            latency_note="LiteRT, 1 thread, batch 1, median of 300 invoke() calls, same run")
+        timings["structure_check"] = time.time() - t
 
     # --- curves, sizes, report --------------------------------------------------------
     t = time.time()
@@ -168,6 +192,7 @@ def run(cfg, data=None):
         "stages": [{k: r[k] for k in ("stage", "method", "epochs", "seconds")} for r in [da_result] + results],
         "stage_results": [da_result] + results,
         "collapse": collapse,
+        "structure": structure,
         "timings_seconds": timings,
     }
     rep.write_report(cfg.workdir, report)
@@ -496,11 +521,13 @@ def main_body(argv):
     except DataError as err:
         fail(data_error_line(err, cfg.dataset, cfg.data_dir))
     check_data(cfg, data)
-    if cfg.model_file is not None:
+    if cfg.model_file is not None or cfg.structure != "none":
         from pipelines import stages  # imports TensorFlow
         try:
             start_tensorflow(cfg)
-            stages.initial_model(cfg, data)
+            model = stages.initial_model(cfg, data)
+            if cfg.structure == "channel":
+                stages.channel_budget(cfg, model)  # depends on the architecture only: refuse before training
         except UsageError as err:
             fail(str(err))
     hold_workdir(cfg.workdir)

@@ -34,6 +34,10 @@ flags.DEFINE_enum("l0_scoring", "magnitude", ("magnitude", "lamp"), "How weights
 flags.DEFINE_float("l0_ramp", 0.0, "Fraction of the first compression stage (AL0, or AP's fine-tuning is not "
                    "ramped) over which the budget falls from dense to k along a cubic schedule (0: cut to k at "
                    "once, the paper's one-shot start).")
+flags.DEFINE_enum("structure", "none", ("none", "channel"), "Sparsity structure: none (single weights; "
+                  "the .tflite keeps every kernel dense) or channel (whole output channels / neurons under one "
+                  "global budget, --size_ratio = kept parameters / dense parameters; the export then cuts them "
+                  "out: a smaller, faster .tflite). With --method=al0 or atmc and --factorization=none.")
 flags.DEFINE_integer("bits", 4, "Bits per nonzero weight for ATMC-b (1..8); ATMC-32 if --nobits_enabled.")
 flags.DEFINE_bool("bits_enabled", True, "Quantize (ATMC-b); false stops at ATMC-32.")
 flags.DEFINE_enum("quant_scheme", "codebook_int8", QUANT_SCHEMES, "Quantization set Q_b.")
@@ -130,6 +134,13 @@ flags.register_multi_flags_validator(
     ["factorization", "rank"], lambda d: d["factorization"] != "lowrank" or d["rank"] is not None,
     message="--factorization=lowrank needs --rank")
 flags.register_multi_flags_validator(
+    ["structure", "method"], lambda d: d["structure"] == "none" or d["method"] in ("al0", "atmc"),
+    message="--structure=channel needs --method=al0 or --method=atmc (channel pruning for the other methods "
+            "is not implemented)")
+flags.register_multi_flags_validator(
+    ["structure", "factorization"], lambda d: d["structure"] == "none" or d["factorization"] == "none",
+    message="--structure=channel needs --factorization=none (channels of factors are not the layer's channels)")
+flags.register_multi_flags_validator(
     ["quant_scheme", "bits", "bits_enabled"],
     lambda d: not (d["bits_enabled"] and d["quant_scheme"] == "uniform_int8" and d["bits"] < 2),
     message="--quant_scheme=uniform_int8 needs --bits >= 2")
@@ -219,6 +230,7 @@ class PipelineConfig:
     l0_scoring: str = "magnitude"
     l0_ramp: float = 0.0
     allow_collapse: bool = False
+    structure: str = "none"
 
     @classmethod
     def from_flags(cls):

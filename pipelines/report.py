@@ -124,6 +124,7 @@ def markdown(r):
         f"- .tflite: {r['files']['tflite_bytes']} bytes raw, {r['files']['tflite_gzip_bytes']} gzipped; "
         f"batch-1 MCU model {r['files']['tflite_b1_bytes']} bytes",
         "",
+        *_structure_lines(r.get("structure")),
         "## Microcontroller (TFLite Micro)",
         "",
         f"- passes: {mc['ok']}; ops: {', '.join(mc['ops'])}; unsupported: {mc['unsupported_ops'] or 'none'}",
@@ -140,6 +141,28 @@ def markdown(r):
     lines += ["", "Plots: " + ", ".join(f"[{os.path.basename(p)}]({os.path.basename(p)})"
                                        for p in r["files"]["plots"]), ""]
     return "\n".join(lines)
+
+
+def _structure_lines(st):
+    """--structure=channel: what surgery cut, and dense vs compressed on the device, side by side."""
+    if not st:
+        return []
+    cut = st["surgery"]
+    kept = ", ".join(f"{n} {v['kept']}/{v['total']}" for n, v in cut["layers"].items())
+    return [
+        "## Channels (--structure=channel)",
+        "",
+        f"- kept output channels per layer: {kept}",
+        f"- parameters {cut['params_before']} -> {cut['params_after']} "
+        f"({cut['params_after'] / cut['params_before']:.3f}x); MACs {cut['macs_before']} -> {cut['macs_after']} "
+        f"({cut['macs_after'] / max(cut['macs_before'], 1):.3f}x)",
+        f"- batch-1 int8 .tflite: {st['tflite_b1_bytes']['dense']} -> {st['tflite_b1_bytes']['compressed']} bytes "
+        f"({st['bytes_ratio']:.3f}x); TFLM arena {st['arena_bytes']['dense']} -> {st['arena_bytes']['compressed']} bytes",
+        f"- LiteRT latency {1000 * st['litert_latency_ms']['dense']:.1f} -> "
+        f"{1000 * st['litert_latency_ms']['compressed']:.1f} microseconds "
+        f"({st['latency_ratio']:.2f}x; {st['latency_note']})",
+        "",
+    ]
 
 
 def write_report(workdir, report):

@@ -21,9 +21,10 @@ from atmc_tf.layers import UnsupportedLayerError, strip_model, wrap_model
 from atmc_tf.models import build_model, classifier_problem
 from atmc_tf.checkpoint_files import find_checkpoint
 from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_count, method_config, model_size,
-                              wrap_for_method)
+                              output_layers, wrap_for_method)
 from atmc_tf.training.checkpoint import ResumableCheckpoint
 from atmc_tf.training.data_order import resumable_batches
+from atmc_tf.training.structure import channel_costs
 from pipelines import console, faults, methods_table
 from pipelines.flags_def import UsageError
 
@@ -240,12 +241,37 @@ def nnz_budget(cfg, dense_model):
         raise UsageError(f"--size_ratio={cfg.size_ratio:g} with --bits={cfg.bits}: {err}") from None
 
 
+def channel_budget(cfg, dense_model):
+    """--structure=channel: ATMCConfig settings for at most --size_ratio of the dense compressible
+    parameters in the exported model. The classifier (its channels are the classes) is kept whole;
+    each channel costs the weights its removal frees, its own and its consumers' input slice, shared
+    with the channel at the other end (atmc_tf.training.structure.channel_costs), so the budget bounds
+    the parameters the cut model keeps."""
+    keep = output_layers(dense_model)
+    costs, constant = channel_costs(dense_model, keep)
+    total = dense_weight_count(dense_model)
+    budget = int(cfg.size_ratio * total - constant)
+    if costs and budget >= 1 and budget < sum(costs.values()):
+        raise UsageError(f"--size_ratio={cfg.size_ratio:g} with --structure=channel is below one channel per layer "
+                         f"({int(sum(costs.values()) + constant)} of {total} parameters): raise --size_ratio")
+    if budget < 1 or not costs:
+        raise UsageError(f"--size_ratio={cfg.size_ratio:g} with --structure=channel keeps {int(cfg.size_ratio * total)} "
+                         f"of {total} parameters, but {int(constant)} of them cannot be pruned by channel (the "
+                         f"classifier {', '.join(keep)} reading inputs no channel removal shrinks); raise --size_ratio")
+    return {"structure": "channel", "group_budget": budget, "group_budget_unit": "costs",
+            "group_costs": {k: float(v) for k, v in costs.items()}, "keep_layers": tuple(keep)}
+
+
 def compress_stages(cfg, data, da_plain):
     """The stages of --method after DA (methods_table.STAGES), each warm-started from the one before.
     Returns (plain, net, [results], scheme)."""
-    k = nnz_budget(cfg, da_plain)
     total = dense_weight_count(da_plain)
-    if k >= total and methods_table.stages(cfg.method, cfg.bits):
+    if cfg.structure == "channel":
+        budget = channel_budget(cfg, da_plain)
+        k = cfg.nnz_budget  # optional: unstructured L0 inside the kept channels
+    else:
+        k = nnz_budget(cfg, da_plain)
+    if cfg.structure == "none" and k >= total and methods_table.stages(cfg.method, cfg.bits):
         logging.warning("the nonzero budget k=%d covers all %d compressible weights (--size_ratio=%g%s): nothing "
                         "is pruned, the run only %s; lower --size_ratio (or --nnz_budget) to prune", k, total,
                         cfg.size_ratio, f" with {cfg.bits}-bit codes" if cfg.bits else "",
@@ -259,6 +285,8 @@ def compress_stages(cfg, data, da_plain):
             results.append(res)
             continue
         settings = dict(nnz_budget=k, l0_scoring=cfg.l0_scoring)
+        if cfg.structure == "channel":
+            settings.update(budget)
         if stage.method in ("al0", "atmc") and not ramped:
             settings["l0_ramp_steps"] = int(round(cfg.l0_ramp * getattr(cfg, stage.epochs) * steps_per_epoch))
             ramped = True

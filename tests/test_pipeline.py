@@ -33,6 +33,8 @@ BAD_FLAGS = [
     ("--factorization=lowrank", "--rank"), ("--eps=abc", "eps"), ("--plot_eps=0.1,x", "--plot_eps"),
     ("--nosuch_flag=1", "nosuch_flag"), ("positional", "unexpected arguments"),
     ("--quant_scheme=uniform_int8 --bits=1", "uniform_int8"), ("--rho=-1", "--rho"),
+    ("--structure=channel --method=ap", "--structure=channel needs"), ("--structure=rows", "structure"),
+    ("--structure=channel --factorization=abc", "--factorization=none"),
 ]
 
 
@@ -288,3 +290,28 @@ def test_layers_plot_is_labelled_and_its_legend_covers_no_bar():
     assert [t.get_text() for t in inside] == ["95/100"]  # a nearly full bar's label sits inside it
     legend = right.get_legend().get_window_extent()
     assert legend.y0 >= right.get_window_extent().y1 - 1  # above the plotting area, over no bar
+
+
+@pytest.mark.slow
+def test_channel_structure_exports_a_smaller_model(tmp_path):
+    """--structure=channel: whole channels pruned under the budget and cut out of the export; the smaller
+    int8 model agrees with the Keras one, passes TFLite Micro, and the report says what shrank."""
+    wd = tmp_path / "wd"
+    flags = ["--limit_train=400", "--limit_test=120", "--da_epochs=2", "--al0_epochs=1", "--atmc32_epochs=1",
+             "--atmcb_epochs=1", "--pgd_steps=2", "--eval_pgd_steps=2", "--micro_samples=4", "--verbose=0",
+             "--structure=channel", "--size_ratio=0.25"]
+    r = run_pipeline(*flags, f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    st = report["structure"]
+    cut = st["surgery"]
+    assert cut["layers"]["logits"] == {"class": "Dense", "kept": 10, "total": 10}  # the classes stay
+    kernels = sum(v["kept"] for v in cut["layers"].values())
+    assert kernels < sum(v["total"] for v in cut["layers"].values())
+    assert cut["params_after"] <= 0.3 * cut["params_before"], cut
+    assert cut["macs_after"] < cut["macs_before"]
+    assert st["tflite_b1_bytes"]["compressed"] < 0.75 * st["tflite_b1_bytes"]["dense"], st
+    assert report["micro"]["ok"] and report["phone"]["kernels_exact"]
+    assert report["phone"]["top1_agreement"] >= 0.95
+    md = (wd / "report.md").read_text()
+    assert "## Channels (--structure=channel)" in md and "LiteRT latency" in md

@@ -16,14 +16,15 @@ from atmc_tf.constraints import group_sparsity as gs
 from atmc_tf.constraints.base import Constraint
 from atmc_tf.constraints.l0 import cubic_budget
 
-BUDGET_UNITS = ("groups", "params", "macs")
+BUDGET_UNITS = ("groups", "params", "macs", "costs")
+_GIVEN = ("macs", "costs")  # units whose per-group costs the caller gives in full
 
 
 def _check_costs(group_costs, budget_unit):
     """group_costs as {name: float or [float, ...]} (plain JSON values, so that get_config round-trips)."""
     if group_costs is None:
-        if budget_unit == "macs":
-            raise ValueError("budget_unit='macs' needs group_costs: the MACs of every group of every tensor")
+        if budget_unit in _GIVEN:
+            raise ValueError(f"budget_unit={budget_unit!r} needs group_costs: the cost of every group of every tensor")
         return None
     if budget_unit == "groups":
         raise ValueError("group_costs apply to budget_unit 'params' or 'macs'; a 'groups' budget counts groups")
@@ -46,6 +47,9 @@ class GroupL0(Constraint):
       "params": each group costs its own weights, plus group_costs[name] (one number for every group
                 of that tensor, or one per group): the weights removing it frees elsewhere, e.g. the
                 consumer layer's input slice. Greedy by score per parameter (group_sparsity).
+      "costs":  each group costs group_costs[name] (required for every tensor), in any unit the caller
+                chooses (e.g. atmc_tf.training.structure.channel_costs: parameters with the weights
+                shared by two prunable channels split between them). Greedy as "params".
       "macs":   each group costs group_costs[name] (required for every tensor): its MACs need the
                 layer's output spatial size, which a constraint does not know. Greedy as "params".
     group_costs keys are TensorInfo names or, for a layer with one compressed tensor, its layer name.
@@ -53,6 +57,8 @@ class GroupL0(Constraint):
     scoring: "l2" (squared group norm) or "lamp" (size-fair, never empties a nonzero tensor while
     the budget covers each tensor's strongest group); see group_sparsity.group_scores.
     ramp_steps: the budget falls from everything to `budget` along GlobalL0's cubic schedule.
+    keep_layers: names of layers left out (never pruned, not in the budget): the classifier, whose
+    output channels are the classes.
     finalize() always enforces `budget` itself.
     """
 
@@ -60,7 +66,7 @@ class GroupL0(Constraint):
     metric_names = ("group_budget", "kept_groups")
     sparsifying = True
 
-    def __init__(self, budget, scoring="l2", budget_unit="groups", group_costs=None, ramp_steps=0):
+    def __init__(self, budget, scoring="l2", budget_unit="groups", group_costs=None, ramp_steps=0, keep_layers=()):
         if budget is None or isinstance(budget, bool) or int(budget) != budget or int(budget) < 1:
             raise ValueError(f"group budget must be an integer >= 1, got {budget!r}")
         if budget_unit not in BUDGET_UNITS:
@@ -72,9 +78,22 @@ class GroupL0(Constraint):
         self.budget_unit = budget_unit
         self.group_costs = _check_costs(group_costs, budget_unit)
         self.ramp_steps = int(ramp_steps)
+        if isinstance(keep_layers, str):
+            raise ValueError(f"keep_layers must be a list of layer names, got the string {keep_layers!r}")
+        self.keep_layers = tuple(str(n) for n in keep_layers)
 
     def build(self, tensors, make_variable):
         super().build(tensors, make_variable)
+        unknown = set(self.keep_layers) - {t.layer for t in tensors}
+        if unknown:
+            raise ValueError(f"keep_layers names no compressed layer: {sorted(unknown)}; layers: "
+                             f"{sorted({t.layer for t in tensors})}")
+        # keep_layers (e.g. the classifier, whose output channels are the classes) take no part:
+        # never pruned, not counted in the budget.
+        self.active = [i for i, t in enumerate(tensors) if t.layer not in self.keep_layers]
+        if not self.active:
+            raise ValueError("keep_layers leaves no compressed tensor to prune")
+        self.tensors = [tensors[i] for i in self.active]
         self.axes = [t.channel_axes for t in self.tensors]
         self.costs = self._group_costs()
         self.total = (sum(gs.num_groups(t.shape, a) for t, a in zip(self.tensors, self.axes))
@@ -94,8 +113,8 @@ class GroupL0(Constraint):
             n = gs.num_groups(t.shape, axes)
             key = t.name if t.name in given else t.layer if len(by_layer[t.layer]) == 1 else None
             cost = np.asarray(given.pop(key, 0.0 if self.budget_unit == "params" else np.nan), np.float64)
-            if self.budget_unit == "macs" and np.isnan(cost).any():
-                raise ValueError(f"budget_unit='macs': group_costs has no entry for tensor {t.name!r} "
+            if self.budget_unit in _GIVEN and np.isnan(cost).any():
+                raise ValueError(f"budget_unit={self.budget_unit!r}: group_costs has no entry for tensor {t.name!r} "
                                  f"(layer {t.layer!r})")
             if cost.ndim == 1 and cost.shape[0] != n:
                 raise ValueError(f"group_costs for tensor {t.name!r} must be one number or {n} numbers (its groups), "
@@ -115,8 +134,15 @@ class GroupL0(Constraint):
         """The budget after `step` enforcement steps (an int64 tensor)."""
         return cubic_budget(step, self.budget, self.total, self.ramp_steps)
 
+    def _mine(self, values):
+        return [values[i] for i in self.active]
+
     def _select(self, values, budget):
-        return gs.select_group_l0(values, self.axes, budget, self.scoring, self.costs)
+        chosen = gs.select_group_l0(self._mine(values), self.axes, budget, self.scoring, self.costs)
+        out = list(values)
+        for i, v in zip(self.active, chosen):
+            out[i] = v
+        return out
 
     def initialize(self, values, assign):
         return self.project(values, 0, assign)
@@ -132,8 +158,8 @@ class GroupL0(Constraint):
 
     def metrics(self, values):
         return {"group_budget": tf.convert_to_tensor(self.current.value),
-                "kept_groups": tf.cast(gs.count_nonzero_groups(values, self.axes), tf.float32)}
+                "kept_groups": tf.cast(gs.count_nonzero_groups(self._mine(values), self.axes), tf.float32)}
 
     def get_config(self):
         return {"budget": self.budget, "scoring": self.scoring, "budget_unit": self.budget_unit,
-                "group_costs": self.group_costs, "ramp_steps": self.ramp_steps}
+                "group_costs": self.group_costs, "ramp_steps": self.ramp_steps, "keep_layers": list(self.keep_layers)}

@@ -437,6 +437,24 @@ class LiteRTModel:
         """The builtin op of every operator, in execution order."""
         return op_names(self.tflite_bytes)
 
+    def latency_ms(self, x, runs=200, warmup=20):
+        """Median wall time (ms) of one invoke() on the first sample of float inputs `x` (batch 1),
+        over `runs` invocations after `warmup`; build the model with num_threads=1 for a
+        single-thread figure. Wall clock: a loaded machine inflates it; compare models in one run."""
+        import time
+        sample = self.quantize_input(np.asarray(x, np.float32)[:1])
+        if self.fixed_batch and self.fixed_batch != 1:
+            raise ValueError(f"latency_ms needs a batch-1 model, this one has a fixed batch of {self.fixed_batch}")
+        self._run(sample)
+        for _ in range(int(warmup)):
+            self._interpreter.invoke()
+        times = []
+        for _ in range(int(runs)):
+            t0 = time.perf_counter()
+            self._interpreter.invoke()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times) * 1000.0)
+
 
 # --- files for firmware -----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from atmc_tf.training.methods import (
     compressible_layers,
     dense_weight_count,
     method_config,
+    output_layers,
     wrap_for_method,
 )
 from atmc_tf.training.metrics import LastValue
@@ -15,6 +16,6 @@ from atmc_tf.training.terms import TERMS, AdversarialLoss, CleanLoss, LossTerm, 
 from atmc_tf.training.trainer import ATMCTrainer
 
 __all__ = ["ATMCConfig", "SPARSITY_MODES", "METHODS", "compressible_layers", "dense_weight_count",
-           "method_config", "wrap_for_method", "LastValue", "model_size", "ATMCTrainer",
+           "method_config", "output_layers", "wrap_for_method", "LastValue", "model_size", "ATMCTrainer",
            "StopOnNonFiniteLoss", "TrainingDivergedError", "TERMS", "AdversarialLoss", "CleanLoss", "LossTerm",
            "StepContext"]

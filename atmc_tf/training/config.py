@@ -7,9 +7,10 @@ one directly for anything the record does not spell.
 import dataclasses
 
 from atmc_tf.attacks import PGDConfig, attack_from_dict, attack_to_dict
-from atmc_tf.constraints import FixedSupport, GlobalL0, Quantization
+from atmc_tf.constraints import FixedSupport, GlobalL0, GroupL0, Quantization
 
 SPARSITY_MODES = ("none", "dynamic", "fixed")
+STRUCTURES = ("none", "channel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,12 @@ class ATMCConfig:
     l0_ramp_steps: lower the dynamic budget from dense to k over this many steps (0: at once).
     bits, quant_scheme: Q_b (see atmc_tf.constraints.quantize), enforced by
                    ADMM every quant_interval steps with penalty rho/2 ||W-Z+U||^2.
+    structure:     "channel" adds structured sparsity (constraints.GroupL0): at most group_budget
+                   (in group_budget_unit, with group_costs: see GroupL0) in whole output channels /
+                   neurons, re-selected after every step
+                   (ramped like l0_ramp_steps), size-fair `group_scoring`; keep_layers (the
+                   classifier) are never pruned. Composes with sparsity (unstructured L0 inside
+                   the kept channels) and bits. "none": no channel constraint.
     attack_bn_training: run BatchNorm in training mode while crafting PGD
                    examples (default False: the attack must not move BN statistics).
     method:        the preset this record came from (method_config), or None.
@@ -45,6 +52,12 @@ class ATMCConfig:
     quant_interval: int = 5
     kmeans_iters: int = 20
     attack_bn_training: bool = False
+    structure: str = "none"
+    group_budget: int | None = None
+    group_scoring: str = "lamp"
+    group_budget_unit: str = "params"
+    group_costs: dict | None = None
+    keep_layers: tuple = ()
     method: str | None = None
 
     def __post_init__(self):
@@ -52,6 +65,11 @@ class ATMCConfig:
             raise ValueError(f"sparsity must be one of {SPARSITY_MODES}, got {self.sparsity!r}")
         if self.sparsity != "none" and (self.nnz_budget is None or int(self.nnz_budget) < 1):
             raise ValueError(f"sparsity={self.sparsity!r} needs nnz_budget >= 1, got {self.nnz_budget}")
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
+        if self.structure == "channel" and (self.group_budget is None or int(self.group_budget) < 1):
+            raise ValueError(f"structure='channel' needs group_budget >= 1 (parameters), got {self.group_budget}")
+        object.__setattr__(self, "keep_layers", tuple(self.keep_layers))
         if self.clean_weight < 0 or self.adv_weight < 0:
             raise ValueError("clean_weight and adv_weight must be >= 0")
         if self.attack is not None and self.clean_weight + self.adv_weight == 0:
@@ -75,6 +93,10 @@ class ATMCConfig:
         else:
             terms = [CleanLoss(1.0)]
         constraints = []
+        if self.structure == "channel":
+            constraints.append(GroupL0(self.group_budget, self.group_scoring, self.group_budget_unit,
+                                       group_costs=self.group_costs, ramp_steps=self.l0_ramp_steps,
+                                       keep_layers=self.keep_layers))
         if self.sparsity == "dynamic":
             constraints.append(GlobalL0(self.nnz_budget, self.l0_scoring, self.l0_ramp_steps))
         elif self.sparsity == "fixed":
@@ -87,6 +109,7 @@ class ATMCConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["attack"] = None if self.attack is None else attack_to_dict(self.attack)
+        d["keep_layers"] = list(self.keep_layers)
         return d
 
     @classmethod

@@ -9,7 +9,7 @@ from keras import ops
 from atmc_tf.layers import atmc_wrappers, kernel_channel_axes
 
 
-def _inbound(model):
+def inbound_graph(model):
     """{layer name: names of the layers feeding it}, from the model's public config."""
     config = model.get_config()
     if "layers" not in config or not any("inbound_nodes" in l for l in config["layers"]):  # Sequential
@@ -52,7 +52,7 @@ def path_report(net):
             cut.append(w.name)
         elif not alive.all():
             empty[w.name] = (int(alive.size - alive.sum()), int(alive.size))
-    graph, inputs, outputs = _inbound(net)
+    graph, inputs, outputs = inbound_graph(net)
     reached = set(inputs)
     changed = True
     while changed:  # a fixed point over the DAG: a layer is reached if one of its inputs is and it is not cut

@@ -26,6 +26,12 @@ def method_config(method, attack=None, nnz_budget=None, bits=None, **overrides):
     if adversarial and attack is None:
         raise ValueError(f"method {method!r} is adversarial and needs a PGDConfig attack")
     sparsity = {"nap": "fixed", "ap": "fixed", "al0": "dynamic", "atmc": "dynamic"}.get(method, "none")
+    if overrides.get("structure", "none") != "none" and nnz_budget is None:
+        # Structured only: the channel constraint (group_budget) prunes; no unstructured budget.
+        if sparsity == "fixed":
+            raise ValueError(f"method {method!r} with structure={overrides['structure']!r} is not available "
+                             "(one-shot channel pruning is not implemented); use al0 or atmc")
+        sparsity = "none"
     return ATMCConfig(attack=attack if adversarial else None,
                       sparsity=sparsity,
                       nnz_budget=nnz_budget if sparsity != "none" else None,
@@ -36,6 +42,22 @@ def method_config(method, attack=None, nnz_budget=None, bits=None, **overrides):
 
 def compressible_layers(model):
     return [l for l in model.layers if isinstance(l, SUPPORTED_LAYERS)]
+
+
+def output_layers(model):
+    """Names of the compressible layers whose output channels are the model's outputs (the classifier):
+    from each output back through single-input layers (activations, Dropout, Reshape, ...) to the first
+    Dense / Conv2D / DepthwiseConv2D."""
+    from atmc_tf.training.diagnostics import inbound_graph
+    graph, _, lasts = inbound_graph(model)
+    layers = {l.name: l for l in model.layers}
+    names = []
+    for name in lasts:
+        while name in layers and not isinstance(layers[name], SUPPORTED_LAYERS) and len(graph.get(name, [])) == 1:
+            name = graph[name][0]
+        if isinstance(layers.get(name), SUPPORTED_LAYERS) and name not in names:
+            names.append(name)
+    return names
 
 
 def dense_weight_count(model):

@@ -115,7 +115,7 @@ class ATMCTrainer(keras.Model):
         self.wrappers = atmc_wrappers(net)
         if self.constraints and not self.wrappers:
             raise ValueError("constraints need a model wrapped with atmc_tf.layers.wrap_model")
-        infos = [TensorInfo(name=v.path, shape=tuple(v.shape), channel_axes=w.channel_axes, layer=w.name,
+        infos = [TensorInfo(name=v.path, shape=tuple(v.shape), channel_axes=w.channel_axes, layer=w.layer.name,
                             kind=type(w.layer).__name__) for w in self.wrappers for v in w.compressed_variables]
         # 1 once the constraints were set up, so resuming from a checkpoint never redoes it.
         self._constraints_ready = self.add_weight(name="constraints_ready", shape=(), dtype="int32",
@@ -360,7 +360,9 @@ class ATMCTrainer(keras.Model):
 
     @property
     def nnz_budget(self):
-        return next((c.budget for c in self.constraints if c.sparsifying), None)
+        # The unstructured budget (nonzero weights); a channel budget (GroupL0) counts groups or parameters.
+        return next((c.budget for c in self.constraints
+                     if c.sparsifying and getattr(c, "budget_unit", "entries") == "entries"), None)
 
     def constraint_report(self):
         """nnz vs budget, the constraints, and the size accounting, as plain Python."""

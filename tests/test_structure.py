@@ -1,0 +1,79 @@
+"""--structure=channel's accounting (atmc_tf.training.structure) and configuration: every weight is paid
+once, a budget on the kept channels' costs bounds the parameters the cut model keeps, the classifier is
+never pruned, and the recipe round-trips."""
+import keras
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from atmc_tf.export import shrink_model
+from atmc_tf.models import build_model
+from atmc_tf.training import ATMCConfig, dense_weight_count, output_layers
+from atmc_tf.training.structure import channel_costs
+from conftest import mobilenet_v2_style, small_cnn
+
+
+def _channels(layer):
+    k = layer.kernel.shape
+    return int(k[2]) * int(k[3]) if isinstance(layer, keras.layers.DepthwiseConv2D) else int(k[-1])
+
+
+def test_every_weight_is_paid_once():
+    for model in (small_cnn(), mobilenet_v2_style(), build_model("lenet", (28, 28, 1), 10)):
+        keep = output_layers(model)
+        assert keep == ["logits"] or keep == [model.layers[-1].name], keep
+        costs, constant = channel_costs(model, keep)
+        layers = {l.name: l for l in model.layers}
+        assert keep[0] not in costs
+        total = sum(c * _channels(layers[n]) for n, c in costs.items()) + constant
+        assert abs(total - dense_weight_count(model)) < 1e-6, (model.name, total, dense_weight_count(model))
+
+
+def _plain_chain(seed=0):
+    """Conv -> ReLU -> Conv -> ReLU -> Flatten -> Dense -> Dense: every zeroed channel is removable."""
+    keras.utils.set_random_seed(seed)
+    i = keras.Input((6, 6, 1))
+    h = keras.layers.Conv2D(6, 3, activation="relu", name="c1")(i)
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="c2")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(12, activation="relu", name="d1")(h)
+    return keras.Model(i, keras.layers.Dense(4, name="logits")(h))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_the_costs_of_the_kept_channels_bound_what_the_cut_model_keeps(data):
+    model = _plain_chain()
+    costs, constant = channel_costs(model, ["logits"])
+    paid = constant
+    for name in ("c1", "c2", "d1"):
+        layer = model.get_layer(name)
+        n = _channels(layer)
+        kept = data.draw(st.lists(st.booleans(), min_size=n, max_size=n).filter(any), label=name)
+        kernel, bias = (np.array(w) for w in layer.get_weights())
+        kernel[..., ~np.array(kept)] = 0
+        bias[~np.array(kept)] = 0
+        layer.set_weights([kernel, bias])
+        paid += costs[name] * sum(kept)
+    small, _ = shrink_model(model)
+    kept_weights = sum(int(np.prod(l.kernel.shape)) for l in small.layers if hasattr(l, "kernel"))
+    assert kept_weights <= paid + 1e-6, (kept_weights, paid)
+
+
+def test_the_classifier_is_kept_and_the_recipe_round_trips():
+    config = ATMCConfig(structure="channel", group_budget=1000, group_budget_unit="costs",
+                        group_costs={"conv1": 13.5, "dwconv2": 20.5, "pwconv2": 168.0}, keep_layers=("logits",))
+    again = ATMCConfig.from_dict(config.to_dict())
+    assert again == config
+    group = config.components()[1][0]
+    assert group.kind == "group_l0" and group.keep_layers == ("logits",)
+    from atmc_tf.layers import wrap_model
+    from atmc_tf.training import ATMCTrainer
+    net = wrap_model(build_model("small_cnn", (8, 8, 1), 10))
+    logits = net.get_layer("atmc_logits").layer.kernel.numpy().copy()
+    trainer = ATMCTrainer(net, config)
+    trainer.prepare_constraints()
+    trainer.finalize()
+    np.testing.assert_array_equal(net.get_layer("atmc_logits").layer.kernel.numpy(), logits)
+    pw = net.get_layer("atmc_pwconv2").layer.kernel.numpy()
+    assert 0 < int((np.abs(pw).sum(axis=(0, 1, 2)) > 0).sum()) < 32  # channels were cut, not all
