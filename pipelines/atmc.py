@@ -30,7 +30,7 @@ import zipfile
 
 from absl import app, logging
 
-from pipelines import flags_def
+from pipelines import flags_def, signals
 from pipelines.provenance import package_versions
 from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, config_diff, fail
 
@@ -78,6 +78,7 @@ def run(cfg, data=None):
     da_plain, _, da_result = stages.dense_stage(cfg, data)
     final, net, results, scheme = stages.compress_stages(cfg, data, da_plain)
     timings["training"] = time.time() - t
+    signals.check()  # a stop whose first raise was lost ends the run here, before the export
     collapse = stages.collapse_check(data, da_plain, final, net)
 
     # --- export -------------------------------------------------------------------
@@ -477,22 +478,14 @@ def write_error_line(err):
             "fix that (free space, permissions) and run the same command again to resume")
 
 
-class Stopped(BaseException):
-    """SIGTERM: stop where the run is, as SIGINT does (KeyboardInterrupt)."""
-
-
-def _stop_on_sigterm(signum, frame):
-    raise Stopped()
-
-
 def main(argv):
     """The program: main_body, with SIGINT and SIGTERM turned into one line and exit 130 / 143."""
-    import signal
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signals.install()
     try:
         main_body(argv)
-    except (KeyboardInterrupt, Stopped) as stop:
-        name, code = ("SIGTERM", 143) if isinstance(stop, Stopped) else ("SIGINT", 130)
+    except (KeyboardInterrupt, signals.Stopped) as stop:
+        name = stop.name if isinstance(stop, signals.Stopped) else "SIGINT"
+        code = signals.CODES[name]
         sys.stderr.write(f"stopped: {name}; finished stages and the last finished epoch are kept, run the same "
                          "command again to resume\n")
         sys.exit(code)
@@ -504,6 +497,7 @@ def main_body(argv):
     cfg = PipelineConfig.from_flags()
     from pipelines import console
     console.quiet_libraries(cfg.verbose)
+    console.filter_native_logs(cfg.verbose)
     # Bad input is refused before anything is written and, where possible, before
     # TensorFlow is imported: files first, then the data, then what needs Keras.
     if cfg.model_file is not None:

@@ -7,6 +7,7 @@ lines (stage started, done already, export sizes, warnings, errors) print at eve
 """
 import contextlib
 import logging as std_logging
+import re
 import sys
 import time
 
@@ -47,6 +48,50 @@ def quiet_native(verbose):
     finally:
         if failed and held:
             sys.stderr.write("\n".join(held) + "\n")
+
+
+# TensorFlow's / absl's C++ log lines: "E0000 00:00:1796138616.215544   9995 node_def_util.cc:682] ..."
+# (the C++ logger has no date before absl::InitializeLog, so it prints 0000 00:00 and epoch seconds;
+# the pipeline's own absl Python lines carry a real date) and the notice that says so.
+_NATIVE_LOG = re.compile(r"^[IWEF]0000 00:00:\d+\.\d+ +\d+ \S+:\d+\] |^WARNING: All log messages before "
+                         r"absl::InitializeLog\(\) is called are written to STDERR$")
+
+
+def filter_native_logs(verbose):
+    """Below LOUD, for the rest of the process: drop TensorFlow's C++ log lines from stderr (e.g. "NodeDef
+    mentions attribute use_unbounded_threadpool", cuInit probing), which TF_CPP_MIN_LOG_LEVEL does not
+    reach in TF 2.21; every other line (Python's, the pipeline's, a child process's) passes unchanged.
+    File descriptor 2 becomes a pipe read by a thread; at exit the thread drains it."""
+    if verbose >= LOUD or _FILTER:
+        return
+    import atexit
+    import os
+    import threading
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump():
+        with os.fdopen(read_end, "rb") as pipe, os.fdopen(os.dup(original), "wb", buffering=0) as out:
+            for line in pipe:
+                if not _NATIVE_LOG.match(line.decode(errors="replace")):
+                    out.write(line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def stop():
+        sys.stderr.flush()
+        os.dup2(original, 2)  # the pipe's last writer closes: the thread reads EOF, drains and ends
+        thread.join(timeout=5)
+
+    atexit.register(stop)
+    _FILTER.append(stop)
+
+
+_FILTER = []
 
 
 def epoch_line(stage, epochs):

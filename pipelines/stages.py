@@ -25,7 +25,7 @@ from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_cou
 from atmc_tf.training.checkpoint import ResumableCheckpoint
 from atmc_tf.training.data_order import resumable_batches
 from atmc_tf.training.structure import channel_costs
-from pipelines import console, faults, methods_table
+from pipelines import console, faults, methods_table, signals
 from pipelines.flags_def import UsageError
 
 
@@ -137,7 +137,7 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
         found = find_checkpoint(backup_dir)  # intact: check_resume_files ran at start-up
         first_epoch = found[1]["epoch"] if found else 0
         batches, steps = resumable_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, first_epoch)
-        callbacks = [checkpoint, faults.KillAt(name)]
+        callbacks = [checkpoint, faults.KillAt(name), signals.stop_callback()]
         if console.epoch_lines(cfg.verbose):
             callbacks.append(console.epoch_line(name, epochs))
         if cfg.tensorboard:
