@@ -4,6 +4,9 @@
   runner (phones), a C array for TFLite Micro firmware, gzip size.
 - `micro`: the TFLite Micro check (ops, smallest arena, outputs vs LiteRT),
   run in a child process so that a bad model cannot crash the caller.
+- `micro_compress`: the batch-1 model for TFLite Micro with few-valued kernels
+  stored as per-channel look-up-table indices (TFLM_DECODE), and the check that
+  TFLM's outputs stay bit-identical.
 - `evaluate`: the .tflite against its Keras model on the same adversarial
   images (accuracy, top-1 agreement).
 - `atomic`: file writes that never leave a half-written file.
@@ -17,6 +20,12 @@ from atmc_tf.export import atomic
 from atmc_tf.export.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
 from atmc_tf.export.evaluate import DeploymentEval, evaluate_deployment
 from atmc_tf.export.micro import MicroCheck, check_micro
+from atmc_tf.export.micro_compress import (
+    CompressedMicroCheck,
+    MicroCompressionError,
+    compress_for_micro,
+    micro_outputs_equal,
+)
 from atmc_tf.export.surgery import SurgeryError, count_macs, shrink_model
 from atmc_tf.export.tflite import (
     KERNEL_OPS,

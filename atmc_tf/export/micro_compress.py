@@ -1,0 +1,322 @@
+"""A TFLite Micro model that stores few-valued kernels as look-up-table indices.
+
+The int8 .tflite keeps every kernel dense: a 4-bit, 95%-sparse ATMC kernel
+costs the device as many flash bytes as a dense one. TFLite Micro decodes
+compressed constants at run time (a TFLM_DECODE custom op before each reader,
+writing the decoded kernel into the arena); the pinned `tflite-micro` package
+(0.dev20261023182759) writes such models with
+`tflite_micro.tensorflow.lite.micro.compression.compress`. This module only
+decides what to ask it for, and checks the result on TFLM.
+
+What the package does (measured on a Conv2D + DepthwiseConv2D + Dense model,
+tests/test_micro_compress.py checks each point):
+
+- LUT with PerChannel(axis) on a kernel's quantized dimension (axis 0 of
+  CONV_2D / FULLY_CONNECTED, axis 3 of DEPTHWISE_CONV_2D) decodes to the exact
+  int8 codes: TFLM outputs are bit-identical to the uncompressed model's.
+- LUT with PerTensor on the same per-channel-quantized kernels runs without
+  any error and gives WRONG outputs: on the test model, one kernel so
+  compressed moved every one of 50 samples' outputs, by up to 77 (CONV_2D),
+  71 (DEPTHWISE_CONV_2D) and 157 (FULLY_CONNECTED) int8 steps. So
+  compress_for_micro never asks for it on a per-channel kernel and raises
+  MicroCompressionError when told to.
+- The package's per-channel axis must be 0 or the last one; index widths are
+  1..7 bits (8 would not save anything anyway); each channel's table holds
+  (max distinct values over channels) int8 entries after a 16-byte header.
+- The encoded tensor keeps the kernel's stale per-channel quantization
+  (model_editor's `quantization = None` does not reach the flatbuffer). TFLM
+  ignores it, but the TFLite verifier rejects the file ("num_scales must be 1
+  ... or 36"), so LiteRT-based readers (parse_check, op_names) would refuse
+  it. compress_for_micro clears it, which also saves 12 bytes per channel.
+- Each compressed kernel costs 374-384 bytes of flatbuffer beyond its data
+  on the test model (an ancillary tensor, a decoded tensor carrying the
+  kernel's quantization, a DECODE operator, two names derived from the
+  kernel's, alignment): about 310-320 plus twice the name. A kernel is
+  compressed only when its data shrinks by more than that estimate, and the
+  file as a whole must shrink, or the input comes back unchanged.
+"""
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+
+from atmc_tf.export.micro import (ARENA_MAX, DEFAULT_TIMEOUT_S, _CheckFailed, _child, _smallest_arena,
+                                  _tail)
+from atmc_tf.export.tflite import KERNEL_OPS, _enum_names, _litert
+
+MAX_INDEX_BITS = 7  # the package's LUT bitwidth field holds 1..7
+DCM_HEADER_BYTES = 16  # the DECODE common metadata ahead of the value tables
+# Flatbuffer bytes a compressed kernel adds beyond its data, besides twice its name: measured 308-318
+# on the test model (its quantization moves from the encoded tensor to the decoded one).
+DECODE_OVERHEAD_BYTES = 320
+DECODE_OP = "TFLM_DECODE"
+MODES = ("per_channel", "per_tensor")
+
+
+class MicroCompressionError(ValueError):
+    """A compression that the pinned TFLite Micro runtime would decode wrongly, or could not do."""
+
+
+def _compression_api():
+    """The package's compression entry points, imported on first use."""
+    import importlib
+    package = "tflite_micro.tensorflow.lite.micro.compression"
+    # The package's __init__ binds `compress` to the function, hiding the module of that name.
+    return tuple(importlib.import_module(f"{package}.{m}")
+                 for m in ("compress", "model_editor", "spec", "spec_builder"))
+
+
+# --- analysis ---------------------------------------------------------------------------
+
+def _distinct_per_channel(weights, axis):
+    return [int(np.unique(s).size) for s in np.moveaxis(weights, axis, 0)]
+
+
+def index_bits(values):
+    """Bits of a LUT index that addresses `values` distinct values (at least 1)."""
+    return max(1, math.ceil(math.log2(max(int(values), 1))))
+
+
+def lut_bytes(shape, axis, values_per_channel_max, bits):
+    """Bytes of the package's per-channel LUT encoding: packed indices + header + value tables."""
+    size = int(np.prod(shape))
+    channels = int(shape[axis]) if axis is not None else 1
+    return math.ceil(size * bits / 8) + DCM_HEADER_BYTES + channels * int(values_per_channel_max)
+
+
+def kernel_tensors(tflite_bytes):
+    """Every constant int8 weight tensor read by CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED, once each.
+
+    Entries: subgraph, tensor (index), op, name, shape, weights (int8, TFLite layout),
+    quantized_dimension, per_channel (more than one scale), shared (its buffer is also some
+    other tensor's: the package would then leave it uncompressed).
+    """
+    from atmc_tf.export.tflite import parse_check
+    data = bytes(tflite_bytes)
+    model = parse_check(data)
+    schema = _litert()[0]
+    op_names = _enum_names("BuiltinOperator")
+    buffer_users = {}
+    for g, graph in enumerate(model.subgraphs):
+        for t, tensor in enumerate(graph.tensors):
+            buffer_users.setdefault(tensor.buffer, []).append((g, t))
+    found = {}
+    for g, graph in enumerate(model.subgraphs):
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            if name not in KERNEL_OPS or len(op.inputs) < 2 or op.inputs[1] < 0:
+                continue
+            t = int(op.inputs[1])
+            tensor = graph.tensors[t]
+            buffer = model.buffers[tensor.buffer]
+            if (g, t) in found or tensor.type != schema.TensorType.INT8 or buffer.data is None or not len(buffer.data):
+                continue  # not a constant int8 kernel (or already listed)
+            q = tensor.quantization
+            scales = [] if q is None or q.scale is None else list(q.scale)
+            found[(g, t)] = {
+                "subgraph": g, "tensor": t, "op": name, "name": tensor.name.decode(),
+                "shape": [int(d) for d in tensor.shape],
+                "weights": np.asarray(buffer.data, dtype=np.uint8).view(np.int8).reshape(tensor.shape),
+                "quantized_dimension": int(q.quantizedDimension) if q is not None else 0,
+                "per_channel": len(scales) > 1,
+                "shared": len(buffer_users[tensor.buffer]) > 1,
+            }
+    return list(found.values())
+
+
+def _plan(kernel, mode):
+    """(report entry, package LUT mode or None): the smallest encoding of one kernel."""
+    w, shape = kernel["weights"], kernel["shape"]
+    entry = {"name": kernel["name"], "op": kernel["op"], "shape": shape, "encoding": "dense_int8",
+             "index_bits": None, "axis": None, "values_per_channel_max": None,
+             "bytes_before": int(w.size), "bytes_after": int(w.size), "reason": None}
+    _, _, spec, _ = _compression_api()
+    if mode == "per_tensor":
+        if kernel["per_channel"]:
+            raise MicroCompressionError(
+                f"{kernel['op']} kernel {kernel['name']!r} is quantized per channel (dimension "
+                f"{kernel['quantized_dimension']}); a per-tensor LUT on it runs on TFLite Micro without an "
+                "error and gives wrong outputs, so compress it per channel")
+        axis = None
+        entry["values_per_channel_max"] = int(np.unique(w).size)
+    else:
+        axis = kernel["quantized_dimension"]
+        entry["axis"] = axis
+        entry["values_per_channel_max"] = max(_distinct_per_channel(w, axis))
+    values = entry["values_per_channel_max"]
+    if kernel["shared"]:
+        entry["reason"] = "its buffer is shared with another tensor, whose dense copy would stay"
+        return entry, None
+    if axis is not None and axis not in (0, len(shape) - 1):
+        entry["reason"] = f"the package's per-channel LUT supports axis 0 or the last only, not {axis}"
+        return entry, None
+    bits = index_bits(values)
+    if bits > MAX_INDEX_BITS:
+        entry["reason"] = (f"{values} values in a channel need {bits}-bit indices "
+                           f"(LUT indices are 1-{MAX_INDEX_BITS} bits)")
+        return entry, None
+    after = lut_bytes(shape, axis, values, bits)
+    overhead = DECODE_OVERHEAD_BYTES + 2 * len(kernel["name"].encode())
+    if after + overhead >= w.size:
+        entry["reason"] = (f"a {bits}-bit LUT takes {after} bytes plus about {overhead} of DECODE metadata, "
+                           f"not less than the {w.size} dense bytes")
+        return entry, None
+    entry.update(encoding=f"lut_{mode}", index_bits=bits, bytes_after=after)
+    return entry, (spec.PerTensor() if axis is None else spec.PerChannel(axis=axis))
+
+
+# --- compression ------------------------------------------------------------------------
+
+def compress_for_micro(tflite_b1_bytes, mode="per_channel"):
+    """(compressed .tflite bytes, report) for TFLite Micro: few-valued kernels become LUT indices.
+
+    Every constant int8 kernel of a CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op gets the
+    smallest encoding the pinned runtime decodes exactly: a per-channel LUT on the kernel's
+    quantized dimension with ceil(log2(max distinct values in a channel)) index bits (1..7), or
+    dense int8 when that needs 8 bits or would not save bytes. mode="per_tensor" asks for one
+    table per kernel: MicroCompressionError for a per-channel-quantized kernel, whose outputs
+    TFLite Micro would get wrong.
+
+    report: {"tensors": [{name, op, shape, encoding ("dense_int8" / "lut_per_channel" /
+    "lut_per_tensor"), index_bits, axis, values_per_channel_max, bytes_before, bytes_after (the
+    tensor's data: packed indices + value tables), reason (why dense, or None)}],
+    "file_bytes_before", "file_bytes_after", "compressed_tensors", "ops"}. When nothing is worth
+    compressing the input bytes come back unchanged.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    original = bytes(tflite_b1_bytes)
+    kernels = kernel_tensors(original)
+    plans = [(k,) + _plan(k, mode) for k in kernels]
+    chosen = [(k, entry, lut_mode) for k, entry, lut_mode in plans if lut_mode is not None]
+    # Least saving first: dropped first should the whole file not shrink.
+    chosen.sort(key=lambda p: p[1]["bytes_before"] - p[1]["bytes_after"])
+    compressed = original
+    while chosen:
+        compressed = _compress(original, chosen)
+        if len(compressed) < len(original):
+            break
+        k, entry, _ = chosen.pop(0)
+        entry.update(encoding="dense_int8", index_bits=None, bytes_after=entry["bytes_before"],
+                     reason="compressing it did not make the file smaller")
+    if not chosen:
+        compressed = original
+    report = {
+        "tensors": [entry for _, entry, _ in plans],
+        "compressed_tensors": len(chosen),
+        "file_bytes_before": len(original),
+        "file_bytes_after": len(compressed),
+        "ops": list(dict.fromkeys(model_ops(compressed))),
+    }
+    return compressed, report
+
+
+def _compress(original, chosen):
+    compress, model_editor, spec, spec_builder = _compression_api()
+    builder = spec_builder.SpecBuilder()
+    for k, entry, lut_mode in chosen:
+        builder.add_tensor(subgraph=k["subgraph"], tensor=k["tensor"]).with_lut(
+            index_bitwidth=entry["index_bits"], mode=lut_mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a tensor the package would skip (or expand) is a bug in _plan
+        compressed = compress.compress(original, builder.build())
+    return _clear_encoded_quantization(compressed)
+
+
+def _clear_encoded_quantization(compressed):
+    """The compressed model without the stale per-channel quantization that the package leaves on
+    each encoded (UINT8) DECODE input: the TFLite verifier rejects it, TFLM ignores it."""
+    compress, model_editor, _, _ = _compression_api()
+    model = model_editor.read(bytes(compressed))
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            if op.custom_code == DECODE_OP:
+                for encoded in op.inputs[0::2]:  # (encoded, ancillary) pairs
+                    encoded.quantization = None
+                    encoded._fb.quantization = None
+    return bytes(compress._apply_flatbuffer_alignment(model.build()))
+
+
+def model_ops(tflite_bytes):
+    """Operator names in execution order, custom ops (TFLM_DECODE) by their custom code."""
+    from atmc_tf.export.tflite import parse_check
+    model = parse_check(tflite_bytes)
+    names = _enum_names("BuiltinOperator")
+    out = []
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            if code.customCode:
+                out.append(code.customCode.decode())
+            else:
+                out.append(names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?"))
+    return out
+
+
+# --- the check on TFLite Micro ----------------------------------------------------------
+
+@dataclasses.dataclass
+class CompressedMicroCheck:
+    """Outcome of micro_outputs_equal. ok: TFLM ran both models on every sample and the outputs are
+    bit-identical. Arenas: each model's smallest working TFLM arena (to micro.ARENA_GRANULARITY);
+    arena_growth_bytes: what the decoded kernels add."""
+    ok: bool = False
+    samples_checked: int = 0
+    max_abs_diff: int | None = None
+    samples_differing: int | None = None
+    arena_bytes_original: int | None = None
+    arena_bytes_compressed: int | None = None
+    arena_growth_bytes: int | None = None
+    error: str | None = None
+
+    def __bool__(self):
+        return self.ok
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _tflm_outputs(model, x, label, timeout_s):
+    """(smallest arena, outputs of every sample run with it) on TFLM, each attempt in a child."""
+    first = _child(model, "probe", ARENA_MAX, x[:1], timeout_s)
+    if first["error"]:
+        raise _CheckFailed(f"the {label} model fails on TFLite Micro: {first['error']} "
+                           f"({_tail(chr(10).join(first['log']))})")
+    arena = _smallest_arena(model, x[:1], timeout_s)
+    run = _child(model, "run", arena, x, timeout_s)
+    if run["error"]:
+        raise _CheckFailed(f"the {label} model fails running the samples with a {arena}-byte arena: "
+                           f"{run['error']} ({_tail(chr(10).join(run['log']))})")
+    return arena, run["outputs"]
+
+
+def micro_outputs_equal(original_b1, compressed_b1, x_int8, timeout_s=DEFAULT_TIMEOUT_S):
+    """Run both models on TFLite Micro (child processes, as check_micro does) on the same batch-1
+    int8 inputs x_int8 [n, ...] and require bit-identical outputs; each at its smallest arena.
+    Never raises: failures go to CompressedMicroCheck.error."""
+    result = CompressedMicroCheck()
+    try:
+        x = np.asarray(x_int8)
+        if len(x) == 0:
+            raise _CheckFailed("no samples to check")
+        if x.dtype != np.int8:
+            raise _CheckFailed(f"samples must be int8, got {x.dtype}")
+        result.arena_bytes_original, before = _tflm_outputs(bytes(original_b1), x, "original", timeout_s)
+        result.arena_bytes_compressed, after = _tflm_outputs(bytes(compressed_b1), x, "compressed", timeout_s)
+        result.arena_growth_bytes = result.arena_bytes_compressed - result.arena_bytes_original
+        if before.shape != after.shape:
+            raise _CheckFailed(f"outputs shaped {after.shape}, the original's {before.shape}")
+        diff = np.abs(before.astype(np.int32) - after.astype(np.int32)).reshape(len(x), -1)
+        result.samples_checked = len(x)
+        result.max_abs_diff = int(diff.max())
+        result.samples_differing = int((diff.max(axis=1) > 0).sum())
+        if result.max_abs_diff:
+            raise _CheckFailed(f"TFLM outputs of the compressed model differ on {result.samples_differing} of "
+                               f"{len(x)} samples, by up to {result.max_abs_diff} int8 steps")
+        result.ok = True
+    except Exception as e:  # noqa: BLE001 -- the contract is to report, not raise
+        result.ok = False
+        result.error = str(e) if isinstance(e, _CheckFailed) else f"{type(e).__name__}: {e}"
+    return result
