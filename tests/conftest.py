@@ -108,3 +108,17 @@ def count_steps_term():
             ctx.assign(self.count, self.count.value + 1.0)
 
     return CountSteps()
+
+
+def trained_digits_mlp(digits, epochs=15, seed=0):
+    """Flatten, Dense(64, relu), Dense(10) fitted on the digits training split: ~97% clean test
+    accuracy in ~2 s, a target that attacks hurt measurably at eps 0.1 (tests/test_apgd.py,
+    tests/test_square.py)."""
+    import keras
+    x_tr, y_tr, _, _ = digits
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_tr, y_tr, epochs=epochs, batch_size=64, verbose=0)
+    return model

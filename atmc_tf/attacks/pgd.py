@@ -147,7 +147,7 @@ def fgsm(model_fn, x, y, eps, clip_min=0.0, clip_max=1.0, norm="inf"):
 
 
 def adversarial_examples(model_fn, x, y, config, batch_size=256):
-    """PGD examples for a whole array (config: PGDConfig), crafted batch by batch in one
+    """Adversarial examples for a whole array (config: any registered attack), crafted batch by batch in one
     tf.function; a NumPy array like x. For attacking another model with the same images
     (transfer, e.g. an int8 .tflite) or storing them."""
     y = np.asarray(y).reshape(-1)
@@ -157,7 +157,12 @@ def adversarial_examples(model_fn, x, y, config, batch_size=256):
 
 
 def robust_accuracy(model_fn, x, y, config, batch_size=256):
-    """Accuracy of model_fn on PGD examples (config: PGDConfig; eps 0 = clean accuracy)."""
+    """Accuracy of model_fn on the examples of `config` (PGDConfig: eps 0 = clean accuracy; any
+    other registered attack, e.g. APGDConfig, through its attack())."""
+    if not isinstance(config, PGDConfig):
+        from atmc_tf.attacks.evaluate import correct_under_attack
+        correct = correct_under_attack(model_fn, x, y, config, batch_size)
+        return float(correct.sum() / max(len(correct), 1))
     return accuracy_curve(model_fn, x, y, config, [config.eps], batch_size)[config.eps]
 
 

@@ -3,9 +3,10 @@
 module with such a class plus one entry here."""
 import dataclasses
 
+from atmc_tf.attacks.apgd import APGDConfig
 from atmc_tf.attacks.pgd import PGDConfig
 
-ATTACKS = {"pgd": PGDConfig}
+ATTACKS = {"pgd": PGDConfig, "apgd": APGDConfig}
 
 
 def attack_to_dict(attack):

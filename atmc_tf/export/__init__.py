@@ -9,6 +9,8 @@
   TFLM's outputs stay bit-identical.
 - `evaluate`: the .tflite against its Keras model on the same adversarial
   images (accuracy, top-1 agreement).
+- `blackbox`: the Square Attack, a score-based black-box attack that only queries logits (an
+  int8 .tflite through LiteRTModel.predict).
 - `atomic`: file writes that never leave a half-written file.
 - `surgery`: a smaller Keras model without the channels that do nothing (all-zero or
   foldable constant channels), same outputs; `count_macs`.
@@ -18,6 +20,7 @@ kernel comparison do.
 """
 from atmc_tf.export import atomic
 from atmc_tf.export.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
+from atmc_tf.export.blackbox import square_attack
 from atmc_tf.export.evaluate import DeploymentEval, evaluate_deployment
 from atmc_tf.export.micro import MicroCheck, check_micro
 from atmc_tf.export.micro_compress import (
