@@ -61,7 +61,7 @@ def run(cfg, data=None):
     data: the loaded Dataset (main loads it before importing TensorFlow); None loads it here.
     """
     from atmc_tf.export import atomic, c_header, c_source, evaluate_deployment, gzip_size, kernel_codes_match, \
-        to_int8_tflite, LiteRTModel, check_micro, shrink_model
+        to_int8_tflite, LiteRTModel, check_micro, shrink_model, compress_for_micro, micro_outputs_equal
     from pipelines import console, faults
     from pipelines import report as rep
     from pipelines import stages
@@ -97,13 +97,18 @@ def run(cfg, data=None):
         tfl_b1 = to_int8_tflite(deployed, rep_x, batch_size=1)
         if structure is not None:
             dense_b1 = to_int8_tflite(da_plain, rep_x, batch_size=1)
+    # The microcontroller file stores what compression made of the kernels: per-channel LUT indices
+    # (TFLM's DECODE) where a kernel has few distinct values per channel; checked below on TFLM.
+    tfl_mcu, mcu_plan = compress_for_micro(tfl_b1)
     files = {"tflite": os.path.join(export_dir, "model_int8.tflite"),
              "tflite_b1": os.path.join(export_dir, "model_int8_batch1.tflite"),
+             "tflite_mcu": os.path.join(export_dir, "model_int8_micro.tflite"),
              "c_source": os.path.join(export_dir, "model_data.cc"),
              "c_header": os.path.join(export_dir, "model_data.h")}
     atomic.write_bytes_atomic(files["tflite"], tfl)
     atomic.write_bytes_atomic(files["tflite_b1"], tfl_b1)
-    atomic.write_text_atomic(files["c_source"], c_source(tfl_b1, "g_model"))
+    atomic.write_bytes_atomic(files["tflite_mcu"], tfl_mcu)
+    atomic.write_text_atomic(files["c_source"], c_source(tfl_mcu, "g_model"))
     atomic.write_text_atomic(files["c_header"], c_header("g_model"))
     faults.point("export")
     codes = kernel_codes_match(deployed, tfl)
@@ -139,6 +144,10 @@ def run(cfg, data=None):
     lite_b1 = LiteRTModel(tfl_b1)
     x_int8 = lite_b1.quantize_input(data.x_test[:n])
     micro = check_micro(tfl_b1, x_int8, lite_b1.predict_int8(x_int8)).as_dict()
+    # The compressed MCU file against the plain one, on TFLM, on every test image: bit-identical outputs.
+    x_all = lite_b1.quantize_input(data.x_test[:1000])
+    mcu = micro_outputs_equal(tfl_b1, tfl_mcu, x_all).as_dict()
+    mcu.update(flash_bytes=len(tfl_mcu), uncompressed_bytes=len(tfl_b1), plan=mcu_plan)
     timings["micro_check"] = time.time() - t
     if structure is not None:
         # Dense vs channel-pruned, batch-1 int8 models in the same run: bytes, TFLM arena, LiteRT latency
@@ -187,6 +196,7 @@ def run(cfg, data=None):
         "curves": {k: {str(e): a for e, a in v.items()} for k, v in curves.items()},
         "phone": phone,
         "micro": micro,
+        "micro_compressed": mcu,
         "size": size,
         "files": {**files, "plots": plots, "tflite_bytes": len(tfl), "tflite_gzip_bytes": gzip_size(tfl),
                   "tflite_b1_bytes": len(tfl_b1)},
@@ -556,6 +566,10 @@ def main_body(argv):
     status = 0
     from atmc_tf.export.micro import failure_reason
     micro_problem = failure_reason(r["micro"])
+    mcu = r["micro_compressed"]
+    if not micro_problem and not mcu["ok"]:
+        micro_problem = (f"the compressed microcontroller model ({mcu['flash_bytes']} bytes) does not reproduce the "
+                         f"plain one on TFLite Micro: {mcu['error'] or str(mcu['samples_differing']) + ' images differ'}")
     if micro_problem:
         sys.stderr.write(f"error: the TFLite Micro check failed: {micro_problem} (report: {report_md})\n")
         status = 1

@@ -131,6 +131,7 @@ def markdown(r):
         *([f"- **failed: {failure_reason(mc)}**"] if not mc["ok"] else []),
         f"- smallest working arena: {mc['arena_bytes']} bytes; max |TFLM - LiteRT| = "
         f"{mc['max_abs_diff_vs_litert']} int8 step(s) over {mc['samples_checked']} images",
+        *_micro_compressed_lines(r.get("micro_compressed")),
         "",
         "## Stages",
         "",
@@ -141,6 +142,25 @@ def markdown(r):
     lines += ["", "Plots: " + ", ".join(f"[{os.path.basename(p)}]({os.path.basename(p)})"
                                        for p in r["files"]["plots"]), ""]
     return "\n".join(lines)
+
+
+def _micro_compressed_lines(m):
+    """The flash file with TFLM's LUT-compressed kernels: bytes, arena, equality, encoding per kernel."""
+    if not m:
+        return []
+    plan = m["plan"]
+    kernels = "; ".join(f"{t['name'].split('/')[-2] if t['name'].count('/') > 1 else t['name']}: {t['encoding']}"
+                        + (f" {t['index_bits']}-bit" if t.get("index_bits") else "")
+                        for t in plan.get("tensors", []))
+    growth = m.get("arena_growth_bytes")
+    return [
+        f"- flash (model_int8_micro.tflite, in model_data.cc): {m['flash_bytes']} bytes, uncompressed "
+        f"{m['uncompressed_bytes']} ({m['flash_bytes'] / m['uncompressed_bytes']:.3f}x); outputs bit-identical to "
+        f"the uncompressed model on TFLM: {m['ok']} ({m['samples_checked']} images)"
+        + (f"; arena {m['arena_bytes_original']} -> {m['arena_bytes_compressed']} bytes (+{growth}: DECODE "
+           "writes the decoded kernels there)" if growth is not None else ""),
+        f"- kernels: {kernels}",
+    ]
 
 
 def _structure_lines(st):

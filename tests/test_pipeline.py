@@ -1,6 +1,7 @@
 """The absl pipeline as a user runs it: bad flags refused cleanly, a tiny run end to end, a resume."""
 import json
 import os
+import re
 
 import pytest
 
@@ -92,6 +93,17 @@ def test_end_to_end_tiny_run(tiny_run):
     assert abs(phone["clean_acc"] - phone["keras_clean_acc"]) <= 0.05
     assert micro["ok"] and not micro["unsupported_ops"] and micro["max_abs_diff_vs_litert"] <= 1
     assert micro["arena_bytes"] > 0
+    # the microcontroller file stores the compression (LUT indices) and runs bit-identically on TFLM
+    mcu = report["micro_compressed"]
+    assert mcu["ok"] and mcu["samples_checked"] == report["data"]["test"], mcu
+    assert mcu["flash_bytes"] < mcu["uncompressed_bytes"], mcu
+    assert any(t["encoding"] == "lut_per_channel" for t in mcu["plan"]["tensors"])
+    assert not any(t["encoding"] == "lut_per_tensor" for t in mcu["plan"]["tensors"])  # wrong on per-channel kernels
+    stored = (wd / "export" / "model_int8_micro.tflite").read_bytes()
+    assert len(stored) == mcu["flash_bytes"]
+    c_bytes = re.findall(r"0x([0-9a-f]{2})", (wd / "export" / "model_data.cc").read_text())
+    assert bytes(int(b, 16) for b in c_bytes) == stored  # the firmware's array is the compressed file
+    assert "flash (model_int8_micro.tflite" in (wd / "report.md").read_text()
     assert report["files"]["tflite_gzip_bytes"] < report["files"]["tflite_bytes"]
     assert [s["stage"] for s in report["stages"]] == ["da", "al0", "atmc32", "atmc4"]
     config = json.loads((wd / "config.json").read_text())
