@@ -137,6 +137,9 @@ def run(cfg, data=None):
         "attack_note": "robust_acc_transfer: PGD crafted on the Keras float model, run on the int8 model",
     }
     timings["phone_check"] = time.time() - t
+    t = time.time()
+    robust = stages.robustness(cfg, final, lite, data)
+    timings["robustness"] = time.time() - t
 
     # --- checks: microcontroller (TFLite Micro) --------------------------------------
     t = time.time()
@@ -192,7 +195,10 @@ def run(cfg, data=None):
         "summary": {"dense_clean": dense_curve.get(0.0), "dense_robust": dense_curve.get(float(cfg.eps)),
                     "keras_clean": comp_curve.get(0.0), "keras_robust": comp_curve.get(float(cfg.eps)),
                     "tflite_clean": phone["clean_acc"], "tflite_robust_transfer": phone["robust_acc_transfer"],
-                    "tflite_minus_keras_clean": phone["clean_acc"] - phone["keras_clean_acc"]},
+                    "tflite_minus_keras_clean": phone["clean_acc"] - phone["keras_clean_acc"],
+                    "keras_robust_worst": robust["keras"]["worst_case"],
+                    "tflite_robust_worst": robust["tflite"]["worst_case"]},
+        "robustness": robust,
         "curves": {k: {str(e): a for e, a in v.items()} for k, v in curves.items()},
         "phone": phone,
         "micro": micro,
@@ -213,7 +219,8 @@ def run(cfg, data=None):
 
 # Flags that change only what is evaluated or printed, not what is trained or exported.
 # model_file: the path may move; the file's content (model_file_sha256) is what must not change.
-RERUN_SAFE = ("verbose", "tensorboard", "allow_collapse", "micro_samples", "plot_eps", "eval_pgd_steps", "eval_restarts", "workdir", "model_file")
+RERUN_SAFE = ("verbose", "tensorboard", "allow_collapse", "micro_samples", "plot_eps", "eval_pgd_steps", "eval_restarts",
+              "square_queries", "workdir", "model_file")
 
 
 def _recorded_config(cfg):

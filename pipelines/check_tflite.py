@@ -3,6 +3,7 @@
     python -m pipelines.check_tflite --tflite=runs/atmc/export/model_int8_batch1.tflite
     python -m pipelines.check_tflite --tflite=m.tflite --dataset=fashion_mnist --limit_test=1000 \\
         --micro_samples=50 --json_out=check.json
+    python -m pipelines.check_tflite --tflite=m.tflite --attack=square --eps=0.1   # attack the file itself
 
 Phone: top-1 accuracy of the model on LiteRT over the data set's test split, and its ops.
 Microcontroller: every op available in TFLite Micro, the smallest tensor arena, and
@@ -37,6 +38,10 @@ def define_flags():
     flags.DEFINE_integer("micro_samples", 20, "Test images run through TFLite Micro.")
     flags.DEFINE_integer("seed", 0, "Seed of the data split and of --limit_test's shuffle.")
     flags.DEFINE_string("json_out", None, "Also write the JSON summary to this file (atomically).")
+    flags.DEFINE_enum("attack", "none", ("none", "square"), "Also attack the .tflite itself: square = Square Attack "
+                      "(score-based black box, L_inf) through LiteRT; reports robust accuracy and queries.")
+    flags.DEFINE_float("eps", 0.1, "L_inf radius of --attack on [0, 1] inputs.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_integer("square_queries", 1000, "Query budget per image of --attack=square.", lower_bound=1)
     flags.register_validator("limit_test", lambda v: v is None or v >= 1, message="--limit_test must be >= 1")
     flags.register_validator("micro_samples", lambda v: v >= 1, message="--micro_samples must be >= 1")
 
@@ -89,8 +94,10 @@ def check_json_out(path):
         fail(f"--json_out={path}: cannot write to {parent}; pick a directory that exists and is writable")
 
 
-def check(tflite_bytes, data, micro_samples, path="model.tflite"):
-    """The phone and microcontroller checks on a Dataset's test split; returns the summary dict.
+def check(tflite_bytes, data, micro_samples, path="model.tflite", attack="none", eps=0.1, square_queries=1000,
+          seed=0):
+    """The phone and microcontroller checks on a Dataset's test split (and, with attack="square", a
+    Square Attack on the .tflite itself); returns the summary dict.
 
     Raises ValueError (one line) if the model does not fit the data set.
     """
@@ -112,6 +119,13 @@ def check(tflite_bytes, data, micro_samples, path="model.tflite"):
     x_int8 = lite.quantize_input(data.x_test[:n])
     micro = check_micro(tflite_bytes, x_int8, lite.predict_int8(x_int8)).as_dict()
     phone = {"runtime": "LiteRT", "clean_acc": ev.tflite_clean_acc, "samples": ev.samples, "ops": lite.op_names()}
+    if attack == "square":
+        from atmc_tf.export import square_attack
+        x_adv, queries = square_attack(lite.predict, data.x_test, y, eps, n_queries=square_queries, seed=seed)
+        phone["attack"] = {"kind": "square", "norm": "inf", "eps": eps, "query_budget": square_queries,
+                           "robust_acc": float(np.mean(lite.predict(x_adv).argmax(-1) == y)),
+                           "queries_mean": float(np.mean(queries)), "queries_max": int(np.max(queries)),
+                           "note": "score-based black box on the int8 model itself (LiteRT), margin loss"}
     return {
         "tflite": path,
         "bytes": len(tflite_bytes),
@@ -142,7 +156,8 @@ def main(argv):
             text += f" (--dataset={F.dataset} --data_dir={F.data_dir})"
         fail(text)
     try:
-        summary = check(tfl, data, F.micro_samples, path=F.tflite)
+        summary = check(tfl, data, F.micro_samples, path=F.tflite, attack=F.attack, eps=F.eps,
+                        square_queries=F.square_queries, seed=F.seed)
     except ValueError as err:
         fail(str(err))
     text = json.dumps(summary, indent=2, sort_keys=True) + "\n"

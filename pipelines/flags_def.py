@@ -47,6 +47,8 @@ flags.DEFINE_float("rho", 0.1, "ADMM penalty weight rho.")
 flags.DEFINE_integer("quant_interval", 5, "Steps between ADMM Z/U updates.")
 flags.DEFINE_float("eps", 0.1, "L_inf PGD radius on [0, 1] inputs (training and evaluation).")
 flags.DEFINE_integer("pgd_steps", 7, "PGD steps during training.")
+flags.DEFINE_integer("square_queries", 1000, "Query budget per image of the Square Attack run on the int8 .tflite "
+                     "(evaluation only).", lower_bound=1)
 flags.DEFINE_float("pgd_step_size", None, "PGD step size (default 2.5 * eps / steps).")
 flags.DEFINE_integer("eval_pgd_steps", 20, "PGD steps for evaluation.")
 flags.DEFINE_integer("eval_restarts", 1, "PGD random restarts for evaluation.")
@@ -231,6 +233,7 @@ class PipelineConfig:
     l0_ramp: float = 0.0
     allow_collapse: bool = False
     structure: str = "none"
+    square_queries: int = 1000
 
     @classmethod
     def from_flags(cls):

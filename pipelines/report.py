@@ -108,6 +108,7 @@ def markdown(r):
         f"{ph['kernels_exact']} ({ph['kernel_code_mismatches']} mismatching int8 codes).",
         "",
     ]
+    lines += _robustness_lines(r.get("robustness"))
     collapse = r.get("collapse") or {}
     if collapse.get("problem"):
         lines += [f"**Warning: {collapse['problem']}.**", ""]
@@ -142,6 +143,29 @@ def markdown(r):
     lines += ["", "Plots: " + ", ".join(f"[{os.path.basename(p)}]({os.path.basename(p)})"
                                        for p in r["files"]["plots"]), ""]
     return "\n".join(lines)
+
+
+def _robustness_lines(rb):
+    """The worst-case table (Keras white box; the .tflite attacked directly) and the masking checks."""
+    if not rb:
+        return []
+    k, t = rb["keras"], rb["tflite"]
+    pa = k["per_attack"]
+    lines = [
+        f"## Robustness at eps {rb['eps']:g} (worst case per example, RobustBench's rule)",
+        "",
+        "| model | clean | PGD | APGD-CE | APGD-DLR | .tflite transfer | Square on .tflite | worst case |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| compressed (Keras, white box; {k['steps']} steps) | {_pct(k['clean'])} | {_pct(pa['pgd'])} | "
+        f"{_pct(pa['apgd-ce'])} | {_pct(pa['apgd-dlr'])} | | | **{_pct(k['worst_case'])}** |",
+        f"| compressed int8 .tflite | {_pct(t['clean'])} | | | | {_pct(t['transfer'])} | {_pct(t['square'])} "
+        f"({t['square_queries_mean']:.0f} queries mean, budget {t['square_query_budget']}) | **{_pct(t['worst_case'])}** |",
+        "",
+        "Gradient-masking checks: " + "; ".join(
+            f"{c['rule']}: {'yes' if c['ok'] else '**NO**'}" for c in rb["masking_checks"].values()) + ".",
+        "",
+    ]
+    return lines
 
 
 def _micro_compressed_lines(m):

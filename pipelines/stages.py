@@ -339,6 +339,57 @@ def craft_adversarial(cfg, model, x, y, batch_size=256):
     return adversarial_examples(lambda z: model(z, training=False), x, y, eval_attack(cfg), batch_size)
 
 
+def robustness(cfg, model, lite, data):
+    """The headline robustness figures, as attackers and reviewers measure them.
+
+    Keras (white box): PGD (--eval_pgd_steps x --eval_restarts), APGD-CE and APGD-DLR (AutoAttack's, the
+    same number of steps) and the per-example worst case over the three (RobustBench's rule). The int8
+    .tflite: the PGD examples transferred from Keras, Square Attack on the .tflite itself (score-based,
+    --square_queries) and the worst case of both. Gradient-masking checks, each stated with its figures:
+    PGD at eps 0.5 brings accuracy near 0; 5x the PGD steps do not raise accuracy; the black-box attack
+    does not beat the white-box worst case by more than 2 points."""
+    import numpy as np
+
+    from atmc_tf.attacks import APGDConfig, PGDConfig, robust_accuracy, worst_case_accuracy
+    from atmc_tf.export import square_attack
+
+    x, y = data.x_test, data.y_test
+    fn = lambda z: model(z, training=False)  # noqa: E731
+    eps, steps = float(cfg.eps), cfg.eval_pgd_steps
+    attacks = {"pgd": eval_attack(cfg), "apgd-ce": APGDConfig(eps=eps, steps=steps, loss="ce"),
+               "apgd-dlr": APGDConfig(eps=eps, steps=steps, loss="dlr")}
+    keras_wc = worst_case_accuracy(fn, x, y, attacks)
+    lite_clean = lite.predict(x).argmax(-1) == y
+    transfer = lite.predict(craft_adversarial(cfg, model, x, y)).argmax(-1) == y
+    x_sq, queries = square_attack(lite.predict, x, y, eps, n_queries=cfg.square_queries, seed=cfg.seed)
+    square = lite.predict(x_sq).argmax(-1) == y
+    lite_worst = lite_clean & transfer & square
+    big = robust_accuracy(fn, x, y, PGDConfig(eps=0.5, steps=steps, restarts=cfg.eval_restarts,
+                                              step_size=2.5 * 0.5 / steps))
+    more = robust_accuracy(fn, x, y, PGDConfig(eps=eps, steps=5 * steps, restarts=cfg.eval_restarts,
+                                               step_size=2.5 * eps / (5 * steps)))
+    pgd = keras_wc.per_attack["pgd"]
+    checks = {
+        "large_eps": {"eps": 0.5, "pgd_acc": big, "ok": big <= 0.1,
+                      "rule": "PGD at eps 0.5 leaves at most 10% accuracy"},
+        "more_steps": {"steps": 5 * steps, "pgd_acc": more, "pgd_acc_default": pgd, "ok": more <= pgd + 0.01,
+                       "rule": "5x the PGD steps do not raise accuracy by more than 1 point"},
+        "black_box": {"square_acc": float(square.mean()), "white_box_worst": keras_wc.worst_case,
+                      "ok": float(square.mean()) >= keras_wc.worst_case - 0.02,
+                      "rule": "Square on the .tflite does not beat the Keras white-box worst case by > 2 points"},
+    }
+    return {
+        "eps": eps,
+        "keras": {**keras_wc.as_dict(), "steps": steps, "restarts_pgd": cfg.eval_restarts},
+        "tflite": {"clean": float(lite_clean.mean()), "transfer": float(transfer.mean()),
+                   "square": float(square.mean()), "square_queries_mean": float(np.mean(queries)),
+                   "square_queries_max": int(np.max(queries)), "square_query_budget": cfg.square_queries,
+                   "worst_case": float(lite_worst.mean())},
+        "masking_checks": checks,
+        "masking_checks_ok": all(c["ok"] for c in checks.values()),
+    }
+
+
 def size_summary(cfg, net, plain, scheme, bits):
     """Paper-style and honest bits of the final model (factors counted as trained)."""
     if net is None:

@@ -2,10 +2,12 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from pipeline_run import run_pipeline, snapshot
+from pipeline_run import ROOT, run_pipeline, snapshot
 
 TINY = ["--limit_train=400", "--limit_test=120", "--da_epochs=3", "--al0_epochs=1", "--atmc32_epochs=1",
         "--atmcb_epochs=2", "--pgd_steps=2", "--eval_pgd_steps=3", "--micro_samples=4",
@@ -104,6 +106,16 @@ def test_end_to_end_tiny_run(tiny_run):
     c_bytes = re.findall(r"0x([0-9a-f]{2})", (wd / "export" / "model_data.cc").read_text())
     assert bytes(int(b, 16) for b in c_bytes) == stored  # the firmware's array is the compressed file
     assert "flash (model_int8_micro.tflite" in (wd / "report.md").read_text()
+    # the worst case over PGD / APGD-CE / APGD-DLR (Keras) and transfer / Square (the .tflite itself)
+    rb = report["robustness"]
+    k, t = rb["keras"], rb["tflite"]
+    assert set(k["per_attack"]) == {"pgd", "apgd-ce", "apgd-dlr"}
+    assert k["worst_case"] <= min(k["clean"], *k["per_attack"].values())
+    assert t["worst_case"] <= min(t["clean"], t["transfer"], t["square"])
+    assert 1 <= t["square_queries_mean"] <= t["square_query_budget"]
+    assert set(rb["masking_checks"]) == {"large_eps", "more_steps", "black_box"}
+    assert report["summary"]["keras_robust_worst"] == k["worst_case"]
+    assert "## Robustness at eps" in (wd / "report.md").read_text()
     assert report["files"]["tflite_gzip_bytes"] < report["files"]["tflite_bytes"]
     assert [s["stage"] for s in report["stages"]] == ["da", "al0", "atmc32", "atmc4"]
     config = json.loads((wd / "config.json").read_text())
@@ -330,3 +342,19 @@ def test_channel_structure_exports_a_smaller_model(tmp_path):
     assert report["phone"]["top1_agreement"] >= 0.95
     md = (wd / "report.md").read_text()
     assert "## Channels (--structure=channel)" in md and "LiteRT latency" in md
+
+
+@pytest.mark.slow
+def test_check_tflite_attacks_the_file_itself(tiny_run, tmp_path):
+    """atmc-check-tflite --attack=square on the run's int8 model: a robust accuracy and the queries spent."""
+    wd, _ = tiny_run
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    out = tmp_path / "check.json"
+    r = subprocess.run([sys.executable, "-m", "pipelines.check_tflite", f"--tflite={wd / 'export' / 'model_int8.tflite'}",
+                        "--limit_test=60", "--micro_samples=2", "--attack=square", "--eps=0.1", "--square_queries=100",
+                        f"--json_out={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    attack = json.loads(out.read_text())["phone"]["attack"]
+    assert attack["kind"] == "square" and attack["query_budget"] == 100
+    assert 0 <= attack["robust_acc"] <= json.loads(out.read_text())["phone"]["clean_acc"]
+    assert 1 <= attack["queries_mean"] <= 100
