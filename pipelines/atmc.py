@@ -149,7 +149,8 @@ def run(cfg, data=None):
     micro = check_micro(tfl_b1, x_int8, lite_b1.predict_int8(x_int8)).as_dict()
     # The compressed MCU file against the plain one, on TFLM, on every test image: bit-identical outputs.
     x_all = lite_b1.quantize_input(data.x_test[:1000])
-    mcu = micro_outputs_equal(tfl_b1, tfl_mcu, x_all).as_dict()
+    mcu = micro_outputs_equal(tfl_b1, tfl_mcu, x_all, arena_original=micro["arena_bytes"] if micro["ok"] else None)
+    mcu = mcu.as_dict()
     mcu.update(flash_bytes=len(tfl_mcu), uncompressed_bytes=len(tfl_b1), plan=mcu_plan)
     timings["micro_check"] = time.time() - t
     if structure is not None:

@@ -119,7 +119,7 @@ def test_kill_during_checkpoint_write_falls_back_to_previous_epoch(tmp_path, uni
     _check_identical(wd, uninterrupted)
 
 
-@pytest.mark.parametrize("point", ["atmc4:save", "atmc4:saved"])
+@pytest.mark.parametrize("point", ["atmc4:save"])  # ("atmc4:saved": model saved, result not, passes too; left out for CI time)
 def test_kill_during_a_stages_final_save_keeps_its_training(tmp_path, uninterrupted, point):
     """The checkpoint outlives the save of the stage's result: a kill there retrains nothing."""
     wd = tmp_path / "run"

@@ -278,13 +278,15 @@ class CompressedMicroCheck:
         return dataclasses.asdict(self)
 
 
-def _tflm_outputs(model, x, label, timeout_s):
-    """(smallest arena, outputs of every sample run with it) on TFLM, each attempt in a child."""
-    first = _child(model, "probe", ARENA_MAX, x[:1], timeout_s)
-    if first["error"]:
-        raise _CheckFailed(f"the {label} model fails on TFLite Micro: {first['error']} "
-                           f"({_tail(chr(10).join(first['log']))})")
-    arena = _smallest_arena(model, x[:1], timeout_s)
+def _tflm_outputs(model, x, label, timeout_s, arena=None):
+    """(smallest arena, outputs of every sample run with it) on TFLM, each attempt in a child;
+    `arena`: a size already known to work (check_micro found it), so no search."""
+    if arena is None:
+        first = _child(model, "probe", ARENA_MAX, x[:1], timeout_s)
+        if first["error"]:
+            raise _CheckFailed(f"the {label} model fails on TFLite Micro: {first['error']} "
+                               f"({_tail(chr(10).join(first['log']))})")
+        arena = _smallest_arena(model, x[:1], timeout_s)
     run = _child(model, "run", arena, x, timeout_s)
     if run["error"]:
         raise _CheckFailed(f"the {label} model fails running the samples with a {arena}-byte arena: "
@@ -292,9 +294,10 @@ def _tflm_outputs(model, x, label, timeout_s):
     return arena, run["outputs"]
 
 
-def micro_outputs_equal(original_b1, compressed_b1, x_int8, timeout_s=DEFAULT_TIMEOUT_S):
+def micro_outputs_equal(original_b1, compressed_b1, x_int8, timeout_s=DEFAULT_TIMEOUT_S, arena_original=None):
     """Run both models on TFLite Micro (child processes, as check_micro does) on the same batch-1
-    int8 inputs x_int8 [n, ...] and require bit-identical outputs; each at its smallest arena.
+    int8 inputs x_int8 [n, ...] and require bit-identical outputs; each at its smallest arena
+    (arena_original: the original's, when check_micro measured it already; not searched again).
     Never raises: failures go to CompressedMicroCheck.error."""
     result = CompressedMicroCheck()
     try:
@@ -303,7 +306,8 @@ def micro_outputs_equal(original_b1, compressed_b1, x_int8, timeout_s=DEFAULT_TI
             raise _CheckFailed("no samples to check")
         if x.dtype != np.int8:
             raise _CheckFailed(f"samples must be int8, got {x.dtype}")
-        result.arena_bytes_original, before = _tflm_outputs(bytes(original_b1), x, "original", timeout_s)
+        result.arena_bytes_original, before = _tflm_outputs(bytes(original_b1), x, "original", timeout_s,
+                                                            arena_original)
         result.arena_bytes_compressed, after = _tflm_outputs(bytes(compressed_b1), x, "compressed", timeout_s)
         result.arena_growth_bytes = result.arena_bytes_compressed - result.arena_bytes_original
         if before.shape != after.shape:
