@@ -27,8 +27,11 @@ def epoch_lines(verbose):
 
 
 def quiet_libraries(verbose):
-    """Below LOUD, TensorFlow's Python INFO lines (SavedModel export details) are not shown."""
-    std_logging.getLogger("tensorflow").setLevel(std_logging.INFO if verbose >= LOUD else std_logging.WARNING)
+    """TensorFlow's Python log lines: all at LOUD; warnings at 2 (e.g. "5 out of the last 5 calls ...
+    triggered tf.function retracing", which the evaluation's per-batch-shape functions cause and a
+    user cannot act on); errors only at 0 and 1 (the default)."""
+    level = std_logging.INFO if verbose >= LOUD else std_logging.WARNING if verbose == 2 else std_logging.ERROR
+    std_logging.getLogger("tensorflow").setLevel(level)
 
 
 @contextlib.contextmanager

@@ -295,7 +295,7 @@ def test_quiet_by_default_when_redirected(tmp_path, tf_log_level):
     assert sum(l.startswith("stage ") and " epoch " in l for l in lines) == epochs
     assert len(lines) <= epochs + 20, out
     for noise in ("\r", "\x1b[", "fully_quantize", "XNNPACK", "port.cc", "cuda", "functional_saver", "Epoch 1/",
-                  "use_unbounded_threadpool", "node_def_util", "absl::InitializeLog"):
+                  "use_unbounded_threadpool", "node_def_util", "absl::InitializeLog", "retracing"):
         assert noise not in out, noise
 
 
