@@ -21,7 +21,7 @@ import math
 
 import tensorflow as tf
 
-from atmc_tf.attacks.pgd import NORMS, _norm2, _project, _random_start, _xent
+from atmc_tf.attacks.pgd import NORMS, _norm2, _project, _random_start, _xent, check_threat
 
 LOSSES = ("ce", "dlr")
 MOMENTUM = 0.75
@@ -79,20 +79,11 @@ class APGDConfig:
     clip_max: float = 1.0
 
     def __post_init__(self):
-        if not (self.eps >= 0 and math.isfinite(self.eps)):
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
-        if int(self.steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_threat(self)
         if str(self.loss) not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if str(self.norm) not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if int(self.restarts) < 1:
-            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
         if not 0 < self.rho <= 1:
             raise ValueError(f"rho must be in (0, 1], got {self.rho}")
-        if not self.clip_min < self.clip_max:
-            raise ValueError("clip_min must be < clip_max")
 
     def attack(self, model_fn, x, y, seed=None):
         """x_adv for (x, y); seed: a stateless seed (shape [2] integers) makes the random starts a

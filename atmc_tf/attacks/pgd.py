@@ -16,6 +16,21 @@ import tensorflow as tf
 NORMS = ("inf", "2")
 
 
+def check_threat(config):
+    """ValueError unless an attack config's shared fields are valid: eps (finite, >= 0), steps >= 1,
+    norm in NORMS, restarts >= 1, clip_min < clip_max (PGDConfig, APGDConfig)."""
+    if not (config.eps >= 0 and math.isfinite(config.eps)):
+        raise ValueError(f"eps must be a finite number >= 0, got {config.eps}")
+    if int(config.steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {config.steps}")
+    if str(config.norm) not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {config.norm!r}")
+    if int(config.restarts) < 1:
+        raise ValueError(f"restarts must be >= 1, got {config.restarts}")
+    if not config.clip_min < config.clip_max:
+        raise ValueError("clip_min must be < clip_max")
+
+
 @dataclasses.dataclass(frozen=True)
 class PGDConfig:
     """One attack setting. step_size None means 2.5 * eps / steps (Madry)."""
@@ -30,18 +45,9 @@ class PGDConfig:
     clip_max: float = 1.0
 
     def __post_init__(self):
-        if not (self.eps >= 0 and math.isfinite(self.eps)):
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
-        if int(self.steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_threat(self)
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
-        if str(self.norm) not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if int(self.restarts) < 1:
-            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
-        if not self.clip_min < self.clip_max:
-            raise ValueError("clip_min must be < clip_max")
 
     @property
     def alpha(self):
