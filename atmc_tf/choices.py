@@ -1,5 +1,5 @@
 """The names a user picks from: data sets, model architectures, training methods, quantization
-sets and kernel factorizations.
+sets and kernel factorizations, and the one rule of which quantization set holds which bits.
 
 Dependency-free on purpose: the library modules that implement each choice and the
 programs' flags (pipelines/flags_def.py, pipelines/check_tflite.py) import them from
@@ -13,3 +13,21 @@ MODELS = ("small_cnn", "lenet", "mlp")  # atmc_tf.models.build_model
 METHODS = ("natural", "da", "nap", "ap", "al0", "alr", "atmc")
 QUANT_SCHEMES = ("codebook_int8", "codebook", "uniform_int8")  # atmc_tf.constraints.quantize
 FACTORIZATIONS = ("none", "abc", "lowrank")  # atmc_tf.layers.ATMCWrapper
+
+
+def nonzero_levels(bits, zero_in_levels=True):
+    """Distinct nonzero values a b-bit codebook may use: 2^b - 1 when 0 counts among the 2^b
+    levels (b-bit indices on the device), else 2^b (the paper's count)."""
+    return 2 ** int(bits) - (1 if zero_in_levels else 0)
+
+
+def check_codebook(scheme, bits, zero_in_levels=True):
+    """Raise ValueError when quantization set `scheme` cannot hold `bits` (one message for the
+    constraint and the pipeline's flags)."""
+    if scheme == "uniform_int8" and int(bits) < 2:
+        raise ValueError("quant_scheme='uniform_int8' needs bits >= 2")
+    if scheme == "codebook_int8" and nonzero_levels(bits, zero_in_levels) < 2:
+        raise ValueError(
+            "bits=1 with zero counted among the 2 levels leaves one nonzero code, and the int8-lattice "
+            "codebook needs two (-127 and +127, so that every channel keeps its scale): use bits >= 2, "
+            "quant_scheme='codebook', or zero_in_levels=False (the paper's 2^b nonzero values + 0)")

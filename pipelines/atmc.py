@@ -30,6 +30,7 @@ import zipfile
 
 from absl import app, logging
 
+from atmc_tf.choices import nonzero_levels
 from pipelines import flags_def, signals
 from pipelines.provenance import package_versions
 from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, config_diff, fail
@@ -183,7 +184,7 @@ def run(cfg, data=None):
                              f"{cfg.dataset}/{cfg.model_name}: robustness, dense vs {cfg.method}",
                              tflite_points)
     rep.plot_layers(size["tensors"], plots[1], f"{cfg.method}: per-tensor density and codebook size",
-                    level_limit=2 ** cfg.bits if scheme else None)
+                    level_limit=nonzero_levels(cfg.bits, cfg.zero_in_levels) if scheme else None)
     dense_curve = curves["dense adversarial (Keras)"]
     comp_curve = curves[f"{cfg.method} compressed (Keras)"]
     timings["total"] = time.time() - t_start

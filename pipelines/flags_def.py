@@ -11,7 +11,7 @@ import sys
 
 from absl import flags
 
-from atmc_tf.choices import DATASETS, FACTORIZATIONS, MODELS, QUANT_SCHEMES
+from atmc_tf.choices import DATASETS, FACTORIZATIONS, MODELS, QUANT_SCHEMES, check_codebook
 from pipelines import methods_table
 
 F = flags.FLAGS
@@ -41,6 +41,8 @@ flags.DEFINE_enum("structure", "none", ("none", "channel"), "Sparsity structure:
 flags.DEFINE_integer("bits", 4, "Bits per nonzero weight for ATMC-b (1..8); ATMC-32 if --nobits_enabled.")
 flags.DEFINE_bool("bits_enabled", True, "Quantize (ATMC-b); false stops at ATMC-32.")
 flags.DEFINE_enum("quant_scheme", "codebook_int8", QUANT_SCHEMES, "Quantization set Q_b.")
+flags.DEFINE_bool("zero_in_levels", True, "Zero is one of the 2^b values of a b-bit kernel, so the device stores "
+                  "b-bit indices (TFLite Micro's LUT); --nozero_in_levels: the paper's 2^b nonzero values + 0.")
 flags.DEFINE_enum("factorization", "none", FACTORIZATIONS, "Kernel parametrisation during ATMC-32.")
 flags.DEFINE_integer("rank", None, "Rank for --factorization=lowrank.")
 flags.DEFINE_float("rho", 0.1, "ADMM penalty weight rho.")
@@ -142,10 +144,19 @@ flags.register_multi_flags_validator(
 flags.register_multi_flags_validator(
     ["structure", "factorization"], lambda d: d["structure"] == "none" or d["factorization"] == "none",
     message="--structure=channel needs --factorization=none (channels of factors are not the layer's channels)")
-flags.register_multi_flags_validator(
-    ["quant_scheme", "bits", "bits_enabled"],
-    lambda d: not (d["bits_enabled"] and d["quant_scheme"] == "uniform_int8" and d["bits"] < 2),
-    message="--quant_scheme=uniform_int8 needs --bits >= 2")
+
+
+def _codebook_ok(d):
+    if d["bits_enabled"]:
+        try:
+            check_codebook(d["quant_scheme"], d["bits"], d["zero_in_levels"])
+        except ValueError as err:
+            raise flags.ValidationError(f"--bits={d['bits']} --quant_scheme={d['quant_scheme']}: {err} "
+                                        "(the flags of the same names)")
+    return True
+
+
+flags.register_multi_flags_validator(["quant_scheme", "bits", "bits_enabled", "zero_in_levels"], _codebook_ok)
 
 
 class UsageError(Exception):
@@ -234,6 +245,7 @@ class PipelineConfig:
     allow_collapse: bool = False
     structure: str = "none"
     square_queries: int = 1000
+    zero_in_levels: bool = True
 
     @classmethod
     def from_flags(cls):
@@ -258,9 +270,14 @@ class PipelineConfig:
         return methods_table.stage_names(self.method, self.bits)
 
 
+# What a run recorded before a field existed did, where that is not the field's default.
+LEGACY = {"zero_in_levels": False}
+
+
 def config_defaults():
-    """PipelineConfig's field defaults: for a field added after a run was recorded, what that run did."""
-    return {f.name: f.default for f in dataclasses.fields(PipelineConfig) if f.default is not dataclasses.MISSING}
+    """For a field added after a run was recorded, what that run did: LEGACY, else the field's default."""
+    return {f.name: f.default for f in dataclasses.fields(PipelineConfig)
+            if f.default is not dataclasses.MISSING} | LEGACY
 
 
 def config_diff(mine, theirs, defaults=None):

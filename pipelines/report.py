@@ -46,7 +46,8 @@ def plot_layers(tensors, file, title, level_limit=None):
 
 def layers_figure(tensors, title, level_limit=None):
     """Per compressed tensor: density (nnz / size) and number of distinct nonzero levels, each bar
-    labelled with its value, the tensor names on both panels, the 2^b limit's legend outside the bars."""
+    labelled with its value, the tensor names on both panels, the codebook limit's legend outside the bars
+    (2^b - 1 nonzero values when zero counts among the 2^b levels, else 2^b)."""
     names = [t["name"].split("/")[0].replace("atmc_", "") + "/" + t["name"].split("/")[-1]
              for t in tensors]
     density = [t["nnz"] / max(t["numel"], 1) for t in tensors]
@@ -67,7 +68,7 @@ def layers_figure(tensors, title, level_limit=None):
     for i, v in enumerate(levels):
         b.text(v + top * 0.02, i, str(v) if v else "fp32", va="center", fontsize=8)
     if level_limit:
-        b.axvline(level_limit, color="black", linestyle="--", label=f"limit 2^b = {level_limit}")
+        b.axvline(level_limit, color="black", linestyle="--", label=f"limit: {level_limit} nonzero values")
         b.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)
     b.set_xlabel("distinct nonzero values per tensor (0 = fp32, not quantized)")
     b.set_ylabel("compressed tensor")

@@ -294,7 +294,8 @@ def compress_stages(cfg, data, da_plain):
             settings.update(attack=train_attack(cfg), clean_weight=cfg.clean_weight, adv_weight=1 - cfg.clean_weight)
         if stage.quantized:
             scheme = cfg.quant_scheme
-            settings.update(bits=cfg.bits, quant_scheme=scheme, rho=cfg.rho, quant_interval=cfg.quant_interval)
+            settings.update(bits=cfg.bits, quant_scheme=scheme, rho=cfg.rho, quant_interval=cfg.quant_interval,
+                            zero_in_levels=cfg.zero_in_levels)
         wrap_kwargs = {}
         if stage.wrap == "factorization":
             wrap_kwargs["factorization"] = cfg.factorization

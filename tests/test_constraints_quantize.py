@@ -1,12 +1,13 @@
-"""Quantizers: at most 2^b nonzero levels, zeros kept, idempotent, nearest level, on the int8 lattice."""
+"""Quantizers: at most 2^b values including zero (or the paper's 2^b nonzero + 0), zeros kept, idempotent,
+nearest level, on the int8 lattice."""
 import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from atmc_tf.constraints import (QUANT_SCHEMES, channel_scales, fit_codebook, int8_codes,
-                                 nearest_level, num_levels, quantize, quantize_codebook,
+from atmc_tf.constraints import (QUANT_SCHEMES, Quantization, channel_scales, fit_codebook, int8_codes,
+                                 nearest_level, nonzero_levels, num_levels, quantize, quantize_codebook,
                                  quantize_codebook_int8, quantize_uniform_int8)
 
 elements = st.floats(-4, 4, allow_nan=False, width=32)
@@ -19,16 +20,17 @@ def _sparsify(w, seed):
     return np.where(rng.random(w.shape) < 0.4, 0.0, w).astype(np.float32)
 
 
+@pytest.mark.parametrize("zero_in_levels", [True, False])
 @pytest.mark.parametrize("scheme", QUANT_SCHEMES)
 @given(kernels, st.integers(1, 8), st.integers(0, 1000))
-def test_feasible_idempotent_zero_preserving(scheme, w, bits, seed):
-    if scheme == "uniform_int8" and bits < 2:
+def test_feasible_idempotent_zero_preserving(scheme, zero_in_levels, w, bits, seed):
+    if scheme == "uniform_int8" and bits < 2 or scheme == "codebook_int8" and zero_in_levels and bits < 2:
         bits = 2
     w = _sparsify(w, seed)
-    q = quantize(w, scheme, bits).numpy()
-    assert int(num_levels(q, scheme)) <= 2 ** bits
+    q = quantize(w, scheme, bits, zero_in_levels=zero_in_levels).numpy()
+    assert int(num_levels(q, scheme)) <= nonzero_levels(bits, zero_in_levels)
     assert np.all(q[w == 0] == 0), "pruned weights must stay pruned"
-    q2 = quantize(q, scheme, bits).numpy()
+    q2 = quantize(q, scheme, bits, zero_in_levels=zero_in_levels).numpy()
     np.testing.assert_allclose(q2, q, rtol=0, atol=1e-6 * (1 + np.abs(q).max()))
 
 
@@ -60,6 +62,40 @@ def test_codebook_int8_nearest_among_its_levels(w, bits):
     best = np.min(np.abs(u[..., None] - levels.numpy()), axis=-1)
     got = np.abs(u - q.numpy() / channel_scales(w).numpy())
     np.testing.assert_allclose(got, best, atol=1e-3)
+
+
+@pytest.mark.parametrize("scheme", ["codebook_int8", "uniform_int8"])
+@given(kernels, st.integers(2, 8), st.integers(0, 1000))
+def test_b_bits_index_every_value_of_a_channel_zero_included(scheme, w, bits, seed):
+    """The default: each output channel of the int8 kernel the device stores holds at most 2^b distinct
+    values counting 0, so a b-bit LUT index addresses them all (the paper's count allowed 2^b + 1)."""
+    w = _sparsify(w, seed)
+    w[..., 0] = 0.0  # a channel with zeros among its values, whatever the draw
+    w.reshape(-1, w.shape[-1])[0, :] = 1.0
+    codes = int8_codes(quantize(w, scheme, bits)).numpy().reshape(-1, w.shape[-1])
+    per_channel = [len(np.unique(codes[:, c])) for c in range(codes.shape[1])]
+    assert max(per_channel) <= 2 ** bits
+    tensor_values = len(np.unique(codes))
+    assert tensor_values <= 2 ** bits, "the codebook is shared by the tensor's channels"
+
+
+def test_paper_count_uses_one_more_value_than_b_bits_hold():
+    """Both options are what they say on a tensor rich enough to use every level: 2^b nonzero + 0
+    (b+1-bit indices) without zero_in_levels, 2^b values with it."""
+    w = np.random.default_rng(3).normal(size=(64, 8)).astype(np.float32)
+    w[:8] = 0.0
+    for zero_in_levels, values in ((False, 2 ** 4 + 1), (True, 2 ** 4)):
+        codes = int8_codes(quantize(w, "codebook_int8", 4, zero_in_levels=zero_in_levels)).numpy()
+        assert len(np.unique(codes)) == values
+
+
+def test_one_bit_int8_codebook_with_zero_counted_is_refused_in_one_message():
+    with pytest.raises(ValueError, match="bits >= 2.*zero_in_levels=False"):
+        quantize(np.ones((3, 2), np.float32), "codebook_int8", 1)
+    with pytest.raises(ValueError, match="one nonzero code"):
+        Quantization(1, "codebook_int8")
+    Quantization(1, "codebook_int8", zero_in_levels=False)
+    Quantization(1, "codebook")
 
 
 def test_depthwise_channels_are_in_channel_times_multiplier():

@@ -184,3 +184,20 @@ def test_a_kernel_with_17_values_per_channel_gets_5_bit_indices(exported):
     # And TFLM decodes it: the compressed model's first sample runs (all samples: the bit-identity test).
     run = _child(exported["compressed"], "run", ARENA_MAX, exported["x_int8"][:1], 120)
     assert run["error"] is None
+
+
+@pytest.mark.parametrize("zero_in_levels,bits", [(True, 2), (False, 3)])
+def test_b_bit_atmc_kernels_get_b_bit_indices(digits, zero_in_levels, bits):
+    """The quantizer's 2-bit codebook (0 counted among the 4 values) becomes 2-bit LUT indices on the
+    device; the paper's count (4 nonzero values + 0) needs 3."""
+    from atmc_tf.constraints import quantize
+    from atmc_tf.layers.wrappers import kernel_channel_axes
+    model = tiny_model()
+    for name in ("conv_b", "dense"):
+        layer = model.get_layer(name)
+        layer.kernel.assign(quantize(layer.kernel, "codebook_int8", 2, kernel_channel_axes(layer),
+                                     zero_in_levels=zero_in_levels))
+    _, report = compress_for_micro(to_int8_tflite(model, digits[0], batch_size=1))
+    for name in ("conv_b", "dense"):
+        entry = _entry(report, name)
+        assert entry["encoding"] == "lut_per_channel" and entry["index_bits"] == bits, entry

@@ -36,6 +36,7 @@ BAD_FLAGS = [
     ("--factorization=lowrank", "--rank"), ("--eps=abc", "eps"), ("--plot_eps=0.1,x", "--plot_eps"),
     ("--nosuch_flag=1", "nosuch_flag"), ("positional", "unexpected arguments"),
     ("--quant_scheme=uniform_int8 --bits=1", "uniform_int8"), ("--rho=-1", "--rho"),
+    ("--bits=1", "one nonzero code"),
     ("--structure=channel --method=ap", "--structure=channel needs"), ("--structure=rows", "structure"),
     ("--structure=channel --factorization=abc", "--factorization=none"),
 ]
@@ -88,7 +89,7 @@ def test_end_to_end_tiny_run(tiny_run):
         assert (wd / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     size = report["size"]
     assert size["nnz"] <= report["stage_results"][-1]["constraints"]["budget"]
-    assert all(t["levels"] <= 2 ** 4 for t in size["tensors"])
+    assert all(t["levels"] <= 2 ** 4 - 1 for t in size["tensors"])  # 16 values with 0: 4-bit indices
     phone, micro = report["phone"], report["micro"]
     assert phone["kernels_exact"], phone["kernel_codes"]
     assert phone["top1_agreement"] >= 0.9
@@ -101,6 +102,8 @@ def test_end_to_end_tiny_run(tiny_run):
     assert mcu["flash_bytes"] < mcu["uncompressed_bytes"], mcu
     assert any(t["encoding"] == "lut_per_channel" for t in mcu["plan"]["tensors"])
     assert not any(t["encoding"] == "lut_per_tensor" for t in mcu["plan"]["tensors"])  # wrong on per-channel kernels
+    # 4-bit ATMC means 4-bit indices on the device: 0 is one of the 16 values (the paper's count needed 5)
+    assert {t["index_bits"] for t in mcu["plan"]["tensors"] if t["encoding"] == "lut_per_channel"} <= {1, 2, 3, 4}
     stored = (wd / "export" / "model_int8_micro.tflite").read_bytes()
     assert len(stored) == mcu["flash_bytes"]
     c_bytes = re.findall(r"0x([0-9a-f]{2})", (wd / "export" / "model_data.cc").read_text())
@@ -225,6 +228,10 @@ def test_workdir_from_before_a_new_flag_resumes_at_its_default():
     assert config_diff(cfg.as_dict(), old) == []
     assert config_diff(dataclasses.replace(cfg, optimizer="sgd").as_dict(), old) == ["optimizer"]
     assert config_diff(dataclasses.replace(cfg, lr=1.0).as_dict(), old) == ["lr"]
+    # A field whose default is not what older runs did: those runs counted 2^b nonzero values + 0.
+    older = {k: v for k, v in cfg.as_dict().items() if k != "zero_in_levels"}
+    assert config_diff(dataclasses.replace(cfg, zero_in_levels=True).as_dict(), older) == ["zero_in_levels"]
+    assert config_diff(dataclasses.replace(cfg, zero_in_levels=False).as_dict(), older) == []
 
 
 @pytest.mark.slow

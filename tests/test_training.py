@@ -85,7 +85,7 @@ def test_every_method_keeps_its_constraints(digits, da_model, method, bits, sche
         assert sum(w.rank * sum(w._matrix_shape) for w in atmc_wrappers(net)) <= max(budget, 0) + \
             sum(sum(w._matrix_shape) for w in atmc_wrappers(net))
     if bits:
-        assert max(_levels(net, scheme)) <= 2 ** bits
+        assert max(_levels(net, scheme)) <= 2 ** bits - 1  # zero counts among the 2^b values
     if method in ("natural", "nap"):
         assert cfg.attack is None
     assert method in METHODS
@@ -98,11 +98,14 @@ def test_trainer_config_round_trip(da_model):
     assert again.config == cfg and again.config.method == "atmc"
     assert [repr(c) for c in again.constraints] == [repr(c) for c in trainer.constraints]
     assert ATMCConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.zero_in_levels and trainer.constraints[-1].zero_in_levels
+    older = {k: v for k, v in cfg.to_dict().items() if k != "zero_in_levels"}  # saved before the field
+    assert ATMCConfig.from_dict(older).zero_in_levels is False
 
 
 @pytest.mark.parametrize("bad", [dict(sparsity="dynamic"), dict(bits=0), dict(bits=9),
                                  dict(sparsity="weird", nnz_budget=3), dict(quant_interval=0, bits=2),
-                                 dict(bits=1, quant_scheme="uniform_int8")])
+                                 dict(bits=1, quant_scheme="uniform_int8"), dict(bits=1)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         ATMCConfig(**bad)
@@ -205,7 +208,7 @@ def test_atmc_with_factorized_kernels(digits, da_model, factorization, bits):
     assert len(factors) == 3 * len(atmc_wrappers(net))  # A, B, C or U, V, C per layer
     assert _nnz(net) <= budget
     if bits:
-        assert max(_levels(net, "codebook")) <= 2 ** bits
+        assert max(_levels(net, "codebook")) <= 2 ** bits - 1
     x = x_tr[:32]
     plain = strip_model(net)
     np.testing.assert_allclose(plain(x).numpy(), net(x, training=False).numpy(), rtol=1e-4, atol=1e-4)

@@ -17,6 +17,8 @@ from atmc_tf.constraints.quantize import (
     quantize_uniform_int8,
     int8_codes,
     num_levels,
+    nonzero_levels,
+    check_codebook,
     channel_scales,
 )
 from atmc_tf.constraints.lowrank import (

@@ -1,21 +1,27 @@
 """Quantization sets Q_b and their projections (pure tensor code).
 
-Three schemes, all keep an exact 0 (pruned weights stay pruned):
+Three schemes, all keep an exact 0 (pruned weights stay pruned). How many
+nonzero values a codebook gets is `nonzero_levels(bits, zero_in_levels)`:
+with zero_in_levels (the default) 0 is one of the 2^b values, so a tensor
+holds at most 2^b distinct values and a b-bit index addresses every one of
+them on the device (TFLite Micro's LUT); without it, the paper's count:
+2^b nonzero values plus 0, i.e. 2^b + 1 values and (b+1)-bit indices.
 
-- "codebook": per-tensor codebook of 2^b float values fitted by 1-D Lloyd
-  (k-means) on the nonzero weights, plus the fixed centre 0. This is the
-  paper's Q_b: at most 2^b distinct nonzero values per tensor.
+- "codebook": per-tensor codebook of float values fitted by 1-D Lloyd
+  (k-means) on the nonzero weights, plus the fixed centre 0 (the paper's
+  Q_b, with zero_in_levels=False: at most 2^b distinct nonzero values).
 - "codebook_int8": the same codebook idea placed on TFLite's int8 lattice.
   Weights are scale_c * q with q an integer in [-127, 127], one scale per
   output channel (scale_c = max|W_c| / 127, zero point 0: exactly the scale
-  the TFLite converter computes). The codes q of a tensor take at most 2^b
-  distinct nonzero values, shared by all channels. Two of the 2^b codes are
+  the TFLite converter computes). The codes q of a tensor take the allowed
+  number of distinct nonzero values, shared by all channels. Two of them are
   anchored at -127 and +127: every channel's largest magnitude maps to +-127,
   so the converter recomputes the same scale and stores the trained codes
   bit for bit (no re-rounding at export).
 - "uniform_int8": symmetric uniform b-bit grid on the same lattice: codes
   round(j * 127 / L), j in [-L, L], L = 2^(b-1) - 1. For b = 8 this is exactly
-  TFLite's own per-channel int8 quantization.
+  TFLite's own per-channel int8 quantization. Its 2^b - 1 levels include 0
+  whatever zero_in_levels says.
 
 Given its levels, every projection maps each entry to its nearest level
 (ties to the lower level), so it is the Euclidean projection onto the set of
@@ -24,7 +30,7 @@ tensors using those levels; all three are idempotent.
 import numpy as np
 import tensorflow as tf
 
-from atmc_tf.choices import QUANT_SCHEMES  # noqa: F401  (re-exported: the names users pick from)
+from atmc_tf.choices import QUANT_SCHEMES, check_codebook, nonzero_levels  # noqa: F401  (re-exported)
 
 INT8_MAX = 127.0
 
@@ -113,11 +119,11 @@ def fit_codebook(values, num_centers, fixed=(0.0,), iters=20):
         lambda: tf.cond(tf.size(distinct) <= num_centers, exact, lloyd))
 
 
-def quantize_codebook(w, bits, iters=20):
-    """Per-tensor 2^bits codebook (Lloyd) plus exact 0. Returns (w_q, centres)."""
+def quantize_codebook(w, bits, iters=20, zero_in_levels=True):
+    """Per-tensor float codebook (Lloyd) plus exact 0. Returns (w_q, centres)."""
     w = tf.convert_to_tensor(w)
     nonzero = tf.boolean_mask(tf.reshape(w, [-1]), tf.reshape(w != 0, [-1]))
-    centres = fit_codebook(nonzero, 2 ** int(bits), fixed=(0.0,), iters=iters)
+    centres = fit_codebook(nonzero, nonzero_levels(bits, zero_in_levels), fixed=(0.0,), iters=iters)
     levels = tf.sort(tf.concat([centres, tf.zeros([1], w.dtype)], axis=0))
     return _keep_zeros(w, nearest_level(w, levels)), centres
 
@@ -149,15 +155,15 @@ def int8_codes(w, channel_axes=(-1,)):
     return tf.round(tf.convert_to_tensor(w) / channel_scales(w, channel_axes))
 
 
-def quantize_codebook_int8(w, bits, channel_axes=(-1,), iters=20):
-    """2^bits shared integer codes per tensor, on the int8 per-channel lattice.
-
-    Returns (w_q, codes_used) where w_q = scale_c * code.
+def quantize_codebook_int8(w, bits, channel_axes=(-1,), iters=20, zero_in_levels=True):
+    """nonzero_levels(bits, zero_in_levels) shared integer codes per tensor, on the
+    int8 per-channel lattice. Returns (w_q, codes_used) where w_q = scale_c * code.
     """
+    check_codebook("codebook_int8", bits, zero_in_levels)
     w = tf.convert_to_tensor(w)
     scale = channel_scales(w, channel_axes)
     u = w / scale
-    k = 2 ** int(bits)
+    k = nonzero_levels(bits, zero_in_levels)
     if k >= 254:  # every nonzero int8 code fits in the budget: plain rounding.
         codes = tf.clip_by_value(tf.round(u), -INT8_MAX, INT8_MAX)
         return _keep_zeros(w, codes * scale), tf.range(-INT8_MAX, INT8_MAX + 1.0, dtype=w.dtype)
@@ -167,7 +173,7 @@ def quantize_codebook_int8(w, bits, channel_axes=(-1,), iters=20):
     # Values within float noise of an integer are snapped before the fit so
     # that an already-quantized tensor is recognised as such (idempotence).
     snapped = tf.where(tf.abs(nonzero - tf.round(nonzero)) < 1e-3, tf.round(nonzero), nonzero)
-    free = tf.round(fit_codebook(snapped, max(k - 2, 0), fixed=anchors, iters=iters))
+    free = tf.round(fit_codebook(snapped, k - 2, fixed=anchors, iters=iters))
     levels = tf.sort(tf.concat([tf.constant(anchors, w.dtype), free], axis=0))
     codes = nearest_level(u, levels)
     return _keep_zeros(w, codes * scale), levels
@@ -191,12 +197,12 @@ def quantize_uniform_int8(w, bits, channel_axes=(-1,)):
     return _keep_zeros(w, nearest_level(w / scale, levels) * scale), levels
 
 
-def quantize(w, scheme, bits, channel_axes=(-1,), iters=20):
+def quantize(w, scheme, bits, channel_axes=(-1,), iters=20, zero_in_levels=True):
     """Project w onto Q_b for `scheme` (see module docstring). Returns w_q."""
     if scheme == "codebook":
-        return quantize_codebook(w, bits, iters)[0]
+        return quantize_codebook(w, bits, iters, zero_in_levels)[0]
     if scheme == "codebook_int8":
-        return quantize_codebook_int8(w, bits, channel_axes, iters)[0]
+        return quantize_codebook_int8(w, bits, channel_axes, iters, zero_in_levels)[0]
     if scheme == "uniform_int8":
         return quantize_uniform_int8(w, bits, channel_axes)[0]
     raise ValueError(f"unknown quantization scheme {scheme!r}; expected one of {QUANT_SCHEMES}")

@@ -28,6 +28,8 @@ class ATMCConfig:
     l0_ramp_steps: lower the dynamic budget from dense to k over this many steps (0: at once).
     bits, quant_scheme: Q_b (see atmc_tf.constraints.quantize), enforced by
                    ADMM every quant_interval steps with penalty rho/2 ||W-Z+U||^2.
+    zero_in_levels: 0 is one of the 2^b values (default), so a b-bit kernel needs b-bit indices
+                   on the device; False: the paper's 2^b nonzero values + 0.
     structure:     "channel" adds structured sparsity (constraints.GroupL0): at most group_budget
                    (in group_budget_unit, with group_costs: see GroupL0) in whole output channels /
                    neurons, re-selected after every step
@@ -48,6 +50,7 @@ class ATMCConfig:
     l0_ramp_steps: int = 0
     bits: int | None = None
     quant_scheme: str = "codebook_int8"
+    zero_in_levels: bool = True
     rho: float = 0.1
     quant_interval: int = 5
     kmeans_iters: int = 20
@@ -103,7 +106,7 @@ class ATMCConfig:
             constraints.append(FixedSupport(self.nnz_budget, self.l0_scoring))
         if self.quantized:
             constraints.append(Quantization(self.bits, self.quant_scheme, self.rho, self.quant_interval,
-                                            self.kmeans_iters))
+                                            self.kmeans_iters, self.zero_in_levels))
         return terms, constraints
 
     def to_dict(self):
@@ -115,6 +118,7 @@ class ATMCConfig:
     @classmethod
     def from_dict(cls, d):
         d = dict(d)
+        d.setdefault("zero_in_levels", False)  # a record from before the field: the paper's count
         if d.get("attack") is not None:
             d["attack"] = attack_from_dict(d["attack"])
         return cls(**d)
