@@ -61,8 +61,8 @@ def run(cfg, data=None):
 
     data: the loaded Dataset (main loads it before importing TensorFlow); None loads it here.
     """
-    from atmc_tf.export import atomic, c_header, c_source, evaluate_deployment, gzip_size, kernel_codes_match, \
-        to_int8_tflite, LiteRTModel, check_micro, shrink_model, compress_for_micro, micro_outputs_equal
+    from atmc_tf.export import atomic, c_header, c_source, evaluate_deployment, kernel_codes_match, \
+        to_int8_tflite, LiteRTModel, check_micro, shrink_model, compress_for_micro, micro_outputs_equal, device_bytes
     from pipelines import console, faults
     from pipelines import report as rep
     from pipelines import stages
@@ -114,7 +114,8 @@ def run(cfg, data=None):
     faults.point("export")
     codes = kernel_codes_match(deployed, tfl)
     timings["export"] = time.time() - t
-    logging.info("export: %d bytes (%d gzipped), batch-1 %d bytes", len(tfl), gzip_size(tfl), len(tfl_b1))
+    logging.info("export: phone .tflite %d bytes, microcontroller %d bytes (batch-1 %d before its LUT compression)",
+                 len(tfl), len(tfl_mcu), len(tfl_b1))
 
     # --- checks: phone (LiteRT) ----------------------------------------------------
     t = time.time()
@@ -206,8 +207,8 @@ def run(cfg, data=None):
         "micro": micro,
         "micro_compressed": mcu,
         "size": size,
-        "files": {**files, "plots": plots, "tflite_bytes": len(tfl), "tflite_gzip_bytes": gzip_size(tfl),
-                  "tflite_b1_bytes": len(tfl_b1)},
+        "device_bytes": device_bytes(tfl, tfl_mcu, tfl_b1),
+        "files": {**files, "plots": plots},
         "stages": [{k: r[k] for k in ("stage", "method", "epochs", "seconds")} for r in [da_result] + results],
         "stage_results": [da_result] + results,
         "collapse": collapse,
@@ -570,7 +571,8 @@ def main_body(argv):
     report_md = os.path.join(cfg.workdir, "report.md")
     print(f"clean {s['keras_clean']:.3f} / robust {s['keras_robust']:.3f} (Keras); "
           f"int8 .tflite clean {s['tflite_clean']:.3f} / robust {s['tflite_robust_transfer']:.3f} (transfer); "
-          f"TFLM {'ok' if r['micro']['ok'] else 'FAILED'}; report: {report_md}")
+          f"TFLM {'ok' if r['micro']['ok'] else 'FAILED'}; device bytes: phone {r['device_bytes']['litert']}, "
+          f"microcontroller {r['device_bytes']['tflm']}; report: {report_md}")
     # Everything is written by now (nothing is lost); the exit code says what went wrong.
     status = 0
     from atmc_tf.export.micro import failure_reason

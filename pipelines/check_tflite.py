@@ -94,6 +94,26 @@ def check_json_out(path):
         fail(f"--json_out={path}: cannot write to {parent}; pick a directory that exists and is writable")
 
 
+def micro_flash(tflite_bytes, x_int8, micro):
+    """(the file a microcontroller's flash would hold, its summary): few-valued kernels as TFLM LUT
+    indices (compress_for_micro), checked bit-identical to the file itself on TFLM on the same samples.
+    A file the compressor cannot read is stored as it is (said in "note"), not a failure of the model."""
+    from atmc_tf.export import compress_for_micro, micro_outputs_equal
+    try:
+        tfl_mcu, plan = compress_for_micro(tflite_bytes)
+    except ValueError as err:  # MicroCompressionError included
+        return bytes(tflite_bytes), {"flash_bytes": len(tflite_bytes), "ok": micro["ok"],
+                                     "note": "stored uncompressed: " + " ".join(str(err).split())}
+    mcu = {"flash_bytes": len(tfl_mcu), "compressed_tensors": plan["compressed_tensors"],
+           "index_bits": sorted({t["index_bits"] for t in plan["tensors"] if t["index_bits"]})}
+    if tfl_mcu == bytes(tflite_bytes):
+        mcu.update(ok=micro["ok"], note="no kernel is worth compressing: the file is stored as it is")
+    else:
+        mcu.update(micro_outputs_equal(tflite_bytes, tfl_mcu, x_int8,
+                                       arena_original=micro["arena_bytes"] if micro["ok"] else None).as_dict())
+    return tfl_mcu, mcu
+
+
 def check(tflite_bytes, data, micro_samples, path="model.tflite", attack="none", eps=0.1, square_queries=1000,
           seed=0):
     """The phone and microcontroller checks on a Dataset's test split (and, with attack="square", a
@@ -103,7 +123,7 @@ def check(tflite_bytes, data, micro_samples, path="model.tflite", attack="none",
     """
     import numpy as np
 
-    from atmc_tf.export import LiteRTModel, check_micro, evaluate_deployment, gzip_size
+    from atmc_tf.export import LiteRTModel, check_micro, device_bytes, evaluate_deployment
 
     lite = LiteRTModel(tflite_bytes)
     model_shape, data_shape = tuple(lite.input_shape[1:]), tuple(data.input_shape)
@@ -118,6 +138,7 @@ def check(tflite_bytes, data, micro_samples, path="model.tflite", attack="none",
     n = min(int(micro_samples), len(y))
     x_int8 = lite.quantize_input(data.x_test[:n])
     micro = check_micro(tflite_bytes, x_int8, lite.predict_int8(x_int8)).as_dict()
+    tfl_mcu, mcu = micro_flash(tflite_bytes, x_int8, micro)
     phone = {"runtime": "LiteRT", "clean_acc": ev.tflite_clean_acc, "samples": ev.samples, "ops": lite.op_names()}
     if attack == "square":
         from atmc_tf.export import square_attack
@@ -128,15 +149,15 @@ def check(tflite_bytes, data, micro_samples, path="model.tflite", attack="none",
                            "note": "score-based black box on the int8 model itself (LiteRT), margin loss"}
     return {
         "tflite": path,
-        "bytes": len(tflite_bytes),
-        "gzip_bytes": gzip_size(tflite_bytes),
+        "device_bytes": device_bytes(tflite_bytes, tfl_mcu),
         "sha256": hashlib.sha256(tflite_bytes).hexdigest(),
         "input": {"shape": [int(d) for d in lite.input_shape], "dtype": np.dtype(lite.input_dtype).name},
         "dataset": {"name": data.name, "test": int(len(y)), "input_shape": list(data_shape),
                     "num_classes": int(data.num_classes)},
         "phone": phone,
         "micro": micro,
-        "ok": bool(micro["ok"]),
+        "micro_compressed": mcu,
+        "ok": bool(micro["ok"] and mcu["ok"]),
     }
 
 
@@ -167,10 +188,15 @@ def main(argv):
     sys.stdout.write(text)
     if not summary["ok"]:
         from atmc_tf.export.micro import failure_reason
-        sys.stderr.write(f"error: TFLite Micro check failed: {failure_reason(summary['micro'])}\n")
+        mcu = summary["micro_compressed"]
+        reason = failure_reason(summary["micro"]) or (
+            f"the LUT-compressed file ({mcu['flash_bytes']} bytes) does not reproduce it on TFLite Micro: "
+            f"{mcu.get('error')}")
+        sys.stderr.write(f"error: TFLite Micro check failed: {reason}\n")
         sys.exit(1)
-    logging.info("phone clean acc %.4f on %d images; TFLite Micro ok, arena %s bytes",
-                 summary["phone"]["clean_acc"], summary["phone"]["samples"], summary["micro"]["arena_bytes"])
+    logging.info("phone clean acc %.4f on %d images; TFLite Micro ok, arena %s bytes; device bytes: phone %d, "
+                 "microcontroller %d", summary["phone"]["clean_acc"], summary["phone"]["samples"],
+                 summary["micro"]["arena_bytes"], summary["device_bytes"]["litert"], summary["device_bytes"]["tflm"])
 
 
 def entry():

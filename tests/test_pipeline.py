@@ -119,7 +119,12 @@ def test_end_to_end_tiny_run(tiny_run):
     assert set(rb["masking_checks"]) == {"large_eps", "more_steps", "black_box"}
     assert report["summary"]["keras_robust_worst"] == k["worst_case"]
     assert "## Robustness at eps" in (wd / "report.md").read_text()
-    assert report["files"]["tflite_gzip_bytes"] < report["files"]["tflite_bytes"]
+    dev = report["device_bytes"]  # what each device stores, first-class beside paper-style bits and gzip
+    assert dev["litert"] == (wd / "export" / "model_int8.tflite").stat().st_size
+    assert dev["tflm"] == mcu["flash_bytes"] < dev["tflm_uncompressed"] == mcu["uncompressed_bytes"]
+    assert dev["gzip"] < dev["litert"]
+    md = (wd / "report.md").read_text()
+    assert re.search(rf"\*\*microcontroller flash\*\* .*\| {dev['tflm']:,} \|", md), md
     assert [s["stage"] for s in report["stages"]] == ["da", "al0", "atmc32", "atmc4"]
     config = json.loads((wd / "config.json").read_text())
     assert (config["optimizer"], config["weight_decay"]) == ("sgd", 5e-4), config
@@ -365,3 +370,11 @@ def test_check_tflite_attacks_the_file_itself(tiny_run, tmp_path):
     assert attack["kind"] == "square" and attack["query_budget"] == 100
     assert 0 <= attack["robust_acc"] <= json.loads(out.read_text())["phone"]["clean_acc"]
     assert 1 <= attack["queries_mean"] <= 100
+    # any file's device bytes: the phone stores it as it is; a microcontroller the LUT-compressed file,
+    # checked bit-identical on TFLM (4-bit ATMC kernels: at most 4-bit indices)
+    summary = json.loads(out.read_text())
+    dev, mcu = summary["device_bytes"], summary["micro_compressed"]
+    assert dev["litert"] == (wd / "export" / "model_int8.tflite").stat().st_size
+    assert dev["tflm"] == mcu["flash_bytes"] < dev["litert"] and dev["gzip"] < dev["litert"]
+    assert mcu["ok"] and mcu["samples_checked"] == 2 and mcu["compressed_tensors"] >= 1, mcu
+    assert set(mcu["index_bits"]) <= {1, 2, 3, 4}, mcu

@@ -27,6 +27,7 @@ from atmc_tf.export.micro_compress import (
     CompressedMicroCheck,
     MicroCompressionError,
     compress_for_micro,
+    device_bytes,
     micro_outputs_equal,
 )
 from atmc_tf.export.surgery import SurgeryError, count_macs, shrink_model

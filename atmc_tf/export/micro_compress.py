@@ -43,7 +43,7 @@ import numpy as np
 
 from atmc_tf.export.micro import (ARENA_MAX, DEFAULT_TIMEOUT_S, _CheckFailed, _child, _smallest_arena,
                                   _tail)
-from atmc_tf.export.tflite import KERNEL_OPS, _enum_names, _litert
+from atmc_tf.export.tflite import KERNEL_OPS, _enum_names, _litert, gzip_size
 
 MAX_INDEX_BITS = 7  # the package's LUT bitwidth field holds 1..7
 DCM_HEADER_BYTES = 16  # the DECODE common metadata ahead of the value tables
@@ -211,6 +211,17 @@ def compress_for_micro(tflite_b1_bytes, mode="per_channel"):
         "ops": list(dict.fromkeys(model_ops(compressed))),
     }
     return compressed, report
+
+
+def device_bytes(tflite_bytes, micro_bytes, micro_uncompressed_bytes=None):
+    """What each device stores, in bytes, beside the download size: "litert" (a phone keeps the .tflite
+    as it is: LiteRT has no DECODE operator), "tflm" (a microcontroller's flash holds
+    compress_for_micro's file), "tflm_uncompressed" (the batch-1 file before it; default: the
+    .tflite), "gzip" (the .tflite gzipped: what a download costs, not what a device holds)."""
+    return {"litert": len(tflite_bytes), "tflm": len(micro_bytes),
+            "tflm_uncompressed": len(micro_uncompressed_bytes if micro_uncompressed_bytes is not None
+                                     else tflite_bytes),
+            "gzip": gzip_size(tflite_bytes)}
 
 
 def _compress(original, chosen):
