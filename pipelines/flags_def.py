@@ -11,7 +11,7 @@ import sys
 
 from absl import flags
 
-from atmc_tf.choices import DATASETS, FACTORIZATIONS, MODELS, QUANT_SCHEMES, check_codebook
+from atmc_tf.choices import DATASETS, DISTILL_MODES, FACTORIZATIONS, MODELS, QUANT_SCHEMES, check_codebook
 from pipelines import methods_table
 
 F = flags.FLAGS
@@ -47,6 +47,12 @@ flags.DEFINE_enum("factorization", "none", FACTORIZATIONS, "Kernel parametrisati
 flags.DEFINE_integer("rank", None, "Rank for --factorization=lowrank.")
 flags.DEFINE_float("rho", 0.1, "ADMM penalty weight rho.")
 flags.DEFINE_integer("quant_interval", 5, "Steps between ADMM Z/U updates.")
+flags.DEFINE_enum("distill", "off", ("off",) + DISTILL_MODES, "Robust distillation from the dense adversarially "
+                  "trained (DA) model in every adversarial compression stage, in place of the adversarial "
+                  "cross-entropy: ard (Goldblum et al. 2020: clean CE x --clean_weight + T^2 KL(teacher(x) || "
+                  "student(x_adv)) x the rest) or rslad (Zi et al. 2021: the teacher's soft labels only); x_adv "
+                  "maximises that KL.")
+flags.DEFINE_float("distill_temperature", 1.0, "Softmax temperature T of --distill=ard (RSLAD uses 1).")
 flags.DEFINE_float("eps", 0.1, "L_inf PGD radius on [0, 1] inputs (training and evaluation).")
 flags.DEFINE_integer("pgd_steps", 7, "PGD steps during training.")
 flags.DEFINE_integer("square_queries", 1000, "Query budget per image of the Square Attack run on the int8 .tflite "
@@ -100,6 +106,7 @@ _RULES = [
     ("nnz_budget", _positive_int_or_none, "--nnz_budget must be >= 1"),
     ("rank", _positive_int_or_none, "--rank must be >= 1"),
     ("rho", lambda v: math.isfinite(v) and v >= 0, "--rho must be >= 0"),
+    ("distill_temperature", lambda v: math.isfinite(v) and v > 0, "--distill_temperature must be > 0"),
     ("l0_ramp", lambda v: math.isfinite(v) and 0 <= v <= 1, "--l0_ramp must be in [0, 1]"),
     ("quant_interval", lambda v: v >= 1, "--quant_interval must be >= 1"),
     ("pgd_steps", lambda v: v >= 1, "--pgd_steps must be >= 1"),
@@ -141,6 +148,10 @@ flags.register_multi_flags_validator(
     ["structure", "method"], lambda d: d["structure"] == "none" or d["method"] in ("al0", "atmc"),
     message="--structure=channel needs --method=al0 or --method=atmc (channel pruning for the other methods "
             "is not implemented)")
+flags.register_multi_flags_validator(
+    ["distill", "method"], lambda d: d["distill"] == "off" or d["method"] in ("ap", "al0", "alr", "atmc"),
+    message="--distill needs a method whose compression stages are adversarial (ap, al0, alr, atmc): the "
+            "dense model teaches them")
 flags.register_multi_flags_validator(
     ["structure", "factorization"], lambda d: d["structure"] == "none" or d["factorization"] == "none",
     message="--structure=channel needs --factorization=none (channels of factors are not the layer's channels)")
@@ -246,6 +257,8 @@ class PipelineConfig:
     structure: str = "none"
     square_queries: int = 1000
     zero_in_levels: bool = True
+    distill: str = "off"
+    distill_temperature: float = 1.0
 
     @classmethod
     def from_flags(cls):

@@ -98,8 +98,9 @@ def make_optimizer(cfg, lr):
     return keras.optimizers.Adam(lr, weight_decay=wd)
 
 
-def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwargs):
+def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None, **wrap_kwargs):
     """Train `start` (a plain Keras model) with one method; returns (plain, wrapped_net, result).
+    teacher: the frozen model of a distillation term (config.distill), copied into the strategy's scope.
 
     Resumes: a finished stage is loaded from <workdir>/<name>/; an interrupted
     one continues from its last epoch checkpoint.
@@ -122,7 +123,11 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, **wrap_kwarg
     keras.utils.set_random_seed(cfg.seed)
     with strategy_scope():
         net = wrap_for_method(start, config, **wrap_kwargs)
-        trainer = ATMCTrainer(net, config)
+        if teacher is not None:
+            copy = keras.models.clone_model(teacher)
+            copy.set_weights(teacher.get_weights())
+            teacher = copy
+        trainer = ATMCTrainer(net, config, teacher=teacher)
         trainer.compile(optimizer=make_optimizer(cfg, lr))
     logging.info("stage %s: method=%s epochs=%d budget=%s bits=%s", name, method, epochs,
                  config.nnz_budget, config.bits)
@@ -291,7 +296,8 @@ def compress_stages(cfg, data, da_plain):
             settings["l0_ramp_steps"] = int(round(cfg.l0_ramp * getattr(cfg, stage.epochs) * steps_per_epoch))
             ramped = True
         if stage.adversarial:
-            settings.update(attack=train_attack(cfg), clean_weight=cfg.clean_weight, adv_weight=1 - cfg.clean_weight)
+            settings.update(attack=train_attack(cfg), clean_weight=cfg.clean_weight, adv_weight=1 - cfg.clean_weight,
+                            distill=cfg.distill, distill_temperature=cfg.distill_temperature)
         if stage.quantized:
             scheme = cfg.quant_scheme
             settings.update(bits=cfg.bits, quant_scheme=scheme, rho=cfg.rho, quant_interval=cfg.quant_interval,
@@ -303,7 +309,8 @@ def compress_stages(cfg, data, da_plain):
             wrap_kwargs["param_budget"] = k
         config = method_config(stage.method, **settings)
         plain, net, res = train_stage(cfg, stage.name, plain, data, stage.method, config,
-                                      getattr(cfg, stage.epochs), cfg.lr, **wrap_kwargs)
+                                      getattr(cfg, stage.epochs), cfg.lr,
+                                      teacher=da_plain if config.distill != "off" else None, **wrap_kwargs)
         results.append(res)
     return plain, net, results, scheme
 

@@ -36,7 +36,8 @@ BAD_FLAGS = [
     ("--factorization=lowrank", "--rank"), ("--eps=abc", "eps"), ("--plot_eps=0.1,x", "--plot_eps"),
     ("--nosuch_flag=1", "nosuch_flag"), ("positional", "unexpected arguments"),
     ("--quant_scheme=uniform_int8 --bits=1", "uniform_int8"), ("--rho=-1", "--rho"),
-    ("--bits=1", "one nonzero code"),
+    ("--bits=1", "one nonzero code"), ("--distill=ard --method=nap", "--distill needs"),
+    ("--distill=kd", "distill"), ("--distill=ard --distill_temperature=0", "--distill_temperature"),
     ("--structure=channel --method=ap", "--structure=channel needs"), ("--structure=rows", "structure"),
     ("--structure=channel --factorization=abc", "--factorization=none"),
 ]
@@ -378,3 +379,20 @@ def test_check_tflite_attacks_the_file_itself(tiny_run, tmp_path):
     assert dev["tflm"] == mcu["flash_bytes"] < dev["litert"] and dev["gzip"] < dev["litert"]
     assert mcu["ok"] and mcu["samples_checked"] == 2 and mcu["compressed_tensors"] >= 1, mcu
     assert set(mcu["index_bits"]) <= {1, 2, 3, 4}, mcu
+
+
+@pytest.mark.slow
+def test_robust_distillation_run(tmp_path):
+    """--distill=ard: every adversarial compression stage learns from the DA model (the teacher);
+    the run finishes, records the objective and logs the distillation loss."""
+    wd = tmp_path / "distill"
+    r = run_pipeline("--limit_train=200", "--limit_test=60", "--da_epochs=1", "--al0_epochs=1", "--atmc32_epochs=1",
+                     "--atmcb_epochs=1", "--pgd_steps=1", "--eval_pgd_steps=1", "--micro_samples=2", "--size_ratio=0.1",
+                     "--verbose=0", "--batch_size=64", "--square_queries=5", "--distill=ard",
+                     "--distill_temperature=2", f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    assert report["config"]["distill"] == "ard"
+    for stage in report["stage_results"][1:]:
+        assert "distill_kl" in stage["history"] and "adv_acc" in stage["history"], stage["stage"]
+    assert "distill_kl" not in report["stage_results"][0]["history"]  # the teacher itself trains as before

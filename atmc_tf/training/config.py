@@ -7,6 +7,7 @@ one directly for anything the record does not spell.
 import dataclasses
 
 from atmc_tf.attacks import PGDConfig, attack_from_dict, attack_to_dict
+from atmc_tf.choices import DISTILL_MODES
 from atmc_tf.constraints import FixedSupport, GlobalL0, GroupL0, Quantization
 
 SPARSITY_MODES = ("none", "dynamic", "fixed")
@@ -36,6 +37,11 @@ class ATMCConfig:
                    (ramped like l0_ramp_steps), size-fair `group_scoring`; keep_layers (the
                    classifier) are never pruned. Composes with sparsity (unstructured L0 inside
                    the kept channels) and bits. "none": no channel constraint.
+    distill:       "off", or robust distillation from the trainer's teacher (the dense adversarially
+                   trained model: ATMCTrainer(..., teacher=)) in place of the adversarial cross-entropy:
+                   "ard" (clean CE x clean_weight + T^2 KL x adv_weight, T = distill_temperature) or
+                   "rslad" (soft labels only: the clean term is measured, not trained on); see
+                   terms.RobustDistillation.
     attack_bn_training: run BatchNorm in training mode while crafting PGD
                    examples (default False: the attack must not move BN statistics).
     method:        the preset this record came from (method_config), or None.
@@ -55,6 +61,8 @@ class ATMCConfig:
     quant_interval: int = 5
     kmeans_iters: int = 20
     attack_bn_training: bool = False
+    distill: str = "off"
+    distill_temperature: float = 1.0
     structure: str = "none"
     group_budget: int | None = None
     group_scoring: str = "lamp"
@@ -75,6 +83,10 @@ class ATMCConfig:
         object.__setattr__(self, "keep_layers", tuple(self.keep_layers))
         if self.clean_weight < 0 or self.adv_weight < 0:
             raise ValueError("clean_weight and adv_weight must be >= 0")
+        if self.distill not in ("off",) + DISTILL_MODES:
+            raise ValueError(f"distill must be one of {('off',) + DISTILL_MODES}, got {self.distill!r}")
+        if self.distill != "off" and self.attack is None:
+            raise ValueError(f"distill={self.distill!r} needs an attack (robust distillation crafts adversarial inputs)")
         if self.attack is not None and self.clean_weight + self.adv_weight == 0:
             raise ValueError("clean_weight + adv_weight must be > 0")
         self.components()  # every component validates its own settings (bits, rho, ...)
@@ -89,8 +101,13 @@ class ATMCConfig:
 
     def components(self):
         """(loss terms, constraint sets) of this recipe, in the order the trainer applies them."""
-        from atmc_tf.training.terms import AdversarialLoss, CleanLoss  # terms import Keras; this module need not
-        if self.adversarial:
+        from atmc_tf.training.terms import AdversarialLoss, CleanLoss, RobustDistillation  # they import Keras
+        if self.distill == "ard":
+            terms = [CleanLoss(self.clean_weight),
+                     RobustDistillation(self.attack, self.adv_weight, "ard", self.distill_temperature)]
+        elif self.distill == "rslad":
+            terms = [CleanLoss(0.0), RobustDistillation(self.attack, 1.0, "rslad", self.distill_temperature)]
+        elif self.adversarial:
             terms = [CleanLoss(self.clean_weight),
                      AdversarialLoss(self.attack, self.adv_weight, bn_training=self.attack_bn_training)]
         else:

@@ -91,13 +91,19 @@ class ATMCTrainer(keras.Model):
     """Trains a model built by atmc_tf.layers.wrap_model under a composition of terms and constraints.
 
     ATMCTrainer(net, config) runs an ATMCConfig recipe (method_config); ATMCTrainer(net,
-    terms=[...], constraints=[...]) runs any composition. Build it (and the wrapped net)
+    terms=[...], constraints=[...]) runs any composition. teacher: the frozen model a
+    distillation term (terms.RobustDistillation, ATMCConfig(distill=...)) learns from. Build it (and the wrapped net)
     inside strategy.scope() to train on several devices. Save `trainer.net` with
     .save("x.keras"); the trainer also round-trips through get_config.
     """
 
-    def __init__(self, net, config=None, terms=None, constraints=None, seed=None, **kwargs):
+    def __init__(self, net, config=None, terms=None, constraints=None, seed=None, teacher=None, **kwargs):
         super().__init__(**kwargs)
+        if isinstance(teacher, dict):
+            teacher = keras.saving.deserialize_keras_object(teacher)
+        if teacher is not None:
+            teacher.trainable = False  # a distillation term's frozen teacher, carried by checkpoints
+        self.teacher = teacher
         if isinstance(config, dict):
             config = ATMCConfig.from_dict(config)
         if config is not None and (terms is not None or constraints is not None):
@@ -183,6 +189,8 @@ class ATMCTrainer(keras.Model):
 
     def get_config(self):
         config = {**super().get_config(), "net": keras.saving.serialize_keras_object(self.net), "seed": self._seed}
+        if self.teacher is not None:
+            config["teacher"] = keras.saving.serialize_keras_object(self.teacher)
         if self.config is not None:
             return {**config, "config": self.config.to_dict()}
         return {**config, "terms": [term_to_config(t) for t in self.terms],

@@ -2,8 +2,9 @@
 from atmc_tf import components
 from atmc_tf.training.terms.adversarial import AdversarialLoss
 from atmc_tf.training.terms.clean import CleanLoss
+from atmc_tf.training.terms.distill import RobustDistillation
 
-TERMS = {cls.kind: cls for cls in (CleanLoss, AdversarialLoss)}
+TERMS = {cls.kind: cls for cls in (CleanLoss, AdversarialLoss, RobustDistillation)}
 
 term_to_config = components.to_config
 
