@@ -31,7 +31,7 @@ _API = {
     "dense_weight_count": "atmc_tf.training", "method_config": "atmc_tf.training",
     "CleanLoss": "atmc_tf.training", "AdversarialLoss": "atmc_tf.training",
     "GlobalL0": "atmc_tf.constraints", "FixedSupport": "atmc_tf.constraints", "Quantization": "atmc_tf.constraints",
-    "GroupL0": "atmc_tf.constraints", "shrink_model": "atmc_tf.export",
+    "GroupL0": "atmc_tf.constraints", "FixedGroupSupport": "atmc_tf.constraints", "shrink_model": "atmc_tf.export",
 }
 __all__ = ["__version__", *_API]
 

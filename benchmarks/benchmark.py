@@ -89,8 +89,8 @@ QUICK = dict(limit_train=600, limit_test=200, da_epochs=1, pgd_steps=2, eval_pgd
              tfmot_prune_epochs=1, tfmot_qat_epochs=1, tfmot_search_iters=4, pgd100_steps=5, pgd100_restarts=1,
              timing_steps=5, timing_rounds=2, resnet=False, workdir="runs/bench_quick", verbose=0)
 # Flags of pipelines.atmc that the benchmark sets per cell itself.
-PIPELINE_ONLY = ("method", "size_ratio", "nnz_budget", "bits", "bits_enabled", "factorization", "rank",
-                 "al0_epochs", "atmc32_epochs", "atmcb_epochs", "finetune_epochs", "micro_samples", "plot_eps",
+PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bits_enabled", "factorization",
+                 "rank", "al0_epochs", "atmc32_epochs", "atmcb_epochs", "finetune_epochs", "micro_samples", "plot_eps",
                  "model_file", "strategy")
 # Settings that may change between a run and its resume (cells are keyed by method and ratio).
 RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "ratios", "methods", "tfmot", "workdir", "timing_steps",

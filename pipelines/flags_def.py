@@ -15,6 +15,8 @@ from atmc_tf.choices import DATASETS, DISTILL_MODES, FACTORIZATIONS, MODELS, QUA
 from pipelines import methods_table
 
 F = flags.FLAGS
+# The methods --structure=channel supports: al0 and atmc (channels re-selected every step), ap (chosen once).
+STRUCTURED_METHODS = ("al0", "atmc", "ap")
 flags.DEFINE_enum("dataset", "digits", DATASETS, "Data set: scikit-learn's bundled digits (offline "
                   "default), Fashion-MNIST (Debian package dataset-fashion-mnist or --data_dir), "
                   "or Keras' mnist.npz (--data_dir or the Keras cache).")
@@ -36,8 +38,13 @@ flags.DEFINE_float("l0_ramp", 0.0, "Fraction of the first compression stage (AL0
                    "once, the paper's one-shot start).")
 flags.DEFINE_enum("structure", "none", ("none", "channel"), "Sparsity structure: none (single weights; "
                   "the .tflite keeps every kernel dense) or channel (whole output channels / neurons under one "
-                  "global budget, --size_ratio = kept parameters / dense parameters; the export then cuts them "
-                  "out: a smaller, faster .tflite). With --method=al0 or atmc and --factorization=none.")
+                  "global budget: --size_ratio = kept parameters / dense parameters, or --mac_ratio = kept "
+                  "MACs / dense MACs; the export then cuts them out: a smaller, faster .tflite). With --method=al0, atmc or ap (one-shot "
+                  "channel pruning of the dense model, then adversarial fine-tuning with those channels fixed) "
+                  "and --factorization=none.")
+flags.DEFINE_float("mac_ratio", None, "With --structure=channel, instead of --size_ratio: the budget counts "
+                   "multiply-accumulates per sample, kept MACs / dense MACs of the compressible layers, in (0, 1] "
+                   "(a channel costs the MACs its removal frees, its own and the next layer's input slice).")
 flags.DEFINE_integer("bits", 4, "Bits per nonzero weight for ATMC-b (1..8); ATMC-32 if --nobits_enabled.")
 flags.DEFINE_bool("bits_enabled", True, "Quantize (ATMC-b); false stops at ATMC-32.")
 flags.DEFINE_enum("quant_scheme", "codebook_int8", QUANT_SCHEMES, "Quantization set Q_b.")
@@ -102,6 +109,7 @@ def _positive_int_or_none(v):
 _RULES = [
     ("eps", lambda v: math.isfinite(v) and 0 <= v <= 1, "--eps must be in [0, 1] (inputs are in [0, 1])"),
     ("size_ratio", lambda v: 0 < v <= 1, "--size_ratio must be in (0, 1]"),
+    ("mac_ratio", lambda v: v is None or (math.isfinite(v) and 0 < v <= 1), "--mac_ratio must be in (0, 1]"),
     ("bits", lambda v: 1 <= v <= 8, "--bits must be in 1..8"),
     ("nnz_budget", _positive_int_or_none, "--nnz_budget must be >= 1"),
     ("rank", _positive_int_or_none, "--rank must be >= 1"),
@@ -145,13 +153,16 @@ flags.register_multi_flags_validator(
     ["factorization", "rank"], lambda d: d["factorization"] != "lowrank" or d["rank"] is not None,
     message="--factorization=lowrank needs --rank")
 flags.register_multi_flags_validator(
-    ["structure", "method"], lambda d: d["structure"] == "none" or d["method"] in ("al0", "atmc"),
-    message="--structure=channel needs --method=al0 or --method=atmc (channel pruning for the other methods "
+    ["structure", "method"], lambda d: d["structure"] == "none" or d["method"] in STRUCTURED_METHODS,
+    message="--structure=channel needs --method=al0, atmc or ap (channel pruning for the other methods "
             "is not implemented)")
 flags.register_multi_flags_validator(
     ["distill", "method"], lambda d: d["distill"] == "off" or d["method"] in ("ap", "al0", "alr", "atmc"),
     message="--distill needs a method whose compression stages are adversarial (ap, al0, alr, atmc): the "
             "dense model teaches them")
+    ["mac_ratio", "structure"], lambda d: d["mac_ratio"] is None or d["structure"] == "channel",
+    message="--mac_ratio needs --structure=channel (a MAC budget is a budget of whole channels; unstructured "
+            "sparsity leaves every MAC in place)")
 flags.register_multi_flags_validator(
     ["structure", "factorization"], lambda d: d["structure"] == "none" or d["factorization"] == "none",
     message="--structure=channel needs --factorization=none (channels of factors are not the layer's channels)")
@@ -192,6 +203,9 @@ def parse_flags(argv):
         fail(f"{err} (see --helpfull)")
     if F.model_file is not None and F["model"].present:
         fail(f"--model_file={F.model_file} and --model={F.model} both choose the model; pass only one")
+    if F.mac_ratio is not None and F["size_ratio"].present:
+        fail(f"--mac_ratio={F.mac_ratio:g} and --size_ratio={F.size_ratio:g} both set the channel budget (MACs or "
+             "parameters); pass only one")
     return rest
 
 
@@ -259,6 +273,7 @@ class PipelineConfig:
     zero_in_levels: bool = True
     distill: str = "off"
     distill_temperature: float = 1.0
+    mac_ratio: float | None = None
 
     @classmethod
     def from_flags(cls):

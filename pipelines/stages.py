@@ -17,6 +17,7 @@ from atmc_tf.constraints.accounting import budget_for_ratio
 from atmc_tf.data import load_dataset
 from atmc_tf.export import atomic
 from atmc_tf.export.atomic import write_json_atomic as write_json
+from atmc_tf.export.surgery import count_macs
 from atmc_tf.layers import UnsupportedLayerError, strip_model, wrap_model
 from atmc_tf.models import build_model, classifier_problem
 from atmc_tf.checkpoint_files import find_checkpoint
@@ -248,22 +249,29 @@ def nnz_budget(cfg, dense_model):
 
 def channel_budget(cfg, dense_model):
     """--structure=channel: ATMCConfig settings for at most --size_ratio of the dense compressible
-    parameters in the exported model. The classifier (its channels are the classes) is kept whole;
-    each channel costs the weights its removal frees, its own and its consumers' input slice, shared
-    with the channel at the other end (atmc_tf.training.structure.channel_costs), so the budget bounds
-    the parameters the cut model keeps."""
+    parameters (or, with --mac_ratio, of the dense model's MACs) in the exported model. The classifier
+    (its channels are the classes) is kept whole; each channel costs the weights (MACs) its removal
+    frees, its own and its consumers' input slice, shared with the channel at the other end
+    (atmc_tf.training.structure.channel_costs), so the budget bounds what the cut model keeps."""
     keep = output_layers(dense_model)
-    costs, constant = channel_costs(dense_model, keep)
-    total = dense_weight_count(dense_model)
-    budget = int(cfg.size_ratio * total - constant)
+    by_macs = getattr(cfg, "mac_ratio", None) is not None
+    if by_macs:
+        flag, ratio, what = f"--mac_ratio={cfg.mac_ratio:g}", cfg.mac_ratio, "MACs"
+        costs, constant = channel_costs(dense_model, keep, unit="macs")
+        total = count_macs(dense_model)
+    else:
+        flag, ratio, what = f"--size_ratio={cfg.size_ratio:g}", cfg.size_ratio, "parameters"
+        costs, constant = channel_costs(dense_model, keep)
+        total = dense_weight_count(dense_model)
+    budget = int(ratio * total - constant)
     if costs and budget >= 1 and budget < sum(costs.values()):
-        raise UsageError(f"--size_ratio={cfg.size_ratio:g} with --structure=channel is below one channel per layer "
-                         f"({int(sum(costs.values()) + constant)} of {total} parameters): raise --size_ratio")
+        raise UsageError(f"{flag} with --structure=channel is below one channel per layer "
+                         f"({int(sum(costs.values()) + constant)} of {total} {what}): raise {flag.split('=')[0]}")
     if budget < 1 or not costs:
-        raise UsageError(f"--size_ratio={cfg.size_ratio:g} with --structure=channel keeps {int(cfg.size_ratio * total)} "
-                         f"of {total} parameters, but {int(constant)} of them cannot be pruned by channel (the "
-                         f"classifier {', '.join(keep)} reading inputs no channel removal shrinks); raise --size_ratio")
-    return {"structure": "channel", "group_budget": budget, "group_budget_unit": "costs",
+        raise UsageError(f"{flag} with --structure=channel keeps {int(ratio * total)} of {total} {what}, but "
+                         f"{int(constant)} of them cannot be pruned by channel (the classifier {', '.join(keep)} "
+                         f"reading inputs no channel removal shrinks); raise {flag.split('=')[0]}")
+    return {"structure": "channel", "group_budget": budget, "group_budget_unit": "macs" if by_macs else "costs",
             "group_costs": {k: float(v) for k, v in costs.items()}, "keep_layers": tuple(keep)}
 
 

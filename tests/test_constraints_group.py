@@ -1,6 +1,6 @@
 """Group (output-channel) L0: feasible, idempotent, the nearest feasible point for "l2", LAMP never
 empties a tensor, deterministic ties, the greedy cost-aware order; GroupL0 in ATMCTrainer composed
-with GlobalL0 and Quantization."""
+with GlobalL0 and Quantization; FixedGroupSupport (structured AP) keeps the channels it chose first."""
 import itertools
 
 import numpy as np
@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from atmc_tf.constraints import (
+    FixedGroupSupport,
     GlobalL0,
     GroupL0,
     Quantization,
@@ -315,3 +316,74 @@ def test_trainer_composition_keeps_whole_zero_channels(digits, second):
         assert max(int(num_levels(w, "codebook_int8", a)) for w, a in after) <= 4
     report = trainer.constraint_report()
     assert report["constraints"][0]["kind"] == "group_l0"
+
+
+# --- FixedGroupSupport: structured AP ----------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [
+    dict(budget=3),
+    dict(budget=900, scoring="lamp", budget_unit="macs", group_costs={"conv": 10, "dw": [4] * 8},
+         keep_layers=["fc"]),
+])
+def test_fixed_group_support_round_trips(kwargs):
+    import json
+    c = FixedGroupSupport(**kwargs)
+    again = constraint_from_config(json.loads(json.dumps(constraint_to_config(c))))
+    assert type(again) is FixedGroupSupport and again.get_config() == c.get_config()
+    assert "ramp_steps" not in c.get_config()
+    _built(again, INFOS)
+
+
+def test_fixed_group_support_chooses_what_group_l0_would_then_keeps_it():
+    """Initialised on some weights it keeps GroupL0's selection of them (same scoring, costs, budget);
+    on other weights later it applies that same mask, where GroupL0 would choose again."""
+    kw = dict(budget=60, scoring="lamp", budget_unit="params", group_costs={"conv": 9})
+    fixed, dynamic = _built(FixedGroupSupport(**kw), INFOS), _built(GroupL0(**kw), INFOS)
+    assign = lambda var, value: var.assign(value)  # noqa: E731
+    rng = np.random.default_rng(1)
+    ws = [rng.normal(size=t.shape).astype(np.float32) for t in INFOS]
+    first = fixed.initialize(ws, assign)
+    for a, b in zip(first, dynamic.finalize(ws, assign)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    chosen = _nonzero_groups([w.numpy() for w in first], fixed.axes)
+    assert sum(float(c[k].sum()) for c, k in zip(fixed.costs, chosen)) <= 60
+    ws2 = [rng.normal(size=t.shape).astype(np.float32) * 10 for t in INFOS]
+    for out in (fixed.project(ws2, 5, assign), fixed.finalize(ws2, assign)):
+        assert [list(k) for k in _nonzero_groups([w.numpy() for w in out], fixed.axes)] == [list(k) for k in chosen]
+        for w, w2, a, k in zip(out, ws2, fixed.axes, chosen):  # kept channels keep their new values
+            np.testing.assert_array_equal(_groups(w.numpy(), a)[k], _groups(w2, a)[k])
+    assert float(fixed.metrics(first)["group_budget"]) == 60
+
+
+def test_structured_ap_fine_tunes_exactly_the_channels_chosen_first(digits):
+    """method_config("ap", structure="channel"): the one-shot channel choice of the starting model is
+    the set of channels left after adversarial fine-tuning, the budget holds, and surgery cuts the rest."""
+    import keras
+    from atmc_tf.attacks import PGDConfig
+    from atmc_tf.export import shrink_model
+    from atmc_tf.layers import strip_model, wrap_model
+    from atmc_tf.models import build_model
+    from atmc_tf.training import ATMCTrainer, method_config
+    x, y, _, _ = digits
+    config = method_config("ap", attack=PGDConfig(eps=0.1, steps=2), structure="channel", group_budget=40,
+                           group_budget_unit="groups", keep_layers=("logits",))
+    assert config.group_support == "fixed" and config.sparsity == "none"
+    keras.utils.set_random_seed(0)
+    net = wrap_model(build_model("small_cnn", (8, 8, 1), 10))  # conv1, dwconv2, pwconv2, logits
+    trainer = ATMCTrainer(net, config)
+    assert [c.kind for c in trainer.constraints] == ["fixed_group_support"]
+    trainer.prepare_constraints()
+    chosen = _nonzero_groups([w for w, _ in _channels(net)], [a for _, a in _channels(net)])
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-2))  # a large step: a free support would move
+    trainer.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0)
+    after = _channels(net)
+    kept = _nonzero_groups([w for w, _ in after], [a for _, a in after])
+    assert [list(k) for k in kept] == [list(k) for k in chosen]
+    prunable = sum(int(k.sum()) for k in kept[:-1])  # the classifier (last) is kept whole, not counted
+    assert prunable == 40 and kept[-1].all()
+    small, cut = shrink_model(strip_model(net))
+    assert cut["params_after"] < cut["params_before"]
+    # At most the chosen channels survive the cut (a depthwise channel goes with its input channel,
+    # so a channel zeroed in either layer leaves both); shrink_model verified equal outputs.
+    assert all(v["kept"] <= int(k.sum()) for v, k in zip(cut["layers"].values(), kept))
+    assert cut["layers"]["logits"]["kept"] == 10

@@ -1,12 +1,12 @@
-"""--structure=channel's accounting (atmc_tf.training.structure) and configuration: every weight is paid
-once, a budget on the kept channels' costs bounds the parameters the cut model keeps, the classifier is
-never pruned, and the recipe round-trips."""
+"""--structure=channel's accounting (atmc_tf.training.structure) and configuration: every weight (and
+every MAC) is paid once, a budget on the kept channels' costs bounds the parameters (MACs) the cut model
+keeps, the classifier is never pruned, and the recipe round-trips."""
 import keras
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atmc_tf.export import shrink_model
+from atmc_tf.export import count_macs, layer_macs, shrink_model
 from atmc_tf.models import build_model
 from atmc_tf.training import ATMCConfig, dense_weight_count, output_layers
 from atmc_tf.training.structure import channel_costs
@@ -27,6 +27,19 @@ def test_every_weight_is_paid_once():
         assert keep[0] not in costs
         total = sum(c * _channels(layers[n]) for n, c in costs.items()) + constant
         assert abs(total - dense_weight_count(model)) < 1e-6, (model.name, total, dense_weight_count(model))
+
+
+def test_every_mac_is_paid_once():
+    for model in (small_cnn(), mobilenet_v2_style(), build_model("lenet", (28, 28, 1), 10)):
+        keep = output_layers(model)
+        costs, constant = channel_costs(model, keep, unit="macs")
+        layers = {l.name: l for l in model.layers}
+        total = sum(c * _channels(layers[n]) for n, c in costs.items()) + constant
+        assert sum(layer_macs(model).values()) == count_macs(model)
+        assert abs(total - count_macs(model)) < 1e-6 * count_macs(model), (model.name, total, count_macs(model))
+        params, _ = channel_costs(model, keep)
+        # A conv channel's MACs are its parameters times the positions it is applied at (more than 1).
+        assert all(costs[n] > params[n] for n in costs if isinstance(layers[n], keras.layers.Conv2D))
 
 
 def _plain_chain(seed=0):
@@ -58,6 +71,31 @@ def test_the_costs_of_the_kept_channels_bound_what_the_cut_model_keeps(data):
     small, _ = shrink_model(model)
     kept_weights = sum(int(np.prod(l.kernel.shape)) for l in small.layers if hasattr(l, "kernel"))
     assert kept_weights <= paid + 1e-6, (kept_weights, paid)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_the_mac_costs_of_the_kept_channels_bound_the_cut_models_macs(data):
+    model = _plain_chain()
+    costs, constant = channel_costs(model, ["logits"], unit="macs")
+    paid = constant
+    for name in ("c1", "c2", "d1"):
+        layer = model.get_layer(name)
+        n = _channels(layer)
+        kept = data.draw(st.lists(st.booleans(), min_size=n, max_size=n).filter(any), label=name)
+        kernel, bias = (np.array(w) for w in layer.get_weights())
+        kernel[..., ~np.array(kept)] = 0
+        bias[~np.array(kept)] = 0
+        layer.set_weights([kernel, bias])
+        paid += costs[name] * sum(kept)
+    small, report = shrink_model(model)
+    assert report["macs_after"] == count_macs(small) <= paid + 1e-6, (count_macs(small), paid)
+
+
+def test_bad_cost_unit_is_refused():
+    import pytest
+    with pytest.raises(ValueError, match="unit must be one of"):
+        channel_costs(small_cnn(), ["logits"], unit="bytes")
 
 
 def test_the_classifier_is_kept_and_the_recipe_round_trips():

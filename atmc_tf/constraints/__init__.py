@@ -3,7 +3,7 @@
 Every function here takes and returns tf tensors, runs inside tf.function on
 any device, and is tested alone with property tests (tests/test_constraints_*).
 The constraint sets of the training problem (base.Constraint: GlobalL0,
-FixedSupport, GroupL0, Quantization, ...) are built on these functions; registry.py
+FixedSupport, GroupL0, FixedGroupSupport, Quantization, ...) are built on these functions; registry.py
 names them.
 """
 from atmc_tf.constraints.sparsity import topk_masks, project_l0, project_l0_hinted, apply_masks, count_nonzero
@@ -40,7 +40,7 @@ from atmc_tf.constraints.group_sparsity import (
     select_group_l0,
     select_groups,
 )
-from atmc_tf.constraints.group_l0 import GroupL0
+from atmc_tf.constraints.group_l0 import FixedGroupSupport, GroupL0
 from atmc_tf.constraints.admm_quantization import Quantization
 from atmc_tf.constraints.registry import CONSTRAINTS, constraint_from_config, constraint_to_config
 

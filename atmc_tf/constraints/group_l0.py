@@ -6,6 +6,9 @@ parameters, or caller-given costs such as MACs (budget_unit), so one budget can 
 channel is cheapest. It composes with the other constraints by order: [GroupL0, GlobalL0] prunes
 unstructured inside the kept channels, [GroupL0, Quantization] quantizes them (both only keep
 zeros at zero, so the channel budget still holds after their projections).
+
+FixedGroupSupport is its one-shot form (structured AP): the same selection, made once when
+training starts and kept, as FixedSupport is GlobalL0's.
 """
 import math
 
@@ -15,6 +18,7 @@ import tensorflow as tf
 from atmc_tf.constraints import group_sparsity as gs
 from atmc_tf.constraints.base import Constraint
 from atmc_tf.constraints.l0 import cubic_budget
+from atmc_tf.constraints.sparsity import apply_masks
 
 BUDGET_UNITS = ("groups", "params", "macs", "costs")
 _GIVEN = ("macs", "costs")  # units whose per-group costs the caller gives in full
@@ -163,3 +167,45 @@ class GroupL0(Constraint):
     def get_config(self):
         return {"budget": self.budget, "scoring": self.scoring, "budget_unit": self.budget_unit,
                 "group_costs": self.group_costs, "ramp_steps": self.ramp_steps, "keep_layers": list(self.keep_layers)}
+
+
+class FixedGroupSupport(GroupL0):
+    """Structured AP: the output channels GroupL0 would keep when training starts (the same global
+    scoring, costs and budget), chosen once and kept for the whole run, as FixedSupport keeps a
+    weight support: the chosen channels expanded to a 0/1 mask of every weight, stored in state
+    variables (checkpointed with the trainer) and applied after every step. No ramp: the cut is
+    one-shot, what is fine-tuned afterwards is exactly the channels chosen at the start."""
+
+    kind = "fixed_group_support"
+
+    def __init__(self, budget, scoring="l2", budget_unit="groups", group_costs=None, keep_layers=()):
+        super().__init__(budget, scoring, budget_unit, group_costs, ramp_steps=0, keep_layers=keep_layers)
+
+    def build(self, tensors, make_variable):
+        super().build(tensors, make_variable)
+        self.masks = [make_variable(f"group_mask_{i}", t.shape, "float32", "ones") for i, t in enumerate(self.tensors)]
+
+    def initialize(self, values, assign):
+        assign(self.current, tf.constant(float(self.budget)))
+        masks = gs.group_masks(self._mine(values), self.axes, self.budget, self.scoring, self.costs)
+        for var, m in zip(self.masks, masks):
+            assign(var, tf.cast(m, tf.float32))
+        return self._apply(values)
+
+    def _apply(self, values):
+        kept = apply_masks(self._mine(values), [tf.convert_to_tensor(m.value) for m in self.masks])
+        out = list(values)
+        for i, v in zip(self.active, kept):
+            out[i] = v
+        return out
+
+    def project(self, values, step, assign):
+        return self._apply(values)
+
+    def finalize(self, values, assign):
+        return self._apply(values)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["ramp_steps"]
+        return config

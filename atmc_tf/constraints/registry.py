@@ -1,10 +1,10 @@
 """Constraint sets by name. A new constraint: a module with a `Constraint` subclass, one entry here."""
 from atmc_tf import components
 from atmc_tf.constraints.admm_quantization import Quantization
-from atmc_tf.constraints.group_l0 import GroupL0
+from atmc_tf.constraints.group_l0 import FixedGroupSupport, GroupL0
 from atmc_tf.constraints.l0 import FixedSupport, GlobalL0
 
-CONSTRAINTS = {cls.kind: cls for cls in (GlobalL0, FixedSupport, GroupL0, Quantization)}
+CONSTRAINTS = {cls.kind: cls for cls in (GlobalL0, FixedSupport, GroupL0, FixedGroupSupport, Quantization)}
 
 constraint_to_config = components.to_config
 

@@ -13,7 +13,7 @@
   int8 .tflite through LiteRTModel.predict).
 - `atomic`: file writes that never leave a half-written file.
 - `surgery`: a smaller Keras model without the channels that do nothing (all-zero or
-  foldable constant channels), same outputs; `count_macs`.
+  foldable constant channels), same outputs; `count_macs` (`layer_macs`: per layer).
 
 Importing this package does not import TensorFlow; only conversion and the
 kernel comparison do.
@@ -30,7 +30,7 @@ from atmc_tf.export.micro_compress import (
     device_bytes,
     micro_outputs_equal,
 )
-from atmc_tf.export.surgery import SurgeryError, count_macs, shrink_model
+from atmc_tf.export.surgery import SurgeryError, count_macs, layer_macs, shrink_model
 from atmc_tf.export.tflite import (
     KERNEL_OPS,
     LiteRTModel,

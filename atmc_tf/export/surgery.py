@@ -238,14 +238,15 @@ def _graph(model):
 
 # --- counting -----------------------------------------------------------------------------
 
-def count_macs(model):
-    """Multiply-accumulates of one sample through the model's Conv2D, DepthwiseConv2D and Dense
-    layers (the compressible ones; BN, activations, pooling are not counted), from each layer's
-    output size: Conv2D out_h*out_w*filters*kh*kw*in/groups, DepthwiseConv2D
-    out_h*out_w*in*mult*kh*kw, Dense (positions)*in*units."""
+def layer_macs(model):
+    """{layer name: multiply-accumulates of one sample through it} for the model's Conv2D,
+    DepthwiseConv2D and Dense layers (the compressible ones; BN, activations, pooling are not
+    counted), from each layer's output size: Conv2D out_h*out_w*filters*kh*kw*in/groups,
+    DepthwiseConv2D out_h*out_w*in*mult*kh*kw, Dense (positions)*in*units. Every one of these is
+    (kernel weights) x (the positions each weight is applied at)."""
     keras = _keras()
     nodes, _, _ = _graph(model)
-    total = 0
+    macs = {}
     for node in nodes:
         layer = node.layer
         if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
@@ -253,17 +254,23 @@ def count_macs(model):
         in_shape, out_shape = node.inputs[0].shape, node.outputs[0].shape
         if isinstance(layer, keras.layers.Dense):
             positions = int(np.prod([int(d) for d in in_shape[1:-1]], dtype=np.int64))
-            total += positions * int(in_shape[-1]) * layer.units
+            macs[layer.name] = positions * int(in_shape[-1]) * layer.units
             continue
         kh, kw = (int(k) for k in layer.kernel_size)
         spatial = out_shape[1:3] if _channels_last(layer) else out_shape[2:4]
         out_hw = int(spatial[0]) * int(spatial[1])
         kernel = tuple(layer.kernel.shape)
         if isinstance(layer, keras.layers.DepthwiseConv2D):
-            total += out_hw * kernel[2] * kernel[3] * kh * kw
+            macs[layer.name] = out_hw * kernel[2] * kernel[3] * kh * kw
         else:
-            total += out_hw * kernel[3] * kh * kw * kernel[2]
-    return int(total)
+            macs[layer.name] = out_hw * kernel[3] * kh * kw * kernel[2]
+    return {name: int(m) for name, m in macs.items()}
+
+
+def count_macs(model):
+    """Multiply-accumulates of one sample through the model's Conv2D, DepthwiseConv2D and Dense
+    layers: the sum of layer_macs."""
+    return int(sum(layer_macs(model).values()))
 
 
 # --- analysis -------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ import dataclasses
 
 from atmc_tf.attacks import PGDConfig, attack_from_dict, attack_to_dict
 from atmc_tf.choices import DISTILL_MODES
-from atmc_tf.constraints import FixedSupport, GlobalL0, GroupL0, Quantization
+from atmc_tf.constraints import FixedGroupSupport, FixedSupport, GlobalL0, GroupL0, Quantization
 
 SPARSITY_MODES = ("none", "dynamic", "fixed")
+GROUP_SUPPORTS = ("dynamic", "fixed")
 STRUCTURES = ("none", "channel")
 
 
@@ -42,6 +43,9 @@ class ATMCConfig:
                    "ard" (clean CE x clean_weight + T^2 KL x adv_weight, T = distill_temperature) or
                    "rslad" (soft labels only: the clean term is measured, not trained on); see
                    terms.RobustDistillation.
+    group_support: with structure="channel", "dynamic" re-selects the channels after every step
+                   (GroupL0: AL0, ATMC); "fixed" chooses them once when training starts, by the
+                   same scoring and budget, and keeps them (FixedGroupSupport: structured AP).
     attack_bn_training: run BatchNorm in training mode while crafting PGD
                    examples (default False: the attack must not move BN statistics).
     method:        the preset this record came from (method_config), or None.
@@ -69,6 +73,7 @@ class ATMCConfig:
     group_budget_unit: str = "params"
     group_costs: dict | None = None
     keep_layers: tuple = ()
+    group_support: str = "dynamic"
     method: str | None = None
 
     def __post_init__(self):
@@ -80,6 +85,8 @@ class ATMCConfig:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
         if self.structure == "channel" and (self.group_budget is None or int(self.group_budget) < 1):
             raise ValueError(f"structure='channel' needs group_budget >= 1 (parameters), got {self.group_budget}")
+        if self.group_support not in GROUP_SUPPORTS:
+            raise ValueError(f"group_support must be one of {GROUP_SUPPORTS}, got {self.group_support!r}")
         object.__setattr__(self, "keep_layers", tuple(self.keep_layers))
         if self.clean_weight < 0 or self.adv_weight < 0:
             raise ValueError("clean_weight and adv_weight must be >= 0")
@@ -113,7 +120,10 @@ class ATMCConfig:
         else:
             terms = [CleanLoss(1.0)]
         constraints = []
-        if self.structure == "channel":
+        if self.structure == "channel" and self.group_support == "fixed":
+            constraints.append(FixedGroupSupport(self.group_budget, self.group_scoring, self.group_budget_unit,
+                                                 group_costs=self.group_costs, keep_layers=self.keep_layers))
+        elif self.structure == "channel":
             constraints.append(GroupL0(self.group_budget, self.group_scoring, self.group_budget_unit,
                                        group_costs=self.group_costs, ramp_steps=self.l0_ramp_steps,
                                        keep_layers=self.keep_layers))

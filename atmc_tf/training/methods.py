@@ -9,6 +9,8 @@ al0         PGD      global top-k every step   none           none
 alr         PGD      dense                     low rank (*)   none
 atmc        PGD      global top-k every step   as asked       b-bit via ADMM (bits=None: ATMC-32)
 (*) ranks from one global parameter budget over all layers' singular values.
+structure="channel" prunes whole channels too: chosen once for nap / ap (FixedGroupSupport),
+re-selected every step for al0 / atmc (GroupL0).
 """
 
 from atmc_tf.choices import METHODS
@@ -26,12 +28,12 @@ def method_config(method, attack=None, nnz_budget=None, bits=None, **overrides):
     if adversarial and attack is None:
         raise ValueError(f"method {method!r} is adversarial and needs a PGDConfig attack")
     sparsity = {"nap": "fixed", "ap": "fixed", "al0": "dynamic", "atmc": "dynamic"}.get(method, "none")
-    if overrides.get("structure", "none") != "none" and nnz_budget is None:
-        # Structured only: the channel constraint (group_budget) prunes; no unstructured budget.
-        if sparsity == "fixed":
-            raise ValueError(f"method {method!r} with structure={overrides['structure']!r} is not available "
-                             "(one-shot channel pruning is not implemented); use al0 or atmc")
-        sparsity = "none"
+    if overrides.get("structure", "none") != "none":
+        if sparsity == "fixed":  # AP / NAP: the channels too are chosen once, when training starts
+            overrides.setdefault("group_support", "fixed")
+        if nnz_budget is None:
+            # Structured only: the channel constraint (group_budget) prunes; no unstructured budget.
+            sparsity = "none"
     return ATMCConfig(attack=attack if adversarial else None,
                       sparsity=sparsity,
                       nnz_budget=nnz_budget if sparsity != "none" else None,

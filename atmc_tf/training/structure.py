@@ -1,4 +1,4 @@
-"""What a whole output channel costs, in parameters, when channels compete for one budget.
+"""What a whole output channel costs, in parameters or MACs, when channels compete for one budget.
 
 Removing output channel c of a layer P frees its own weights AND the slice of every consumer
 that reads channel c (the next convolution's input channel, the Dense rows a Flatten makes of
@@ -18,6 +18,13 @@ through layers that keep channel c in place (BatchNormalization, activations, Dr
 padding, cropping, Flatten); a channel reaching an Add, a Concatenate or any other layer is not
 traced further (the weights it would free there are not counted: surgery removes such channels
 only when every branch agrees).
+
+In MACs (unit="macs") the same attribution holds with every weight counted as the
+multiply-accumulates it does per sample, the positions it is applied at (a Conv2D weight: the
+layer's output height x width; a Dense weight: 1 per position of its input), so that
+sum(costs of kept channels) + constant >= atmc_tf.export.count_macs(cut model): a budget on the
+sum bounds the exported model's MACs. Channel removal never changes a spatial size, so these
+multiplicities are those of the dense model.
 """
 import keras
 
@@ -56,23 +63,36 @@ def _consumers(model):
     return out
 
 
-def channel_costs(model, keep_layers=()):
+COST_UNITS = ("params", "macs")
+
+
+def channel_costs(model, keep_layers=(), unit="params"):
     """({layer name: cost of each of its output channels}, constant) for the compressible layers of a
-    plain Keras model not in keep_layers, attributed as this module's docstring says; feed them to
-    GroupL0(budget_unit="costs") with budget = parameter budget - constant."""
+    plain Keras model not in keep_layers, attributed as this module's docstring says, in parameters
+    (unit="params") or multiply-accumulates per sample (unit="macs"); feed them to
+    GroupL0(budget_unit="costs") with budget = parameter (or MAC) budget - constant."""
+    if unit not in COST_UNITS:
+        raise ValueError(f"unit must be one of {COST_UNITS}, got {unit!r}")
     consumers = _consumers(model)
     layers = [l for l in model.layers if isinstance(l, SUPPORTED_LAYERS)]
+    if unit == "macs":
+        from atmc_tf.export.surgery import layer_macs  # builds no TensorFlow graph at import
+        macs = layer_macs(model)
+        # Every layer here has macs = kernel weights x positions, so a weight's cost is its positions.
+        weight = {l.name: macs.get(l.name, 0) / int(l.kernel.shape.num_elements()) for l in layers}
+    else:
+        weight = {l.name: 1.0 for l in layers}
     prunable = {l.name for l in layers if l.name not in keep_layers}
     fed_by_prunable = {c.name for p, cs in consumers.items() if p in prunable for c in cs}
     costs, constant = {}, 0.0
     for layer in layers:
-        size = int(layer.kernel.shape.num_elements())
+        size = int(layer.kernel.shape.num_elements()) * weight[layer.name]
         channels = _out_channels(layer)
         if layer.name in prunable:
             per_channel = size / channels * (0.5 if layer.name in fed_by_prunable else 1.0)
             for consumer in consumers.get(layer.name, []):
                 share = 0.5 if consumer.name in prunable else 1.0
-                per_channel += int(consumer.kernel.shape.num_elements()) / channels * share
+                per_channel += int(consumer.kernel.shape.num_elements()) * weight[consumer.name] / channels * share
             costs[layer.name] = per_channel
         elif layer.name not in fed_by_prunable:
             constant += size  # kept whole and fed by nothing prunable: paid up front
