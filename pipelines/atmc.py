@@ -92,7 +92,7 @@ def run(cfg, data=None):
         # Cut the pruned channels out: a genuinely smaller model (outputs equal to `final`'s up to
         # float round-off; surgery verifies it). strict=False: a channel it cannot cut safely is kept.
         deployed, cut = shrink_model(final, strict=False)
-        structure = {"surgery": cut}
+        structure = {"surgery": cut, "budget": stages.structure_budget(cfg, final, deployed, cut)}
     with console.quiet_native(cfg.verbose):  # the converter prints its settings on every call
         tfl = to_int8_tflite(deployed, rep_x)
         tfl_b1 = to_int8_tflite(deployed, rep_x, batch_size=1)

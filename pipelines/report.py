@@ -212,6 +212,8 @@ def _structure_lines(st):
         "## Channels (--structure=channel)",
         "",
         f"- kept output channels per layer: {kept}",
+        *([f"- budget --{b['flag']}={b['ratio']:g} of the dense {b['unit']}: achieved {b['achieved']:.3f}x"]
+          if (b := st.get("budget")) else []),
         f"- parameters {cut['params_before']} -> {cut['params_after']} "
         f"({cut['params_after'] / cut['params_before']:.3f}x); MACs {cut['macs_before']} -> {cut['macs_after']} "
         f"({cut['macs_after'] / max(cut['macs_before'], 1):.3f}x)",

@@ -275,6 +275,16 @@ def channel_budget(cfg, dense_model):
             "group_costs": {k: float(v) for k, v in costs.items()}, "keep_layers": tuple(keep)}
 
 
+def structure_budget(cfg, masked, cut_model, cut):
+    """--structure=channel: the budget asked for and what the cut model achieved, in its unit: MACs
+    (--mac_ratio) or compressible parameters (--size_ratio); `cut` is shrink_model's report."""
+    if getattr(cfg, "mac_ratio", None) is not None:
+        return {"flag": "mac_ratio", "unit": "MACs", "ratio": cfg.mac_ratio,
+                "achieved": cut["macs_after"] / max(cut["macs_before"], 1)}
+    return {"flag": "size_ratio", "unit": "compressible parameters", "ratio": cfg.size_ratio,
+            "achieved": dense_weight_count(cut_model) / max(dense_weight_count(masked), 1)}
+
+
 def compress_stages(cfg, data, da_plain):
     """The stages of --method after DA (methods_table.STAGES), each warm-started from the one before.
     Returns (plain, net, [results], scheme)."""

@@ -102,6 +102,19 @@ def test_bad_flag(used_workdir, flag, mentions):
     refused([flag], used_workdir, [mentions])
 
 
+# Channel budgets below one channel per layer: refused at start-up (after TensorFlow starts: the budget
+# depends on the architecture), before anything is trained or written.
+TOO_SMALL_CHANNEL_BUDGETS = [
+    ("--mac_ratio=0.01", "--mac_ratio=0.01 with --structure=channel is below one channel per layer", "MACs"),
+    ("--method=ap --size_ratio=0.01", "--size_ratio=0.01 with --structure=channel is below one", "parameters"),
+]
+
+
+@pytest.mark.parametrize("flags,says,unit", TOO_SMALL_CHANNEL_BUDGETS, ids=[f for f, _, _ in TOO_SMALL_CHANNEL_BUDGETS])
+def test_channel_budget_too_small(used_workdir, flags, says, unit):
+    refused(["--structure=channel", *flags.split(), "--verbose=0"], used_workdir, [says, unit], pre_tf=False)
+
+
 # --- 2. --model_file ---------------------------------------------------------------------------
 
 def _model(kind):

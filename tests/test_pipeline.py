@@ -38,7 +38,12 @@ BAD_FLAGS = [
     ("--quant_scheme=uniform_int8 --bits=1", "uniform_int8"), ("--rho=-1", "--rho"),
     ("--bits=1", "one nonzero code"), ("--distill=ard --method=nap", "--distill needs"),
     ("--distill=kd", "distill"), ("--distill=ard --distill_temperature=0", "--distill_temperature"),
-    ("--structure=channel --method=ap", "--structure=channel needs"), ("--structure=rows", "structure"),
+    ("--structure=channel --method=nap", "--structure=channel needs"), ("--structure=rows", "structure"),
+    ("--mac_ratio=0.5", "--mac_ratio needs --structure=channel"),
+    ("--structure=channel --mac_ratio=0.5 --size_ratio=0.3", "pass only one"),
+    ("--structure=channel --mac_ratio=0", "--mac_ratio must be in (0, 1]"),
+    ("--structure=channel --mac_ratio=1.5", "--mac_ratio must be in (0, 1]"),
+    ("--structure=channel --mac_ratio=nan", "--mac_ratio must be in (0, 1]"),
     ("--structure=channel --factorization=abc", "--factorization=none"),
 ]
 
@@ -355,6 +360,65 @@ def test_channel_structure_exports_a_smaller_model(tmp_path):
     assert report["phone"]["top1_agreement"] >= 0.95
     md = (wd / "report.md").read_text()
     assert "## Channels (--structure=channel)" in md and "LiteRT latency" in md
+
+
+STRUCTURED_TINY = ["--limit_train=400", "--limit_test=120", "--da_epochs=2", "--pgd_steps=2", "--eval_pgd_steps=2",
+                   "--micro_samples=4", "--square_queries=50", "--verbose=0", "--notensorboard", "--structure=channel"]
+
+
+@pytest.mark.slow
+def test_mac_ratio_bounds_the_exported_models_macs(tmp_path):
+    """--structure=channel --mac_ratio: the budget counts MACs, and the cut model's MACs are at most
+    that fraction of the dense model's (what the report states)."""
+    wd = tmp_path / "wd"
+    r = run_pipeline(*STRUCTURED_TINY, "--method=al0", "--al0_epochs=1", "--mac_ratio=0.4", f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    st, cut = report["structure"], report["structure"]["surgery"]
+    assert report["config"]["mac_ratio"] == 0.4
+    assert report["stage_results"][-1]["constraints"]["constraints"][0]["budget_unit"] == "macs"
+    assert st["budget"] == {"flag": "mac_ratio", "unit": "MACs", "ratio": 0.4,
+                            "achieved": cut["macs_after"] / cut["macs_before"]}
+    assert 0 < cut["macs_after"] <= 0.4 * cut["macs_before"], cut
+    assert report["micro"]["ok"] and report["phone"]["top1_agreement"] >= 0.95
+    assert "- budget --mac_ratio=0.4 of the dense MACs: achieved" in (wd / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_structured_ap_keeps_the_channels_it_chose_from_the_dense_model(tmp_path):
+    """--method=ap --structure=channel: one-shot channel pruning of the DA model (GroupL0's scoring and
+    the size budget), adversarial fine-tuning with that channel set fixed, the same smaller export."""
+    import keras
+
+    from atmc_tf.constraints import FixedGroupSupport
+    from atmc_tf.constraints.group_sparsity import group_nonzero
+    from atmc_tf.layers import atmc_wrappers, strip_model, wrap_model
+    from atmc_tf.training import ATMCTrainer, CleanLoss
+    wd = tmp_path / "wd"
+    r = run_pipeline(*STRUCTURED_TINY, "--method=ap", "--finetune_epochs=2", "--size_ratio=0.3", f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["da", "ap"]
+    group = report["stage_results"][-1]["constraints"]["constraints"][0]
+    assert group["kind"] == "fixed_group_support" and group["keep_layers"] == ["logits"]
+    # The channels FixedGroupSupport picks from the saved DA model are the ones the fine-tuned model has.
+    net = wrap_model(strip_model(keras.models.load_model(wd / "da" / "model.keras")))
+    chosen_by = ATMCTrainer(net, terms=[CleanLoss()],
+                            constraints=[FixedGroupSupport(**{k: v for k, v in group.items() if k != "kind"})])
+    chosen_by.prepare_constraints()
+    ap = keras.models.load_model(wd / "ap" / "model.keras")
+
+    def nonzero_channels(model):
+        return [group_nonzero(v, w.channel_axes).numpy().tolist()
+                for w in atmc_wrappers(model) for v in w.compressed_variables]
+
+    chosen, kept = nonzero_channels(net), nonzero_channels(ap)
+    assert kept == chosen and sum(map(sum, kept)) < sum(map(len, kept))
+    st, cut = report["structure"], report["structure"]["surgery"]
+    assert st["budget"]["flag"] == "size_ratio" and st["budget"]["achieved"] <= 0.3, st["budget"]
+    assert cut["params_after"] < cut["params_before"] and cut["macs_after"] < cut["macs_before"]
+    assert st["tflite_b1_bytes"]["compressed"] < st["tflite_b1_bytes"]["dense"]
+    assert report["micro"]["ok"] and report["phone"]["kernels_exact"]
 
 
 @pytest.mark.slow
