@@ -17,21 +17,31 @@ import matplotlib.ticker  # noqa: E402
 from atmc_tf.export import atomic  # noqa: E402
 from pipelines.report import save_png  # noqa: E402
 
-METHODS = ("da", "nap", "ap", "al0", "atmc32", "atmc8", "atmc4")
+METHODS = ("da", "nap", "ap", "al0", "atmc32", "atmc8", "atmc4", "atmc2", "al0_lamp", "atmc8_lamp")
 COMPRESSED = METHODS[1:]
-QUANTIZED_ATMC = ("atmc8", "atmc4")
+# The paper's methods: every run's T5 covers them; a method added since counts only where the run chose it.
+PAPER_COMPRESSED = ("nap", "ap", "al0", "atmc32", "atmc8", "atmc4")
+QUANTIZED_ATMC = ("atmc8", "atmc4")  # T3, the paper's claim
+SHIPPED_ATMC = ("atmc8", "atmc4", "atmc2")  # compared with AP at equal gzipped size
+# Issue 14: the same cell with the one global L0 budget scored by LAMP instead of |w| (--l0_scoring).
+LAMP_PAIRS = (("al0", "al0_lamp"), ("atmc8", "atmc8_lamp"))
 LABELS = {"da": "DA (dense)", "nap": "NAP", "ap": "AP", "al0": "AL0", "atmc32": "ATMC-32",
-          "atmc8": "ATMC-8", "atmc4": "ATMC-4", "tfmot": "TFMOT prune+QAT",
+          "atmc8": "ATMC-8", "atmc4": "ATMC-4", "atmc2": "ATMC-2", "al0_lamp": "AL0 (LAMP)",
+          "atmc8_lamp": "ATMC-8 (LAMP)", "tfmot": "TFMOT prune+QAT",
           "da_more": "DA + compression epochs (dense)"}
-BITS = {"atmc8": 8, "atmc4": 4}
+BITS = {"atmc8": 8, "atmc4": 4, "atmc2": 2, "atmc8_lamp": 8}
 COLORS = {"da": "black", "nap": "tab:gray", "ap": "tab:blue", "al0": "tab:green", "atmc32": "tab:purple",
-          "atmc8": "tab:red", "atmc4": "tab:orange", "tfmot": "tab:brown"}
+          "atmc8": "tab:red", "atmc4": "tab:orange", "atmc2": "tab:pink", "al0_lamp": "tab:green",
+          "atmc8_lamp": "tab:red", "tfmot": "tab:brown"}
 HEADLINE_RATIO = 0.01
 ISSUE_RATIOS = (0.003, 0.01, 0.03, 0.1)
+# Device bytes (issue 17): LiteRT stores the raw int8 .tflite (tflite_bytes); a TFLite Micro device
+# stores the batch-1 int8 model with its few-valued kernels LUT-compressed (compress_for_micro).
+DEVICE_FIELDS = ("tflm_bytes", "tflm_b1_bytes", "tflm_encoding")
 # What the results JSON must hold for every finished cell (tests/test_benchmark.py checks them).
 CELL_FIELDS = ("method", "ratio", "status", "clean_acc", "robust_acc", "tflite_clean_acc", "tflite_robust_acc",
                "paper_bits", "paper_ratio", "honest_bits", "nnz", "tflite_bytes", "tflite_gzip_bytes",
-               "train_seconds", "eval_seconds", "lr")
+               "train_seconds", "eval_seconds", "lr") + DEVICE_FIELDS
 TFMOT_FIELDS = CELL_FIELDS + ("sparsity", "target_gzip_bytes", "gzip_mismatch")
 MET, NOT_MET, NOT_RUN = "MET", "NOT MET", "NOT RUN YET"
 # The copy of the results that every rendering writes beside the page (committed with it), and the
@@ -66,6 +76,11 @@ def cell_key(method, ratio=None):
 def _ratios(results):
     """The size ratios the run was set up with (the issue's four for results without settings)."""
     return [float(r) for r in results.get("meta", {}).get("settings", {}).get("ratios", ISSUE_RATIOS)]
+
+
+def _methods(results):
+    """The methods the run was set up with (all of METHODS for results without settings)."""
+    return list(results.get("meta", {}).get("settings", {}).get("methods", METHODS))
 
 
 def _done(results, key):
@@ -177,7 +192,7 @@ def targets(results):
     # T5: the int8 .tflite within 1 point of the Keras model, every atmc_tf cell.
     checks, missing = [], []
     keys = ["da"] + (["da_more"] if results.get("cells", {}).get("da_more") else []) + \
-        [cell_key(m, r) for r in ratios for m in COMPRESSED]
+        [cell_key(m, r) for r in ratios for m in COMPRESSED if m in PAPER_COMPRESSED or m in _methods(results)]
     for key in keys:
         cell = results.get("cells", {}).get(key)
         if cell and cell.get("status") == "infeasible":
@@ -271,7 +286,7 @@ def _order_lines(results):
 # --- at equal shipped size ----------------------------------------------------------------
 
 def shipped_size(results, base="ap"):
-    """Each ATMC-8/-4 cell against `base` at the same gzipped .tflite bytes.
+    """Each ATMC-8/-4/-2 cell against `base` at the same gzipped .tflite bytes.
 
     `base`'s .tflite robust accuracy is interpolated linearly in log(bytes) between its two finished cells
     that bracket the ATMC cell's size; outside `base`'s range there is no comparison (never extrapolated).
@@ -280,7 +295,7 @@ def shipped_size(results, base="ap"):
     pts = sorted((c["tflite_gzip_bytes"], c["tflite_robust_acc"], c["ratio"]) for c in cells
                  if c.get("method") == base and c.get("status") == "done")
     out = []
-    for c in sorted((c for c in cells if c.get("method") in QUANTIZED_ATMC and c.get("status") == "done"),
+    for c in sorted((c for c in cells if c.get("method") in SHIPPED_ATMC and c.get("status") == "done"),
                     key=lambda c: (c["method"], c["ratio"])):
         gz = c["tflite_gzip_bytes"]
         row = {"cell": cell_key(c["method"], c["ratio"]), "gzip": gz, "robust": c["tflite_robust_acc"], "base": None}
@@ -313,16 +328,118 @@ def _shipped_lines(results):
     return L
 
 
+# --- magnitude vs LAMP (issue 14) -----------------------------------------------------------
+
+def _scoring(results, cell):
+    """How a cell's global L0 budget was scored: recorded per cell, else the run's --l0_scoring."""
+    return cell.get("l0_scoring") or results.get("meta", {}).get("settings", {}).get("l0_scoring", "magnitude")
+
+
+def lamp_comparison(results):
+    """Per ratio and (magnitude method, LAMP method) pair: both cells (None when not finished) and the
+    LAMP - magnitude differences of the .tflite robust and clean accuracy (None unless both finished)."""
+    cells = results.get("cells", {})
+    rows = []
+    for r in _ratios(results):
+        for base, lamp in LAMP_PAIRS:
+            b, lc = cells.get(cell_key(base, r)), cells.get(cell_key(lamp, r))
+            both = all(c and c.get("status") == "done" for c in (b, lc))
+            rows.append({"ratio": r, "base": base, "lamp": lamp, "base_cell": b, "lamp_cell": lc,
+                         "d_robust": lc["tflite_robust_acc"] - b["tflite_robust_acc"] if both else None,
+                         "d_clean": lc["tflite_clean_acc"] - b["tflite_clean_acc"] if both else None})
+    return rows
+
+
+def _acc_or_status(c, key):
+    if c is None:
+        return NOT_RUN
+    if c.get("status") != "done":
+        return c.get("status", "?")
+    return _pct(c[key])
+
+
+def _lamp_lines(results):
+    rows = lamp_comparison(results)
+    L = ["Issue 14: does scoring the one global L0 budget layer-adaptively (LAMP, Lee et al. ICLR 2021; "
+         "`--l0_scoring=lamp`) instead of by raw magnitude (the paper's |w| top-k, `--l0_scoring=magnitude`) make "
+         "the LeNet cells worse? Same cell otherwise: same budget, epochs, epoch split and learning-rate family. "
+         "Accuracies of the int8 .tflite; the difference is LAMP - magnitude (negative: LAMP is worse).", "",
+         "| ratio | method | robust % magnitude | robust % LAMP | LAMP - magnitude | clean % magnitude | "
+         "clean % LAMP | LAMP - magnitude |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        b, lc = row["base_cell"], row["lamp_cell"]
+        note = ""
+        if b and b.get("status") == "done" and _scoring(results, b) != "magnitude":
+            note = f" (its magnitude cell was scored by {_scoring(results, b)}: --l0_scoring)"
+        diff = (lambda d: NOT_RUN if d is None else _pts(d))  # noqa: E731
+        L.append(f"| {row['ratio']:g} | {LABELS[row['base']]}{note} | {_acc_or_status(b, 'tflite_robust_acc')} | "
+                 f"{_acc_or_status(lc, 'tflite_robust_acc')} | {diff(row['d_robust'])} | "
+                 f"{_acc_or_status(b, 'tflite_clean_acc')} | {_acc_or_status(lc, 'tflite_clean_acc')} | "
+                 f"{diff(row['d_clean'])} |")
+    done = [row for row in rows if row["d_robust"] is not None]
+    if done:
+        worst = min(done, key=lambda row: row["d_robust"])
+        L += ["", f"{len(done)} of {len(rows)} pairs finished; largest robust loss from LAMP: "
+              f"{LABELS[worst['base']]} at ratio {worst['ratio']:g}, {_pts(worst['d_robust'])}."]
+    L.append("")
+    return L
+
+
+# --- device bytes (issue 17) -----------------------------------------------------------------
+
+_OP_SHORT = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "FULLY_CONNECTED": "fc"}
+
+
+def _encodings(c):
+    enc = c.get("tflm_encoding")
+    if not enc:
+        return "n/a"
+    return ", ".join(f"{_OP_SHORT.get(t.get('op'), t.get('op', '?'))} "
+                     + (f"lut {t['index_bits']}b" if t.get("index_bits") else "dense") for t in enc)
+
+
+def _device_lines(results):
+    cells = results.get("cells", {})
+    keys = ["da", "da_more"] + [cell_key(m, r) for r in _ratios(results) for m in _methods(results) if m != "da"]
+    keys += [k for k in cells if k.startswith("tfmot@") and k not in keys]
+    shown = [(k, cells[k]) for k in keys if cells.get(k, {}).get("status") == "done"]
+    if not shown:
+        return ["NOT RUN YET.", ""]
+    L = ["What the device stores. LiteRT (phones) runs the raw int8 .tflite: LiteRT bytes = the `.tflite "
+         "bytes` column (TFLite stores every kernel dense in int8). A TFLite Micro device stores the batch-1 int8 "
+         "model (`to_int8_tflite(batch_size=1)`) with each few-valued kernel as per-channel look-up-table indices "
+         "(`atmc_tf.export.compress_for_micro`, decoded by TFLM's DECODE op; a kernel stays dense int8 where that "
+         "saves nothing): TFLM bytes = that file's size, the flash it costs. Its TFLM outputs are not re-checked "
+         "here (the pipeline checks them bit-identical to the uncompressed model's). TFMOT's row compresses its "
+         "own .tflite (tf_keras converter, dynamic batch), not a batch-1 re-export.", "",
+         "| cell | robust % (.tflite) | LiteRT bytes | TFLM batch-1, uncompressed | TFLM bytes (LUT) | TFLM / LiteRT "
+         "| kernels (encoding, index bits) |", "|---|---|---|---|---|---|---|"]
+    old = 0
+    for k, c in shown:
+        tb = c.get("tflm_bytes")
+        old += tb is None
+        frac = "-" if tb is None else f"{tb / c['tflite_bytes']:.3f}"
+        L.append(f"| {k} | {_pct(c['tflite_robust_acc'])} | {c['tflite_bytes']:,} | {_bytes(c.get('tflm_b1_bytes'))} "
+                 f"| {_bytes(tb)} | {frac} | {_encodings(c)} |")
+    if old:
+        L += ["", f"n/a: {old} cell(s) finished before device bytes were measured; "
+              "`python -m benchmarks.benchmark --remeasure_device_bytes` (same flags as the run) fills them in from "
+              "each cell's saved model."]
+    L.append("")
+    return L
+
+
 # --- plot -----------------------------------------------------------------------------------
 
 def plot_tradeoff(results, file):
-    """Robust and clean accuracy vs paper-style size ratio, .tflite robust vs gzipped bytes.
+    """Robust and clean accuracy vs paper-style size ratio, .tflite robust vs gzipped bytes and vs TFLite
+    Micro flash bytes (the batch-1 int8 model, LUT-compressed; cells without it are left out).
 
     Top row: every method on the full 0-1 scale. Bottom row: the same panels zoomed on the adversarially
     trained methods (NAP and TFMOT, near chance under attack, left out), where their differences show.
     """
     cells = [c for c in results.get("cells", {}).values() if c.get("status") == "done"]
-    fig, grid = plt.subplots(2, 3, figsize=(17, 9.6))
+    fig, grid = plt.subplots(2, 4, figsize=(22, 9.6))
     da = _done(results, "da")
     more = _done(results, "da_more")
     st = results.get("meta", {}).get("settings", {})
@@ -332,24 +449,30 @@ def plot_tradeoff(results, file):
               ("clean_acc", "paper_ratio", "clean accuracy (Keras)",
                "paper-style size / dense fp32 size (log)"),
               ("tflite_robust_acc", "tflite_gzip_bytes",
-               "robust accuracy, int8 .tflite (transfer)", "gzipped int8 .tflite bytes (log)")]
+               "robust accuracy, int8 .tflite (transfer)", "gzipped int8 .tflite bytes (log)"),
+              ("tflite_robust_acc", "tflm_bytes", "robust accuracy, int8 .tflite (transfer)",
+               "TFLite Micro flash bytes: batch-1 int8, LUT-compressed (log)")]
+    byte_axes = ("tflite_gzip_bytes", "tflm_bytes")
     ratios = _ratios(results)
     zoomed = tuple(m for m in COMPRESSED if m != "nap")
     for row, zoom in ((grid[0], False), (grid[1], True)):
         for ax, (ykey, xkey, ylabel, xlabel) in zip(row, panels, strict=True):
             shown = []
             for m in (zoomed if zoom else COMPRESSED + ("tfmot",)):
-                if m == "tfmot" and xkey != "tflite_gzip_bytes":
+                if m == "tfmot" and xkey not in byte_axes:
                     continue
                 pts = sorted((c[xkey], c[ykey]) for c in cells if c["method"] == m and c.get(xkey))
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if m != "tfmot" else "s",
-                            color=COLORS[m], label=LABELS[m], linestyle="-" if m != "nap" else ":")
+                    lamp = m.endswith("_lamp")
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts],
+                            marker="s" if m == "tfmot" else "^" if lamp else "o", color=COLORS[m], label=LABELS[m],
+                            linestyle=":" if m == "nap" else "--" if lamp else "-",
+                            markerfacecolor="none" if lamp else None)
                     shown += [p[1] for p in pts]
             if da:
                 ax.axhline(da[ykey], color="black", linestyle="--", linewidth=1, label=f"{LABELS['da']}")
                 shown.append(da[ykey])
-                if xkey == "tflite_gzip_bytes":
+                if xkey in byte_axes and da.get(xkey):
                     ax.scatter([da[xkey]], [da[ykey]], color="black", marker="*", s=120, zorder=5)
             if more:  # the fair dense ceiling for the compressed cells
                 ax.axhline(more[ykey], color="black", linestyle=":", linewidth=1, label=LABELS["da_more"])
@@ -380,7 +503,7 @@ def plot_tradeoff(results, file):
                 handles.append(h)
                 labels.append(lab)
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.03))
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), bbox_to_anchor=(0.5, -0.06))
     meta = results.get("meta", {})
     title = (f"{meta.get('dataset', '?')} / {meta.get('model', '?')}, L_inf eps={meta.get('eps', '?')}: "
              "size vs clean vs robust accuracy")
@@ -398,11 +521,16 @@ def _secs(s):
     return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
 
 
+def _bytes(v):
+    """Bytes with thousands separators; n/a for a cell recorded before the field existed."""
+    return "n/a" if v is None else f"{v:,}"
+
+
 def _row(label, c, ratio_target=None):
     if c is None:
-        return f"| {label} | not run yet |||||||||||"
+        return f"| {label} | not run yet ||||||||||||"
     if c.get("status") == "infeasible":
-        return f"| {label} | infeasible: {c.get('reason', '')} |||||||||||"
+        return f"| {label} | infeasible: {c.get('reason', '')} ||||||||||||"
     extra = ""
     if c["method"] == "tfmot":
         mis = c.get("gzip_mismatch")
@@ -410,12 +538,13 @@ def _row(label, c, ratio_target=None):
                  + (f", {100 * mis:+.1f}%" if mis is not None else "") + ")")
     return (f"| {label}{extra} | {_pct(c['clean_acc'])} | {_pct(c['robust_acc'])} | {_pct(c['tflite_clean_acc'])} | "
             f"{_pct(c['tflite_robust_acc'])} | {c['paper_bits']} | {c['paper_ratio']:.4f} | {c['nnz']} | "
-            f"{c['tflite_bytes']} | {c['tflite_gzip_bytes']} | {_secs(c['train_seconds'])} | {c.get('lr', '-')} |")
+            f"{c['tflite_bytes']} | {c['tflite_gzip_bytes']} | {_bytes(c.get('tflm_bytes'))} | "
+            f"{_secs(c['train_seconds'])} | {c.get('lr', '-')} |")
 
 
 TABLE_HEAD = ("| method | clean % (Keras) | robust % (Keras, PGD) | clean % (.tflite) | robust % (.tflite, transfer) | "
-              "paper-style bits | size ratio | nonzeros | .tflite bytes | gzipped bytes | training time | lr |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "paper-style bits | size ratio | nonzeros | .tflite bytes | gzipped bytes | TFLM bytes | training time | "
+              "lr |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _versions(meta):
@@ -573,6 +702,8 @@ def markdown(results, png_name="benchmark_tradeoff.png", notes="."):
                   f"size); why that can happen: [al0_is_ap.md]({notes}/al0_is_ap.md).", ""]
     L += ["## Against the paper", ""] + _order_lines(results)
     L += ["## At equal shipped size", ""] + _shipped_lines(results)
+    L += ["## Device bytes: LiteRT and TFLite Micro flash", ""] + _device_lines(results)
+    L += ["## Magnitude vs LAMP scoring of the global L0 budget", ""] + _lamp_lines(results)
     # PGD-100
     p = results.get("pgd100")
     L += ["## Stronger attack on the best model", ""]
