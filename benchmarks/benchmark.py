@@ -72,6 +72,9 @@ flags.DEFINE_integer("resnet_reps", 3, "Timed repetitions (median) of each ResNe
 flags.DEFINE_bool("resnet_pgd_step", True, "Also time one PGD adversarial training step of ResNet-50.")
 flags.DEFINE_bool("retime", False, "Measure the step-time ratio and the ResNet-50-size cost again (after a change "
                   "to the constraint code); the cells are kept, the old figures move to timing_history.")
+flags.DEFINE_bool("remeasure_device_bytes", False, "Only fill in the device bytes (TFLite Micro flash: the batch-1 "
+                  "int8 model, LUT-compressed) of finished cells recorded without them, from each cell's saved "
+                  "model (TFMOT: its .tflite), then re-render; give the run's own flags. Nothing is trained.")
 flags.DEFINE_string("docs_dir", None, "Where BENCHMARKS.md and the PNG go (default: docs/, or <workdir>/docs "
                     "with --quick so that a smoke test never overwrites the real benchmark page).")
 
@@ -93,11 +96,15 @@ PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bit
                  "rank", "al0_epochs", "atmc32_epochs", "atmcb_epochs", "finetune_epochs", "micro_samples", "plot_eps",
                  "model_file", "strategy")
 # Settings that may change between a run and its resume (cells are keyed by method and ratio).
-RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "ratios", "methods", "tfmot", "workdir", "timing_steps",
-              "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step",
+RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "remeasure_device_bytes", "ratios", "methods", "tfmot",
+              "workdir", "timing_steps", "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step",
               "pgd100_steps", "pgd100_restarts", "tfmot_search_iters")
-METHOD_ORDER = ("atmc8", "ap", "al0", "atmc4", "atmc32", "nap")  # the headline comparison first
-FAMILY = {"nap": "nap", "ap": "ap", "al0": "al0", "atmc32": "atmc", "atmc8": "atmc", "atmc4": "atmc"}
+# The headline comparison first; the methods added since (issue 17's ATMC-2, issue 14's LAMP scoring) last.
+METHOD_ORDER = ("atmc8", "ap", "al0", "atmc4", "atmc32", "nap", "atmc2", "al0_lamp", "atmc8_lamp")
+FAMILY = {"nap": "nap", "ap": "ap", "al0": "al0", "atmc32": "atmc", "atmc8": "atmc", "atmc4": "atmc",
+          "atmc2": "atmc", "al0_lamp": "al0", "atmc8_lamp": "atmc"}
+# Methods that are another method with the global L0 budget scored by LAMP (--l0_scoring=lamp).
+LAMP = {"al0_lamp": "al0", "atmc8_lamp": "atmc8"}
 BENCH_FLAGS = ("quick", "ratios", "methods", "compress_epochs", "tune", "da_lr_grid", "lr_grid", "tune_train",
                "tune_val", "tune_da_epochs", "tune_compress_epochs", "tfmot", "tfmot_prune_epochs",
                "tfmot_qat_epochs", "tfmot_search_iters", "pgd100_steps", "pgd100_restarts", "timing_steps",
@@ -250,9 +257,11 @@ def cell_cfg(cfg, workdir, method, ratio, lr, epochs):
     per = {"nap": dict(method="nap", finetune_epochs=t), "ap": dict(method="ap", finetune_epochs=t),
            "al0": dict(method="al0", al0_epochs=t),
            "atmc32": dict(method="atmc", al0_epochs=t // 2, atmc32_epochs=t - t // 2)}
-    for b in (8, 4):
+    for b in (8, 4, 2):
         per[f"atmc{b}"] = dict(method="atmc", bits=b, al0_epochs=t // 3, atmc32_epochs=t // 3,
                                atmcb_epochs=t - 2 * (t // 3))
+    for lamp, plain_method in LAMP.items():  # the plain methods keep --l0_scoring (default: magnitude)
+        per[lamp] = dict(per[plain_method], l0_scoring="lamp")
     base = dict(workdir=workdir, size_ratio=float(ratio), nnz_budget=None, lr=float(lr), bits=None,
                 factorization="none", al0_epochs=0, atmc32_epochs=0, atmcb_epochs=0, finetune_epochs=0)
     return dataclasses.replace(cfg, **{**base, **per[method]})
@@ -287,12 +296,45 @@ def evaluate(cfg, plain, data, rep_x, out_dir):
     atomic.write_bytes_atomic(tfl_file, tfl)
     ev = evaluate_deployment(tfl, data.x_test, data.y_test, x_adv, keras_model=plain)
     codes = kernel_codes_match(plain, tfl)
-    return {**R.accuracy_fields(ev), "top1_agreement": ev.top1_agreement,
+    return {**R.accuracy_fields(ev), **device_bytes(plain, rep_x, out_dir, cfg.verbose), "top1_agreement": ev.top1_agreement,
             "top1_agreement_adv": ev.top1_agreement_adv, "kernel_code_mismatches": int(codes["mismatches"]),
             "tflite_bytes": len(tfl), "tflite_gzip_bytes": gzip_size(tfl), "tflite_file": tfl_file,
             "eval_seconds": time.time() - t,
             "attack": f"PGD-{cfg.eval_pgd_steps} x {cfg.eval_restarts} restarts, eps {cfg.eps}, white-box on "
                       "Keras; .tflite on the same images (transfer)"}
+
+
+def micro_fields(b1, out_dir, source):
+    """Device bytes of a TFLite Micro target from the int8 model `b1`: compress_for_micro (the pipeline's
+    LUT compression) writes <out_dir>/model_int8_micro.tflite; returns the cell's tflm_* fields."""
+    from atmc_tf.export import atomic, compress_for_micro
+    mcu, plan = compress_for_micro(b1)
+    os.makedirs(out_dir, exist_ok=True)
+    file = os.path.join(out_dir, "model_int8_micro.tflite")
+    atomic.write_bytes_atomic(file, mcu)
+    keep = ("name", "op", "shape", "encoding", "index_bits", "values_per_channel_max", "bytes_before", "bytes_after",
+            "reason")
+    return {"tflm_bytes": len(mcu), "tflm_b1_bytes": len(b1), "tflm_file": file, "tflm_source": source,
+            "tflm_compressed_tensors": plan["compressed_tensors"],
+            "tflm_encoding": json.loads(json.dumps([{k: t.get(k) for k in keep} for t in plan["tensors"]]))}
+
+
+def device_bytes(plain, rep_x, out_dir, verbose=0):
+    """The TFLite Micro device bytes of a Keras model, as the pipeline makes its microcontroller file:
+    the batch-1 int8 .tflite (to_int8_tflite(batch_size=1), kept as <out_dir>/model_int8_batch1.tflite),
+    LUT-compressed by compress_for_micro. A failure is recorded (tflm_error), never fatal: the cell's
+    training and accuracies are worth more than this one measurement."""
+    from atmc_tf.export import atomic, to_int8_tflite
+    from pipelines import console
+    try:
+        with console.quiet_native(verbose):  # the converter prints its settings on every call
+            b1 = to_int8_tflite(plain, rep_x, batch_size=1)
+        os.makedirs(out_dir, exist_ok=True)
+        atomic.write_bytes_atomic(os.path.join(out_dir, "model_int8_batch1.tflite"), b1)
+        return micro_fields(b1, out_dir, "batch-1 int8 export of the cell's Keras model")
+    except Exception as err:  # noqa: BLE001
+        logging.exception("device bytes of %s failed", out_dir)
+        return {"tflm_error": f"{type(err).__name__}: {err}"}
 
 
 def _last(history, key):
@@ -330,6 +372,7 @@ class Benchmark:
             size = stages.size_summary(self.cfg, None, self.da_plain, None, None)
             self._record("da", "da", None, self.da_plain, size, [da_res], self.cfg.da_lr, None,
                          os.path.join(self.root, "da", "model.keras"))
+        self.fill_device_bytes()  # cells of a run resumed across the device-bytes change
         self.timing()
         self.tune_compression()
         self.da_more_cell()
@@ -368,9 +411,9 @@ class Benchmark:
     def _log_cell(self, key):
         c = self.res.cell(key)
         logging.info("cell %s: clean %.4f robust %.4f | .tflite clean %.4f robust %.4f | %d bits (ratio %.4f) | "
-                     "%d B, %d B gzipped | train %.0f s", key, c["clean_acc"], c["robust_acc"],
+                     "%d B, %d B gzipped, TFLM %s B | train %.0f s", key, c["clean_acc"], c["robust_acc"],
                      c["tflite_clean_acc"], c["tflite_robust_acc"], c["paper_bits"], c["paper_ratio"],
-                     c["tflite_bytes"], c["tflite_gzip_bytes"], c["train_seconds"])
+                     c["tflite_bytes"], c["tflite_gzip_bytes"], c.get("tflm_bytes", "n/a"), c["train_seconds"])
 
     # --- hyper-parameters on the validation split -------------------------------------------------
     def _tune_data(self):
@@ -492,7 +535,8 @@ class Benchmark:
             return
         size = stages.size_summary(ccfg, net, plain, scheme, ccfg.bits if scheme else None)
         self._record(key, method, ratio, plain, size, results, lr, k,
-                     os.path.join(wd, results[-1]["stage"], "model.keras"), bits=ccfg.bits, quant_scheme=scheme)
+                     os.path.join(wd, results[-1]["stage"], "model.keras"), bits=ccfg.bits, quant_scheme=scheme,
+                     l0_scoring=ccfg.l0_scoring)
 
     def tfmot_cell(self, ratio):
         import numpy as np
@@ -537,8 +581,51 @@ class Benchmark:
         with open(os.path.join(d, "result.json")) as fh:
             cell = json.load(fh)
         cell.update(ratio=ratio, matched_to=match, finished=_now())
+        cell.update(self._tfmot_device_bytes(cell, d))
         self.res.set(key, cell, cell=True)
         self._log_cell(key)
+
+    @staticmethod
+    def _tfmot_device_bytes(cell, out_dir):
+        """TFMOT's cell comes from another process (tf_keras): its own .tflite, LUT-compressed as it is
+        (the tf_keras converter's dynamic-batch model, not a batch-1 re-export)."""
+        try:
+            with open(cell["tflite_file"], "rb") as fh:
+                return micro_fields(fh.read(), out_dir, "TFMOT's own int8 .tflite (dynamic batch), compressed as is")
+        except Exception as err:  # noqa: BLE001
+            logging.exception("device bytes of %s failed", out_dir)
+            return {"tflm_error": f"{type(err).__name__}: {err}"}
+
+    def fill_device_bytes(self, retry=False):
+        """Device bytes of finished cells recorded without them (a run resumed across this change), from
+        each cell's saved model; `retry`: also cells whose measurement failed before."""
+        import keras
+
+        from atmc_tf.layers import strip_model
+        for key, c in list(self.res["cells"].items()):
+            if c.get("status") != "done" or c.get("tflm_bytes") is not None or (c.get("tflm_error") and not retry):
+                continue
+            out_dir = os.path.join(self.root, "cells", key)
+            if c["method"] == "tfmot":
+                fields = self._tfmot_device_bytes(c, out_dir)
+            elif not os.path.exists(c.get("model_file") or ""):
+                logging.warning("cell %s: its model %s is gone; device bytes stay n/a", key, c.get("model_file"))
+                continue
+            else:
+                plain = strip_model(keras.models.load_model(c["model_file"]))
+                fields = device_bytes(plain, self.rep_x, out_dir, self.cfg.verbose)
+            c = {k: v for k, v in c.items() if k != "tflm_error"} | fields | {"device_bytes_remeasured": _now()}
+            self.res.set(key, c, cell=True)
+            logging.info("cell %s: TFLM %s B (batch-1 %s B)", key, c.get("tflm_bytes"), c.get("tflm_b1_bytes"))
+            gc.collect()
+
+    def remeasure(self):
+        """--remeasure_device_bytes: only the missing device bytes, nothing trained."""
+        from pipelines import stages
+        self.data = stages.load_data(self.cfg)
+        self.rep_x = self.data.x_train[:300]
+        self.fill_device_bytes(retry=True)
+        self.res.save()
 
     def pgd100(self, ratio):
         """The strong attack on the best compressed model at the headline ratio (once all its cells exist)."""
@@ -638,9 +725,18 @@ def main(argv):
     from atmc_tf.data import DataError
     t0 = time.time()
     try:
-        Benchmark(cfg, bench, res).run()
+        if F.remeasure_device_bytes:
+            Benchmark(cfg, bench, res).remeasure()
+        else:
+            Benchmark(cfg, bench, res).run()
     except (DataError, UsageError) as err:
         fail(str(err))
+    for key, c in res["cells"].items():
+        if c.get("status") == "done":
+            print(f"benchmark: {key}: robust (.tflite) {c['tflite_robust_acc']:.4f}; LiteRT {c['tflite_bytes']} B, "
+                  f"TFLM {c.get('tflm_bytes', 'n/a')} B (batch-1 uncompressed {c.get('tflm_b1_bytes', 'n/a')} B, "
+                  f"{c.get('tflm_compressed_tensors', 'n/a')} kernels LUT-compressed)"
+                  + (f"; device bytes failed: {c['tflm_error']}" if c.get("tflm_error") else ""))
     done = sum(1 for c in res["cells"].values() if c.get("status") == "done")
     print(f"benchmark: {done} cells done in {time.time() - t0:.0f} s; results {res.file}; "
           f"docs {os.path.join(docs, 'BENCHMARKS.md')}")
