@@ -628,6 +628,10 @@ def markdown(results, png_name="benchmark_tradeoff.png", notes="."):
           "ADMM (rho, every quant_interval steps) and exactly at the end. Codebook scheme `codebook_int8`: the "
           "2^b codes lie on TFLite's int8 per-channel lattice, so the .tflite stores the trained codes bit for bit "
           "(checked: `kernel_code_mismatches` = 0 in results.json).",
+          "- **ATMC-2**: the same chain with 2-bit codes (issue 17: the smallest device file).",
+          "- **AL0 (LAMP) / ATMC-8 (LAMP)**: AL0 and ATMC-8 with the one global L0 budget scored by LAMP "
+          "(`--l0_scoring=lamp`, layer-adaptive, Lee et al. 2021) instead of |w|; same learning rate as AL0 / ATMC "
+          "(issue 14: does it make the LeNet cells worse?).",
           "- **TFMOT prune+QAT** (own process, tf_keras / Keras 2, tensorflow-model-optimization): the same "
           "LeNet rebuilt in tf_keras with the DA weights copied in (logits checked equal), "
           "`prune_low_magnitude` (PolynomialDecay 0 -> s over 60% of the steps, per-layer sparsity s, natural "

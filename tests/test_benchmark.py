@@ -300,3 +300,140 @@ def test_shipped_size_interpolates_ap_and_never_extrapolates():
     text = "\n".join(R._shipped_lines(res))
     assert "| atmc8@0.003 | 10,000 | 66.0 | 65.0 (between ap@0.003 and ap@0.01) | +1.0 pts |" in text
     assert "| atmc8@0.01 | 200,000 | 72.0 | outside AP's finished sizes | - |" in text
+
+
+# --- the methods added for issues 14 and 17, and the device bytes ---------------------------------
+
+CELL_CFG_CHECK = """
+import json
+from absl import flags
+from benchmarks import bench_report as R
+from benchmarks.benchmark import FAMILY, METHOD_ORDER, PipelineConfig, cell_cfg
+flags.FLAGS(["benchmark"])
+cfg = PipelineConfig.from_flags()
+out = {}
+for m in R.COMPRESSED:
+    c = cell_cfg(cfg, "/tmp/unused", m, 0.01, 0.003, 6)
+    out[m] = {k: getattr(c, k) for k in ("method", "bits", "l0_scoring", "al0_epochs", "atmc32_epochs",
+                                         "atmcb_epochs", "finetune_epochs", "lr", "size_ratio")}
+out["_family"] = {m: FAMILY.get(m) for m in R.COMPRESSED}
+out["_order"] = list(METHOD_ORDER)
+print(json.dumps(out))
+"""
+
+
+def test_cell_configs_of_the_lamp_and_atmc2_methods():
+    """al0_lamp / atmc8_lamp are al0 / atmc8 with l0_scoring='lamp' (the plain ones keep the default,
+    magnitude); atmc2 is ATMC with 2-bit codes and ATMC-8's epoch split; every method has a config,
+    a learning-rate family and a place in the run order."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    r = subprocess.run([sys.executable, "-c", CELL_CFG_CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["al0_lamp"] == {**out["al0"], "l0_scoring": "lamp"}
+    assert out["atmc8_lamp"] == {**out["atmc8"], "l0_scoring": "lamp"}
+    assert out["al0"]["l0_scoring"] == out["atmc8"]["l0_scoring"] == "magnitude"
+    assert out["atmc2"] == {**out["atmc8"], "bits": 2}
+    assert (out["atmc8"]["al0_epochs"], out["atmc8"]["atmc32_epochs"], out["atmc8"]["atmcb_epochs"]) == (2, 2, 2)
+    assert out["_family"] == {"nap": "nap", "ap": "ap", "al0": "al0", "atmc32": "atmc", "atmc8": "atmc",
+                              "atmc4": "atmc", "atmc2": "atmc", "al0_lamp": "al0", "atmc8_lamp": "atmc"}
+    assert sorted(out["_order"]) == sorted(R.COMPRESSED)
+    assert not set(R.ORDER_METHODS) & {"atmc2", "al0_lamp", "atmc8_lamp"}  # not in the paper's order check
+
+
+DEVICE_BYTES_CHECK = """
+import json, sys, numpy as np, keras
+from benchmarks.benchmark import device_bytes
+rng = np.random.default_rng(0)
+model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256, name="few"), keras.layers.Dense(10, name="out")])
+k = rng.choice([-0.5, 0.0, 0.0, 0.25], size=(64, 256)).astype("float32")  # 3 values per channel: 2-bit LUT
+model.get_layer("few").set_weights([k, np.zeros(256, "float32")])
+out = device_bytes(model, rng.uniform(0, 1, (50, 64)).astype("float32"), sys.argv[1])
+print(json.dumps(out))
+"""
+
+
+def test_device_bytes_of_a_few_valued_model_are_below_its_batch1_bytes(tmp_path):
+    """device_bytes: the pipeline's batch-1 int8 export, LUT-compressed by compress_for_micro; a kernel
+    with 3 values per channel takes 2-bit indices and the file shrinks below the uncompressed batch-1 one."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    r = subprocess.run([sys.executable, "-c", DEVICE_BYTES_CHECK, str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "tflm_error" not in out, out
+    assert 0 < out["tflm_bytes"] < out["tflm_b1_bytes"] - 64 * 256 // 2, out  # 16 KiB kernel -> 4 KiB indices
+    few = next(t for t in out["tflm_encoding"] if t["shape"] == [256, 64])
+    assert few["encoding"] == "lut_per_channel" and few["index_bits"] == 2
+    assert os.path.getsize(out["tflm_file"]) == out["tflm_bytes"]
+    assert os.path.getsize(tmp_path / "model_int8_batch1.tflite") == out["tflm_b1_bytes"]
+
+
+def _device(cell, tflm, b1, lite=1_276_112):
+    return {**cell, "tflite_bytes": lite, "tflm_bytes": tflm, "tflm_b1_bytes": b1,
+            "tflm_encoding": [{"op": "CONV_2D", "index_bits": 3}, {"op": "FULLY_CONNECTED", "index_bits": None}]}
+
+
+def _table_cell(method, ratio, robust, **kw):
+    return {**_cell(method, ratio, robust, **kw), "paper_bits": 1000, "paper_ratio": 0.01, "nnz": 100,
+            "tflite_bytes": 1_276_112, "train_seconds": 10, "lr": 0.01}
+
+
+def test_lamp_comparison_block():
+    res = _results(ratios=(0.01, 0.03), **{
+        "al0@0.01": _table_cell("al0", 0.01, 0.60, t_robust=0.61, t_clean=0.80),
+        "al0_lamp@0.01": _table_cell("al0_lamp", 0.01, 0.58, t_robust=0.57, t_clean=0.82),
+        "atmc8@0.01": _table_cell("atmc8", 0.01, 0.65),
+        "atmc8_lamp@0.03": _table_cell("atmc8_lamp", 0.03, 0.66)})
+    rows = {(row["ratio"], row["base"]): row for row in R.lamp_comparison(res)}
+    assert len(rows) == 4
+    assert rows[(0.01, "al0")]["d_robust"] == pytest.approx(-0.04)  # .tflite accuracies, LAMP - magnitude
+    assert rows[(0.01, "al0")]["d_clean"] == pytest.approx(0.02)
+    assert rows[(0.01, "atmc8")]["d_robust"] is None and rows[(0.03, "atmc8")]["d_robust"] is None
+    md = R.markdown(res)
+    block = md.split("## Magnitude vs LAMP scoring")[1].split("\n## ")[0]
+    assert "| 0.01 | AL0 | 61.0 | 57.0 | -4.0 pts | 80.0 | 82.0 | +2.0 pts |" in block
+    assert f"| 0.01 | ATMC-8 | 65.0 | {R.NOT_RUN} | {R.NOT_RUN} |" in block
+    assert f"| 0.03 | ATMC-8 | {R.NOT_RUN} | 66.0 | {R.NOT_RUN} |" in block
+    assert "largest robust loss from LAMP: AL0 at ratio 0.01, -4.0 pts" in block
+    # the LAMP cells are rows of the per-ratio tables too
+    assert "| AL0 (LAMP) | 80.0 | 58.0 |" in md and "| ATMC-8 (LAMP) | not run yet |" in md
+    assert "NOT RUN YET" in R.markdown(_results()).split("## Magnitude vs LAMP scoring")[1]
+
+
+def test_device_bytes_column_and_section():
+    res = _results(ratios=(0.01,), methods=("da", "ap", "atmc2"), **{
+        "da": _device(_table_cell("da", None, 0.7), 1_275_224, 1_275_224),
+        "ap@0.01": _table_cell("ap", 0.01, 0.5),  # recorded before device bytes existed
+        "atmc2@0.01": _device(_table_cell("atmc2", 0.01, 0.6), 301_000, 1_275_224)})
+    md = R.markdown(res)
+    assert "| TFLM bytes |" in R.TABLE_HEAD and R.TABLE_HEAD.count("|---") == R.TABLE_HEAD.split("\n")[0].count(" | ") + 1
+    assert "| 1276112 | 1000 | 301,000 | 10 s | 0.01 |" in md  # the ATMC-2 row: raw, gzip, TFLM
+    assert "| 1276112 | 1000 | n/a | 10 s | 0.01 |" in md  # AP: an old cell
+    dev = md.split("## Device bytes")[1].split("\n## ")[0]
+    assert "| atmc2@0.01 | 60.0 | 1,276,112 | 1,275,224 | 301,000 | 0.236 | conv lut 3b, fc dense |" in dev
+    assert "| ap@0.01 | 50.0 | 1,276,112 | n/a | n/a | - | n/a |" in dev
+    assert "--remeasure_device_bytes" in dev
+
+
+def test_plot_has_a_device_bytes_panel(tmp_path, monkeypatch):
+    seen = []
+    real = R.plt.subplots
+
+    def spy(*a, **kw):
+        fig, grid = real(*a, **kw)
+        seen.append(grid)
+        return fig, grid
+    monkeypatch.setattr(R.plt, "subplots", spy)
+    res = _results(ratios=(0.01,), **{
+        "da": _device(_table_cell("da", None, 0.7), 1_275_224, 1_275_224),
+        "atmc2@0.01": _device(_table_cell("atmc2", 0.01, 0.6), 301_000, 1_275_224),
+        "atmc8_lamp@0.01": _device(_table_cell("atmc8_lamp", 0.01, 0.62), 500_000, 1_275_224)})
+    R.plot_tradeoff(res, str(tmp_path / "p.png"))
+    (grid,) = seen
+    top = grid[0][3]
+    assert "TFLite Micro" in top.get_xlabel() and top.get_xscale() == "log"
+    lines = {ln.get_label(): ln for ln in top.get_lines()}
+    assert list(lines["ATMC-2"].get_xdata()) == [301_000]
+    assert lines["ATMC-8 (LAMP)"].get_linestyle() == "--"
