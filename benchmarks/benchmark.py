@@ -5,9 +5,11 @@
     python -m benchmarks.benchmark --render_only        # docs/BENCHMARKS.md + docs/benchmark_tradeoff.png
 
 One shared DA checkpoint; then, per size ratio (paper-style bits / dense fp32 bits),
-NAP, AP, AL0, ATMC-32, ATMC-8 and ATMC-4 with the same number of compression
-epochs, each exported to an int8 .tflite and attacked with PGD-20 x 5 restarts
-(Keras white-box; the .tflite on the same images); TFMOT's prune + QAT in its own
+NAP, AP, AL0, ATMC-32, ATMC-8, ATMC-4, ATMC-2 and AL0 / ATMC-8 with LAMP scoring of
+the L0 budget, with the same number of compression epochs, each exported to an int8
+.tflite and attacked with PGD-20 x 5 restarts (Keras white-box; the .tflite on the
+same images) and measured in device bytes (TFLite Micro: the batch-1 int8 model,
+LUT-compressed); TFMOT's prune + QAT in its own
 process at ATMC-8's gzipped size; PGD-100 on the best model; step-time and
 ResNet-50-size constraint costs. Learning rates are picked on the validation split.
 
