@@ -71,6 +71,14 @@ def test_quick_results_have_every_field(quick):
     assert res["pgd100"]["cell"] in cells and 0 <= res["pgd100"]["robust_acc"] <= 1
     assert res["resnet50_cost"]["skipped"]
     assert res["tuning"]["da_lr"]["chosen"] and set(res["tuning"]["lr"]) == {"ap", "atmc"}
+    # device bytes: LiteRT = the raw .tflite; TFLM = the batch-1 model, its sparse kernels LUT-compressed
+    assert a8["l0_scoring"] == "magnitude"
+    assert a8["tflm_bytes"] < a8["tflm_b1_bytes"] < a8["tflite_bytes"], a8
+    assert any(t["encoding"] == "lut_per_channel" for t in a8["tflm_encoding"]), a8["tflm_encoding"]
+    assert da["tflm_bytes"] <= da["tflm_b1_bytes"]
+    assert t["tflm_bytes"] > 0 and "TFMOT" in t["tflm_source"]
+    for c in cells.values():
+        assert os.path.getsize(c["tflm_file"]) == c["tflm_bytes"]
 
 
 @pytest.mark.slow
@@ -84,6 +92,9 @@ def test_quick_docs_written_and_marked_as_smoke_test(quick):
     for t in ("T1", "T2", "T3", "T4", "T5", "T6"):
         assert f"| {t} |" in md
     assert "### size ratio 0.01" in md and "| ATMC-8 | " in md and "TFMOT prune+QAT" in md
+    assert "| TFLM bytes |" in md and f"{res['cells']['atmc8@0.01']['tflm_bytes']:,}" in md
+    lamp = md.split("## Magnitude vs LAMP scoring")[1].split("\n## ")[0]  # the quick run has no LAMP cells
+    assert f"| 0.01 | ATMC-8 | {R._pct(res['cells']['atmc8@0.01']['tflite_robust_acc'])} | NOT RUN YET |" in lamp
     # NOT RUN YET where the quick run has no cells (T3 needs AL0, ATMC-4 and ratio 0.003)
     assert "| T3 |" in md and md.split("| T3 |")[1].split("\n")[0].count("NOT RUN YET") == 1
     png = (docs / "benchmark_tradeoff.png").read_bytes()
@@ -107,6 +118,31 @@ def test_rerun_resumes_without_retraining_and_retime_measures_again(quick):
     assert after["timing"]["all_times_s"] != res["timing"]["all_times_s"]  # measured afresh
     assert after["timing"]["ratio_atmc8"] > 0
     assert "replaced by `--retime`" in (docs / "BENCHMARKS.md").read_text()
+
+
+@pytest.mark.slow
+def test_remeasure_device_bytes_fills_cells_recorded_without_them(quick, tmp_path):
+    """A results.json from before the device bytes (fields removed): --remeasure_device_bytes measures
+    them from each cell's saved model (TFMOT: its .tflite) to the bytes the run recorded, trains nothing."""
+    wd, _, res, _ = quick
+    old = json.loads(json.dumps(res))
+    for c in old["cells"].values():
+        for f in R.DEVICE_FIELDS + ("tflm_file", "tflm_source", "tflm_compressed_tensors"):
+            c.pop(f, None)
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "results.json").write_text(json.dumps(old))
+    assert "| n/a |" in R.markdown(old)
+    r = run_bench("--quick", f"--workdir={tmp_path / 'wd'}", f"--docs_dir={tmp_path / 'docs'}",
+                  "--remeasure_device_bytes", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ": training (lr" not in r.stderr
+    with open(tmp_path / "wd" / "results.json") as fh:
+        after = json.load(fh)
+    for key, c in res["cells"].items():
+        assert after["cells"][key]["tflm_bytes"] == c["tflm_bytes"], key
+        assert after["cells"][key]["tflm_b1_bytes"] == c["tflm_b1_bytes"], key
+        assert after["cells"][key]["device_bytes_remeasured"]
+    assert f"TFLM {res['cells']['atmc8@0.01']['tflm_bytes']} B" in r.stdout
 
 
 @pytest.mark.slow
