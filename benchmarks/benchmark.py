@@ -99,7 +99,8 @@ PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bit
                  "model_file", "strategy")
 # Settings that may change between a run and its resume (cells are keyed by method and ratio).
 RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "remeasure_device_bytes", "ratios", "methods", "tfmot",
-              "workdir", "timing_steps", "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step",
+              "workdir", "timing_steps", "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps",
+              "resnet_pgd_step",
               "pgd100_steps", "pgd100_restarts", "tfmot_search_iters")
 # The headline comparison first; the methods added since (issue 17's ATMC-2, issue 14's LAMP scoring) last.
 METHOD_ORDER = ("atmc8", "ap", "al0", "atmc4", "atmc32", "nap", "atmc2", "al0_lamp", "atmc8_lamp")
@@ -298,7 +299,8 @@ def evaluate(cfg, plain, data, rep_x, out_dir):
     atomic.write_bytes_atomic(tfl_file, tfl)
     ev = evaluate_deployment(tfl, data.x_test, data.y_test, x_adv, keras_model=plain)
     codes = kernel_codes_match(plain, tfl)
-    return {**R.accuracy_fields(ev), **device_bytes(plain, rep_x, out_dir, cfg.verbose), "top1_agreement": ev.top1_agreement,
+    return {**R.accuracy_fields(ev), **device_bytes(plain, rep_x, out_dir, cfg.verbose),
+            "top1_agreement": ev.top1_agreement,
             "top1_agreement_adv": ev.top1_agreement_adv, "kernel_code_mismatches": int(codes["mismatches"]),
             "tflite_bytes": len(tfl), "tflite_gzip_bytes": gzip_size(tfl), "tflite_file": tfl_file,
             "eval_seconds": time.time() - t,

@@ -444,7 +444,8 @@ def test_device_bytes_column_and_section():
         "ap@0.01": _table_cell("ap", 0.01, 0.5),  # recorded before device bytes existed
         "atmc2@0.01": _device(_table_cell("atmc2", 0.01, 0.6), 301_000, 1_275_224)})
     md = R.markdown(res)
-    assert "| TFLM bytes |" in R.TABLE_HEAD and R.TABLE_HEAD.count("|---") == R.TABLE_HEAD.split("\n")[0].count(" | ") + 1
+    head, rule = R.TABLE_HEAD.split("\n")
+    assert "| TFLM bytes |" in head and rule.count("|---") == head.count(" | ") + 1
     assert "| 1276112 | 1000 | 301,000 | 10 s | 0.01 |" in md  # the ATMC-2 row: raw, gzip, TFLM
     assert "| 1276112 | 1000 | n/a | 10 s | 0.01 |" in md  # AP: an old cell
     dev = md.split("## Device bytes")[1].split("\n## ")[0]
