@@ -431,6 +431,10 @@ def _device_lines(results):
 
 # --- plot -----------------------------------------------------------------------------------
 
+def _kb(v, _pos=None):
+    return f"{v / 1e6:g} MB" if v >= 1e6 else f"{v / 1e3:g} kB" if v >= 1e3 else f"{v:g} B"
+
+
 def plot_tradeoff(results, file):
     """Robust and clean accuracy vs paper-style size ratio, .tflite robust vs gzipped bytes and vs TFLite
     Micro flash bytes (the batch-1 int8 model, LUT-compressed; cells without it are left out).
@@ -482,6 +486,9 @@ def plot_tradeoff(results, file):
             if xkey == "paper_ratio":
                 ax.set_xlim(min(ratios) / 1.6, max(ratios) * 1.6)
                 ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
+            else:  # byte axes often span less than a decade: ticks at 1, 2 and 5 x 10^n, in kB / MB
+                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_kb))
             if zoom and shown:
                 lo, hi = min(shown), max(shown)
                 pad = max(0.005, 0.08 * (hi - lo))
