@@ -7,6 +7,8 @@
 - `micro_compress`: the batch-1 model for TFLite Micro with few-valued kernels
   stored as per-channel look-up-table indices (TFLM_DECODE), and the check that
   TFLM's outputs stay bit-identical.
+- `litert_packed`: the int8 .tflite for LiteRT (phones) with uniform low-bit FULLY_CONNECTED /
+  CONV_2D kernels stored as packed int4 (docs/device_bytes_litert.md).
 - `evaluate`: the .tflite against its Keras model on the same adversarial
   images (accuracy, top-1 agreement).
 - `blackbox`: the Square Attack, a score-based black-box attack that only queries logits (an
@@ -22,6 +24,7 @@ from atmc_tf.export import atomic
 from atmc_tf.export.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
 from atmc_tf.export.blackbox import square_attack
 from atmc_tf.export.evaluate import DeploymentEval, evaluate_deployment
+from atmc_tf.export.litert_packed import pack_int4_kernels, to_litert_packed
 from atmc_tf.export.micro import MicroCheck, check_micro
 from atmc_tf.export.micro_compress import (
     CompressedMicroCheck,
