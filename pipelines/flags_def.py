@@ -160,6 +160,7 @@ flags.register_multi_flags_validator(
     ["distill", "method"], lambda d: d["distill"] == "off" or d["method"] in ("ap", "al0", "alr", "atmc"),
     message="--distill needs a method whose compression stages are adversarial (ap, al0, alr, atmc): the "
             "dense model teaches them")
+flags.register_multi_flags_validator(
     ["mac_ratio", "structure"], lambda d: d["mac_ratio"] is None or d["structure"] == "channel",
     message="--mac_ratio needs --structure=channel (a MAC budget is a budget of whole channels; unstructured "
             "sparsity leaves every MAC in place)")
