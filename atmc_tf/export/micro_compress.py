@@ -52,6 +52,7 @@ DCM_HEADER_BYTES = 16  # the DECODE common metadata ahead of the value tables
 DECODE_OVERHEAD_BYTES = 320
 DECODE_OP = "TFLM_DECODE"
 MODES = ("per_channel", "per_tensor")
+ENCODINGS = ("lut", "prune")  # what compress_for_micro may choose from, besides dense int8
 
 
 class MicroCompressionError(ValueError):
@@ -120,25 +121,18 @@ def kernel_tensors(tflite_bytes):
                 "shape": [int(d) for d in tensor.shape],
                 "weights": np.asarray(buffer.data, dtype=np.uint8).view(np.int8).reshape(tensor.shape),
                 "quantized_dimension": int(q.quantizedDimension) if q is not None else 0,
+                "zero_points": [] if q is None or q.zeroPoint is None else [int(z) for z in q.zeroPoint],
                 "per_channel": len(scales) > 1,
                 "shared": len(buffer_users[tensor.buffer]) > 1,
             }
     return list(found.values())
 
 
-def _plan(kernel, mode):
-    """(report entry, package LUT mode or None): the smallest encoding of one kernel."""
+def _lut_candidate(kernel, mode, entry):
+    """(data bytes, package LUT method) or (None, why not)."""
     w, shape = kernel["weights"], kernel["shape"]
-    entry = {"name": kernel["name"], "op": kernel["op"], "shape": shape, "encoding": "dense_int8",
-             "index_bits": None, "axis": None, "values_per_channel_max": None,
-             "bytes_before": int(w.size), "bytes_after": int(w.size), "reason": None}
     _, _, spec, _ = _compression_api()
     if mode == "per_tensor":
-        if kernel["per_channel"]:
-            raise MicroCompressionError(
-                f"{kernel['op']} kernel {kernel['name']!r} is quantized per channel (dimension "
-                f"{kernel['quantized_dimension']}); a per-tensor LUT on it runs on TFLite Micro without an "
-                "error and gives wrong outputs, so compress it per channel")
         axis = None
         entry["values_per_channel_max"] = int(np.unique(w).size)
     else:
@@ -146,30 +140,77 @@ def _plan(kernel, mode):
         entry["axis"] = axis
         entry["values_per_channel_max"] = max(_distinct_per_channel(w, axis))
     values = entry["values_per_channel_max"]
+    if axis is not None and axis not in (0, len(shape) - 1):
+        return None, f"the package's per-channel LUT supports axis 0 or the last only, not {axis}"
+    bits = index_bits(values)
+    if bits > MAX_INDEX_BITS:
+        return None, f"{values} values in a channel need {bits}-bit indices (LUT indices are 1-{MAX_INDEX_BITS} bits)"
+    mode_spec = spec.PerTensor() if axis is None else spec.PerChannel(axis=axis)
+    return lut_bytes(shape, axis, values, bits), spec.LookUpTableCompression(index_bitwidth=bits, mode=mode_spec)
+
+
+def _prune_candidate(kernel):
+    """(data bytes, PRUNE method) or (None, why not): the encoder's own output, measured."""
+    from atmc_tf.export import micro_prune
+    try:
+        encoded, ancillary = micro_prune.encode(kernel["weights"], kernel["zero_points"],
+                                                kernel["quantized_dimension"] if kernel["per_channel"] else None)
+    except Exception as e:  # noqa: BLE001 -- the runtime would refuse it: say why, stay dense
+        return None, f"PRUNE: {e}"
+    return len(encoded) + len(ancillary), micro_prune.register()()
+
+
+def _plan(kernel, mode, encodings=ENCODINGS):
+    """(report entry, package compression method or None): the smallest encoding of one kernel."""
+    w, shape = kernel["weights"], kernel["shape"]
+    entry = {"name": kernel["name"], "op": kernel["op"], "shape": shape, "encoding": "dense_int8",
+             "index_bits": None, "axis": None, "values_per_channel_max": None,
+             "nonzeros": int(np.count_nonzero(w)),
+             "bytes_before": int(w.size), "bytes_after": int(w.size), "candidates": {}, "reason": None}
+    if mode == "per_tensor" and kernel["per_channel"]:
+        raise MicroCompressionError(
+            f"{kernel['op']} kernel {kernel['name']!r} is quantized per channel (dimension "
+            f"{kernel['quantized_dimension']}); a per-tensor LUT on it runs on TFLite Micro without an "
+            "error and gives wrong outputs, so compress it per channel")
+    candidates, reasons = {}, []
+    if "lut" in encodings:
+        size, method = _lut_candidate(kernel, mode, entry)
+        if size is None:
+            reasons.append(method)
+        else:
+            candidates[f"lut_{mode}"] = (size, method)
+    if "prune" in encodings:
+        size, method = _prune_candidate(kernel)
+        if size is None:
+            reasons.append(method)
+        else:
+            candidates["prune"] = (size, method)
+    entry["candidates"] = {name: size for name, (size, _) in candidates.items()}
     if kernel["shared"]:
         entry["reason"] = "its buffer is shared with another tensor, whose dense copy would stay"
         return entry, None
-    if axis is not None and axis not in (0, len(shape) - 1):
-        entry["reason"] = f"the package's per-channel LUT supports axis 0 or the last only, not {axis}"
+    if not candidates:
+        entry["reason"] = "; ".join(reasons) or "no encoding asked for"
         return entry, None
-    bits = index_bits(values)
-    if bits > MAX_INDEX_BITS:
-        entry["reason"] = (f"{values} values in a channel need {bits}-bit indices "
-                           f"(LUT indices are 1-{MAX_INDEX_BITS} bits)")
-        return entry, None
-    after = lut_bytes(shape, axis, values, bits)
+    # The smallest data; a tie goes to the LUT (listed first), measured on the runtime longest.
+    encoding, (after, method) = min(candidates.items(), key=lambda c: c[1][0])
     overhead = DECODE_OVERHEAD_BYTES + 2 * len(kernel["name"].encode())
     if after + overhead >= w.size:
-        entry["reason"] = (f"a {bits}-bit LUT takes {after} bytes plus about {overhead} of DECODE metadata, "
-                           f"not less than the {w.size} dense bytes")
+        entry["reason"] = "; ".join(reasons + [
+            f"{name.replace('_', ' ')} takes {size} bytes" for name, (size, _) in candidates.items()]) + (
+            f", plus about {overhead} of DECODE metadata: not less than the {w.size} dense bytes")
         return entry, None
-    entry.update(encoding=f"lut_{mode}", index_bits=bits, bytes_after=after)
-    return entry, (spec.PerTensor() if axis is None else spec.PerChannel(axis=axis))
+    entry.update(encoding=encoding, bytes_after=after)
+    if encoding == "prune":
+        entry["axis"] = None
+    else:
+        entry["index_bits"] = method.index_bitwidth
+    return entry, method
 
 
 # --- compression ------------------------------------------------------------------------
 
-def compress_for_micro(tflite_b1_bytes, mode="per_channel"):
+def compress_for_micro(tflite_b1_bytes, mode="per_channel", encodings=ENCODINGS):
     """(compressed .tflite bytes, report) for TFLite Micro: few-valued kernels become LUT indices.
 
     Every constant int8 kernel of a CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op gets the
@@ -187,10 +228,13 @@ def compress_for_micro(tflite_b1_bytes, mode="per_channel"):
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    encodings = tuple(encodings)
+    if set(encodings) - set(ENCODINGS):
+        raise ValueError(f"encodings must be among {ENCODINGS}, got {encodings!r}")
     original = bytes(tflite_b1_bytes)
     kernels = kernel_tensors(original)
-    plans = [(k,) + _plan(k, mode) for k in kernels]
-    chosen = [(k, entry, lut_mode) for k, entry, lut_mode in plans if lut_mode is not None]
+    plans = [(k,) + _plan(k, mode, encodings) for k in kernels]
+    chosen = [(k, entry, method) for k, entry, method in plans if method is not None]
     # Least saving first: dropped first should the whole file not shrink.
     chosen.sort(key=lambda p: p[1]["bytes_before"] - p[1]["bytes_after"])
     compressed = original
@@ -227,12 +271,16 @@ def device_bytes(tflite_bytes, micro_bytes, micro_uncompressed_bytes=None):
 def _compress(original, chosen):
     compress, model_editor, spec, spec_builder = _compression_api()
     builder = spec_builder.SpecBuilder()
-    for k, entry, lut_mode in chosen:
-        builder.add_tensor(subgraph=k["subgraph"], tensor=k["tensor"]).with_lut(
-            index_bitwidth=entry["index_bits"], mode=lut_mode)
+    pruned = []
+    for k, entry, method in chosen:
+        if isinstance(method, spec.LookUpTableCompression):
+            builder.add_tensor(subgraph=k["subgraph"], tensor=k["tensor"]).with_lut(
+                index_bitwidth=method.index_bitwidth, mode=method.mode)
+        else:  # micro_prune.PruneCompression: the SpecBuilder has no with_pruning
+            pruned.append(spec.Tensor(subgraph=k["subgraph"], tensor=k["tensor"], compression=[method]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a tensor the package would skip (or expand) is a bug in _plan
-        compressed = compress.compress(original, builder.build())
+        compressed = compress.compress(original, builder.build() + pruned)
     return _clear_encoded_quantization(compressed)
 
 
