@@ -95,8 +95,8 @@ def check_json_out(path):
 
 
 def micro_flash(tflite_bytes, x_int8, micro):
-    """(the file a microcontroller's flash would hold, its summary): few-valued kernels as TFLM LUT
-    indices (compress_for_micro), checked bit-identical to the file itself on TFLM on the same samples.
+    """(the file a microcontroller's flash would hold, its summary): few-valued or sparse kernels as TFLM
+    LUT indices or PRUNE bitmaps (compress_for_micro), checked bit-identical to the file itself on TFLM on the same samples.
     A file the compressor cannot read is stored as it is (said in "note"), not a failure of the model."""
     from atmc_tf.export import compress_for_micro, micro_outputs_equal
     try:

@@ -184,7 +184,7 @@ def _robustness_lines(rb):
 
 
 def _micro_compressed_lines(m):
-    """The flash file with TFLM's LUT-compressed kernels: bytes, arena, equality, encoding per kernel."""
+    """The flash file with TFLM's compressed kernels (LUT or PRUNE): bytes, arena, equality, encoding per kernel."""
     if not m:
         return []
     plan = m["plan"]

@@ -102,11 +102,11 @@ def test_end_to_end_tiny_run(tiny_run):
     assert abs(phone["clean_acc"] - phone["keras_clean_acc"]) <= 0.05
     assert micro["ok"] and not micro["unsupported_ops"] and micro["max_abs_diff_vs_litert"] <= 1
     assert micro["arena_bytes"] > 0
-    # the microcontroller file stores the compression (LUT indices) and runs bit-identically on TFLM
+    # the microcontroller file stores the compression (LUT indices or PRUNE bitmaps) and runs bit-identically on TFLM
     mcu = report["micro_compressed"]
     assert mcu["ok"] and mcu["samples_checked"] == report["data"]["test"], mcu
     assert mcu["flash_bytes"] < mcu["uncompressed_bytes"], mcu
-    assert any(t["encoding"] == "lut_per_channel" for t in mcu["plan"]["tensors"])
+    assert any(t["encoding"] in ("lut_per_channel", "prune") for t in mcu["plan"]["tensors"])
     assert not any(t["encoding"] == "lut_per_tensor" for t in mcu["plan"]["tensors"])  # wrong on per-channel kernels
     # 4-bit ATMC means 4-bit indices on the device: 0 is one of the 16 values (the paper's count needed 5)
     assert {t["index_bits"] for t in mcu["plan"]["tensors"] if t["encoding"] == "lut_per_channel"} <= {1, 2, 3, 4}

@@ -1,4 +1,4 @@
-"""A TFLite Micro model that stores few-valued kernels as look-up-table indices.
+"""A TFLite Micro model that stores few-valued or sparse kernels compressed (LUT indices or PRUNE).
 
 The int8 .tflite keeps every kernel dense: a 4-bit, 95%-sparse ATMC kernel
 costs the device as many flash bytes as a dense one. TFLite Micro decodes
@@ -6,7 +6,34 @@ compressed constants at run time (a TFLM_DECODE custom op before each reader,
 writing the decoded kernel into the arena); the pinned `tflite-micro` package
 (0.dev20261023182759) writes such models with
 `tflite_micro.tensorflow.lite.micro.compression.compress`. This module only
-decides what to ask it for, and checks the result on TFLM.
+decides what to ask it for, and checks the result on TFLM. Per kernel it measures
+two encodings and keeps the smaller (encodings=("lut", "prune")):
+
+- LUT: b-bit indices for every element plus one value table per channel (the
+  package's encoder): ceil(n * b / 8) + 16 + channels * values bytes;
+- PRUNE: a bitmap of the elements that are not the zero point plus those values
+  in flat order (micro_prune's encoder: the package's own is a stub, its runtime
+  decodes it): ceil(n / 8) + 16 + nonzeros bytes. PRUNE wins on sparse kernels
+  of 2-bit or wider indices; against a 1-bit LUT (2 values a channel) only with
+  fewer than 2 nonzeros per channel (tests/test_micro_prune.py has both cases).
+
+Decoders cannot be chained on this runtime (PRUNE values that are LUT indices):
+DECODE requires constant inputs, measured: a PRUNE DECODE feeding a LUT DECODE
+fails Prepare with "decode.cc:117 IsConstantTensor(input) was not true".
+
+Measured 2026-12-01 with tools/micro_prune_lenet.py (random LeNet kernels projected to 1% nonzeros globally with
+constraints.project_l0, then quantize(..., "codebook_int8", 4) per layer; TFLM
+outputs bit-identical to the uncompressed batch-1 int8 model on 64 samples in
+every row; arena: the smallest working TFLM arena, growth = decoded kernel):
+
+  model (weights)                   uncompressed  LUT only  PRUNE only  best of both  arena
+  lenet, padding=same (1,255,500)   1,266,552     336,112   181,584     180,672       26,624 -> 1,235,456
+  Caffe LeNet, valid (430,500)        441,664     170,848    70,400      70,400       21,248 ->   408,832
+
+PRUNE's bitmap alone is n / 8 bytes (153,125 for the 1.2M-weight fc1 of
+build_model("lenet", (28, 28, 1), 10)), so no sparsity gets that model under
+64 KB this way; the arena grows by the largest decoded kernel (fc1: 1.2 MB of
+RAM, against 26.6 KB uncompressed), whichever encoding stores it.
 
 What the package does (measured on a Conv2D + DepthwiseConv2D + Dense model,
 tests/test_micro_compress.py checks each point):
@@ -211,18 +238,21 @@ def _plan(kernel, mode, encodings=ENCODINGS):
 # --- compression ------------------------------------------------------------------------
 
 def compress_for_micro(tflite_b1_bytes, mode="per_channel", encodings=ENCODINGS):
-    """(compressed .tflite bytes, report) for TFLite Micro: few-valued kernels become LUT indices.
+    """(compressed .tflite bytes, report) for TFLite Micro: few-valued kernels become LUT indices,
+    sparse ones a PRUNE bitmap + values.
 
     Every constant int8 kernel of a CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op gets the
-    smallest encoding the pinned runtime decodes exactly: a per-channel LUT on the kernel's
-    quantized dimension with ceil(log2(max distinct values in a channel)) index bits (1..7), or
-    dense int8 when that needs 8 bits or would not save bytes. mode="per_tensor" asks for one
-    table per kernel: MicroCompressionError for a per-channel-quantized kernel, whose outputs
-    TFLite Micro would get wrong.
+    smallest encoding the pinned runtime decodes exactly, among `encodings`: a per-channel LUT on
+    the kernel's quantized dimension with ceil(log2(max distinct values in a channel)) index bits
+    (1..7); PRUNE (micro_prune: a bit per element, the nonzero values); or dense int8 when neither
+    applies or saves bytes. mode="per_tensor" asks for one LUT table per kernel:
+    MicroCompressionError for a per-channel-quantized kernel, whose outputs TFLite Micro would get
+    wrong.
 
     report: {"tensors": [{name, op, shape, encoding ("dense_int8" / "lut_per_channel" /
-    "lut_per_tensor"), index_bits, axis, values_per_channel_max, bytes_before, bytes_after (the
-    tensor's data: packed indices + value tables), reason (why dense, or None)}],
+    "lut_per_tensor" / "prune"), index_bits (LUT only), axis, values_per_channel_max, nonzeros,
+    bytes_before, bytes_after (the tensor's data: packed indices or bitmap + DCM + value tables),
+    candidates ({encoding: data bytes} of those measured), reason (why dense, or None)}],
     "file_bytes_before", "file_bytes_after", "compressed_tensors", "ops"}. When nothing is worth
     compressing the input bytes come back unchanged.
     """
