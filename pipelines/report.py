@@ -122,7 +122,7 @@ def markdown(r):
         "",
         f"Nonzeros {sz['nnz']} of {sz['dense_bits'] // 32} weights.",
         "",
-        *_size_table(sz, r.get("device_bytes")),
+        *_size_table(sz, r.get("device_bytes"), (r.get("phone") or {}).get("int4")),
         *_structure_lines(r.get("structure")),
         "## Microcontroller (TFLite Micro)",
         "",
@@ -143,17 +143,19 @@ def markdown(r):
     return "\n".join(lines)
 
 
-def _size_table(sz, dev):
+def _size_table(sz, dev, int4=None):
     """The paper's accounting, the index overhead, and what each device really stores (flash)."""
     dense_bytes = sz["dense_bits"] / 8
     rows = [("paper-style (nonzeros x b bits + codebooks; the paper's ratio)", sz["paper_bits"] / 8),
             ("paper-style + index overhead + per-channel scales", sz["honest_bits"] / 8)]
     if dev:
-        rows += [("**phone flash** (LiteRT: model_int8.tflite as stored)", dev["litert"]),
-                 ("**microcontroller flash** (TFLite Micro: model_int8_micro.tflite, LUT-compressed kernels)",
+        phone_file = ("model_int4.tflite: packed INT4 kernels" if (int4 or {}).get("used")
+                      else "model_int8.tflite as stored")
+        rows += [(f"**phone flash** (LiteRT: {phone_file})", dev["litert"]),
+                 ("**microcontroller flash** (TFLite Micro: model_int8_micro.tflite, LUT / PRUNE-compressed kernels)",
                   dev["tflm"]),
                  ("microcontroller file before compression (model_int8_batch1.tflite)", dev["tflm_uncompressed"]),
-                 ("download (model_int8.tflite gzipped; not what a device holds)", dev["gzip"])]
+                 ("download (the phone file gzipped; not what a device holds)", dev["gzip"])]
     lines = ["| what | bytes | / dense fp32 weights |", "|---|---|---|"]
     lines += [f"| {name} | {value:,.0f} | {value / dense_bytes:.4f} |" for name, value in rows]
     return lines + ["", f"Dense fp32 weights of the compressed layers: {dense_bytes:,.0f} bytes. Device bytes are "

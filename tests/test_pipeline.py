@@ -448,9 +448,10 @@ def test_check_tflite_attacks_the_file_itself(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_robust_distillation_run(tmp_path):
     """--distill=ard: every adversarial compression stage learns from the DA model (the teacher);
-    the run finishes, records the objective and logs the distillation loss."""
+    the run finishes, records the objective and logs the distillation loss. The same run quantizes on
+    the uniform 4-bit lattice, so the phone's file stores its kernels as packed INT4."""
     wd = tmp_path / "distill"
-    r = run_pipeline("--limit_train=200", "--limit_test=60", "--da_epochs=1", "--al0_epochs=1", "--atmc32_epochs=1",
+    r = run_pipeline("--limit_train=200", "--limit_test=200", "--quant_scheme=uniform_int8", "--da_epochs=1", "--al0_epochs=1", "--atmc32_epochs=1",
                      "--atmcb_epochs=1", "--pgd_steps=1", "--eval_pgd_steps=1", "--micro_samples=2", "--size_ratio=0.1",
                      "--verbose=0", "--batch_size=64", "--square_queries=5", "--distill=ard",
                      "--distill_temperature=2", f"--workdir={wd}")
@@ -460,3 +461,9 @@ def test_robust_distillation_run(tmp_path):
     for stage in report["stage_results"][1:]:
         assert "distill_kl" in stage["history"] and "adv_acc" in stage["history"], stage["stage"]
     assert "distill_kl" not in report["stage_results"][0]["history"]  # the teacher itself trains as before
+    int4 = report["phone"]["int4"]
+    assert int4["used"] and int4["packed_kernels"], int4
+    assert abs(int4["clean_acc"] - report["phone"]["clean_acc"]) <= 0.01
+    phone_file = wd / "export" / "model_int4.tflite"
+    assert report["device_bytes"]["litert"] == phone_file.stat().st_size < int4["int8_bytes"]
+    assert "model_int4.tflite: packed INT4 kernels" in (wd / "report.md").read_text()
