@@ -114,7 +114,7 @@ def run(cfg, data=None):
     faults.point("export")
     codes = kernel_codes_match(deployed, tfl)
     timings["export"] = time.time() - t
-    logging.info("export: phone .tflite %d bytes, microcontroller %d bytes (batch-1 %d before its LUT compression)",
+    logging.info("export: phone .tflite %d bytes, microcontroller %d bytes (batch-1 %d before its compression)",
                  len(tfl), len(tfl_mcu), len(tfl_b1))
 
     # --- checks: phone (LiteRT) ----------------------------------------------------
