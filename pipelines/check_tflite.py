@@ -4,6 +4,7 @@
     python -m pipelines.check_tflite --tflite=m.tflite --dataset=fashion_mnist --limit_test=1000 \\
         --micro_samples=50 --json_out=check.json
     python -m pipelines.check_tflite --tflite=m.tflite --attack=square --eps=0.1   # attack the file itself
+    python -m pipelines.check_tflite --tflite=m.tflite --attack=square --norm=2 --eps=1.0   # L2 Square Attack
 
 Phone: top-1 accuracy of the model on LiteRT over the data set's test split, and its ops.
 Microcontroller: every op available in TFLite Micro, the smallest tensor arena, and
@@ -19,6 +20,7 @@ TensorFlow is never imported (LiteRT and TFLite Micro only).
 """
 import hashlib
 import json
+import math
 import os
 import sys
 
@@ -39,8 +41,11 @@ def define_flags():
     flags.DEFINE_integer("seed", 0, "Seed of the data split and of --limit_test's shuffle.")
     flags.DEFINE_string("json_out", None, "Also write the JSON summary to this file (atomically).")
     flags.DEFINE_enum("attack", "none", ("none", "square"), "Also attack the .tflite itself: square = Square Attack "
-                      "(score-based black box, L_inf) through LiteRT; reports robust accuracy and queries.")
-    flags.DEFINE_float("eps", 0.1, "L_inf radius of --attack on [0, 1] inputs.", lower_bound=0.0, upper_bound=1.0)
+                      "(score-based black box, --norm) through LiteRT; reports robust accuracy and queries.")
+    flags.DEFINE_enum("norm", "inf", ("inf", "2"), "Norm of --attack=square's ball: inf (L_inf) or 2 (L2 over the "
+                      "whole image).")
+    flags.DEFINE_float("eps", 0.1, "Radius of --attack's ball (--norm) on [0, 1] inputs; at most 1 for --norm=inf.",
+                       lower_bound=0.0)
     flags.DEFINE_integer("square_queries", 1000, "Query budget per image of --attack=square.", lower_bound=1)
     flags.register_validator("limit_test", lambda v: v is None or v >= 1, message="--limit_test must be >= 1")
     flags.register_validator("micro_samples", lambda v: v >= 1, message="--micro_samples must be >= 1")
@@ -115,7 +120,7 @@ def micro_flash(tflite_bytes, x_int8, micro):
 
 
 def check(tflite_bytes, data, micro_samples, path="model.tflite", attack="none", eps=0.1, square_queries=1000,
-          seed=0):
+          seed=0, norm="inf"):
     """The phone and microcontroller checks on a Dataset's test split (and, with attack="square", a
     Square Attack on the .tflite itself); returns the summary dict.
 
@@ -142,8 +147,9 @@ def check(tflite_bytes, data, micro_samples, path="model.tflite", attack="none",
     phone = {"runtime": "LiteRT", "clean_acc": ev.tflite_clean_acc, "samples": ev.samples, "ops": lite.op_names()}
     if attack == "square":
         from atmc_tf.export import square_attack
-        x_adv, queries = square_attack(lite.predict, data.x_test, y, eps, n_queries=square_queries, seed=seed)
-        phone["attack"] = {"kind": "square", "norm": "inf", "eps": eps, "query_budget": square_queries,
+        x_adv, queries = square_attack(lite.predict, data.x_test, y, eps, n_queries=square_queries, seed=seed,
+                                       norm=norm)
+        phone["attack"] = {"kind": "square", "norm": norm, "eps": eps, "query_budget": square_queries,
                            "robust_acc": float(np.mean(lite.predict(x_adv).argmax(-1) == y)),
                            "queries_mean": float(np.mean(queries)), "queries_max": int(np.max(queries)),
                            "note": "score-based black box on the int8 model itself (LiteRT), margin loss"}
@@ -166,6 +172,11 @@ def main(argv):
         fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
     if not F.tflite:
         fail("--tflite=PATH is required: the .tflite file to check")
+    if not math.isfinite(F.eps):
+        fail(f"--eps={F.eps} must be a finite number >= 0")
+    if F.norm == "inf" and F.eps > 1:
+        fail(f"--eps={F.eps} is more than 1, the whole [0, 1] range, for --norm=inf; pass --eps <= 1 "
+             "(or --norm=2 for an L2 radius)")
     check_json_out(F.json_out)
     tfl = read_tflite(F.tflite)
     from atmc_tf.data import DataError, load_dataset
@@ -178,7 +189,7 @@ def main(argv):
         fail(text)
     try:
         summary = check(tfl, data, F.micro_samples, path=F.tflite, attack=F.attack, eps=F.eps,
-                        square_queries=F.square_queries, seed=F.seed)
+                        square_queries=F.square_queries, seed=F.seed, norm=F.norm)
     except ValueError as err:
         fail(str(err))
     text = json.dumps(summary, indent=2, sort_keys=True) + "\n"

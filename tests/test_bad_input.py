@@ -487,6 +487,19 @@ def test_bad_tflite(tiny_run, tmp_path, case):
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.parametrize("flags_,words", [
+    (["--norm=1"], ["--norm", "inf|2"]), (["--norm=linf"], ["--norm"]),
+    (["--eps=1.5"], ["--eps=1.5", "--norm=inf", "<= 1"]), (["--norm=2", "--eps=nan"], ["--eps=nan", "finite"]),
+    (["--norm=2", "--eps=-1"], ["--eps"])])
+def test_check_tflite_bad_attack_flags(tmp_path, flags_, words):
+    """--attack=square's --norm and --eps are refused in one line before the file is read (none exists here);
+    an L2 radius above 1 is fine (it gets as far as the missing file)."""
+    r = run_check_tflite(f"--tflite={tmp_path / 'none.tflite'}", "--attack=square", *flags_)
+    assert_mentions(the_error_line(r), *words)
+    r = run_check_tflite(f"--tflite={tmp_path / 'none.tflite'}", "--attack=square", "--norm=2", "--eps=1.5")
+    assert_mentions(the_error_line(r), "none.tflite", "no such file")
+
+
 def _not_full_int8_tflite(kind):
     """A tiny .tflite that TFLite Micro's int8 check does not apply to: float, or dynamic range."""
     import keras
