@@ -12,7 +12,10 @@
 - `evaluate`: the .tflite against its Keras model on the same adversarial
   images (accuracy, top-1 agreement).
 - `blackbox`: the Square Attack, a score-based black-box attack that only queries logits (an
-  int8 .tflite through LiteRTModel.predict).
+  int8 .tflite through LiteRTModel.predict), L_inf or L2.
+- `twin`: `fake_quant_twin`, a differentiable float twin read from an int8 .tflite (dequantized
+  kernels, fake-quantized int8 tensors, straight-through gradients) for gradient attacks on the
+  file itself (`twin_attack`); TensorFlow is imported only when a twin is built.
 - `atomic`: file writes that never leave a half-written file.
 - `surgery`: a smaller Keras model without the channels that do nothing (all-zero or
   foldable constant channels), same outputs; `count_macs` (`layer_macs`: per layer).
@@ -47,5 +50,6 @@ from atmc_tf.export.tflite import (
     tflite_kernels,
     to_int8_tflite,
 )
+from atmc_tf.export.twin import FakeQuantTwin, fake_quant_twin, twin_agreement, twin_attack
 
 __all__ = [n for n in dir() if not n.startswith("_")]
