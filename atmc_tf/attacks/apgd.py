@@ -21,7 +21,9 @@ import math
 
 import tensorflow as tf
 
-from atmc_tf.attacks.pgd import NORMS, _norm2, _project, _random_start, _xent, check_threat
+from atmc_tf.attacks.pgd import _norm2, _project, _random_start, _xent, check_threat
+
+NORMS = ("inf", "2")  # APGD's L1 version (Croce & Hein 2021) is another algorithm, not built
 
 LOSSES = ("ce", "dlr")
 MOMENTUM = 0.75
@@ -79,7 +81,7 @@ class APGDConfig:
     clip_max: float = 1.0
 
     def __post_init__(self):
-        check_threat(self)
+        check_threat(self, NORMS)
         if str(self.loss) not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if not 0 < self.rho <= 1:

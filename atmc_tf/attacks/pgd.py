@@ -1,11 +1,13 @@
-"""Projected gradient descent (Madry et al.) under L_inf or L2, as pure tensor code.
+"""Projected gradient descent (Madry et al.) under L_inf, L2 or L1, as pure tensor code.
 
 pgd(model_fn, x, y, ...) -> x_adv. model_fn maps a batch to logits; it is
 called, not inspected, so the same function serves inside a train_step (a
 tf.function, any tf.distribute replica) and in evaluation. The random start
-really happens (uniform in the L_inf ball, uniform radius in the L2 ball),
-every iterate is projected back onto the eps-ball and clipped to the data
-range, and with restarts > 1 each example keeps its highest-loss restart.
+really happens (uniform in the L_inf ball, uniform radius in the L2 ball,
+uniform in the L1 ball), every iterate is projected back onto the eps-ball and
+clipped to the data range (L1: the exact projection onto the ball intersected
+with the box, and sparse steepest-ascent steps: attacks/l1.py), and with
+restarts > 1 each example keeps its highest-loss restart.
 """
 import dataclasses
 import math
@@ -13,18 +15,20 @@ import math
 import numpy as np
 import tensorflow as tf
 
-NORMS = ("inf", "2")
+from atmc_tf.attacks import l1
+
+NORMS = ("inf", "2", "1")
 
 
-def check_threat(config):
+def check_threat(config, norms=NORMS):
     """ValueError unless an attack config's shared fields are valid: eps (finite, >= 0), steps >= 1,
-    norm in NORMS, restarts >= 1, clip_min < clip_max (PGDConfig, APGDConfig)."""
+    norm in `norms`, restarts >= 1, clip_min < clip_max (PGDConfig, APGDConfig)."""
     if not (config.eps >= 0 and math.isfinite(config.eps)):
         raise ValueError(f"eps must be a finite number >= 0, got {config.eps}")
     if int(config.steps) < 1:
         raise ValueError(f"steps must be >= 1, got {config.steps}")
-    if str(config.norm) not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {config.norm!r}")
+    if str(config.norm) not in norms:
+        raise ValueError(f"norm must be one of {norms}, got {config.norm!r}")
     if int(config.restarts) < 1:
         raise ValueError(f"restarts must be >= 1, got {config.restarts}")
     if not config.clip_min < config.clip_max:
@@ -89,6 +93,8 @@ def _random_start(x, eps, norm, seed=None):
         normal = lambda shape, **k: tf.random.stateless_normal(shape, seeds[1], **k)  # noqa: E731
     if norm == "inf":
         return uniform(tf.shape(x), -eps, eps, dtype=x.dtype)
+    if norm == "1":
+        return l1.random_l1(x, eps, seed)
     direction = normal(tf.shape(x), dtype=x.dtype)
     direction /= tf.maximum(_norm2(direction), 1e-12)
     radius = uniform(tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0), dtype=x.dtype)
@@ -96,8 +102,9 @@ def _random_start(x, eps, norm, seed=None):
 
 
 def pgd(model_fn, x, y, eps, step_size=None, steps=10, norm="inf", rand_init=True,
-        clip_min=0.0, clip_max=1.0, restarts=1, loss_fn=None, seed=None):
+        clip_min=0.0, clip_max=1.0, restarts=1, loss_fn=None, seed=None, l1_sparsity=0.99):
     """Untargeted PGD maximising loss_fn(y, model_fn(x_adv)) (per-example losses).
+    norm "1": each step moves the top (1 - l1_sparsity) fraction of coordinates (attacks/l1.py).
 
     Returns x_adv with ||x_adv - x|| <= eps (in `norm`) and clip_min <= x_adv <= clip_max,
     gradient-stopped. loss_fn defaults to softmax cross-entropy on logits. seed (shape [2]
@@ -116,6 +123,10 @@ def pgd(model_fn, x, y, eps, step_size=None, steps=10, norm="inf", rand_init=Tru
             tape.watch(x_adv)
             loss = tf.reduce_sum(loss_fn(y, model_fn(x_adv)))
         grad = tape.gradient(loss, x_adv)
+        if norm == "1":
+            x_adv = x_adv + alpha * l1.l1_step(grad, x_adv, clip_min, clip_max, l1_sparsity)
+            return i + 1, tf.clip_by_value(x + l1.project_l1_box(x_adv - x, eps_t, clip_min - x, clip_max - x),
+                                           clip_min, clip_max)
         if norm == "inf":
             x_adv = x_adv + alpha * tf.sign(grad)
         else:
