@@ -13,6 +13,7 @@ MODELS = ("small_cnn", "lenet", "mlp")  # atmc_tf.models.build_model
 METHODS = ("natural", "da", "nap", "ap", "al0", "alr", "atmc")
 QUANT_SCHEMES = ("codebook_int8", "codebook", "uniform_int8")  # atmc_tf.constraints.quantize
 FACTORIZATIONS = ("none", "abc", "lowrank")  # atmc_tf.layers.ATMCWrapper
+CLEAN_TARGET_FORMS = ("error", "xent")  # atmc_tf.training.terms.CleanTarget (ATMCConfig.clean_target_form)
 DISTILL_MODES = ("ard", "rslad")  # atmc_tf.training.terms.RobustDistillation (ATMCConfig.distill: "off" or one)
 
 

@@ -7,7 +7,7 @@ one directly for anything the record does not spell.
 import dataclasses
 
 from atmc_tf.attacks import PGDConfig, attack_from_dict, attack_to_dict
-from atmc_tf.choices import DISTILL_MODES
+from atmc_tf.choices import CLEAN_TARGET_FORMS, DISTILL_MODES
 from atmc_tf.constraints import FixedGroupSupport, FixedSupport, GlobalL0, GroupL0, Quantization
 
 SPARSITY_MODES = ("none", "dynamic", "fixed")
@@ -43,6 +43,12 @@ class ATMCConfig:
                    "ard" (clean CE x clean_weight + T^2 KL x adv_weight, T = distill_temperature) or
                    "rslad" (soft labels only: the clean term is measured, not trained on); see
                    terms.RobustDistillation.
+    clean_target:  None (the fixed clean_weight / adv_weight mix), or a target kappa the clean batch's
+                   `clean_target_form` must meet: "error" (a fraction, e.g. 0.05) or "xent" (nats). The
+                   clean term is then terms.CleanTarget (GECO): adversarial term (weight adv_weight) +
+                   lambda * clean cross-entropy, lambda starting at clean_weight and updated after every
+                   step, log lambda += geco_rate * EMA(C - kappa) (EMA decay geco_decay), clipped to
+                   [geco_lambda_min, geco_lambda_max]. Needs an attack.
     group_support: with structure="channel", "dynamic" re-selects the channels after every step
                    (GroupL0: AL0, ATMC); "fixed" chooses them once when training starts, by the
                    same scoring and budget, and keeps them (FixedGroupSupport: structured AP).
@@ -74,6 +80,12 @@ class ATMCConfig:
     group_costs: dict | None = None
     keep_layers: tuple = ()
     group_support: str = "dynamic"
+    clean_target: float | None = None
+    clean_target_form: str = "error"
+    geco_rate: float = 1.0
+    geco_decay: float = 0.9
+    geco_lambda_min: float = 0.01
+    geco_lambda_max: float = 100.0
     method: str | None = None
 
     def __post_init__(self):
@@ -94,6 +106,15 @@ class ATMCConfig:
             raise ValueError(f"distill must be one of {('off',) + DISTILL_MODES}, got {self.distill!r}")
         if self.distill != "off" and self.attack is None:
             raise ValueError(f"distill={self.distill!r} needs an attack (robust distillation crafts adversarial inputs)")
+        from atmc_tf.training.terms.geco import check_multiplier, check_target  # it imports Keras
+        check_multiplier(self.geco_rate, self.geco_decay, self.geco_lambda_min, self.geco_lambda_max)
+        if self.clean_target is not None:
+            object.__setattr__(self, "clean_target", check_target(self.clean_target, self.clean_target_form))
+            if not (self.attack is not None and self.adv_weight > 0):
+                raise ValueError("clean_target needs an adversarial objective (an attack and adv_weight > 0): it "
+                                 "holds the clean term to a target while the adversarial loss is minimised")
+        elif self.clean_target_form not in CLEAN_TARGET_FORMS:
+            raise ValueError(f"clean_target_form must be one of {CLEAN_TARGET_FORMS}, got {self.clean_target_form!r}")
         if self.attack is not None and self.clean_weight + self.adv_weight == 0:
             raise ValueError("clean_weight + adv_weight must be > 0")
         self.components()  # every component validates its own settings (bits, rho, ...)
@@ -108,14 +129,19 @@ class ATMCConfig:
 
     def components(self):
         """(loss terms, constraint sets) of this recipe, in the order the trainer applies them."""
-        from atmc_tf.training.terms import AdversarialLoss, CleanLoss, RobustDistillation  # they import Keras
+        from atmc_tf.training.terms import AdversarialLoss, CleanLoss, CleanTarget, RobustDistillation  # Keras
+        if self.clean_target is not None:  # GECO: the clean term's weight is a multiplier holding the target
+            clean = CleanTarget(self.clean_target, self.clean_target_form, self.geco_rate, self.geco_decay,
+                                lambda_init=self.clean_weight, lambda_min=self.geco_lambda_min,
+                                lambda_max=self.geco_lambda_max)
         if self.distill == "ard":
-            terms = [CleanLoss(self.clean_weight),
+            terms = [clean if self.clean_target is not None else CleanLoss(self.clean_weight),
                      RobustDistillation(self.attack, self.adv_weight, "ard", self.distill_temperature)]
         elif self.distill == "rslad":
-            terms = [CleanLoss(0.0), RobustDistillation(self.attack, 1.0, "rslad", self.distill_temperature)]
+            terms = [clean if self.clean_target is not None else CleanLoss(0.0),
+                     RobustDistillation(self.attack, 1.0, "rslad", self.distill_temperature)]
         elif self.adversarial:
-            terms = [CleanLoss(self.clean_weight),
+            terms = [clean if self.clean_target is not None else CleanLoss(self.clean_weight),
                      AdversarialLoss(self.attack, self.adv_weight, bn_training=self.attack_bn_training)]
         else:
             terms = [CleanLoss(1.0)]
@@ -146,6 +172,8 @@ class ATMCConfig:
     def from_dict(cls, d):
         d = dict(d)
         d.setdefault("zero_in_levels", False)  # a record from before the field: the paper's count
+        # The GECO fields (clean_target, ...) default to None / their defaults: a record from before
+        # them trains with the fixed clean_weight / adv_weight mix, as it did.
         if d.get("attack") is not None:
             d["attack"] = attack_from_dict(d["attack"])
         return cls(**d)

@@ -3,8 +3,9 @@ from atmc_tf import components
 from atmc_tf.training.terms.adversarial import AdversarialLoss
 from atmc_tf.training.terms.clean import CleanLoss
 from atmc_tf.training.terms.distill import RobustDistillation
+from atmc_tf.training.terms.geco import CleanTarget
 
-TERMS = {cls.kind: cls for cls in (CleanLoss, AdversarialLoss, RobustDistillation)}
+TERMS = {cls.kind: cls for cls in (CleanLoss, AdversarialLoss, RobustDistillation, CleanTarget)}
 
 term_to_config = components.to_config
 
