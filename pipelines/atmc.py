@@ -77,10 +77,14 @@ def run(cfg, data=None):
 
     t = time.time()
     da_plain, _, da_result = stages.dense_stage(cfg, data)
-    final, net, results, scheme = stages.compress_stages(cfg, data, da_plain)
+    clean_target = stages.resolve_clean_target(cfg, data, da_plain)
+    final, net, results, scheme = stages.compress_stages(cfg, data, da_plain, clean_target=clean_target)
     timings["training"] = time.time() - t
     signals.check()  # a stop whose first raise was lost ends the run here, before the export
     collapse = stages.collapse_check(data, da_plain, final, net)
+    if clean_target is not None:
+        clean_target = clean_target_report(clean_target, stages.clean_value(final, data, clean_target["form"]),
+                                           results)
 
     # --- export -------------------------------------------------------------------
     t = time.time()
@@ -217,11 +221,21 @@ def run(cfg, data=None):
         "stage_results": [da_result] + results,
         "collapse": collapse,
         "structure": structure,
+        "clean_target": clean_target,
         "timings_seconds": timings,
     }
     rep.write_report(cfg.workdir, report)
     logging.info("report: %s", os.path.join(cfg.workdir, "report.md"))
     return report
+
+
+def clean_target_report(target, final_val, results):
+    """--clean_target / --clean_target_drop: the target, the final model's validation value against it, and
+    each GECO stage's multiplier and moving-average constraint per epoch (from its history)."""
+    per_stage = [{"stage": r["stage"], "lambda": r["history"]["geco_lambda"],
+                  "constraint": r["history"]["geco_constraint"]}
+                 for r in results if "geco_lambda" in (r.get("history") or {})]
+    return {**target, "final_val": final_val, "met": final_val <= target["kappa"], "stages": per_stage}
 
 
 def packed_phone_model(tfl, int8_clean_acc, data, files, tolerance=0.01):

@@ -11,7 +11,7 @@ import sys
 
 from absl import flags
 
-from atmc_tf.choices import DATASETS, DISTILL_MODES, FACTORIZATIONS, MODELS, QUANT_SCHEMES, check_codebook
+from atmc_tf.choices import CLEAN_TARGET_FORMS, DATASETS, DISTILL_MODES, FACTORIZATIONS, MODELS, QUANT_SCHEMES, check_codebook
 from pipelines import methods_table
 
 F = flags.FLAGS
@@ -60,6 +60,19 @@ flags.DEFINE_enum("distill", "off", ("off",) + DISTILL_MODES, "Robust distillati
                   "student(x_adv)) x the rest) or rslad (Zi et al. 2021: the teacher's soft labels only); x_adv "
                   "maximises that KL.")
 flags.DEFINE_float("distill_temperature", 1.0, "Softmax temperature T of --distill=ard (RSLAD uses 1).")
+flags.DEFINE_float("clean_target", None, "A clean target instead of the fixed --clean_weight mix in every adversarial "
+                   "compression stage (GECO, Rezende and Viola 2018): minimise the adversarial loss subject to the "
+                   "clean --clean_target_form <= this value (error: a fraction, 0.05 = 5%; xent: nats), held by a "
+                   "Lagrange multiplier lambda on the clean loss (starting at --clean_weight, log lambda += "
+                   "--geco_rate x moving average of (clean value - target) after every step, clipped to [0.01, 100]). "
+                   "The DA stage trains as before.")
+flags.DEFINE_float("clean_target_drop", None, "Instead of --clean_target: the target is the DA model's clean "
+                   "--clean_target_form on the validation split plus this much (error: 0.02 = at most 2 points "
+                   "below the dense model's accuracy; xent: nats), resolved when the compression stages start.")
+flags.DEFINE_enum("clean_target_form", "error", CLEAN_TARGET_FORMS, "What --clean_target / --clean_target_drop "
+                  "bound: the clean error (1 - accuracy) or the clean cross-entropy.")
+flags.DEFINE_float("geco_rate", 1.0, "Step size of the clean target's multiplier: log lambda += rate x moving "
+                   "average of (clean value - target) after every step.")
 flags.DEFINE_float("eps", 0.1, "L_inf PGD radius on [0, 1] inputs (training and evaluation).")
 flags.DEFINE_integer("pgd_steps", 7, "PGD steps during training.")
 flags.DEFINE_integer("square_queries", 1000, "Query budget per image of the Square Attack run on the int8 .tflite "
@@ -115,6 +128,9 @@ _RULES = [
     ("rank", _positive_int_or_none, "--rank must be >= 1"),
     ("rho", lambda v: math.isfinite(v) and v >= 0, "--rho must be >= 0"),
     ("distill_temperature", lambda v: math.isfinite(v) and v > 0, "--distill_temperature must be > 0"),
+    ("clean_target", lambda v: v is None or (math.isfinite(v) and v > 0), "--clean_target must be > 0"),
+    ("clean_target_drop", lambda v: v is None or (math.isfinite(v) and v >= 0), "--clean_target_drop must be >= 0"),
+    ("geco_rate", lambda v: math.isfinite(v) and v > 0, "--geco_rate must be > 0"),
     ("l0_ramp", lambda v: math.isfinite(v) and 0 <= v <= 1, "--l0_ramp must be in [0, 1]"),
     ("quant_interval", lambda v: v >= 1, "--quant_interval must be >= 1"),
     ("pgd_steps", lambda v: v >= 1, "--pgd_steps must be >= 1"),
@@ -160,6 +176,17 @@ flags.register_multi_flags_validator(
     ["distill", "method"], lambda d: d["distill"] == "off" or d["method"] in ("ap", "al0", "alr", "atmc"),
     message="--distill needs a method whose compression stages are adversarial (ap, al0, alr, atmc): the "
             "dense model teaches them")
+flags.register_multi_flags_validator(
+    ["clean_target", "clean_target_drop", "method"],
+    lambda d: (d["clean_target"] is None and d["clean_target_drop"] is None) or d["method"] in ("ap", "al0", "alr", "atmc"),
+    message="--clean_target / --clean_target_drop need a method whose compression stages are adversarial (ap, al0, "
+            "alr, atmc): the target holds their clean term while they minimise the adversarial loss")
+flags.register_multi_flags_validator(
+    ["clean_target", "clean_target_drop", "clean_target_form"],
+    lambda d: d["clean_target_form"] != "error" or all(d[k] is None or d[k] < 1 for k in ("clean_target",
+                                                                                          "clean_target_drop")),
+    message="--clean_target / --clean_target_drop with --clean_target_form=error must be < 1 (a fraction: 0.05 "
+            "is 5%)")
 flags.register_multi_flags_validator(
     ["mac_ratio", "structure"], lambda d: d["mac_ratio"] is None or d["structure"] == "channel",
     message="--mac_ratio needs --structure=channel (a MAC budget is a budget of whole channels; unstructured "
@@ -207,6 +234,9 @@ def parse_flags(argv):
     if F.mac_ratio is not None and F["size_ratio"].present:
         fail(f"--mac_ratio={F.mac_ratio:g} and --size_ratio={F.size_ratio:g} both set the channel budget (MACs or "
              "parameters); pass only one")
+    if F.clean_target is not None and F.clean_target_drop is not None:
+        fail(f"--clean_target={F.clean_target:g} and --clean_target_drop={F.clean_target_drop:g} both set the "
+             "clean target (absolute, or relative to the dense model); pass only one")
     return rest
 
 
@@ -275,6 +305,10 @@ class PipelineConfig:
     distill: str = "off"
     distill_temperature: float = 1.0
     mac_ratio: float | None = None
+    clean_target: float | None = None
+    clean_target_drop: float | None = None
+    clean_target_form: str = "error"
+    geco_rate: float = 1.0
 
     @classmethod
     def from_flags(cls):

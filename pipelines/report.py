@@ -124,6 +124,7 @@ def markdown(r):
         "",
         *_size_table(sz, r.get("device_bytes"), (r.get("phone") or {}).get("int4")),
         *_structure_lines(r.get("structure")),
+        *_clean_target_lines(r.get("clean_target")),
         "## Microcontroller (TFLite Micro)",
         "",
         f"- passes: {mc['ok']}; ops: {', '.join(mc['ops'])}; unsupported: {mc['unsupported_ops'] or 'none'}",
@@ -202,6 +203,30 @@ def _micro_compressed_lines(m):
            "writes the decoded kernels there)" if growth is not None else ""),
         f"- kernels: {kernels}",
     ]
+
+
+def _clean_target_lines(ct):
+    """--clean_target: the target, whether the final model meets it on the validation split, and the
+    multiplier lambda and the constraint (moving average of the clean batches' value) per epoch."""
+    if not ct:
+        return []
+    unit = (lambda v: f"{100 * v:.2f}% error") if ct["form"] == "error" else (lambda v: f"{v:.4f} nats")
+    source = (f"the dense model's {unit(ct['dense_val'])} + {ct['drop']:g}" if ct["source"] == "dense"
+              else "absolute")
+    lines = [
+        "## Clean target (GECO)",
+        "",
+        f"- target ({ct['flag']}; {source}): clean {ct['form']} <= {unit(ct['kappa'])}",
+        f"- final model on the validation split: {unit(ct['final_val'])}: "
+        + ("**met**" if ct["met"] else "**not met**") + f" (dense model: {unit(ct['dense_val'])})",
+        "",
+        "| stage | epoch | lambda | constraint (moving average) |",
+        "|---|---|---|---|",
+    ]
+    for st in ct["stages"]:
+        lines += [f"| {st['stage']} | {i + 1} | {lam:.4g} | {c:.4f} |"
+                  for i, (lam, c) in enumerate(zip(st["lambda"], st["constraint"]))]
+    return lines + [""]
 
 
 def _structure_lines(st):

@@ -285,9 +285,46 @@ def structure_budget(cfg, masked, cut_model, cut):
             "achieved": dense_weight_count(cut_model) / max(dense_weight_count(masked), 1)}
 
 
-def compress_stages(cfg, data, da_plain):
+def clean_value(model, data, form):
+    """The model's clean error (1 - accuracy) or mean cross-entropy on the validation split."""
+    import numpy as np
+    logits = model.predict(data.x_val, verbose=0, batch_size=256).astype("float64")
+    if form == "error":
+        return float(np.mean(logits.argmax(-1) != data.y_val))
+    z = logits - logits.max(-1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(data.y_val)), data.y_val]))
+
+
+def resolve_clean_target(cfg, data, da_plain):
+    """--clean_target (absolute) or --clean_target_drop (the DA model's validation value + the drop) as
+    {"kappa", "form", "source", ...}; None without either. UsageError for a target no model can meet."""
+    from atmc_tf.training.terms.geco import check_target
+    absolute, drop = getattr(cfg, "clean_target", None), getattr(cfg, "clean_target_drop", None)
+    if absolute is None and drop is None:
+        return None
+    form = getattr(cfg, "clean_target_form", "error")
+    out = {"form": form, "dense_val": clean_value(da_plain, data, form)}
+    if absolute is not None:
+        out.update(source="absolute", kappa=float(absolute), flag=f"--clean_target={absolute:g}")
+    else:
+        out.update(source="dense", drop=float(drop), kappa=out["dense_val"] + float(drop),
+                   flag=f"--clean_target_drop={drop:g}")
+    try:
+        check_target(out["kappa"], form)
+    except ValueError as err:
+        raise UsageError(f"{out['flag']} (--clean_target_form={form}, the dense model's validation value "
+                         f"{out['dense_val']:.4f}): {err}") from None
+    logging.info("clean target: %s <= %.4f on every compression stage's clean batches (%s; dense model %.4f)",
+                 form, out["kappa"], out["flag"], out["dense_val"])
+    return out
+
+
+def compress_stages(cfg, data, da_plain, clean_target=None):
     """The stages of --method after DA (methods_table.STAGES), each warm-started from the one before.
-    Returns (plain, net, [results], scheme)."""
+    clean_target: resolve_clean_target's answer (resolved here if None). Returns (plain, net, [results], scheme)."""
+    if clean_target is None:
+        clean_target = resolve_clean_target(cfg, data, da_plain)
     total = dense_weight_count(da_plain)
     if cfg.structure == "channel":
         budget = channel_budget(cfg, da_plain)
@@ -316,6 +353,9 @@ def compress_stages(cfg, data, da_plain):
         if stage.adversarial:
             settings.update(attack=train_attack(cfg), clean_weight=cfg.clean_weight, adv_weight=1 - cfg.clean_weight,
                             distill=cfg.distill, distill_temperature=cfg.distill_temperature)
+            if clean_target is not None:
+                settings.update(clean_target=clean_target["kappa"], clean_target_form=clean_target["form"],
+                                geco_rate=cfg.geco_rate)
         if stage.quantized:
             scheme = cfg.quant_scheme
             settings.update(bits=cfg.bits, quant_scheme=scheme, rho=cfg.rho, quant_interval=cfg.quant_interval,

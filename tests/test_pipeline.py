@@ -45,6 +45,11 @@ BAD_FLAGS = [
     ("--structure=channel --mac_ratio=1.5", "--mac_ratio must be in (0, 1]"),
     ("--structure=channel --mac_ratio=nan", "--mac_ratio must be in (0, 1]"),
     ("--structure=channel --factorization=abc", "--factorization=none"),
+    ("--clean_target=0", "--clean_target must be > 0"), ("--clean_target=1.5", "must be < 1"),
+    ("--clean_target=nan", "--clean_target must be > 0"), ("--clean_target_drop=-0.01", "--clean_target_drop"),
+    ("--clean_target=0.1 --clean_target_drop=0.02", "pass only one"),
+    ("--clean_target=0.1 --method=nap", "--clean_target / --clean_target_drop need"),
+    ("--clean_target_form=mse", "clean_target_form"), ("--clean_target=0.1 --geco_rate=0", "--geco_rate"),
 ]
 
 
@@ -467,3 +472,28 @@ def test_robust_distillation_run(tmp_path):
     phone_file = wd / "export" / "model_int4.tflite"
     assert report["device_bytes"]["litert"] == phone_file.stat().st_size < int4["int8_bytes"]
     assert "model_int4.tflite: packed INT4 kernels" in (wd / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_clean_target_run(tmp_path):
+    """--clean_target_drop: the compression stages hold the clean error within the drop of the DA model's
+    (resolved from its validation error); every adversarial compression stage logs the multiplier and the
+    constraint, and the report states the target, lambda per epoch and whether the final model meets it."""
+    wd = tmp_path / "geco"
+    r = run_pipeline("--limit_train=200", "--limit_test=200", "--da_epochs=1", "--al0_epochs=1", "--atmc32_epochs=1",
+                     "--atmcb_epochs=1", "--pgd_steps=1", "--eval_pgd_steps=1", "--micro_samples=2", "--size_ratio=0.1",
+                     "--verbose=0", "--batch_size=64", "--square_queries=5", "--clean_target_drop=0.02",
+                     "--geco_rate=0.5", f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    ct = report["clean_target"]
+    assert ct["source"] == "dense" and ct["form"] == "error"
+    assert ct["kappa"] == pytest.approx(ct["dense_val"] + 0.02)
+    assert ct["met"] == (ct["final_val"] <= ct["kappa"])
+    assert [s["stage"] for s in ct["stages"]] == ["al0", "atmc32", "atmc4"]
+    for stage in report["stage_results"][1:]:
+        assert len(stage["history"]["geco_lambda"]) == 1 and "geco_constraint" in stage["history"], stage["stage"]
+    assert "geco_lambda" not in report["stage_results"][0]["history"]  # DA trains with the fixed mix
+    md = (wd / "report.md").read_text()
+    assert "## Clean target (GECO)" in md and "--clean_target_drop=0.02" in md
+    assert ("**met**" in md) == ct["met"]
