@@ -42,6 +42,40 @@ def test_keras_symbolic_build_still_reduces_a_distributed_batch():
     assert compat.needs_symbolic_build(model)
 
 
+_REPLICA_PROBE = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from atmc_tf import compat
+y, logits = tf.constant([0, 1]), tf.constant([[2.0, 0.0], [0.0, 1.0]])
+xent = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+raw = strategy.experimental_local_results(strategy.run(lambda: xent(y, logits)))[0]
+fixed = strategy.experimental_local_results(strategy.run(lambda: compat.per_replica_loss(xent)(y, logits)))[0]
+print(float(xent(y, logits)), float(compat.per_replica_loss(xent)(y, logits)), float(raw), float(fixed))
+"""
+
+
+def test_keras_still_scales_mean_losses_by_the_replicas():
+    """Shim 4: under a 2-replica MirroredStrategy Keras' mean-reduced Loss returns the replica's
+    mean / 2; per_replica_loss gives the plain mean back, and leaves one device alone."""
+    import os
+    import subprocess
+    import sys
+
+    from keras.src.losses import loss as keras_loss
+    assert "scale_loss_for_distribution" in inspect.getsource(keras_loss.reduce_values)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _REPLICA_PROBE], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    mean, one_device, raw, fixed = map(float, out.stdout.split()[-4:])
+    assert one_device == mean
+    assert abs(raw - mean / 2) < 1e-6, "Keras no longer scales a mean loss by 1/replicas: drop shim 4"
+    assert abs(fixed - mean) < 1e-6
+
+
 def test_atmc_tf_uses_no_private_api_outside_compat():
     """Private Keras / TF names appear only in compat.py (where each is documented)."""
     import pathlib

@@ -54,13 +54,13 @@ def _update(strategy, variable, value):
 def _as_loss(loss):
     """compile(loss=...) as a callable (y, logits, sample_weight) -> weighted mean."""
     if loss is None:
-        return _per_replica(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return compat.per_replica_loss(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if isinstance(loss, str) and loss in _PROBABILITY_LOSSES:
         raise ValueError(f"compile(loss={loss!r}) expects probabilities, but ATMCTrainer's net outputs logits; "
                          "pass keras.losses.SparseCategoricalCrossentropy(from_logits=True) (the default)")
     loss = keras.losses.get(loss)
     if isinstance(loss, keras.losses.Loss):
-        return _per_replica(loss)
+        return compat.per_replica_loss(loss)
 
     def weighted(y, logits, sample_weight=None):
         per_example = loss(y, logits)
@@ -69,25 +69,6 @@ def _as_loss(loss):
         w = tf.cast(tf.reshape(sample_weight, tf.shape(per_example)), per_example.dtype)
         return tf.math.divide_no_nan(tf.reduce_sum(per_example * w), tf.reduce_sum(w))
     return weighted
-
-
-# The reductions Keras scales by 1 / replicas under tf.distribute (keras.src.losses.loss.reduce_values).
-_SCALED_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
-
-
-def _per_replica(loss):
-    """A keras.losses.Loss as the mean over this replica's examples. Under tf.distribute Keras divides a
-    mean-reduced Loss by the number of replicas (its own train_step then sums the replicas' gradients);
-    train_step here divides the whole loss by the number of replicas itself (constraint penalties
-    included), so the terms' losses must not be divided twice: with 2 replicas the steps were half a
-    one-device run's and the logged losses half the true ones."""
-    def per_replica_mean(y, logits, sample_weight=None):
-        value = loss(y, logits, sample_weight=sample_weight)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1 and loss.reduction in _SCALED_REDUCTIONS:
-            value = value * tf.cast(replicas, value.dtype)
-        return value
-    return per_replica_mean
 
 
 def _as_metric(identifier, prefix=""):
