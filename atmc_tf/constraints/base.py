@@ -57,6 +57,11 @@ class Constraint(Component):
     metric_names = ()
     #: True if the constraint zeroes weights (others, e.g. quantization, then keep those zeros)
     sparsifying = False
+    #: True if it prunes whole output channels of the layers of self.tensors: the trainer then makes
+    #: every channel whose kernel slice is zero output exactly 0 (its bias and the following
+    #: BatchNormalization's gamma, beta and moving mean zeroed with it, after every projection;
+    #: atmc_tf.training.structure.ChannelSilencer), so that surgery can cut it out
+    structured = False
 
     def build(self, tensors, make_variable):
         self.tensors = list(tensors)

@@ -58,6 +58,10 @@ class GroupL0(Constraint):
                 layer's output spatial size, which a constraint does not know. Greedy as "params".
     group_costs keys are TensorInfo names or, for a layer with one compressed tensor, its layer name.
     Only the compressed tensors count: biases and normalisation weights of a channel are not costed.
+    They are not left behind either: ATMCTrainer zeroes a pruned channel's bias and the following
+    BatchNorm's gamma / beta / moving mean with it (structured = True), so that it outputs exactly 0
+    and surgery cuts it out whatever reads it (a nonzero constant does not fold into a 'same'-padded
+    KxK consumer); the costs then bound what the export keeps.
     scoring: "l2" (squared group norm) or "lamp" (size-fair, never empties a nonzero tensor while
     the budget covers each tensor's strongest group); see group_sparsity.group_scores.
     ramp_steps: the budget falls from everything to `budget` along GlobalL0's cubic schedule.
@@ -69,6 +73,7 @@ class GroupL0(Constraint):
     kind = "group_l0"
     metric_names = ("group_budget", "kept_groups")
     sparsifying = True
+    structured = True  # the trainer zeroes a pruned channel's bias and BatchNorm with its kernel slice
 
     def __init__(self, budget, scoring="l2", budget_unit="groups", group_costs=None, ramp_steps=0, keep_layers=()):
         if budget is None or isinstance(budget, bool) or int(budget) != budget or int(budget) < 1:

@@ -105,3 +105,119 @@ def _out_channels(layer):
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return int(shape[2]) * int(shape[3])
     return int(shape[-1])
+
+
+# --- a pruned channel outputs exactly zero ------------------------------------------------------
+#
+# A channel whose kernel slice is zero still outputs its bias, and the BatchNormalization after it
+# turns even a zero into beta - gamma * mean / sqrt(var + eps): a constant that a 'same'-padded KxK
+# consumer cannot fold into its bias (its border outputs see the zero padding), so surgery has to
+# keep the channel. ChannelSilencer makes every channel a structured constraint pruned output exactly
+# 0, which every consumer drops: with its kernel slice it zeroes the layer's bias and, for every
+# BatchNormalization the channel reaches in place, gamma, beta and the moving mean (the channel's
+# input is exactly 0, so its true mean is). BN then outputs gamma * (0 - 0) / sqrt(var + eps) + beta
+# = 0 in training and in inference mode alike. A DepthwiseConv2D channel whose input channel is so
+# silenced reads zeros and is silenced too (its bias and BNs), whatever its own kernel: surgery cuts
+# the two together (they are one channel group there).
+
+# Layers a zero channel passes through as a zero, in place (activations are checked at f(0) == 0).
+_ZERO_PRESERVING = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
+                    keras.layers.Activation, keras.layers.Dropout, keras.layers.SpatialDropout2D,
+                    keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout,
+                    keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
+                    keras.layers.GlobalMaxPooling2D, keras.layers.ZeroPadding2D, keras.layers.Cropping2D,
+                    keras.layers.Identity)
+
+
+def _zero_at_zero(fn):
+    if fn is None:
+        return True
+    import numpy as np
+    return float(np.asarray(keras.ops.convert_to_numpy(fn(keras.ops.zeros((1,), "float32"))))[0]) == 0.0
+
+
+def _passes_zero(layer):
+    if type(layer) not in _ZERO_PRESERVING:
+        return False
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return layer.axis in (-1, len(layer.input.shape) - 1)
+    if isinstance(layer, keras.layers.Activation):
+        return _zero_at_zero(layer.activation)
+    return True  # ReLU, LeakyReLU, ELU (f(0) = 0), dropout, pooling, padding, cropping: zeros stay zeros
+
+
+class ChannelSilencer:
+    """Zeroes the bias and BatchNorm companions of the pruned output channels of a wrapped model's
+    layers `layer_names` (the inner layers' names, as a constraint's TensorInfo.layer), so that a
+    pruned channel outputs exactly 0 (see the comment above). A channel is pruned when its effective
+    kernel slice is all zero. Built once (the graph walk); silence(assign) runs in a tf.function."""
+
+    def __init__(self, net, layer_names):
+        from atmc_tf.layers import atmc_wrappers
+        from atmc_tf.training.diagnostics import inbound_graph
+        names = set(layer_names)
+        wrappers = atmc_wrappers(net)
+        by_name = {w.name: w for w in wrappers}
+        graph, _, _ = inbound_graph(net)
+        children = {}
+        for name, parents in graph.items():
+            for p in parents:
+                children.setdefault(p, []).append(name)
+        layers = {l.name: l for l in net.layers}
+        self.plan = []      # [(wrapper, own, source wrapper name or None, [companion variables])]
+        sources = {}        # depthwise wrapper name -> the silenced wrapper feeding it in place
+        for w in wrappers:
+            source = sources.get(w.name)
+            if w.layer.name not in names and source is None:
+                continue
+            if not _zero_at_zero(w.layer.activation):
+                continue  # a zero channel would output activation(0) != 0: nothing to silence
+            companions = [w.layer.bias] if w.layer.use_bias else []
+            todo = list(children.get(w.name, []))
+            while todo:
+                child = layers.get(todo.pop())
+                if child is None or len(graph.get(child.name, [])) != 1:
+                    continue
+                if child.name in by_name:
+                    if isinstance(child.layer, keras.layers.DepthwiseConv2D):
+                        sources[child.name] = w.name
+                    continue
+                if not _passes_zero(child):
+                    continue
+                if isinstance(child, keras.layers.BatchNormalization):
+                    companions += [v for v in (child.gamma if child.scale else None,
+                                               child.beta if child.center else None, child.moving_mean)
+                                   if v is not None]
+                todo.extend(children.get(child.name, []))
+            self.plan.append((w, w.layer.name in names, source, companions))
+
+    def pruned(self):
+        """{wrapper name: bool tensor over its output channels}: silenced by this step's silence()."""
+        import tensorflow as tf
+        from atmc_tf.layers import kernel_channel_axes
+        out = {}
+        for w, own, source, _ in self.plan:
+            kernel = tf.convert_to_tensor(w.effective_kernel())
+            rank = len(kernel.shape)
+            axes = [a % rank for a in kernel_channel_axes(w.layer)]
+            channels = 1
+            for a in axes:
+                channels *= int(kernel.shape[a])
+            if own:  # pruned by the constraint: its kernel slice is zero
+                dead = tf.reshape(tf.reduce_all(tf.equal(kernel, 0), axis=[a for a in range(rank) if a not in axes]),
+                                  [channels])
+            else:
+                dead = tf.zeros([channels], tf.bool)
+            if source in out:  # a depthwise channel reading a silenced channel reads zeros
+                dead = tf.logical_or(dead, tf.repeat(out[source], int(kernel.shape[-1])))
+            out[w.name] = dead
+        return out
+
+    def silence(self, assign):
+        """assign(variable, value) every companion of every pruned channel to 0."""
+        import tensorflow as tf
+        dead = self.pruned()
+        for w, _, _, companions in self.plan:
+            for var in companions:
+                value = tf.convert_to_tensor(var.value)
+                assign(var, tf.where(dead[w.name], tf.zeros_like(value), value))

@@ -32,6 +32,7 @@ from atmc_tf.layers import atmc_wrappers, constraint_scope
 from atmc_tf.training.callbacks import StopOnNonFiniteLoss
 from atmc_tf.training.config import ATMCConfig
 from atmc_tf.training.metrics import LastValue
+from atmc_tf.training.structure import ChannelSilencer
 from atmc_tf.training.terms import StepContext, term_from_config, term_to_config
 
 # String losses whose Keras default expects probabilities: the trainer's nets output logits.
@@ -141,6 +142,9 @@ class ATMCTrainer(keras.Model):
             c.build(infos, self._state_factory(f"c{i}_{c.kind}"))
         for t in self.terms:
             t.build(self)
+        # Structured constraints: a pruned channel's bias and BatchNorm go with its kernel slice.
+        silenced = [t.layer for c in self.constraints if getattr(c, "structured", False) for t in c.tensors]
+        self._silencer = ChannelSilencer(net, silenced) if silenced else None
         self._loss_tracker = keras.metrics.Mean(name="loss")
         names = ["nnz", "budget"] + [n for c in self.constraints for n in c.metric_names if n != "budget"]
         self._constraint_trackers = {n: LastValue(n) for n in dict.fromkeys(names)}
@@ -300,6 +304,8 @@ class ATMCTrainer(keras.Model):
         for var, old, new in zip(self._compressed, before, values):
             if new is not old:  # only constraints that moved the weights write them back
                 assign(var, new)
+        if self._silencer is not None:
+            self._silencer.silence(assign)
 
     @contextlib.contextmanager
     def custom_step(self):
@@ -333,6 +339,8 @@ class ATMCTrainer(keras.Model):
                 values = getattr(c, method)(values, lambda var, value: var.assign(value))
             for var, val in zip(self._compressed, values):
                 var.assign(val)
+            if self._silencer is not None:
+                self._silencer.silence(lambda var, value: var.assign(value))
             for w in self.wrappers:
                 w.constrained.assign(constrained)
 
