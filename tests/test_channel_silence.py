@@ -71,11 +71,9 @@ def test_shrink_cuts_every_channel_the_budget_pruned(digits, model, unit, ratio)
     if model == "small_cnn":
         if unit == "macs":  # the budget pruned conv1 channels, read by the 'same'-padded 3x3 depthwise layer
             assert not alive["conv1"].all()
-        # conv1 channel i and depthwise channel i are one group in the cut model: it goes when either is pruned.
-        pair = alive["conv1"] & alive["dwconv2"]
-        expected = {"conv1": pair, "dwconv2": pair, "pwconv2": alive["pwconv2"], "logits": alive["logits"]}
-    else:
-        expected = alive
+        # conv1 channel i and depthwise channel i are one channel of the cut model: pruned together.
+        np.testing.assert_array_equal(alive["conv1"], alive["dwconv2"])
+    expected = alive
     got = {name: r["kept"] for name, r in report["layers"].items()}
     assert got == {name: int(v.sum()) for name, v in expected.items()}, (got, alive)
     if unit == "macs":
@@ -115,12 +113,13 @@ def test_a_pruned_channel_outputs_exactly_zero_in_both_modes(digits):
 
 def test_the_silencer_finds_the_companions():
     net = wrap_model(build_model("small_cnn", (8, 8, 1), 10))
-    plan = {w.layer.name: (own, source, [v.path for v in comp])
-            for w, own, source, comp in ChannelSilencer(net, ["conv1", "dwconv2", "pwconv2"]).plan}
-    assert plan["conv1"] == (True, None, ["bn1/gamma", "bn1/beta", "bn1/moving_mean"])
-    assert plan["dwconv2"] == (True, "atmc_conv1", ["bn2/gamma", "bn2/beta", "bn2/moving_mean"])
-    assert plan["pwconv2"] == (True, None, ["bn3/gamma", "bn3/beta", "bn3/moving_mean"])
+    plan = {w.layer.name: (own, source, [v.path for v in comp], exclusive)
+            for w, own, source, comp, exclusive in ChannelSilencer(net, ["conv1", "dwconv2", "pwconv2"]).plan}
+    # conv1's channels are read by the depthwise layer alone: the two are pruned together
+    assert plan["conv1"] == (True, None, ["bn1/gamma", "bn1/beta", "bn1/moving_mean"], "atmc_dwconv2")
+    assert plan["dwconv2"] == (True, "atmc_conv1", ["bn2/gamma", "bn2/beta", "bn2/moving_mean"], None)
+    assert plan["pwconv2"] == (True, None, ["bn3/gamma", "bn3/beta", "bn3/moving_mean"], None)
     assert "logits" not in plan  # the classifier is never pruned: its bias stays
     lenet = wrap_model(build_model("lenet", (8, 8, 1), 10))
-    plan = {w.layer.name: [v.path for v in comp] for w, _, _, comp in ChannelSilencer(lenet, ["conv1", "conv2"]).plan}
+    plan = {w.layer.name: [v.path for v in comp] for w, _, _, comp, _ in ChannelSilencer(lenet, ["conv1", "conv2"]).plan}
     assert plan == {"conv1": ["atmc_conv1/conv1/bias"], "conv2": ["atmc_conv2/conv2/bias"]}

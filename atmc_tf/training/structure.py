@@ -147,10 +147,17 @@ def _passes_zero(layer):
 
 
 class ChannelSilencer:
-    """Zeroes the bias and BatchNorm companions of the pruned output channels of a wrapped model's
-    layers `layer_names` (the inner layers' names, as a constraint's TensorInfo.layer), so that a
-    pruned channel outputs exactly 0 (see the comment above). A channel is pruned when its effective
-    kernel slice is all zero. Built once (the graph walk); silence(assign) runs in a tf.function."""
+    """Makes the pruned output channels of a wrapped model's layers `layer_names` (the inner layers'
+    names, as a constraint's TensorInfo.layer) output exactly 0 (see the comment above). A channel is
+    pruned when its effective kernel slice is all zero; silence(assign) then zeroes its bias and the
+    gamma / beta / moving mean of every BatchNormalization it reaches in place.
+
+    A DepthwiseConv2D channel and the channel it reads (through BN, activations, pooling, padding)
+    are one channel in the cut model: surgery removes them together when either is silenced. So that
+    the constraint's budget counts what surgery removes, silence() prunes them together too: the
+    depthwise channels reading a pruned channel lose their kernel slice, bias and BNs, and a channel
+    read by nothing but depthwise channels that are all pruned loses its own (kernels only for
+    factorization="none"). Built once (the graph walk); silence(assign) runs in a tf.function."""
 
     def __init__(self, net, layer_names):
         from atmc_tf.layers import atmc_wrappers
@@ -158,13 +165,15 @@ class ChannelSilencer:
         names = set(layer_names)
         wrappers = atmc_wrappers(net)
         by_name = {w.name: w for w in wrappers}
-        graph, _, _ = inbound_graph(net)
+        graph, _, outputs = inbound_graph(net)
         children = {}
         for name, parents in graph.items():
             for p in parents:
                 children.setdefault(p, []).append(name)
         layers = {l.name: l for l in net.layers}
-        self.plan = []      # [(wrapper, own, source wrapper name or None, [companion variables])]
+        self._wrappers = by_name
+        # [(wrapper, own, source wrapper name or None, [companion variables], exclusive reader or None)]
+        self.plan = []
         sources = {}        # depthwise wrapper name -> the silenced wrapper feeding it in place
         for w in wrappers:
             source = sources.get(w.name)
@@ -173,30 +182,38 @@ class ChannelSilencer:
             if not _zero_at_zero(w.layer.activation):
                 continue  # a zero channel would output activation(0) != 0: nothing to silence
             companions = [w.layer.bias] if w.layer.use_bias else []
+            readers, escapes = [], w.name in outputs
             todo = list(children.get(w.name, []))
             while todo:
                 child = layers.get(todo.pop())
                 if child is None or len(graph.get(child.name, [])) != 1:
+                    escapes = True
                     continue
                 if child.name in by_name:
+                    readers.append(child.name)
                     if isinstance(child.layer, keras.layers.DepthwiseConv2D):
                         sources[child.name] = w.name
+                    else:
+                        escapes = True
                     continue
                 if not _passes_zero(child):
+                    escapes = True
                     continue
                 if isinstance(child, keras.layers.BatchNormalization):
                     companions += [v for v in (child.gamma if child.scale else None,
                                                child.beta if child.center else None, child.moving_mean)
                                    if v is not None]
+                escapes = escapes or child.name in outputs or not children.get(child.name)
                 todo.extend(children.get(child.name, []))
-            self.plan.append((w, w.layer.name in names, source, companions))
+            exclusive = readers[0] if len(readers) == 1 and not escapes and readers[0] in sources else None
+            self.plan.append((w, w.layer.name in names, source, companions, exclusive))
 
     def pruned(self):
-        """{wrapper name: bool tensor over its output channels}: silenced by this step's silence()."""
+        """{wrapper name: bool tensor over its output channels}: what this step's silence() zeroes."""
         import tensorflow as tf
         from atmc_tf.layers import kernel_channel_axes
-        out = {}
-        for w, own, source, _ in self.plan:
+        own_dead, out = {}, {}
+        for w, own, _, _, _ in self.plan:
             kernel = tf.convert_to_tensor(w.effective_kernel())
             rank = len(kernel.shape)
             axes = [a % rank for a in kernel_channel_axes(w.layer)]
@@ -204,20 +221,31 @@ class ChannelSilencer:
             for a in axes:
                 channels *= int(kernel.shape[a])
             if own:  # pruned by the constraint: its kernel slice is zero
-                dead = tf.reshape(tf.reduce_all(tf.equal(kernel, 0), axis=[a for a in range(rank) if a not in axes]),
-                                  [channels])
+                own_dead[w.name] = tf.reshape(
+                    tf.reduce_all(tf.equal(kernel, 0), axis=[a for a in range(rank) if a not in axes]), [channels])
             else:
-                dead = tf.zeros([channels], tf.bool)
+                own_dead[w.name] = tf.zeros([channels], tf.bool)
+        for w, _, source, _, exclusive in self.plan:
+            dead = own_dead[w.name]
+            if exclusive is not None and exclusive in own_dead:  # read only by depthwise channels, all pruned
+                mult = int(self._wrappers[exclusive].layer.kernel.shape[-1])
+                dead = tf.logical_or(dead, tf.reduce_all(tf.reshape(own_dead[exclusive], [-1, mult]), axis=1))
             if source in out:  # a depthwise channel reading a silenced channel reads zeros
-                dead = tf.logical_or(dead, tf.repeat(out[source], int(kernel.shape[-1])))
+                dead = tf.logical_or(dead, tf.repeat(out[source], int(w.layer.kernel.shape[-1])))
             out[w.name] = dead
         return out
 
     def silence(self, assign):
-        """assign(variable, value) every companion of every pruned channel to 0."""
+        """assign(variable, value): zero what every pruned channel still has (see the class docstring)."""
         import tensorflow as tf
         dead = self.pruned()
-        for w, _, _, companions in self.plan:
+        for w, _, _, companions, _ in self.plan:
             for var in companions:
                 value = tf.convert_to_tensor(var.value)
                 assign(var, tf.where(dead[w.name], tf.zeros_like(value), value))
+            if w.factorization == "none":
+                kernel = tf.convert_to_tensor(w.layer.kernel.value)
+                mask = tf.reshape(dead[w.name], kernel.shape[2:] if isinstance(w.layer, keras.layers.DepthwiseConv2D)
+                                  else kernel.shape[-1:])
+                assign(w.layer.kernel, tf.where(mask, tf.zeros_like(kernel), kernel))
+
