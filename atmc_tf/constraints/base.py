@@ -33,6 +33,9 @@ class TensorInfo:
 
     channel_axes: axes of TFLite's per-channel int8 scales (output channels).
     layer: the wrapped layer's name; kind: its class name (Dense, Conv2D, DepthwiseConv2D).
+    reads: for a DepthwiseConv2D kernel, the layer whose output channel c its channels c * mult ..
+    c * mult + mult - 1 read, when nothing else reads that channel (through BatchNorm, activations,
+    pooling): the two are one channel of the cut model, which structured constraints prune together.
     """
 
     name: str
@@ -40,6 +43,7 @@ class TensorInfo:
     channel_axes: tuple = (-1,)
     layer: str = ""
     kind: str = ""
+    reads: str = ""
 
     @property
     def size(self):

@@ -62,6 +62,8 @@ class GroupL0(Constraint):
     BatchNorm's gamma / beta / moving mean with it (structured = True), so that it outputs exactly 0
     and surgery cuts it out whatever reads it (a nonzero constant does not fold into a 'same'-padded
     KxK consumer); the costs then bound what the export keeps.
+    A DepthwiseConv2D channel and the channel it alone reads (TensorInfo.reads, set by ATMCTrainer)
+    are one group here, scored and costed as the sum of the two, as surgery cuts them together.
     scoring: "l2" (squared group norm) or "lamp" (size-fair, never empties a nonzero tensor while
     the budget covers each tensor's strongest group); see group_sparsity.group_scores.
     ramp_steps: the budget falls from everything to `budget` along GlobalL0's cubic schedule.
@@ -105,6 +107,7 @@ class GroupL0(Constraint):
         self.tensors = [tensors[i] for i in self.active]
         self.axes = [t.channel_axes for t in self.tensors]
         self.costs = self._group_costs()
+        self.leaders = self._leaders()
         self.total = (sum(gs.num_groups(t.shape, a) for t, a in zip(self.tensors, self.axes))
                       if self.costs is None else float(sum(c.sum() for c in self.costs)))
         self.current = make_variable("group_budget_now", (), "float32", "zeros")
@@ -139,6 +142,29 @@ class GroupL0(Constraint):
                              f"{[t.name for t in self.tensors]}, layers: {sorted(by_layer)}")
         return costs
 
+    def _leaders(self):
+        """One global index per group: a depthwise channel follows the channel it reads (TensorInfo.reads)
+        when that layer is pruned here too (one tensor), so the two are kept or dropped together; None
+        without such pairs."""
+        sizes = [gs.num_groups(t.shape, a) for t, a in zip(self.tensors, self.axes)]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        by_layer = {}
+        for i, t in enumerate(self.tensors):
+            by_layer.setdefault(t.layer, []).append(i)
+        leaders = np.arange(offsets[-1], dtype=np.int64)
+        tied = False
+        for i, t in enumerate(self.tensors):
+            src = by_layer.get(t.reads, [])
+            if not t.reads or len(src) != 1 or len(by_layer[t.layer]) != 1:
+                continue
+            (j,) = src
+            mult = sizes[i] // sizes[j]
+            if mult < 1 or mult * sizes[j] != sizes[i]:
+                continue
+            leaders[offsets[i]:offsets[i + 1]] = offsets[j] + np.arange(sizes[i]) // mult
+            tied = True
+        return leaders if tied else None
+
     def budget_at(self, step):
         """The budget after `step` enforcement steps (an int64 tensor)."""
         return cubic_budget(step, self.budget, self.total, self.ramp_steps)
@@ -147,7 +173,7 @@ class GroupL0(Constraint):
         return [values[i] for i in self.active]
 
     def _select(self, values, budget):
-        chosen = gs.select_group_l0(self._mine(values), self.axes, budget, self.scoring, self.costs)
+        chosen = gs.select_group_l0(self._mine(values), self.axes, budget, self.scoring, self.costs, self.leaders)
         out = list(values)
         for i, v in zip(self.active, chosen):
             out[i] = v
@@ -192,7 +218,7 @@ class FixedGroupSupport(GroupL0):
 
     def initialize(self, values, assign):
         assign(self.current, tf.constant(float(self.budget)))
-        masks = gs.group_masks(self._mine(values), self.axes, self.budget, self.scoring, self.costs)
+        masks = gs.group_masks(self._mine(values), self.axes, self.budget, self.scoring, self.costs, self.leaders)
         for var, m in zip(self.masks, masks):
             assign(var, tf.cast(m, tf.float32))
         return self._apply(values)

@@ -81,7 +81,7 @@ def group_scores(tensors, channel_axes, scoring="l2"):
     return energies if scoring == "l2" else [lamp_of_energies(e) for e in energies]
 
 
-def select_groups(scores, budget, costs=None, protect=None, nonzero=None):
+def select_groups(scores, budget, costs=None, protect=None, nonzero=None, leaders=None):
     """Boolean keep-vectors (one per tensor, in group order) of the groups that fit `budget`.
 
     All groups are put in one order: protected first (`protect`: per-tensor bool vectors), then by
@@ -90,26 +90,39 @@ def select_groups(scores, budget, costs=None, protect=None, nonzero=None):
     longest prefix whose total cost is at most `budget` is kept. costs=None: unit costs, so exactly
     min(budget, groups) groups are kept, the best ones: this is exact. Other costs must be > 0; the
     selection is then the greedy one, not an optimal knapsack.
+    leaders: None, or one int per group over all tensors (global group index): groups with the same
+    leader are kept or dropped together, as one group whose score and cost are the sums of theirs
+    (protected / nonzero if any of them is); a leader is its own leader. E.g. a depthwise channel
+    and the channel it reads, which surgery removes together.
     """
     sizes = [int(s.shape[0]) for s in scores]
     score = tf.concat([tf.cast(s, tf.float64) for s in scores], axis=0)
     cost = tf.ones_like(score) if costs is None else tf.concat([tf.cast(c, tf.float64) for c in costs], 0)
-    ratio = score / cost
+    flags = [tf.cast(tf.concat(f, axis=0), tf.float64) if f is not None else None for f in (nonzero, protect)]
+    if leaders is not None:
+        leaders = tf.constant(leaders, tf.int32)
+        n = tf.size(score)
+        score = tf.math.unsorted_segment_sum(score, leaders, n)
+        cost = tf.math.unsorted_segment_sum(cost, leaders, n)  # 0 for a group that follows another
+        flags = [None if f is None else tf.math.unsorted_segment_max(f, leaders, n) for f in flags]
+    ratio = tf.math.divide_no_nan(score, cost)
     # Lexicographic order by stable argsorts, from the least significant key to the most.
     order = tf.range(tf.size(score))
     keys = [ratio]
-    if nonzero is not None:
-        keys.insert(0, tf.cast(tf.concat(nonzero, axis=0), tf.float64))
-    if protect is not None:
-        keys.append(tf.cast(tf.concat(protect, axis=0), tf.float64))
+    if flags[0] is not None:
+        keys.insert(0, flags[0])
+    if flags[1] is not None:
+        keys.append(flags[1])
     for key in keys:
         order = tf.gather(order, tf.argsort(-tf.gather(key, order), stable=True))
     fits = tf.cumsum(tf.gather(cost, order)) <= tf.cast(budget, tf.float64)
     keep = tf.gather(fits, tf.math.invert_permutation(order))
+    if leaders is not None:
+        keep = tf.gather(keep, leaders)
     return tf.split(keep, sizes)
 
 
-def group_masks(tensors, channel_axes, budget, scoring="l2", costs=None):
+def group_masks(tensors, channel_axes, budget, scoring="l2", costs=None, leaders=None):
     """Boolean keep-masks (shapes of `tensors`) of the groups select_groups keeps by `scoring`.
     With "lamp" every tensor's strongest group is protected, so no nonzero tensor is emptied as
     long as the budget covers those groups (k >= number of tensors, for a count budget)."""
@@ -117,17 +130,17 @@ def group_masks(tensors, channel_axes, budget, scoring="l2", costs=None):
     scores = group_scores(tensors, channel_axes, scoring)
     protect = [tf.equal(s, 1.0) for s in scores] if scoring == "lamp" else None
     nonzero = [group_nonzero(t, a) for t, a in zip(tensors, channel_axes)]
-    keep = select_groups(scores, budget, costs, protect, nonzero)
+    keep = select_groups(scores, budget, costs, protect, nonzero, leaders)
     return [tf.broadcast_to(tf.reshape(k, group_shape(t.shape, a)), tf.shape(t))
             for t, a, k in zip(tensors, channel_axes, keep)]
 
 
-def select_group_l0(tensors, channel_axes, budget, scoring="l2", costs=None):
+def select_group_l0(tensors, channel_axes, budget, scoring="l2", costs=None, leaders=None):
     """At most `budget` nonzero groups in all (unit costs), or groups of total cost at most
     `budget` (costs: per-tensor 1-D per-group costs > 0); kept groups keep their values, the others
     are zeroed. scoring="l2" with unit costs is the Euclidean projection; see group_masks."""
     tensors = [tf.convert_to_tensor(t) for t in tensors]
-    return _masked(tensors, group_masks(tensors, channel_axes, budget, scoring, costs))
+    return _masked(tensors, group_masks(tensors, channel_axes, budget, scoring, costs, leaders))
 
 
 def count_nonzero_groups(tensors, channel_axes):

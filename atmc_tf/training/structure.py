@@ -249,3 +249,15 @@ class ChannelSilencer:
                                   else kernel.shape[-1:])
                 assign(w.layer.kernel, tf.where(mask, tf.zeros_like(kernel), kernel))
 
+
+def depthwise_ties(net):
+    """{DepthwiseConv2D layer name: the layer whose output channels it alone reads} of a wrapped model
+    (inner layer names): the pairs that are one channel of the cut model (TensorInfo.reads)."""
+    silencer = ChannelSilencer(net, [w.layer.name for w in _wrappers(net)])
+    return {silencer._wrappers[exclusive].layer.name: w.layer.name
+            for w, _, _, _, exclusive in silencer.plan if exclusive is not None}
+
+
+def _wrappers(net):
+    from atmc_tf.layers import atmc_wrappers
+    return atmc_wrappers(net)

@@ -32,7 +32,7 @@ from atmc_tf.layers import atmc_wrappers, constraint_scope
 from atmc_tf.training.callbacks import StopOnNonFiniteLoss
 from atmc_tf.training.config import ATMCConfig
 from atmc_tf.training.metrics import LastValue
-from atmc_tf.training.structure import ChannelSilencer
+from atmc_tf.training.structure import ChannelSilencer, depthwise_ties
 from atmc_tf.training.terms import StepContext, term_from_config, term_to_config
 
 # String losses whose Keras default expects probabilities: the trainer's nets output logits.
@@ -122,8 +122,11 @@ class ATMCTrainer(keras.Model):
         self.wrappers = atmc_wrappers(net)
         if self.constraints and not self.wrappers:
             raise ValueError("constraints need a model wrapped with atmc_tf.layers.wrap_model")
+        reads = depthwise_ties(net) if self.wrappers else {}
         infos = [TensorInfo(name=v.path, shape=tuple(v.shape), channel_axes=w.channel_axes, layer=w.layer.name,
-                            kind=type(w.layer).__name__) for w in self.wrappers for v in w.compressed_variables]
+                            kind=type(w.layer).__name__,
+                            reads=reads.get(w.layer.name, "") if w.factorization == "none" else "")
+                 for w in self.wrappers for v in w.compressed_variables]
         # 1 once the constraints were set up, so resuming from a checkpoint never redoes it.
         self._constraints_ready = self.add_weight(name="constraints_ready", shape=(), dtype="int32",
                                                   initializer="zeros", trainable=False)
