@@ -123,3 +123,32 @@ def test_the_silencer_finds_the_companions():
     lenet = wrap_model(build_model("lenet", (8, 8, 1), 10))
     plan = {w.layer.name: [v.path for v in comp] for w, _, _, comp, _ in ChannelSilencer(lenet, ["conv1", "conv2"]).plan}
     assert plan == {"conv1": ["atmc_conv1/conv1/bias"], "conv2": ["atmc_conv2/conv2/bias"]}
+
+
+def test_tied_groups_are_kept_or_dropped_together():
+    """select_groups(leaders=...): a depthwise channel follows the channel it reads; the pair is one
+    group of summed score and cost (GroupL0 builds the leaders from TensorInfo.reads)."""
+    import tensorflow as tf
+
+    from atmc_tf.constraints import TensorInfo
+    from atmc_tf.constraints.group_sparsity import select_groups
+    # conv: 3 groups, dw (multiplier 2): 6 groups following conv's 0,0,1,1,2,2.
+    scores = [tf.constant([1.0, 0.1, 0.5]), tf.constant([0.0, 0.0, 0.9, 0.9, 0.2, 0.2])]
+    leaders = [0, 1, 2, 0, 0, 1, 1, 2, 2]
+    keep = [k.numpy().tolist() for k in select_groups(scores, 4, leaders=leaders)]
+    # pair sums: group 0 -> 1.0 / 3, group 1 -> 1.9 / 3, group 2 -> 0.9 / 3: the best pair is 1, then 0
+    assert keep == [[False, True, False], [False, False, True, True, False, False]], keep
+    keep = [k.numpy().tolist() for k in select_groups(scores, 6, leaders=leaders)]
+    assert keep == [[True, True, False], [True, True, True, True, False, False]], keep
+    infos = [TensorInfo("c", (3, 3, 1, 3), (-1,), "conv", "Conv2D"),
+             TensorInfo("d", (3, 3, 3, 2), (-2, -1), "dw", "DepthwiseConv2D", reads="conv"),
+             TensorInfo("f", (6, 4), (-1,), "fc", "Dense")]
+    group = GroupL0(3)
+    group.build(infos, lambda name, shape, dtype, init: tf.Variable(tf.zeros(shape, dtype)))
+    assert group.leaders.tolist() == [0, 1, 2, 0, 0, 1, 1, 2, 2, 9, 10, 11, 12]
+    rng = np.random.default_rng(0)
+    values = [tf.constant(rng.normal(size=t.shape), tf.float32) for t in infos]
+    out = group.finalize(values, lambda var, value: var.assign(value))
+    conv = np.any(out[0].numpy() != 0, axis=(0, 1, 2))
+    dw = np.any(out[1].numpy() != 0, axis=(0, 1)).reshape(-1)
+    np.testing.assert_array_equal(np.repeat(conv, 2), dw)

@@ -380,9 +380,9 @@ def test_structured_ap_fine_tunes_exactly_the_channels_chosen_first(digits):
     kept = _nonzero_groups([w for w, _ in after], [a for _, a in after])
     assert [list(k) for k in kept] == [list(k) for k in chosen]
     prunable = sum(int(k.sum()) for k in kept[:-1])  # the classifier (last) is kept whole, not counted
-    # At most 40: a conv1 channel and the depthwise channel reading it go together (ATMCTrainer's
-    # ChannelSilencer), and the one-shot choice does not know the tie, so it may keep fewer.
-    assert 0 < prunable <= 40 and kept[-1].all()
+    # A conv1 channel and the depthwise channel reading it are one group of cost 2 (TensorInfo.reads),
+    # so the greedy prefix of the 40-group budget may stop one short.
+    assert 39 <= prunable <= 40 and kept[-1].all()
     np.testing.assert_array_equal(kept[0], kept[1])  # conv1 channel i kept iff dwconv2 channel i is
     small, cut = shrink_model(strip_model(net))
     assert cut["params_after"] < cut["params_before"]
