@@ -71,10 +71,10 @@ def test_quick_results_have_every_field(quick):
     assert res["pgd100"]["cell"] in cells and 0 <= res["pgd100"]["robust_acc"] <= 1
     assert res["resnet50_cost"]["skipped"]
     assert res["tuning"]["da_lr"]["chosen"] and set(res["tuning"]["lr"]) == {"ap", "atmc"}
-    # device bytes: LiteRT = the raw .tflite; TFLM = the batch-1 model, its sparse kernels LUT-compressed
+    # device bytes: LiteRT = the raw .tflite; TFLM = the batch-1 model, its sparse kernels LUT- or PRUNE-compressed
     assert a8["l0_scoring"] == "magnitude"
     assert a8["tflm_bytes"] < a8["tflm_b1_bytes"], a8
-    assert any(t["encoding"] == "lut_per_channel" for t in a8["tflm_encoding"]), a8["tflm_encoding"]
+    assert any(t["encoding"] in ("lut_per_channel", "prune") for t in a8["tflm_encoding"]), a8["tflm_encoding"]
     assert da["tflm_bytes"] <= da["tflm_b1_bytes"]
     assert t["tflm_bytes"] > 0 and "TFMOT" in t["tflm_source"]
     for c in cells.values():
