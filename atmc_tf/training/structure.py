@@ -38,13 +38,19 @@ _PASS_THROUGH = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layer
                  keras.layers.ZeroPadding2D, keras.layers.Cropping2D, keras.layers.Flatten, keras.layers.Identity)
 
 
-def _consumers(model):
-    """{compressible layer name: [compressible layers reading its output channels in place]}."""
-    graph, _, _ = inbound_graph(model)
+def _children(graph):
+    """{layer name: [names of the layers reading its output]} from inbound_graph's parents map."""
     children = {}
     for name, parents in graph.items():
         for p in parents:
             children.setdefault(p, []).append(name)
+    return children
+
+
+def _consumers(model):
+    """{compressible layer name: [compressible layers reading its output channels in place]}."""
+    graph, _, _ = inbound_graph(model)
+    children = _children(graph)
     layers = {l.name: l for l in model.layers}
     out = {}
     for name, layer in layers.items():
@@ -161,15 +167,11 @@ class ChannelSilencer:
 
     def __init__(self, net, layer_names):
         from atmc_tf.layers import atmc_wrappers
-        from atmc_tf.training.diagnostics import inbound_graph
         names = set(layer_names)
         wrappers = atmc_wrappers(net)
         by_name = {w.name: w for w in wrappers}
         graph, _, outputs = inbound_graph(net)
-        children = {}
-        for name, parents in graph.items():
-            for p in parents:
-                children.setdefault(p, []).append(name)
+        children = _children(graph)
         layers = {l.name: l for l in net.layers}
         self._wrappers = by_name
         # [(wrapper, own, source wrapper name or None, [companion variables], exclusive reader or None)]
