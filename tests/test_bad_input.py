@@ -325,6 +325,7 @@ RESUME_CASES = {
 }
 
 
+@pytest.mark.slow  # needs the tiny run (about 45 s): run once by pytest, not again by Bazel
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_corrupt_workdir_file_on_resume(tiny_run, tmp_path, case):
     src, args = tiny_run
@@ -335,6 +336,7 @@ def test_corrupt_workdir_file_on_resume(tiny_run, tmp_path, case):
     refused(args, wd, mentions)
 
 
+@pytest.mark.slow  # needs the tiny run (about 45 s): run once by pytest, not again by Bazel
 def test_resume_with_another_model_file(tiny_run, models, tmp_path):
     """The workdir records the model file's hash: another model (same flags otherwise) is refused."""
     src, args = tiny_run
@@ -427,6 +429,7 @@ def test_bad_data_set(used_workdir, tmp_path, case):
 
 # --- 5. pipelines.check_tflite on a .tflite that does not parse or fit ------------------------------
 
+@pytest.mark.slow  # needs the tiny run (about 45 s): run once by pytest, not again by Bazel
 def test_check_tflite_on_the_exported_model(tiny_run, tmp_path):
     wd, _ = tiny_run
     out = tmp_path / "check.json"
@@ -457,6 +460,7 @@ TFLITE_CASES = {  # name: (write the file or None, extra flags, what the line na
 }
 
 
+@pytest.mark.slow  # needs the tiny run (about 45 s): run once by pytest, not again by Bazel
 @pytest.mark.parametrize("case", list(TFLITE_CASES))
 def test_bad_tflite(tiny_run, tmp_path, case):
     wd, _ = tiny_run
