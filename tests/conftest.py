@@ -122,3 +122,18 @@ def trained_digits_mlp(digits, epochs=15, seed=0):
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x_tr, y_tr, epochs=epochs, batch_size=64, verbose=0)
     return model
+
+
+class Interrupt(Exception):
+    """What a kill does to fit(): it stops at the start of an epoch (tests/test_checkpoint.py, test_geco.py)."""
+
+
+def interrupt_at(epoch):
+    """A Keras callback raising Interrupt when epoch `epoch` begins."""
+    import keras
+
+    class InterruptAt(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            if e == epoch:
+                raise Interrupt()
+    return InterruptAt()

@@ -16,21 +16,7 @@ from atmc_tf.training import ATMCTrainer, method_config
 from atmc_tf.training import checkpoint as ckpt
 from atmc_tf.training.checkpoint import CheckpointWriteError, ResumableCheckpoint
 from atmc_tf.training.data_order import resumable_batches
-from conftest import mobilenet_v2_style
-
-
-class Interrupt(Exception):
-    """What a kill does to fit(): it stops at the start of an epoch."""
-
-
-class InterruptAt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.at = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at:
-            raise Interrupt()
+from conftest import Interrupt, interrupt_at, mobilenet_v2_style
 
 
 def _trainer(seed=0):
@@ -64,7 +50,7 @@ def test_a_resumed_fit_equals_an_uninterrupted_one(tmp_path, data):
 
     first = _trainer()
     with pytest.raises(Interrupt):
-        _fit(first, data, tmp_path / "cut", epochs=3, callbacks=[InterruptAt(2)])
+        _fit(first, data, tmp_path / "cut", epochs=3, callbacks=[interrupt_at(2)])
     assert find_checkpoint(str(tmp_path / "cut"))[1]["epoch"] == 2
     # A new process: the model built again from scratch, the data order from the checkpoint's epoch.
     again = _trainer()

@@ -18,6 +18,7 @@ from atmc_tf.training import ATMCConfig, ATMCTrainer, CleanLoss, method_config
 from atmc_tf.training.checkpoint import ResumableCheckpoint
 from atmc_tf.training.data_order import resumable_batches
 from atmc_tf.training.terms import CleanTarget, TERMS
+from conftest import Interrupt, interrupt_at
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -105,20 +106,6 @@ def _resumable_trainer():
     return trainer
 
 
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.at = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at:
-            raise Interrupt()
-
-
 def _fit(trainer, data, directory, epochs, first_epoch=0, callbacks=()):
     x, y = data
     checkpoint = ResumableCheckpoint(str(directory))
@@ -139,7 +126,7 @@ def test_the_multiplier_survives_a_kill_and_resume(tmp_path, digits):
     done = _fit(whole, data, tmp_path / "whole", epochs=3)
     cut = _resumable_trainer()
     with pytest.raises(Interrupt):
-        _fit(cut, data, tmp_path / "cut", epochs=3, callbacks=[InterruptAt(2)])
+        _fit(cut, data, tmp_path / "cut", epochs=3, callbacks=[interrupt_at(2)])
     again = _resumable_trainer()  # a new process: built from scratch, lambda at its initial value
     assert _state(again) == (pytest.approx(math.log(0.5)), 0.0, 0)
     resumed = _fit(again, data, tmp_path / "cut", epochs=3, first_epoch=2)

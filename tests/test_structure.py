@@ -53,11 +53,8 @@ def _plain_chain(seed=0):
     return keras.Model(i, keras.layers.Dense(4, name="logits")(h))
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.data())
-def test_the_costs_of_the_kept_channels_bound_what_the_cut_model_keeps(data):
-    model = _plain_chain()
-    costs, constant = channel_costs(model, ["logits"])
+def _zero_random_channels(model, costs, constant, data):
+    """Zero a drawn nonempty-kept subset of c1, c2 and d1's channels; returns what the kept ones cost."""
     paid = constant
     for name in ("c1", "c2", "d1"):
         layer = model.get_layer(name)
@@ -68,6 +65,15 @@ def test_the_costs_of_the_kept_channels_bound_what_the_cut_model_keeps(data):
         bias[~np.array(kept)] = 0
         layer.set_weights([kernel, bias])
         paid += costs[name] * sum(kept)
+    return paid
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_the_costs_of_the_kept_channels_bound_what_the_cut_model_keeps(data):
+    model = _plain_chain()
+    costs, constant = channel_costs(model, ["logits"])
+    paid = _zero_random_channels(model, costs, constant, data)
     small, _ = shrink_model(model)
     kept_weights = sum(int(np.prod(l.kernel.shape)) for l in small.layers if hasattr(l, "kernel"))
     assert kept_weights <= paid + 1e-6, (kept_weights, paid)
@@ -78,16 +84,7 @@ def test_the_costs_of_the_kept_channels_bound_what_the_cut_model_keeps(data):
 def test_the_mac_costs_of_the_kept_channels_bound_the_cut_models_macs(data):
     model = _plain_chain()
     costs, constant = channel_costs(model, ["logits"], unit="macs")
-    paid = constant
-    for name in ("c1", "c2", "d1"):
-        layer = model.get_layer(name)
-        n = _channels(layer)
-        kept = data.draw(st.lists(st.booleans(), min_size=n, max_size=n).filter(any), label=name)
-        kernel, bias = (np.array(w) for w in layer.get_weights())
-        kernel[..., ~np.array(kept)] = 0
-        bias[~np.array(kept)] = 0
-        layer.set_weights([kernel, bias])
-        paid += costs[name] * sum(kept)
+    paid = _zero_random_channels(model, costs, constant, data)
     small, report = shrink_model(model)
     assert report["macs_after"] == count_macs(small) <= paid + 1e-6, (count_macs(small), paid)
 
