@@ -33,6 +33,7 @@ from absl import app, logging
 from atmc_tf.choices import nonzero_levels
 from pipelines import flags_def, signals
 from pipelines.provenance import package_versions
+from pipelines.phone import phone_model
 from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, config_diff, fail
 
 
@@ -142,10 +143,11 @@ def run(cfg, data=None):
         "ops": lite.op_names(),
         "attack_note": "robust_acc_transfer: PGD crafted on the Keras float model, run on the int8 model",
     }
-    # Phones store fewer bytes where kernels sit on a uniform <= 4-bit lattice: LiteRT runs packed INT4
-    # kernels (no DECODE there). Shipped as the phone file only if it runs and keeps the int8 model's
-    # clean accuracy within 1 point on the test split.
-    phone_tfl, phone["int4"] = packed_phone_model(tfl, ev.tflite_clean_acc, data, files)
+    # Phones store fewer bytes where kernels sit on a uniform <= 4-bit lattice (LiteRT runs packed INT4
+    # kernels; it has no DECODE) or are sparse (TFLite's sparse tensors). The smallest such file ships if it
+    # runs and keeps the int8 model's answers (clean accuracy within 1 point, top-1 agreement >= 98%).
+    phone_tfl, choice = phone_model(deployed, rep_x, tfl, ev.tflite_clean_acc, data, files, cfg.verbose)
+    phone.update(choice)
     timings["phone_check"] = time.time() - t
     t = time.time()
     robust = stages.robustness(cfg, final, lite, data)
@@ -236,34 +238,6 @@ def clean_target_report(target, final_val, results):
                   "constraint": r["history"]["geco_constraint"]}
                  for r in results if "geco_lambda" in (r.get("history") or {})]
     return {**target, "final_val": final_val, "met": final_val <= target["kappa"], "stages": per_stage}
-
-
-def packed_phone_model(tfl, int8_clean_acc, data, files, tolerance=0.01):
-    """(the phone's file, summary): the int8 model with its uniform-lattice kernels packed as INT4
-    (atmc_tf.export.pack_int4_kernels) when any is, LiteRT runs it, and its clean accuracy is within
-    `tolerance` of the int8 model's; else the int8 model itself (the summary says why)."""
-    import numpy as np
-
-    from atmc_tf.export import LiteRTModel, atomic, pack_int4_kernels
-    packed, plan = pack_int4_kernels(tfl)
-    kernels = [k["name"] for k in plan["kernels"] if k["packed"]]
-    out = {"packed_kernels": kernels, "bytes": len(packed), "int8_bytes": len(tfl), "used": False}
-    if not kernels or len(packed) >= len(tfl):
-        out["reason"] = "no FULLY_CONNECTED / CONV_2D kernel sits on a uniform <= 4-bit lattice"
-        return tfl, out
-    try:
-        acc = float(np.mean(LiteRTModel(packed).predict(data.x_test).argmax(-1) == data.y_test))
-    except Exception as err:  # noqa: BLE001 -- a runtime refusal is reported, the int8 file ships
-        out["reason"] = f"LiteRT cannot run it: {' '.join(str(err).split())[:300]}"
-        return tfl, out
-    out.update(clean_acc=acc, int8_clean_acc=int8_clean_acc)
-    if abs(acc - int8_clean_acc) > tolerance:
-        out["reason"] = f"clean accuracy {acc:.4f} is more than {tolerance:.2f} from the int8 model's"
-        return tfl, out
-    files["tflite_phone"] = files["tflite"].replace("model_int8.tflite", "model_int4.tflite")
-    atomic.write_bytes_atomic(files["tflite_phone"], packed)
-    out["used"] = True
-    return packed, out
 
 
 # Flags that change only what is evaluated or printed, not what is trained or exported.

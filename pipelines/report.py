@@ -122,7 +122,7 @@ def markdown(r):
         "",
         f"Nonzeros {sz['nnz']} of {sz['dense_bits'] // 32} weights.",
         "",
-        *_size_table(sz, r.get("device_bytes"), (r.get("phone") or {}).get("int4")),
+        *_size_table(sz, r.get("device_bytes"), r.get("phone")),
         *_structure_lines(r.get("structure")),
         *_clean_target_lines(r.get("clean_target")),
         "## Microcontroller (TFLite Micro)",
@@ -144,14 +144,26 @@ def markdown(r):
     return "\n".join(lines)
 
 
-def _size_table(sz, dev, int4=None):
+def _phone_file(phone):
+    """Which file the phone stores, in words (a report from before the sparse file has only "int4")."""
+    phone = phone or {}
+    kind = phone.get("file") or ("int4" if (phone.get("int4") or {}).get("used") else "int8")
+    if kind == "int4":
+        return "model_int4.tflite: packed INT4 kernels"
+    if kind == "sparse":
+        expanded = (phone.get("sparse") or {}).get("densified_bytes") or 0
+        return ("model_sparse.tflite: sparse kernels (TFLite sparse tensors"
+                + (f"; DENSIFY expands {expanded:,} bytes of them in RAM at load)" if expanded else ")"))
+    return "model_int8.tflite as stored"
+
+
+def _size_table(sz, dev, phone=None):
     """The paper's accounting, the index overhead, and what each device really stores (flash)."""
     dense_bytes = sz["dense_bits"] / 8
     rows = [("paper-style (nonzeros x b bits + codebooks; the paper's ratio)", sz["paper_bits"] / 8),
             ("paper-style + index overhead + per-channel scales", sz["honest_bits"] / 8)]
     if dev:
-        phone_file = ("model_int4.tflite: packed INT4 kernels" if (int4 or {}).get("used")
-                      else "model_int8.tflite as stored")
+        phone_file = _phone_file(phone)
         rows += [(f"**phone flash** (LiteRT: {phone_file})", dev["litert"]),
                  ("**microcontroller flash** (TFLite Micro: model_int8_micro.tflite, LUT / PRUNE-compressed kernels)",
                   dev["tflm"]),

@@ -131,7 +131,12 @@ def test_end_to_end_tiny_run(tiny_run):
     assert report["summary"]["keras_robust_worst"] == k["worst_case"]
     assert "## Robustness at eps" in (wd / "report.md").read_text()
     dev = report["device_bytes"]  # what each device stores, first-class beside paper-style bits and gzip
-    assert dev["litert"] == (wd / "export" / "model_int8.tflite").stat().st_size
+    # the phone stores the smallest file LiteRT runs with the int8 model's answers (int8, INT4-packed, sparse)
+    kind = phone["file"]
+    assert dev["litert"] == (wd / "export" / f"model_{kind}.tflite").stat().st_size
+    ok = [phone[k]["bytes"] for k in ("int4", "sparse") if phone[k]["ok"]]
+    assert dev["litert"] == min(ok, default=phone["int4"]["int8_bytes"])
+    assert all(phone[k]["used"] == (k == kind) for k in ("int4", "sparse"))
     assert dev["tflm"] == mcu["flash_bytes"] < dev["tflm_uncompressed"] == mcu["uncompressed_bytes"]
     assert dev["gzip"] < dev["litert"]
     md = (wd / "report.md").read_text()
@@ -454,7 +459,7 @@ def test_check_tflite_attacks_the_file_itself(tiny_run, tmp_path):
 def test_robust_distillation_run(tmp_path):
     """--distill=ard: every adversarial compression stage learns from the DA model (the teacher);
     the run finishes, records the objective and logs the distillation loss. The same run quantizes on
-    the uniform 4-bit lattice, so the phone's file stores its kernels as packed INT4."""
+    the uniform 4-bit lattice, so the phone's file stores its kernels as packed INT4 (or sparse, if smaller)."""
     wd = tmp_path / "distill"
     r = run_pipeline("--limit_train=200", "--limit_test=200", "--quant_scheme=uniform_int8", "--da_epochs=1", "--al0_epochs=1", "--atmc32_epochs=1",
                      "--atmcb_epochs=1", "--pgd_steps=1", "--eval_pgd_steps=1", "--micro_samples=2", "--size_ratio=0.1",
@@ -466,12 +471,16 @@ def test_robust_distillation_run(tmp_path):
     for stage in report["stage_results"][1:]:
         assert "distill_kl" in stage["history"] and "adv_acc" in stage["history"], stage["stage"]
     assert "distill_kl" not in report["stage_results"][0]["history"]  # the teacher itself trains as before
-    int4 = report["phone"]["int4"]
-    assert int4["used"] and int4["packed_kernels"], int4
-    assert abs(int4["clean_acc"] - report["phone"]["clean_acc"]) <= 0.01
-    phone_file = wd / "export" / "model_int4.tflite"
+    phone = report["phone"]
+    int4 = phone["int4"]
+    assert int4["ok"] and int4["packed_kernels"], int4
+    assert abs(int4["clean_acc"] - phone["clean_acc"]) <= 0.01
+    kind = phone["file"]  # the smaller of the INT4-packed and the sparse file (both run on LiteRT)
+    assert kind in ("int4", "sparse") and phone[kind]["used"]
+    assert phone[kind]["bytes"] == min(phone[k]["bytes"] for k in ("int4", "sparse") if phone[k]["ok"])
+    phone_file = wd / "export" / f"model_{kind}.tflite"
     assert report["device_bytes"]["litert"] == phone_file.stat().st_size < int4["int8_bytes"]
-    assert "model_int4.tflite: packed INT4 kernels" in (wd / "report.md").read_text()
+    assert f"model_{kind}.tflite: " in (wd / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@
   TFLM's outputs stay bit-identical.
 - `litert_packed`: the int8 .tflite for LiteRT (phones) with uniform low-bit FULLY_CONNECTED /
   CONV_2D kernels stored as packed int4 (docs/device_bytes_litert.md).
+- `litert_sparse`: the int8 .tflite for LiteRT with sparse kernels in TFLite's sparse tensor
+  format (the converter's EXPERIMENTAL_SPARSITY; DENSIFY where an op has no sparse kernel).
 - `evaluate`: the .tflite against its Keras model on the same adversarial
   images (accuracy, top-1 agreement).
 - `blackbox`: the Square Attack, a score-based black-box attack that only queries logits (an
@@ -28,6 +30,7 @@ from atmc_tf.export.atomic import atomic_path, write_bytes_atomic, write_json_at
 from atmc_tf.export.blackbox import square_attack
 from atmc_tf.export.evaluate import DeploymentEval, evaluate_deployment
 from atmc_tf.export.litert_packed import pack_int4_kernels, to_litert_packed
+from atmc_tf.export.litert_sparse import sparse_summary, sparse_tensors, to_litert_sparse
 from atmc_tf.export.micro import MicroCheck, check_micro
 from atmc_tf.export.micro_compress import (
     CompressedMicroCheck,

@@ -57,13 +57,15 @@ def _enum_names(enum_name):
 
 # --- conversion -----------------------------------------------------------------------
 
-def to_int8_tflite(model, representative_x, batch_size=None, max_samples=MAX_REPRESENTATIVE_SAMPLES):
+def to_int8_tflite(model, representative_x, batch_size=None, max_samples=MAX_REPRESENTATIVE_SAMPLES, sparsity=False):
     """Full-integer int8 .tflite bytes: int8 input and output, TFLITE_BUILTINS_INT8 ops only.
 
     representative_x: float samples, shape (n,) + the model's input shape; at
     most `max_samples` evenly spaced ones calibrate the activation ranges.
     batch_size=None keeps a dynamic batch; an integer fixes it (1 for
     microcontrollers: no SHAPE/PACK ops, static tensor sizes).
+    sparsity=True also lets the converter store sparse constant kernels in TFLite's sparse format
+    (Optimize.EXPERIMENTAL_SPARSITY; LiteRT only: see litert_sparse).
     A model with ATMC wrappers is exported through strip_model, which refuses one whose
     constraints were never enforced (UnconstrainedModelError).
     """
@@ -95,7 +97,8 @@ def to_int8_tflite(model, representative_x, batch_size=None, max_samples=MAX_REP
     spec = tf.TensorSpec((batch_size,) + input_shape, tf.as_dtype(model.inputs[0].dtype))
     with tempfile.TemporaryDirectory() as saved_model_dir:
         model.export(saved_model_dir, format="tf_saved_model", verbose=False, input_signature=[spec])
-        converter = set_full_int8(tf.lite.TFLiteConverter.from_saved_model(saved_model_dir), representative_dataset)
+        converter = set_full_int8(tf.lite.TFLiteConverter.from_saved_model(saved_model_dir), representative_dataset,
+                                  sparsity=sparsity)
         # The converter reads the SavedModel lazily, so convert inside the `with`.
         return converter.convert()
 
@@ -106,11 +109,11 @@ def calibration_samples(x, max_samples):
     return x[np.unique(np.linspace(0, len(x) - 1, num=min(len(x), max_samples)).round().astype(int))]
 
 
-def set_full_int8(converter, representative_dataset):
+def set_full_int8(converter, representative_dataset, sparsity=False):
     """Configure a TFLiteConverter for full-integer int8: int8 builtins only, int8 input and
-    output, per-channel kernel scales; returns it."""
+    output, per-channel kernel scales (sparsity=True: sparse kernels stored sparse); returns it."""
     import tensorflow as tf
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.optimizations = [tf.lite.Optimize.DEFAULT] + ([tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparsity else [])
     converter.representative_dataset = representative_dataset
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
