@@ -405,22 +405,26 @@ def _device_lines(results):
     shown = [(k, cells[k]) for k in keys if cells.get(k, {}).get("status") == "done"]
     if not shown:
         return ["NOT RUN YET.", ""]
-    L = ["What the device stores. LiteRT (phones) runs the raw int8 .tflite: LiteRT bytes = the `.tflite "
-         "bytes` column (TFLite stores every kernel dense in int8). A TFLite Micro device stores the batch-1 int8 "
+    L = ["What the device stores. The int8 .tflite stores every kernel dense (int8 bytes = the `.tflite bytes` "
+         "column). A phone (LiteRT) stores the smallest of that file, its INT4-packed form (uniform <= 4-bit "
+         "kernels) and its sparse form (TFLite sparse tensors, `atmc_tf.export.to_litert_sparse`) that LiteRT runs "
+         "with its default delegate and that keeps the int8 file's answers on the test split (`pipelines/phone.py`, "
+         "as the pipeline ships it): phone bytes, with the file in brackets. A TFLite Micro device stores the batch-1 int8 "
          "model (`to_int8_tflite(batch_size=1)`) with each few-valued kernel as per-channel look-up-table indices "
          "(`atmc_tf.export.compress_for_micro`, decoded by TFLM's DECODE op; a kernel stays dense int8 where that "
          "saves nothing): TFLM bytes = that file's size, the flash it costs. Its TFLM outputs are not re-checked "
          "here (the pipeline checks them bit-identical to the uncompressed model's). TFMOT's row compresses its "
          "own .tflite (tf_keras converter, dynamic batch), not a batch-1 re-export.", "",
-         "| cell | robust % (.tflite) | LiteRT bytes | TFLM batch-1, uncompressed | TFLM bytes (LUT) | TFLM / LiteRT "
-         "| kernels (encoding, index bits) |", "|---|---|---|---|---|---|---|"]
+         "| cell | robust % (.tflite) | int8 .tflite bytes | phone bytes (file) | TFLM batch-1, uncompressed "
+         "| TFLM bytes (LUT) | TFLM / int8 .tflite | kernels (encoding, index bits) |", "|---|---|---|---|---|---|---|---|"]
     old = 0
     for k, c in shown:
         tb = c.get("tflm_bytes")
-        old += tb is None
+        old += tb is None or (c.get("phone_bytes") is None and c["method"] != "tfmot")
         frac = "-" if tb is None else f"{tb / c['tflite_bytes']:.3f}"
-        L.append(f"| {k} | {_pct(c['tflite_robust_acc'])} | {c['tflite_bytes']:,} | {_bytes(c.get('tflm_b1_bytes'))} "
-                 f"| {_bytes(tb)} | {frac} | {_encodings(c)} |")
+        phone = "n/a" if c.get("phone_bytes") is None else f"{c['phone_bytes']:,} ({c.get('phone_file')})"
+        L.append(f"| {k} | {_pct(c['tflite_robust_acc'])} | {c['tflite_bytes']:,} | {phone} "
+                 f"| {_bytes(c.get('tflm_b1_bytes'))} | {_bytes(tb)} | {frac} | {_encodings(c)} |")
     if old:
         L += ["", f"n/a: {old} cell(s) finished before device bytes were measured; "
               "`python -m benchmarks.benchmark --remeasure_device_bytes` (same flags as the run) fills them in from "

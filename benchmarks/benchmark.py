@@ -301,6 +301,7 @@ def evaluate(cfg, plain, data, rep_x, out_dir):
     codes = kernel_codes_match(plain, tfl)
     seconds = time.time() - t  # the evaluation's own time, as before the device bytes were measured
     return {**R.accuracy_fields(ev), **device_bytes(plain, rep_x, out_dir, cfg.verbose),
+            **phone_fields(plain, rep_x, tfl, ev.tflite_clean_acc, data, out_dir, cfg.verbose),
             "top1_agreement": ev.top1_agreement,
             "top1_agreement_adv": ev.top1_agreement_adv, "kernel_code_mismatches": int(codes["mismatches"]),
             "tflite_bytes": len(tfl), "tflite_gzip_bytes": gzip_size(tfl), "tflite_file": tfl_file,
@@ -340,6 +341,38 @@ def device_bytes(plain, rep_x, out_dir, verbose=0):
     except Exception as err:  # noqa: BLE001
         logging.exception("device bytes of %s failed", out_dir)
         return {"tflm_error": f"{type(err).__name__}: {err}"}
+
+
+def _read_or_export(file, plain, rep_x, verbose=0):
+    """The bytes of a cell's int8 .tflite, re-exported from its Keras model when the file is gone."""
+    from atmc_tf.export import to_int8_tflite
+    from pipelines import console
+    if file and os.path.exists(file):
+        with open(file, "rb") as f:
+            return f.read()
+    with console.quiet_native(verbose):
+        return to_int8_tflite(plain, rep_x)
+
+
+def phone_fields(plain, rep_x, tfl, int8_clean_acc, data, out_dir, verbose=0):
+    """What a phone stores for a cell, as the pipeline chooses it (pipelines.phone.phone_model): the smallest
+    of the int8 .tflite, its INT4-packed and its sparse form that LiteRT runs with the int8 model's answers on
+    the test split; the chosen file is kept in out_dir. A failure is recorded (phone_error), never fatal."""
+    from pipelines import console
+    from pipelines.phone import phone_model
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        files = {"tflite": os.path.join(out_dir, "model_int8.tflite")}
+        with console.quiet_native(verbose):
+            chosen, out = phone_model(plain, rep_x, tfl, int8_clean_acc, data, files, verbose)
+        return {"phone_bytes": len(chosen), "phone_file": out["file"],
+                "phone_int4_bytes": out["int4"]["bytes"], "phone_int4_reason": out["int4"].get("reason"),
+                "phone_sparse_bytes": out["sparse"]["bytes"], "phone_sparse_reason": out["sparse"].get("reason"),
+                "phone_sparse_agreement": out["sparse"].get("top1_agreement"),
+                "phone_densified_bytes": out["sparse"]["densified_bytes"]}
+    except Exception as err:  # noqa: BLE001
+        logging.exception("phone bytes of %s failed", out_dir)
+        return {"phone_error": f"{type(err).__name__}: {err}"}
 
 
 def _last(history, key):
@@ -608,7 +641,10 @@ class Benchmark:
 
         from atmc_tf.layers import strip_model
         for key, c in list(self.res["cells"].items()):
-            if c.get("status") != "done" or c.get("tflm_bytes") is not None or (c.get("tflm_error") and not retry):
+            need_tflm = c.get("tflm_bytes") is None and (retry or not c.get("tflm_error"))
+            need_phone = (c["method"] != "tfmot" and c.get("phone_bytes") is None
+                          and (retry or not c.get("phone_error")))
+            if c.get("status") != "done" or not (need_tflm or need_phone):
                 continue
             out_dir = os.path.join(self.root, "cells", key)
             if c["method"] == "tfmot":
@@ -618,10 +654,16 @@ class Benchmark:
                 continue
             else:
                 plain = strip_model(keras.models.load_model(c["model_file"]))
-                fields = device_bytes(plain, self.rep_x, out_dir, self.cfg.verbose)
-            c = {k: v for k, v in c.items() if k != "tflm_error"} | fields | {"device_bytes_remeasured": _now()}
+                fields = device_bytes(plain, self.rep_x, out_dir, self.cfg.verbose) if need_tflm else {}
+                if need_phone:  # the cell's own int8 file when it is still there, else a fresh export
+                    tfl = _read_or_export(c.get("tflite_file"), plain, self.rep_x, self.cfg.verbose)
+                    fields |= phone_fields(plain, self.rep_x, tfl, c["tflite_clean_acc"], self.data, out_dir,
+                                           self.cfg.verbose)
+            c = ({k: v for k, v in c.items() if k not in ("tflm_error", "phone_error")} | fields
+                 | {"device_bytes_remeasured": _now()})
             self.res.set(key, c, cell=True)
-            logging.info("cell %s: TFLM %s B (batch-1 %s B)", key, c.get("tflm_bytes"), c.get("tflm_b1_bytes"))
+            logging.info("cell %s: TFLM %s B (batch-1 %s B), phone %s B (%s)", key, c.get("tflm_bytes"),
+                         c.get("tflm_b1_bytes"), c.get("phone_bytes"), c.get("phone_file"))
             gc.collect()
 
     def remeasure(self):

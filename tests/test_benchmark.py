@@ -79,6 +79,11 @@ def test_quick_results_have_every_field(quick):
     assert t["tflm_bytes"] > 0 and "TFMOT" in t["tflm_source"]
     for c in cells.values():
         assert os.path.getsize(c["tflm_file"]) == c["tflm_bytes"]
+    # phone bytes: the pipeline's choice (pipelines/phone.py) among the int8, INT4-packed and sparse files
+    for c in (da, a8, ap):
+        assert c["phone_file"] in ("int8", "int4", "sparse") and c["phone_bytes"] <= c["tflite_bytes"], c
+        assert (c["phone_file"] == "int8") == (c["phone_bytes"] == c["tflite_bytes"])
+    assert "phone_bytes" not in t  # TFMOT's cell: its own tf_keras file, not re-chosen
 
 
 @pytest.mark.slow
@@ -127,7 +132,7 @@ def test_remeasure_device_bytes_fills_cells_recorded_without_them(quick, tmp_pat
     wd, _, res, _ = quick
     old = json.loads(json.dumps(res))
     for c in old["cells"].values():
-        for f in R.DEVICE_FIELDS + ("tflm_file", "tflm_source", "tflm_compressed_tensors"):
+        for f in R.DEVICE_FIELDS + ("tflm_file", "tflm_source", "tflm_compressed_tensors", "phone_bytes"):
             c.pop(f, None)
     (tmp_path / "wd").mkdir()
     (tmp_path / "wd" / "results.json").write_text(json.dumps(old))
@@ -142,6 +147,7 @@ def test_remeasure_device_bytes_fills_cells_recorded_without_them(quick, tmp_pat
         assert after["cells"][key]["tflm_bytes"] == c["tflm_bytes"], key
         assert after["cells"][key]["tflm_b1_bytes"] == c["tflm_b1_bytes"], key
         assert after["cells"][key]["device_bytes_remeasured"]
+        assert after["cells"][key].get("phone_bytes") == c.get("phone_bytes"), key
     assert f"TFLM {res['cells']['atmc8@0.01']['tflm_bytes']} B" in r.stdout
 
 
@@ -442,15 +448,17 @@ def test_device_bytes_column_and_section():
     res = _results(ratios=(0.01,), methods=("da", "ap", "atmc2"), **{
         "da": _device(_table_cell("da", None, 0.7), 1_275_224, 1_275_224),
         "ap@0.01": _table_cell("ap", 0.01, 0.5),  # recorded before device bytes existed
-        "atmc2@0.01": _device(_table_cell("atmc2", 0.01, 0.6), 301_000, 1_275_224)})
+        "atmc2@0.01": {**_device(_table_cell("atmc2", 0.01, 0.6), 301_000, 1_275_224), "phone_bytes": 95_000,
+                       "phone_file": "sparse"}})
     md = R.markdown(res)
     head, rule = R.TABLE_HEAD.split("\n")
     assert "| TFLM bytes |" in head and rule.count("|---") == head.count(" | ") + 1
     assert "| 1276112 | 1000 | 301,000 | 10 s | 0.01 |" in md  # the ATMC-2 row: raw, gzip, TFLM
     assert "| 1276112 | 1000 | n/a | 10 s | 0.01 |" in md  # AP: an old cell
     dev = md.split("## Device bytes")[1].split("\n## ")[0]
-    assert "| atmc2@0.01 | 60.0 | 1,276,112 | 1,275,224 | 301,000 | 0.236 | conv lut 3b, fc dense |" in dev
-    assert "| ap@0.01 | 50.0 | 1,276,112 | n/a | n/a | - | n/a |" in dev
+    assert ("| atmc2@0.01 | 60.0 | 1,276,112 | 95,000 (sparse) | 1,275,224 | 301,000 | 0.236 | conv lut 3b, fc dense |"
+            in dev)
+    assert "| ap@0.01 | 50.0 | 1,276,112 | n/a | n/a | n/a | - | n/a |" in dev
     assert "--remeasure_device_bytes" in dev
 
 
