@@ -15,6 +15,8 @@ QUANT_SCHEMES = ("codebook_int8", "codebook", "uniform_int8")  # atmc_tf.constra
 FACTORIZATIONS = ("none", "abc", "lowrank")  # atmc_tf.layers.ATMCWrapper
 CLEAN_TARGET_FORMS = ("error", "xent")  # atmc_tf.training.terms.CleanTarget (ATMCConfig.clean_target_form)
 DISTILL_MODES = ("ard", "rslad")  # atmc_tf.training.terms.RobustDistillation (ATMCConfig.distill: "off" or one)
+# atmc_tf.training.terms.ClassBalancedAdversarialLoss (ATMCConfig.class_feedback: "off" or one)
+CLASS_FEEDBACK_MODES = ("reweight", "resample")
 
 
 def nonzero_levels(bits, zero_in_levels=True):

@@ -9,17 +9,31 @@ import numpy as np
 import tensorflow as tf
 
 
-def correct_under_attack(model_fn, x, y, config, batch_size=256):
-    """Per example, does model_fn still predict y on config's adversarial example (bool array)."""
+def correct_under_attack(model_fn, x, y, config, batch_size=256, seed=None):
+    """Per example, does model_fn still predict y on config's adversarial example (bool array).
+    seed: an int makes the attack's random starts a function of it and the batch alone (stateless:
+    every worker of a distributed run, and a resumed run, draws the same); None: TF's global RNG."""
     y = np.asarray(y).reshape(-1)
 
     @tf.function(reduce_retracing=True)
-    def correct(xb, yb):
-        pred = tf.argmax(model_fn(config.attack(model_fn, xb, yb)), axis=-1, output_type=tf.int32)
+    def correct(xb, yb, batch_seed):
+        x_adv = config.attack(model_fn, xb, yb) if seed is None else config.attack(model_fn, xb, yb, seed=batch_seed)
+        pred = tf.argmax(model_fn(x_adv), axis=-1, output_type=tf.int32)
         return tf.equal(pred, tf.cast(yb, tf.int32))
 
-    return np.concatenate([correct(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size])).numpy()
+    return np.concatenate([correct(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]),
+                                   tf.constant([0 if seed is None else int(seed), i], tf.int64)).numpy()
                            for i in range(0, len(y), batch_size)] or [np.zeros(0, bool)])
+
+
+def per_class_accuracy(correct, y, num_classes):
+    """Per class c, the share of examples of label c with correct True (NaN for a class with none)."""
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    correct = np.asarray(correct, bool).reshape(-1)
+    count = np.bincount(y, minlength=num_classes)[:num_classes]
+    hits = np.bincount(y, weights=correct.astype(np.float64), minlength=num_classes)[:num_classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, hits / np.maximum(count, 1), np.nan)
 
 
 @dataclasses.dataclass(frozen=True)

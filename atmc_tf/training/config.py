@@ -7,7 +7,7 @@ one directly for anything the record does not spell.
 import dataclasses
 
 from atmc_tf.attacks import PGDConfig, attack_from_dict, attack_to_dict
-from atmc_tf.choices import CLEAN_TARGET_FORMS, DISTILL_MODES
+from atmc_tf.choices import CLASS_FEEDBACK_MODES, CLEAN_TARGET_FORMS, DISTILL_MODES
 from atmc_tf.constraints import FixedGroupSupport, FixedSupport, GlobalL0, GroupL0, Quantization
 
 SPARSITY_MODES = ("none", "dynamic", "fixed")
@@ -49,6 +49,13 @@ class ATMCConfig:
                    lambda * clean cross-entropy, lambda starting at clean_weight and updated after every
                    step, log lambda += geco_rate * EMA(C - kappa) (EMA decay geco_decay), clipped to
                    [geco_lambda_min, geco_lambda_max]. Needs an attack.
+    class_feedback: "off", or per-class weights fed back from per-class robust error on the validation
+                   split once per epoch (terms.ClassBalancedAdversarialLoss in place of the adversarial
+                   term; fit needs validation_data): "reweight" weights the adversarial loss per class,
+                   "resample" attacks each class's examples with a probability that follows its weight
+                   (class_feedback_share of the batch in expectation). w_c *= exp(class_feedback_rate *
+                   (err_c - mean err)), normalised to mean 1, within [1/class_feedback_bound,
+                   class_feedback_bound]. Needs the adversarial cross-entropy (an attack, distill off).
     group_support: with structure="channel", "dynamic" re-selects the channels after every step
                    (GroupL0: AL0, ATMC); "fixed" chooses them once when training starts, by the
                    same scoring and budget, and keeps them (FixedGroupSupport: structured AP).
@@ -86,6 +93,10 @@ class ATMCConfig:
     geco_decay: float = 0.9
     geco_lambda_min: float = 0.01
     geco_lambda_max: float = 100.0
+    class_feedback: str = "off"
+    class_feedback_rate: float = 2.0
+    class_feedback_bound: float = 5.0
+    class_feedback_share: float = 0.5
     method: str | None = None
 
     def __post_init__(self):
@@ -115,6 +126,14 @@ class ATMCConfig:
                                  "holds the clean term to a target while the adversarial loss is minimised")
         elif self.clean_target_form not in CLEAN_TARGET_FORMS:
             raise ValueError(f"clean_target_form must be one of {CLEAN_TARGET_FORMS}, got {self.clean_target_form!r}")
+        if self.class_feedback not in ("off",) + CLASS_FEEDBACK_MODES:
+            raise ValueError(f"class_feedback must be one of {('off',) + CLASS_FEEDBACK_MODES}, "
+                             f"got {self.class_feedback!r}")
+        from atmc_tf.training.terms.class_feedback import check_feedback  # it imports Keras
+        check_feedback(self.class_feedback_rate, self.class_feedback_bound, self.class_feedback_share)
+        if self.class_feedback != "off" and not (self.adversarial and self.distill == "off"):
+            raise ValueError(f"class_feedback={self.class_feedback!r} needs the adversarial cross-entropy term (an "
+                             "attack, adv_weight > 0, distill='off'): it balances that term over the classes")
         if self.attack is not None and self.clean_weight + self.adv_weight == 0:
             raise ValueError("clean_weight + adv_weight must be > 0")
         self.components()  # every component validates its own settings (bits, rho, ...)
@@ -129,7 +148,8 @@ class ATMCConfig:
 
     def components(self):
         """(loss terms, constraint sets) of this recipe, in the order the trainer applies them."""
-        from atmc_tf.training.terms import AdversarialLoss, CleanLoss, CleanTarget, RobustDistillation  # Keras
+        from atmc_tf.training.terms import (AdversarialLoss, ClassBalancedAdversarialLoss, CleanLoss,  # Keras
+                                            CleanTarget, RobustDistillation)
         if self.clean_target is not None:  # GECO: the clean term's weight is a multiplier holding the target
             clean = CleanTarget(self.clean_target, self.clean_target_form, self.geco_rate, self.geco_decay,
                                 lambda_init=self.clean_weight, lambda_min=self.geco_lambda_min,
@@ -141,8 +161,13 @@ class ATMCConfig:
             terms = [clean if self.clean_target is not None else CleanLoss(0.0),
                      RobustDistillation(self.attack, 1.0, "rslad", self.distill_temperature)]
         elif self.adversarial:
-            terms = [clean if self.clean_target is not None else CleanLoss(self.clean_weight),
-                     AdversarialLoss(self.attack, self.adv_weight, bn_training=self.attack_bn_training)]
+            if self.class_feedback != "off":
+                adv = ClassBalancedAdversarialLoss(self.attack, self.adv_weight, self.attack_bn_training,
+                                                   self.class_feedback, self.class_feedback_rate,
+                                                   self.class_feedback_bound, self.class_feedback_share)
+            else:
+                adv = AdversarialLoss(self.attack, self.adv_weight, bn_training=self.attack_bn_training)
+            terms = [clean if self.clean_target is not None else CleanLoss(self.clean_weight), adv]
         else:
             terms = [CleanLoss(1.0)]
         constraints = []
@@ -173,7 +198,8 @@ class ATMCConfig:
         d = dict(d)
         d.setdefault("zero_in_levels", False)  # a record from before the field: the paper's count
         # The GECO fields (clean_target, ...) default to None / their defaults: a record from before
-        # them trains with the fixed clean_weight / adv_weight mix, as it did.
+        # them trains with the fixed clean_weight / adv_weight mix, as it did; likewise the class_feedback
+        # fields ("off": the plain adversarial term).
         if d.get("attack") is not None:
             d["attack"] = attack_from_dict(d["attack"])
         return cls(**d)

@@ -1,10 +1,11 @@
 """Loss terms of the training objective (base.LossTerm); registry.py names them."""
 from atmc_tf.training.terms.adversarial import AdversarialLoss
 from atmc_tf.training.terms.base import LossTerm, StepContext
+from atmc_tf.training.terms.class_feedback import ClassBalancedAdversarialLoss
 from atmc_tf.training.terms.clean import CleanLoss
 from atmc_tf.training.terms.distill import RobustDistillation
 from atmc_tf.training.terms.geco import CleanTarget
 from atmc_tf.training.terms.registry import TERMS, term_from_config, term_to_config
 
-__all__ = ["AdversarialLoss", "CleanLoss", "CleanTarget", "LossTerm", "RobustDistillation", "StepContext", "TERMS", "term_from_config",
-           "term_to_config"]
+__all__ = ["AdversarialLoss", "ClassBalancedAdversarialLoss", "CleanLoss", "CleanTarget", "LossTerm",
+           "RobustDistillation", "StepContext", "TERMS", "term_from_config", "term_to_config"]

@@ -1,11 +1,13 @@
 """Loss terms by name. A new term: a module with a `LossTerm` subclass, one entry here."""
 from atmc_tf import components
 from atmc_tf.training.terms.adversarial import AdversarialLoss
+from atmc_tf.training.terms.class_feedback import ClassBalancedAdversarialLoss
 from atmc_tf.training.terms.clean import CleanLoss
 from atmc_tf.training.terms.distill import RobustDistillation
 from atmc_tf.training.terms.geco import CleanTarget
 
-TERMS = {cls.kind: cls for cls in (CleanLoss, AdversarialLoss, RobustDistillation, CleanTarget)}
+TERMS = {cls.kind: cls for cls in (CleanLoss, AdversarialLoss, RobustDistillation, CleanTarget,
+                                         ClassBalancedAdversarialLoss)}
 
 term_to_config = components.to_config
 
