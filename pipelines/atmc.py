@@ -224,11 +224,30 @@ def run(cfg, data=None):
         "collapse": collapse,
         "structure": structure,
         "clean_target": clean_target,
+        "class_feedback": class_feedback_report(cfg, results),
         "timings_seconds": timings,
     }
     rep.write_report(cfg.workdir, report)
     logging.info("report: %s", os.path.join(cfg.workdir, "report.md"))
     return report
+
+
+def class_feedback_report(cfg, results):
+    """--class_feedback: per stage, the class weights after every epoch (the last ones are what the next
+    epoch would have trained with) and the validation split's worst class and its robust accuracy, as
+    the feedback measured them; None with --class_feedback=off."""
+    if cfg.class_feedback == "off":
+        return None
+    stages = []
+    for r in results:
+        h = r.get("history") or {}
+        names = sorted((k for k in h if k.startswith("class_weight_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+        if names:
+            stages.append({"stage": r["stage"], "weights": [h[k] for k in names],
+                           "final_weights": [h[k][-1] for k in names],
+                           "worst_class": [int(v) for v in h["feedback_worst_class"]],
+                           "worst_robust_acc": h["feedback_worst_robust_acc"]})
+    return {"mode": cfg.class_feedback, "rate": cfg.class_feedback_rate, "stages": stages}
 
 
 def clean_target_report(target, final_val, results):

@@ -11,7 +11,7 @@ import sys
 
 from absl import flags
 
-from atmc_tf.choices import CLEAN_TARGET_FORMS, DATASETS, DISTILL_MODES, FACTORIZATIONS, MODELS, QUANT_SCHEMES, check_codebook
+from atmc_tf.choices import CLASS_FEEDBACK_MODES, CLEAN_TARGET_FORMS, DATASETS, DISTILL_MODES, FACTORIZATIONS, MODELS, QUANT_SCHEMES, check_codebook
 from pipelines import methods_table
 
 F = flags.FLAGS
@@ -73,6 +73,15 @@ flags.DEFINE_enum("clean_target_form", "error", CLEAN_TARGET_FORMS, "What --clea
                   "bound: the clean error (1 - accuracy) or the clean cross-entropy.")
 flags.DEFINE_float("geco_rate", 1.0, "Step size of the clean target's multiplier: log lambda += rate x moving "
                    "average of (clean value - target) after every step.")
+flags.DEFINE_enum("class_feedback", "off", ("off",) + CLASS_FEEDBACK_MODES, "Class-balanced adversarial "
+                  "generation in every adversarial compression stage (feedback learning, Song, Wang and Li 2019; "
+                  "FRL, Xu et al. 2021): once per epoch the per-class PGD error on the validation split sets per-class "
+                  "weights (w_c *= exp(--class_feedback_rate x (err_c - mean err)), mean 1, within [0.2, 5]); reweight "
+                  "weights the adversarial loss per class, resample attacks a class's examples with a probability "
+                  "following its weight (half the batch in expectation). off: the plain adversarial loss. The "
+                  "report's per-class robust accuracy is there either way.")
+flags.DEFINE_float("class_feedback_rate", 0.5, "Step size of --class_feedback's multiplicative weight update, per "
+                   "epoch and unit of robust error.")
 flags.DEFINE_float("eps", 0.1, "L_inf PGD radius on [0, 1] inputs (training and evaluation).")
 flags.DEFINE_integer("pgd_steps", 7, "PGD steps during training.")
 flags.DEFINE_integer("square_queries", 1000, "Query budget per image of the Square Attack run on the int8 .tflite "
@@ -131,6 +140,7 @@ _RULES = [
     ("clean_target", lambda v: v is None or (math.isfinite(v) and v > 0), "--clean_target must be > 0"),
     ("clean_target_drop", lambda v: v is None or (math.isfinite(v) and v >= 0), "--clean_target_drop must be >= 0"),
     ("geco_rate", lambda v: math.isfinite(v) and v > 0, "--geco_rate must be > 0"),
+    ("class_feedback_rate", lambda v: math.isfinite(v) and v > 0, "--class_feedback_rate must be > 0"),
     ("l0_ramp", lambda v: math.isfinite(v) and 0 <= v <= 1, "--l0_ramp must be in [0, 1]"),
     ("quant_interval", lambda v: v >= 1, "--quant_interval must be >= 1"),
     ("pgd_steps", lambda v: v >= 1, "--pgd_steps must be >= 1"),
@@ -187,6 +197,11 @@ flags.register_multi_flags_validator(
                                                                                           "clean_target_drop")),
     message="--clean_target / --clean_target_drop with --clean_target_form=error must be < 1 (a fraction: 0.05 "
             "is 5%)")
+flags.register_multi_flags_validator(
+    ["class_feedback", "distill", "method"],
+    lambda d: d["class_feedback"] == "off" or (d["distill"] == "off" and d["method"] in ("ap", "al0", "alr", "atmc")),
+    message="--class_feedback needs a method whose compression stages are adversarial (ap, al0, alr, atmc) and "
+            "--distill=off: it balances their adversarial cross-entropy over the classes")
 flags.register_multi_flags_validator(
     ["mac_ratio", "structure"], lambda d: d["mac_ratio"] is None or d["structure"] == "channel",
     message="--mac_ratio needs --structure=channel (a MAC budget is a budget of whole channels; unstructured "
@@ -309,6 +324,8 @@ class PipelineConfig:
     clean_target_drop: float | None = None
     clean_target_form: str = "error"
     geco_rate: float = 1.0
+    class_feedback: str = "off"
+    class_feedback_rate: float = 0.5
 
     @classmethod
     def from_flags(cls):

@@ -110,6 +110,7 @@ def markdown(r):
         "",
     ]
     lines += _robustness_lines(r.get("robustness"))
+    lines += _per_class_lines((r.get("robustness") or {}).get("per_class"), r.get("class_feedback"))
     collapse = r.get("collapse") or {}
     if collapse.get("problem"):
         lines += [f"**Warning: {collapse['problem']}.**", ""]
@@ -196,6 +197,37 @@ def _robustness_lines(rb):
         "",
     ]
     return lines
+
+
+def _per_class_lines(pc, feedback=None):
+    """Per-class accuracy of the final model (Keras and the .tflite) and the worst class, always; with
+    --class_feedback, the class weights each feedback stage ended with and its worst class per epoch."""
+    if not pc:
+        return []
+    cols = [("keras_clean", "Keras clean"), ("keras_robust", "Keras robust (worst case)"),
+            ("tflite_clean", ".tflite clean"), ("tflite_transfer", ".tflite PGD transfer"),
+            ("tflite_robust", ".tflite robust (worst case)")]
+    cols = [(k, n) for k, n in cols if k in pc]
+    final_weights = feedback["stages"][-1]["final_weights"] if feedback and feedback.get("stages") else None
+    head = ["class", "test images"] + [n for _, n in cols] + (["class weight"] if final_weights else [])
+    lines = ["## Per class (test split)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in pc["classes"]:
+        row = [str(c), str(pc["count"][c])] + [_pct(pc[k][c]) for k, _ in cols]
+        if final_weights:
+            row.append(f"{final_weights[c]:.3f}")
+        lines.append("| " + " | ".join(row) + " |")
+    worst = pc.get("worst_class", {})
+    lines += [""] + [f"- worst class on {'the Keras model' if m == 'keras' else 'the int8 .tflite'}: **{w['class']}** "
+                     f"({_pct(w['robust_acc'])} robust, worst case)" for m, w in worst.items()]
+    if feedback:
+        lines.append(f"- class feedback: {feedback['mode']}, rate {feedback['rate']:g}; weights after the last "
+                     "epoch of each stage, and the validation split's worst class per epoch (robust accuracy under "
+                     "the training PGD):")
+        for st in feedback["stages"]:
+            worst_epochs = ", ".join(f"{c} ({_pct(a)})" for c, a in zip(st["worst_class"], st["worst_robust_acc"]))
+            lines.append(f"  - {st['stage']}: weights [{', '.join(f'{w:.2f}' for w in st['final_weights'])}]; "
+                         f"worst class per epoch: {worst_epochs}")
+    return lines + [""]
 
 
 def _micro_compressed_lines(m):

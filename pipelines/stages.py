@@ -356,6 +356,8 @@ def compress_stages(cfg, data, da_plain, clean_target=None):
             if clean_target is not None:
                 settings.update(clean_target=clean_target["kappa"], clean_target_form=clean_target["form"],
                                 geco_rate=cfg.geco_rate)
+            if cfg.class_feedback != "off":  # the trainer measures it on the validation split fit is given
+                settings.update(class_feedback=cfg.class_feedback, class_feedback_rate=cfg.class_feedback_rate)
         if stage.quantized:
             scheme = cfg.quant_scheme
             settings.update(bits=cfg.bits, quant_scheme=scheme, rho=cfg.rho, quant_interval=cfg.quant_interval,
@@ -434,6 +436,9 @@ def robustness(cfg, model, lite, data):
                                               step_size=2.5 * 0.5 / steps))
     more = robust_accuracy(fn, x, y, PGDConfig(eps=eps, steps=5 * steps, restarts=cfg.eval_restarts,
                                                step_size=2.5 * eps / (5 * steps)))
+    keras_clean = model.predict(x, batch_size=256, verbose=0).argmax(-1) == y
+    per_class = per_class_robustness(y, data.num_classes, keras_clean=keras_clean, keras_robust=keras_wc.robust,
+                                     tflite_clean=lite_clean, tflite_transfer=transfer, tflite_robust=lite_worst)
     pgd = keras_wc.per_attack["pgd"]
     checks = {
         "large_eps": {"eps": 0.5, "pgd_acc": big, "ok": big <= 0.1,
@@ -453,7 +458,32 @@ def robustness(cfg, model, lite, data):
                    "worst_case": float(lite_worst.mean())},
         "masking_checks": checks,
         "masking_checks_ok": all(c["ok"] for c in checks.values()),
+        "per_class": per_class,
     }
+
+
+def per_class_robustness(y, num_classes, **masks):
+    """Per class: the test count and, for each per-example mask (name=bool array), its accuracy on that
+    class (None for a class with no test image); and the worst class by the robust masks (the Keras
+    worst case, the .tflite worst case): the class whose robust accuracy is lowest."""
+    import numpy as np
+
+    from atmc_tf.attacks import per_class_accuracy
+
+    def listed(values):
+        return [None if not np.isfinite(v) else float(v) for v in values]
+
+    out = {"classes": list(range(num_classes)),
+           "count": [int(c) for c in np.bincount(np.asarray(y, np.int64), minlength=num_classes)[:num_classes]]}
+    out.update({name: listed(per_class_accuracy(mask, y, num_classes)) for name, mask in masks.items()})
+    worst = {}
+    for name in ("keras_robust", "tflite_robust"):
+        if name in out:
+            acc = np.array([np.nan if v is None else v for v in out[name]])
+            c = int(np.nanargmin(acc))
+            worst[name.split("_")[0]] = {"class": c, "robust_acc": float(acc[c])}
+    out["worst_class"] = worst
+    return out
 
 
 def size_summary(cfg, net, plain, scheme, bits):

@@ -50,6 +50,10 @@ BAD_FLAGS = [
     ("--clean_target=0.1 --clean_target_drop=0.02", "pass only one"),
     ("--clean_target=0.1 --method=nap", "--clean_target / --clean_target_drop need"),
     ("--clean_target_form=mse", "clean_target_form"), ("--clean_target=0.1 --geco_rate=0", "--geco_rate"),
+    ("--class_feedback=fair", "class_feedback"), ("--class_feedback=reweight --method=nap", "--class_feedback needs"),
+    ("--class_feedback=resample --distill=ard", "--class_feedback needs"),
+    ("--class_feedback=reweight --class_feedback_rate=0", "--class_feedback_rate must be > 0"),
+    ("--class_feedback_rate=nan", "--class_feedback_rate must be > 0"),
 ]
 
 
@@ -130,6 +134,13 @@ def test_end_to_end_tiny_run(tiny_run):
     assert set(rb["masking_checks"]) == {"large_eps", "more_steps", "black_box"}
     assert report["summary"]["keras_robust_worst"] == k["worst_case"]
     assert "## Robustness at eps" in (wd / "report.md").read_text()
+    # per-class robust accuracy and the worst class, also without --class_feedback
+    pc = rb["per_class"]
+    assert sum(pc["count"]) == report["data"]["test"] and report["class_feedback"] is None
+    worst = pc["worst_class"]["keras"]
+    assert worst["robust_acc"] == min(v for v in pc["keras_robust"] if v is not None)
+    assert worst["robust_acc"] == pc["keras_robust"][worst["class"]] <= k["worst_case"]
+    assert "## Per class (test split)" in (wd / "report.md").read_text()
     dev = report["device_bytes"]  # what each device stores, first-class beside paper-style bits and gzip
     # the phone stores the smallest file LiteRT runs with the int8 model's answers (int8, INT4-packed, sparse)
     kind = phone["file"]
@@ -481,6 +492,29 @@ def test_robust_distillation_run(tmp_path):
     phone_file = wd / "export" / f"model_{kind}.tflite"
     assert report["device_bytes"]["litert"] == phone_file.stat().st_size < int4["int8_bytes"]
     assert f"model_{kind}.tflite: " in (wd / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_class_feedback_run(tmp_path):
+    """--class_feedback=reweight: every adversarial compression stage logs per-class weights (mean 1) and the
+    validation split's worst class per epoch; the report adds the final weights to the per-class table."""
+    wd = tmp_path / "feedback"
+    r = run_pipeline("--limit_train=200", "--limit_test=200", "--da_epochs=1", "--al0_epochs=1", "--atmc32_epochs=1",
+                     "--atmcb_epochs=1", "--pgd_steps=1", "--eval_pgd_steps=1", "--micro_samples=2", "--size_ratio=0.1",
+                     "--verbose=0", "--batch_size=64", "--square_queries=5", "--class_feedback=reweight",
+                     f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    fb = report["class_feedback"]
+    assert fb["mode"] == "reweight" and [s["stage"] for s in fb["stages"]] == ["al0", "atmc32", "atmc4"]
+    for stage in fb["stages"]:
+        assert len(stage["final_weights"]) == 10 and sum(stage["final_weights"]) == pytest.approx(10.0, rel=1e-5)
+        assert len(stage["worst_class"]) == 1
+    assert not any(k.startswith("class_weight_") for k in report["stage_results"][0]["history"])  # DA: plain
+    pc = report["robustness"]["per_class"]
+    assert set(pc["worst_class"]) == {"keras", "tflite"} and len(pc["tflite_robust"]) == 10
+    md = (wd / "report.md").read_text()
+    assert "| class weight |" in md and "class feedback: reweight, rate 0.5" in md
 
 
 @pytest.mark.slow

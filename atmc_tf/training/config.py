@@ -94,7 +94,7 @@ class ATMCConfig:
     geco_lambda_min: float = 0.01
     geco_lambda_max: float = 100.0
     class_feedback: str = "off"
-    class_feedback_rate: float = 2.0
+    class_feedback_rate: float = 0.5
     class_feedback_bound: float = 5.0
     class_feedback_share: float = 0.5
     method: str | None = None

@@ -35,7 +35,9 @@ tau), clamped at 0 and rescaled onto {sum lambda <= lim}, and weights 1/C + lamb
 The multiplicative form is that ascent in log space (exponentiated gradient): weights stay positive
 without the clamp, the mean-1 normalisation plays the simplex's role, and `bound` plays lim's (with
 C = 10 and lim = 0.5 FRL's relative weights lie in about [0.5, 5.5]). The last normalisation can
-move a clipped weight past its bound by the normalising factor; the mean is exactly 1.
+move a clipped weight past its bound by the normalising factor; the mean is exactly 1. The default
+rate 0.5 is FRL's step: its relative weight C * (1/C + lambda_c - mean lambda) moves by C * rate1 =
+10 * 0.05 = 0.5 per unit of error gap and epoch, as exp(0.5 * gap) does to first order.
 
 Validation (test_step) measures the plain adversarial loss on every example (val_adv_* stay
 comparable with AdversarialLoss's); metrics: adv_share (the share of the batch attacked, 1 for
@@ -93,7 +95,7 @@ class ClassBalancedAdversarialLoss(AdversarialLoss):
 
     kind = "class_feedback"
 
-    def __init__(self, attack, weight=0.5, bn_training=False, mode="reweight", rate=2.0, bound=5.0, share=0.5):
+    def __init__(self, attack, weight=0.5, bn_training=False, mode="reweight", rate=0.5, bound=5.0, share=0.5):
         super().__init__(attack, weight, bn_training)
         if mode not in MODES:
             raise ValueError(f"class feedback mode must be one of {MODES}, got {mode!r}")
