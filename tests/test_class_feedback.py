@@ -245,3 +245,52 @@ def test_config_round_trip_legacy_records_refusals_and_quantization(digits):
     for kwargs, match in bad:
         with pytest.raises(ValueError, match=match):
             ATMCConfig(**kwargs)
+
+
+TWO_REPLICAS = r"""
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+sys.path.insert(0, sys.argv[1])
+from test_class_feedback import _mlp
+from atmc_tf.attacks import PGDConfig
+from atmc_tf.layers import wrap_model
+from atmc_tf.training import ATMCTrainer, method_config
+from sklearn.datasets import load_digits
+d = load_digits()
+x, y = (d.images / 16.0).astype("float32")[..., None], d.target.astype("int64")
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    config = method_config("da", attack=PGDConfig(0.1, steps=2), class_feedback="resample", class_feedback_rate=2.0)
+    trainer = ATMCTrainer(wrap_model(_mlp()), config, seed=1)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-2))
+history = trainer.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0, validation_data=(x[1500:], y[1500:])).history
+term = trainer.terms[1]
+parts = [p.numpy().tolist() for p in getattr(term.class_weights.value, "values", [term.class_weights.value])]
+print("RESULT " + json.dumps({"replicas": strategy.num_replicas_in_sync, "parts": parts,
+                               "logged": [history[f"class_weight_{c}"][-1] for c in range(10)],
+                               "share": history["adv_share"]}))
+"""
+
+
+@pytest.mark.slow
+def test_the_class_weights_are_the_same_on_two_replicas():
+    """MirroredStrategy on 2 logical CPUs: the callback's update (outside the step, in the strategy's
+    scope) writes both replicas' copies of the weights, and the resample mask runs per replica."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(here), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", TWO_REPLICAS, here], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    assert result["replicas"] == 2 and len(result["parts"]) == 2
+    assert result["parts"][0] == result["parts"][1]
+    np.testing.assert_allclose(result["parts"][0], result["logged"], rtol=1e-6)
+    assert np.ptp(result["parts"][0]) > 0.1
+    assert all(0.3 < s < 0.7 for s in result["share"])
