@@ -29,7 +29,7 @@ _API = {
     "ATMCWrapper": "atmc_tf.layers", "strip_model": "atmc_tf.layers", "wrap_model": "atmc_tf.layers",
     "ATMCConfig": "atmc_tf.training", "ATMCTrainer": "atmc_tf.training", "METHODS": "atmc_tf.training",
     "dense_weight_count": "atmc_tf.training", "method_config": "atmc_tf.training",
-    "CleanLoss": "atmc_tf.training", "AdversarialLoss": "atmc_tf.training",
+    "CleanLoss": "atmc_tf.training", "AdversarialLoss": "atmc_tf.training", "MultiThreatLoss": "atmc_tf.training",
     "GlobalL0": "atmc_tf.constraints", "FixedSupport": "atmc_tf.constraints", "Quantization": "atmc_tf.constraints",
     "GroupL0": "atmc_tf.constraints", "FixedGroupSupport": "atmc_tf.constraints", "shrink_model": "atmc_tf.export",
 }

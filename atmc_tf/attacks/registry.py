@@ -4,9 +4,10 @@ module with such a class plus one entry here."""
 import dataclasses
 
 from atmc_tf.attacks.apgd import APGDConfig
+from atmc_tf.attacks.msd import MSDConfig
 from atmc_tf.attacks.pgd import PGDConfig
 
-ATTACKS = {"pgd": PGDConfig, "apgd": APGDConfig}
+ATTACKS = {"pgd": PGDConfig, "apgd": APGDConfig, "msd": MSDConfig}
 
 
 def attack_to_dict(attack):

@@ -5,7 +5,8 @@ from atmc_tf.training.terms.class_feedback import ClassBalancedAdversarialLoss
 from atmc_tf.training.terms.clean import CleanLoss
 from atmc_tf.training.terms.distill import RobustDistillation
 from atmc_tf.training.terms.geco import CleanTarget
+from atmc_tf.training.terms.multi_threat import MultiThreatLoss
 from atmc_tf.training.terms.registry import TERMS, term_from_config, term_to_config
 
 __all__ = ["AdversarialLoss", "ClassBalancedAdversarialLoss", "CleanLoss", "CleanTarget", "LossTerm",
-           "RobustDistillation", "StepContext", "TERMS", "term_from_config", "term_to_config"]
+           "MultiThreatLoss", "RobustDistillation", "StepContext", "TERMS", "term_from_config", "term_to_config"]
