@@ -17,6 +17,8 @@ CLEAN_TARGET_FORMS = ("error", "xent")  # atmc_tf.training.terms.CleanTarget (AT
 DISTILL_MODES = ("ard", "rslad")  # atmc_tf.training.terms.RobustDistillation (ATMCConfig.distill: "off" or one)
 # atmc_tf.training.terms.ClassBalancedAdversarialLoss (ATMCConfig.class_feedback: "off" or one)
 CLASS_FEEDBACK_MODES = ("reweight", "resample")
+DOMAIN_WEIGHTINGS = ("avg", "max", "msd", "minmax")  # atmc_tf.training.terms.MultiThreatLoss
+THREAT_NORMS = {"linf": "inf", "l2": "2", "l1": "1"}  # threat name -> PGDConfig.norm (the pipeline's --threats)
 
 
 def nonzero_levels(bits, zero_in_levels=True):

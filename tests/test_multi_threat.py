@@ -213,3 +213,52 @@ def test_the_term_round_trips_and_refuses_bad_settings():
         MultiThreatLoss((PGDConfig(0.1), PGDConfig(0.2)), "msd")
     with pytest.raises(ValueError):
         MSDConfig()
+
+
+THREATS = (PGDConfig(0.1, steps=2), PGDConfig(0.5, steps=2, norm="2"), PGDConfig(1.0, steps=2, norm="1"))
+
+
+def test_the_config_builds_the_term_and_round_trips():
+    from atmc_tf.training import ATMCConfig, method_config
+    config = method_config("atmc", threats=THREATS, nnz_budget=300, bits=4, domain_weighting="max",
+                           minmax_gamma=2.0, minmax_step=0.1, adv_weight=0.6)
+    terms, _ = config.components()
+    assert isinstance(terms[1], MultiThreatLoss) and terms[1].weighting == "max" and terms[1].weight == 0.6
+    assert terms[1].names == ("linf", "l2", "l1") and config.attack is None
+    d = config.to_dict()
+    assert d["threats"][2] == {"kind": "pgd", "eps": 1.0, "steps": 2, "step_size": None, "norm": "1",
+                               "rand_init": True, "restarts": 1, "clip_min": 0.0, "clip_max": 1.0}
+    assert ATMCConfig.from_dict(d) == config and ATMCConfig.from_dict(d).threats == THREATS
+    old = {k: v for k, v in method_config("da", attack=PGDConfig(0.1)).to_dict().items()
+           if k not in ("threats", "domain_weighting", "minmax_gamma", "minmax_step")}
+    terms, _ = ATMCConfig.from_dict(old).components()  # a record from before the fields: one attack
+    assert type(terms[1]).__name__ == "AdversarialLoss"
+    assert method_config("nap", threats=THREATS, nnz_budget=10).threats is None
+    for bad in (dict(domain_weighting="worst"), dict(minmax_gamma=-1.0), dict(minmax_step=0.0),
+                dict(distill="ard"), dict(threats=())):
+        with pytest.raises(ValueError):
+            method_config("da", attack=PGDConfig(0.1), **{"threats": THREATS, **bad})
+    with pytest.raises(ValueError, match="needs a PGDConfig attack"):
+        method_config("da")
+
+
+@pytest.mark.parametrize("weighting", ["minmax", "msd"])
+def test_multi_threat_training_under_the_atmc_constraints(digits, weighting):
+    """ATMC (global L0 + 4-bit codebook) with the three threats: the constraints hold after fit and the
+    weights are logged; the term is independent of the constraints."""
+    from atmc_tf.constraints import count_nonzero
+    from atmc_tf.training import method_config
+    x, y = digits[0][:192], digits[1][:192]
+    config = method_config("atmc", threats=THREATS, nnz_budget=400, bits=2, domain_weighting=weighting)
+    trainer = ATMCTrainer(wrap_model(_mlp()), config)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = trainer.fit(x, y, epochs=2, batch_size=64, verbose=0, validation_data=(x[:64], y[:64])).history
+    values = trainer._values()
+    assert int(count_nonzero(values)) <= 400
+    for v in values:  # codebook_int8: at most 2^b values per output channel (its own fp32 scale)
+        flat = v.numpy().reshape(-1, v.shape[-1])
+        assert max(len(np.unique(flat[:, c])) for c in range(flat.shape[1])) <= 4
+    assert {"val_adv_acc_linf", "val_adv_acc_l2", "val_adv_acc_l1"} <= set(history)
+    if weighting == "minmax":
+        w = [history[f"w_{n}"][-1] for n in ("linf", "l2", "l1")]
+        assert sum(w) == pytest.approx(1.0, abs=1e-5) and max(w) - min(w) > 1e-3  # moved, on the simplex

@@ -97,7 +97,9 @@ def random_l1(x, eps, seed=None):
         draws = [lambda s, lo, hi: tf.random.uniform(s, lo, hi, dtype=x.dtype)] * 3
     else:
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
-        draws = [lambda s, lo, hi, k=k: tf.random.stateless_uniform(s, k, lo, hi, dtype=x.dtype) for k in seeds]
+        # index, not iterate: inside a traced train_step `seeds` is a symbolic tensor
+        draws = [lambda s, lo, hi, k=seeds[i]: tf.random.stateless_uniform(s, k, lo, hi, dtype=x.dtype)
+                 for i in range(3)]
     e = -tf.math.log(draws[0](shape, 1e-12, 1.0))  # exponential magnitudes: uniform on the simplex once normalised
     signs = tf.sign(draws[1](shape, -1.0, 1.0))
     direction = signs * e / tf.reshape(_l1(e), tf.concat([shape[:1], ones], 0))

@@ -61,6 +61,12 @@ class ATMCConfig:
                    same scoring and budget, and keeps them (FixedGroupSupport: structured AP).
     attack_bn_training: run BatchNorm in training mode while crafting PGD
                    examples (default False: the attack must not move BN statistics).
+    threats:       None (the one `attack`), or several attacks (PGDConfig / registered attacks, or their
+                   dicts), e.g. L_inf, L2 and L1 PGD: the adversarial term is then terms.MultiThreatLoss
+                   over them (weight adv_weight) in place of AdversarialLoss, weighed by
+                   `domain_weighting`: "avg" (1/K), "max" (per example the worst attack), "msd" (one MSD
+                   attack over their norms) or "minmax" (simplex weights by APGDA with minmax_gamma and
+                   minmax_step). `attack` may then be None. Not with distill.
     method:        the preset this record came from (method_config), or None.
     """
 
@@ -87,6 +93,10 @@ class ATMCConfig:
     group_costs: dict | None = None
     keep_layers: tuple = ()
     group_support: str = "dynamic"
+    threats: tuple | None = None
+    domain_weighting: str = "minmax"
+    minmax_gamma: float = 4.0
+    minmax_step: float = 0.05
     clean_target: float | None = None
     clean_target_form: str = "error"
     geco_rate: float = 1.0
@@ -111,6 +121,13 @@ class ATMCConfig:
         if self.group_support not in GROUP_SUPPORTS:
             raise ValueError(f"group_support must be one of {GROUP_SUPPORTS}, got {self.group_support!r}")
         object.__setattr__(self, "keep_layers", tuple(self.keep_layers))
+        if self.threats is not None:
+            threats = tuple(attack_from_dict(a) if isinstance(a, dict) else a for a in self.threats)
+            if not threats:
+                raise ValueError("threats must name at least one attack (or be None)")
+            object.__setattr__(self, "threats", threats)
+            if self.distill != "off":
+                raise ValueError(f"distill={self.distill!r} takes one attack; it does not combine with threats")
         if self.clean_weight < 0 or self.adv_weight < 0:
             raise ValueError("clean_weight and adv_weight must be >= 0")
         if self.distill not in ("off",) + DISTILL_MODES:
@@ -119,9 +136,11 @@ class ATMCConfig:
             raise ValueError(f"distill={self.distill!r} needs an attack (robust distillation crafts adversarial inputs)")
         from atmc_tf.training.terms.geco import check_multiplier, check_target  # it imports Keras
         check_multiplier(self.geco_rate, self.geco_decay, self.geco_lambda_min, self.geco_lambda_max)
+        from atmc_tf.training.terms.multi_threat import check_weighting
+        check_weighting(self.domain_weighting, self.minmax_gamma, self.minmax_step)
         if self.clean_target is not None:
             object.__setattr__(self, "clean_target", check_target(self.clean_target, self.clean_target_form))
-            if not (self.attack is not None and self.adv_weight > 0):
+            if not self.adversarial:
                 raise ValueError("clean_target needs an adversarial objective (an attack and adv_weight > 0): it "
                                  "holds the clean term to a target while the adversarial loss is minimised")
         elif self.clean_target_form not in CLEAN_TARGET_FORMS:
@@ -131,16 +150,22 @@ class ATMCConfig:
                              f"got {self.class_feedback!r}")
         from atmc_tf.training.terms.class_feedback import check_feedback  # it imports Keras
         check_feedback(self.class_feedback_rate, self.class_feedback_bound, self.class_feedback_share)
-        if self.class_feedback != "off" and not (self.adversarial and self.distill == "off"):
-            raise ValueError(f"class_feedback={self.class_feedback!r} needs the adversarial cross-entropy term (an "
-                             "attack, adv_weight > 0, distill='off'): it balances that term over the classes")
-        if self.attack is not None and self.clean_weight + self.adv_weight == 0:
+        if self.class_feedback != "off" and not (self.adversarial and self.distill == "off" and self.threats is None):
+            raise ValueError(f"class_feedback={self.class_feedback!r} needs the one-attack adversarial cross-entropy "
+                             "term (an attack, adv_weight > 0, distill='off', no threats): it balances that term "
+                             "over the classes")
+        if self.attacked and self.clean_weight + self.adv_weight == 0:
             raise ValueError("clean_weight + adv_weight must be > 0")
         self.components()  # every component validates its own settings (bits, rho, ...)
 
     @property
+    def attacked(self):
+        """An attack or threats are set."""
+        return self.attack is not None or self.threats is not None
+
+    @property
     def adversarial(self):
-        return self.attack is not None and self.adv_weight > 0
+        return self.attacked and self.adv_weight > 0
 
     @property
     def quantized(self):
@@ -149,7 +174,7 @@ class ATMCConfig:
     def components(self):
         """(loss terms, constraint sets) of this recipe, in the order the trainer applies them."""
         from atmc_tf.training.terms import (AdversarialLoss, ClassBalancedAdversarialLoss, CleanLoss,  # Keras
-                                            CleanTarget, RobustDistillation)
+                                            CleanTarget, MultiThreatLoss, RobustDistillation)
         if self.clean_target is not None:  # GECO: the clean term's weight is a multiplier holding the target
             clean = CleanTarget(self.clean_target, self.clean_target_form, self.geco_rate, self.geco_decay,
                                 lambda_init=self.clean_weight, lambda_min=self.geco_lambda_min,
@@ -161,7 +186,10 @@ class ATMCConfig:
             terms = [clean if self.clean_target is not None else CleanLoss(0.0),
                      RobustDistillation(self.attack, 1.0, "rslad", self.distill_temperature)]
         elif self.adversarial:
-            if self.class_feedback != "off":
+            if self.threats is not None:
+                adv = MultiThreatLoss(self.threats, self.domain_weighting, self.adv_weight, self.minmax_gamma,
+                                      self.minmax_step, bn_training=self.attack_bn_training)
+            elif self.class_feedback != "off":
                 adv = ClassBalancedAdversarialLoss(self.attack, self.adv_weight, self.attack_bn_training,
                                                    self.class_feedback, self.class_feedback_rate,
                                                    self.class_feedback_bound, self.class_feedback_share)
@@ -191,6 +219,7 @@ class ATMCConfig:
         d = dataclasses.asdict(self)
         d["attack"] = None if self.attack is None else attack_to_dict(self.attack)
         d["keep_layers"] = list(self.keep_layers)
+        d["threats"] = None if self.threats is None else [attack_to_dict(a) for a in self.threats]
         return d
 
     @classmethod
@@ -199,7 +228,7 @@ class ATMCConfig:
         d.setdefault("zero_in_levels", False)  # a record from before the field: the paper's count
         # The GECO fields (clean_target, ...) default to None / their defaults: a record from before
         # them trains with the fixed clean_weight / adv_weight mix, as it did; likewise the class_feedback
-        # fields ("off": the plain adversarial term).
+        # fields ("off": the plain adversarial term) and the threat fields (no `threats`: its one attack).
         if d.get("attack") is not None:
             d["attack"] = attack_from_dict(d["attack"])
         return cls(**d)

@@ -25,8 +25,10 @@ def method_config(method, attack=None, nnz_budget=None, bits=None, **overrides):
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     adversarial = method not in ("natural", "nap")
-    if adversarial and attack is None:
-        raise ValueError(f"method {method!r} is adversarial and needs a PGDConfig attack")
+    if adversarial and attack is None and overrides.get("threats") is None:
+        raise ValueError(f"method {method!r} is adversarial and needs a PGDConfig attack (or threats)")
+    if not adversarial:
+        overrides["threats"] = None
     sparsity = {"nap": "fixed", "ap": "fixed", "al0": "dynamic", "atmc": "dynamic"}.get(method, "none")
     if overrides.get("structure", "none") != "none":
         if sparsity == "fixed":  # AP / NAP: the channels too are chosen once, when training starts

@@ -28,11 +28,22 @@ import keras
 import tensorflow as tf
 
 from atmc_tf.attacks import MSDConfig, PGDConfig, apgda_step, attack_from_dict, attack_to_dict
+from atmc_tf.choices import DOMAIN_WEIGHTINGS, THREAT_NORMS
 from atmc_tf.training.metrics import LastValue
 from atmc_tf.training.terms.base import PredictionLoss
 
-WEIGHTINGS = ("avg", "max", "msd", "minmax")
-PGD_NAMES = {"inf": "linf", "2": "l2", "1": "l1"}
+WEIGHTINGS = DOMAIN_WEIGHTINGS
+PGD_NAMES = {norm: name for name, norm in THREAT_NORMS.items()}
+
+
+def check_weighting(weighting, gamma, step):
+    """ValueError unless the domain weighting and minmax's gamma (>= 0) and step (> 0) are usable."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"domain weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"minmax gamma must be a finite number >= 0, got {gamma}")
+    if not (math.isfinite(step) and step > 0):
+        raise ValueError(f"minmax step must be a finite number > 0, got {step}")
 
 
 def threat_names(attacks):
@@ -84,14 +95,9 @@ class MultiThreatLoss(PredictionLoss):
         attacks = tuple(attack_from_dict(a) if isinstance(a, dict) else a for a in attacks)
         if len(attacks) < 1:
             raise ValueError("MultiThreatLoss needs at least one attack")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"domain weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        check_weighting(weighting, gamma, step)
         if not weight >= 0:
             raise ValueError(f"adversarial weight must be >= 0, got {weight}")
-        if not (math.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f"minmax gamma must be a finite number >= 0, got {gamma}")
-        if not (math.isfinite(step) and step > 0):
-            raise ValueError(f"minmax step must be a finite number > 0, got {step}")
         self.attacks, self.weighting, self.weight = attacks, weighting, float(weight)
         self.gamma, self.step, self.bn_training = float(gamma), float(step), bool(bn_training)
         self.names = threat_names(attacks)
