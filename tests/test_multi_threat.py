@@ -262,3 +262,23 @@ def test_multi_threat_training_under_the_atmc_constraints(digits, weighting):
     if weighting == "minmax":
         w = [history[f"w_{n}"][-1] for n in ("linf", "l2", "l1")]
         assert sum(w) == pytest.approx(1.0, abs=1e-5) and max(w) - min(w) > 1e-3  # moved, on the simplex
+
+
+def test_union_accuracy_counts_an_example_only_if_every_attack_fails():
+    """A predictor that reads the label off the image's first pixel: each 'threat' flips a known set of
+    examples; the union is wrong wherever any threat (or the clean image) is."""
+    from atmc_tf.attacks import union_accuracy
+    y = np.arange(10) % 3
+    x = y[:, None].astype(np.float32)
+
+    def predict(images):
+        return np.eye(3)[np.asarray(images)[:, 0].astype(int)]
+
+    a, b = x.copy(), x.copy()
+    a[[0, 1]] = (a[[0, 1]] + 1) % 3  # threat a fools examples 0, 1
+    b[[1, 5, 7]] = (b[[1, 5, 7]] + 2) % 3  # threat b fools 1, 5, 7
+    wrong_clean = x.copy()
+    wrong_clean[9] = (wrong_clean[9] + 1) % 3
+    res = union_accuracy(predict, wrong_clean, y, {"a": a, "b": b}, batch_size=4)
+    assert res.per_attack == {"a": 0.8, "b": 0.7} and res.clean == 0.9
+    assert res.worst_case == pytest.approx(0.5) and res.robust.tolist() == [i in (2, 3, 4, 6, 8) for i in range(10)]

@@ -86,3 +86,27 @@ def worst_case_accuracy(model_fn, x, y, configs, batch_size=256):
     n = max(len(y), 1)
     return WorstCase(clean=float(clean.sum() / n), per_attack=per_attack, worst_case=float(robust.sum() / n),
                      robust=robust)
+
+
+def union_accuracy(predict, x, y, examples, batch_size=256):
+    """Accuracy per threat model and under their union, from adversarial examples already crafted.
+
+    predict: images -> logits (a Keras model's predict, or a LiteRTModel's for the transfer check on an
+    int8 .tflite); examples: {threat name: x_adv for the whole of x}. An example counts for the union
+    only if it is classified correctly clean and on every threat's example (every attack fails).
+    Returns a WorstCase (per_attack: the threats, worst_case: the union)."""
+    y = np.asarray(y).reshape(-1)
+
+    def correct(images):
+        return np.concatenate([np.argmax(np.asarray(predict(images[i:i + batch_size])), axis=-1)
+                               == y[i:i + batch_size] for i in range(0, len(y), batch_size)] or [np.zeros(0, bool)])
+
+    n = max(len(y), 1)
+    clean = correct(x)
+    robust, per_threat = clean.copy(), {}
+    for name, x_adv in examples.items():
+        ok = correct(x_adv)
+        per_threat[name] = float(ok.sum() / n)
+        robust &= ok
+    return WorstCase(clean=float(clean.sum() / n), per_attack=per_threat, worst_case=float(robust.sum() / n),
+                     robust=robust)
