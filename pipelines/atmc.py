@@ -152,6 +152,11 @@ def run(cfg, data=None):
     t = time.time()
     robust = stages.robustness(cfg, final, lite, data)
     timings["robustness"] = time.time() - t
+    t = time.time()
+    threats = stages.threat_robustness(cfg, final, lite, data)
+    if threats is not None:
+        threats["domain_weights"] = stages.domain_weights(cfg, [da_result] + results)
+        timings["threat_robustness"] = time.time() - t
 
     # --- checks: microcontroller (TFLite Micro) --------------------------------------
     t = time.time()
@@ -189,6 +194,10 @@ def run(cfg, data=None):
     timings["eval_curves"] = time.time() - t
     size = stages.size_summary(cfg, net, final, scheme, cfg.bits if scheme else None)
     plots = [os.path.join(cfg.workdir, "accuracy_vs_eps.png"), os.path.join(cfg.workdir, "layers.png")]
+    if threats is not None and threats["domain_weights"]:
+        plots.append(os.path.join(cfg.workdir, "domain_weights.png"))
+        rep.plot_domain_weights(threats["domain_weights"], plots[-1],
+                                f"{cfg.dataset}/{cfg.model_name}: domain weights ({cfg.domain_weighting})")
     tflite_points = {"int8 .tflite (LiteRT; PGD transferred from Keras)":
                      {0.0: phone["clean_acc"], float(cfg.eps): phone["robust_acc_transfer"]}}
     rep.plot_accuracy_vs_eps(curves, cfg.eps, plots[0],
@@ -210,8 +219,11 @@ def run(cfg, data=None):
                     "tflite_clean": phone["clean_acc"], "tflite_robust_transfer": phone["robust_acc_transfer"],
                     "tflite_minus_keras_clean": phone["clean_acc"] - phone["keras_clean_acc"],
                     "keras_robust_worst": robust["keras"]["worst_case"],
-                    "tflite_robust_worst": robust["tflite"]["worst_case"]},
+                    "tflite_robust_worst": robust["tflite"]["worst_case"],
+                    **({"keras_union": threats["keras"]["worst_case"], "tflite_union": threats["tflite"]["worst_case"]}
+                       if threats is not None else {})},
         "robustness": robust,
+        "threat_models": threats,
         "curves": {k: {str(e): a for e, a in v.items()} for k, v in curves.items()},
         "phone": phone,
         "micro": micro,

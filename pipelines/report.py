@@ -39,6 +39,32 @@ def plot_accuracy_vs_eps(curves, train_eps, file, title, points=None):
     save_png(fig, file)
 
 
+def plot_domain_weights(stages, file, title):
+    """stages: [{"stage", "weights": {threat: [per-epoch value]}}] (stages.domain_weights): each threat's weight
+    at the end of every epoch, the stages one after another, a dotted line where a stage starts."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    offset, series = 0, {}
+    for st in stages:
+        epochs = 0
+        for name, values in st["weights"].items():
+            series.setdefault(name, ([], []))
+            series[name][0].extend(range(offset + 1, offset + len(values) + 1))
+            series[name][1].extend(values)
+            epochs = max(epochs, len(values))
+        ax.axvline(offset + 0.5, color="grey", linestyle=":")
+        ax.text(offset + 0.6, 1.0, st["stage"], fontsize=8, va="top")
+        offset += epochs
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=f"w_{name}")
+    ax.set_xlabel("epoch (stages in order)")
+    ax.set_ylabel("domain weight")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_png(fig, file)
+
+
 def plot_layers(tensors, file, title, level_limit=None):
     """layers_figure, saved as a PNG."""
     save_png(layers_figure(tensors, title, level_limit), file)
@@ -111,6 +137,7 @@ def markdown(r):
     ]
     lines += _robustness_lines(r.get("robustness"))
     lines += _per_class_lines((r.get("robustness") or {}).get("per_class"), r.get("class_feedback"))
+    lines += _threat_lines(r.get("threat_models"))
     collapse = r.get("collapse") or {}
     if collapse.get("problem"):
         lines += [f"**Warning: {collapse['problem']}.**", ""]
@@ -228,6 +255,37 @@ def _per_class_lines(pc, feedback=None):
             lines.append(f"  - {st['stage']}: weights [{', '.join(f'{w:.2f}' for w in st['final_weights'])}]; "
                          f"worst class per epoch: {worst_epochs}")
     return lines + [""]
+
+
+def _threat_lines(tm):
+    """--threats: accuracy per threat model and under their union, Keras and .tflite, and the domain weights."""
+    if not tm:
+        return []
+    names = tm["names"]  # the --threats order (report.json's keys are sorted)
+    spec = ", ".join(f"{n} eps {tm['threats'][n]['eps']:g}" for n in names)
+    first = tm["threats"][names[0]]
+    lines = [
+        f"## Threat models (--threats, trained with --domain_weighting={tm['domain_weighting']})",
+        "",
+        f"PGD in each ball ({spec}; {first['steps']} steps, {first['restarts']} restart(s)); union: correct clean "
+        "and under every attack. The .tflite row runs the examples crafted on Keras (transfer).",
+        "",
+        "| model | clean | " + " | ".join(names) + " | union |",
+        "|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for label, key in (("compressed (Keras, white box)", "keras"), ("compressed int8 .tflite (transfer)", "tflite")):
+        acc = tm[key]
+        lines.append(f"| {label} | {_pct(acc['clean'])} | " + " | ".join(_pct(acc["per_attack"][n]) for n in names)
+                     + f" | **{_pct(acc['worst_case'])}** |")
+    lines.append("")
+    if tm.get("domain_weights"):
+        lines += ["Domain weights at the end of each stage (per-epoch values in report.json and domain_weights.png):",
+                  "", "| stage | " + " | ".join(f"w_{n}" for n in names) + " |", "|---|" + "---|" * len(names)]
+        for st in tm["domain_weights"]:
+            lines.append(f"| {st['stage']} | " + " | ".join(
+                f"{st['weights'][n][-1]:.3f}" if st["weights"].get(n) else "n/a" for n in names) + " |")
+        lines.append("")
+    return lines
 
 
 def _micro_compressed_lines(m):

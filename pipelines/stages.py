@@ -84,6 +84,30 @@ def train_attack(cfg):
     return PGDConfig(eps=cfg.eps, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size)
 
 
+def threat_attacks(cfg, evaluation=False):
+    """--threats as {name: PGDConfig} (empty without them): training (--pgd_steps; --pgd_step_size for linf) or
+    evaluation (--eval_pgd_steps, --eval_restarts) settings, each at its own radius."""
+    from atmc_tf.choices import THREAT_NORMS
+    radii = {"linf": cfg.eps if cfg.eps_linf is None else cfg.eps_linf, "l2": cfg.eps_l2, "l1": cfg.eps_l1}
+    out = {}
+    for name in cfg.threats:
+        norm = THREAT_NORMS[name]
+        if evaluation:
+            out[name] = PGDConfig(eps=radii[name], steps=cfg.eval_pgd_steps, restarts=cfg.eval_restarts, norm=norm)
+        else:
+            out[name] = PGDConfig(eps=radii[name], steps=cfg.pgd_steps, norm=norm,
+                                  step_size=cfg.pgd_step_size if norm == "inf" else None)
+    return out
+
+
+def threat_settings(cfg):
+    """ATMCConfig settings of --threats (none without them): the adversarial term becomes MultiThreatLoss."""
+    if not cfg.threats:
+        return {}
+    return {"threats": tuple(threat_attacks(cfg).values()), "domain_weighting": cfg.domain_weighting,
+            "minmax_gamma": cfg.minmax_gamma, "minmax_step": cfg.minmax_step}
+
+
 def eval_attack(cfg, eps=None):
     eps = cfg.eps if eps is None else eps
     return PGDConfig(eps=eps, steps=cfg.eval_pgd_steps, restarts=cfg.eval_restarts,
@@ -233,7 +257,7 @@ def dense_stage(cfg, data, natural=False):
 def dense_config(cfg, method="da"):
     """ATMCConfig of dense training: adversarial ("da", --clean_weight mix) or "natural"."""
     return method_config(method, attack=train_attack(cfg), clean_weight=cfg.clean_weight,
-                         adv_weight=1 - cfg.clean_weight)
+                         adv_weight=1 - cfg.clean_weight, **(threat_settings(cfg) if method != "natural" else {}))
 
 
 def nnz_budget(cfg, dense_model):
@@ -352,7 +376,8 @@ def compress_stages(cfg, data, da_plain, clean_target=None):
             ramped = True
         if stage.adversarial:
             settings.update(attack=train_attack(cfg), clean_weight=cfg.clean_weight, adv_weight=1 - cfg.clean_weight,
-                            distill=cfg.distill, distill_temperature=cfg.distill_temperature)
+                            distill=cfg.distill, distill_temperature=cfg.distill_temperature,
+                            **threat_settings(cfg))
             if clean_target is not None:
                 settings.update(clean_target=clean_target["kappa"], clean_target_form=clean_target["form"],
                                 geco_rate=cfg.geco_rate)
@@ -483,6 +508,37 @@ def per_class_robustness(y, num_classes, **masks):
             c = int(np.nanargmin(acc))
             worst[name.split("_")[0]] = {"class": c, "robust_acc": float(acc[c])}
     out["worst_class"] = worst
+    return out
+
+
+def threat_robustness(cfg, model, lite, data):
+    """--threats: accuracy per threat model and under their union (an example counts only if it is right
+    clean and every threat's attack fails on it), on the Keras model (white box: PGD in each norm's ball,
+    --eval_pgd_steps x --eval_restarts) and on the int8 .tflite (the same examples, transferred). None
+    without --threats."""
+    from atmc_tf.attacks import union_accuracy
+    if not cfg.threats:
+        return None
+    x, y = data.x_test, data.y_test
+    fn = lambda z: model(z, training=False)  # noqa: E731
+    attacks = threat_attacks(cfg, evaluation=True)
+    examples = {name: adversarial_examples(fn, x, y, a) for name, a in attacks.items()}
+    keras_acc = union_accuracy(lambda z: model.predict(z, verbose=0, batch_size=256), x, y, examples)
+    lite_acc = union_accuracy(lite.predict, x, y, examples)
+    return {"names": list(attacks), "threats": {n: {"norm": a.norm, "eps": a.eps, "steps": a.steps, "restarts": a.restarts}
+                        for n, a in attacks.items()},
+            "domain_weighting": cfg.domain_weighting, "keras": keras_acc.as_dict(), "tflite": lite_acc.as_dict()}
+
+
+def domain_weights(cfg, results):
+    """Per training stage with logged domain weights (w_<threat>: --domain_weighting avg or minmax), the
+    weights at the end of every epoch, from the stage's history."""
+    out = []
+    for r in results:
+        history = r.get("history") or {}
+        names = [n for n in cfg.threats if f"w_{n}" in history]
+        if names:
+            out.append({"stage": r["stage"], "weights": {n: history[f"w_{n}"] for n in names}})
     return out
 
 

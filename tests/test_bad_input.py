@@ -94,6 +94,9 @@ BAD_FLAGS = [
     ("--quant_scheme=kmeans", "quant_scheme"), ("--factorization=svd", "factorization"),
     ("--bits_enabled=maybe", "bits_enabled"), ("--optimizer=rmsprop", "optimizer"), ("--momentum=1", "--momentum"),
     ("--momentum=-0.1", "--momentum"), ("--weight_decay=-1e-4", "--weight_decay"),
+    ("--threats=linf,l3", "--threats"), ("--threats=l2,l2", "--threats"), ("--eps_l2=0", "--eps_l2"),
+    ("--eps_l1=nan", "--eps_l1"), ("--eps_linf=2", "--eps_linf"), ("--domain_weighting=worst", "domain_weighting"),
+    ("--minmax_gamma=-1", "--minmax_gamma"), ("--minmax_step=0", "--minmax_step"),
 ]
 
 

@@ -540,3 +540,33 @@ def test_clean_target_run(tmp_path):
     md = (wd / "report.md").read_text()
     assert "## Clean target (GECO)" in md and "--clean_target_drop=0.02" in md
     assert ("**met**" in md) == ct["met"]
+
+
+@pytest.mark.slow
+def test_a_tiny_run_against_three_threat_models(tmp_path):
+    """--threats=linf,l2,l1 --domain_weighting=minmax at the tiniest settings (--method=al0: one compression
+    stage, to stay near a minute; the ATMC stages take the same term, tests/test_multi_threat.py): the report
+    has accuracy per threat and under the union, on Keras and on the .tflite, and the domain weights of every
+    trained stage."""
+    wd = tmp_path / "wd"
+    r = run_pipeline("--threats=linf,l2,l1", "--domain_weighting=minmax", "--minmax_step=0.2", "--method=al0", "--size_ratio=0.3",
+                     "--limit_train=200", "--limit_test=60", "--da_epochs=1", "--al0_epochs=1",
+                     "--pgd_steps=1", "--eval_pgd_steps=1", "--micro_samples=2", "--square_queries=20",
+                     "--verbose=0", f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    tm = report["threat_models"]
+    assert tm["names"] == ["linf", "l2", "l1"]
+    assert [tm["threats"][n]["eps"] for n in ("linf", "l2", "l1")] == [0.1, 0.5, 1.0]
+    for side in ("keras", "tflite"):
+        acc = tm[side]
+        assert set(acc["per_attack"]) == {"linf", "l2", "l1"}
+        assert acc["worst_case"] <= min(acc["clean"], *acc["per_attack"].values())
+    assert report["summary"]["keras_union"] == tm["keras"]["worst_case"]
+    assert [st["stage"] for st in tm["domain_weights"]] == ["da", "al0"]
+    for st in tm["domain_weights"]:
+        final = [st["weights"][n][-1] for n in ("linf", "l2", "l1")]
+        assert sum(final) == pytest.approx(1.0, abs=1e-5) and final != [pytest.approx(1 / 3)] * 3
+    md = (wd / "report.md").read_text()
+    assert "| model | clean | linf | l2 | l1 | union |" in md and "| stage | w_linf | w_l2 | w_l1 |" in md
+    assert (wd / "domain_weights.png").stat().st_size > 0
