@@ -282,3 +282,56 @@ def test_union_accuracy_counts_an_example_only_if_every_attack_fails():
     res = union_accuracy(predict, wrong_clean, y, {"a": a, "b": b}, batch_size=4)
     assert res.per_attack == {"a": 0.8, "b": 0.7} and res.clean == 0.9
     assert res.worst_case == pytest.approx(0.5) and res.robust.tolist() == [i in (2, 3, 4, 6, 8) for i in range(10)]
+
+
+TWO_REPLICAS = r"""
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+sys.path.insert(0, sys.argv[1])
+from test_multi_threat import _mlp
+from atmc_tf.attacks import PGDConfig
+from atmc_tf.layers import wrap_model
+from atmc_tf.training import ATMCTrainer, method_config
+from sklearn.datasets import load_digits
+d = load_digits()
+x, y = (d.images / 16.0).astype("float32")[..., None][:256], d.target.astype("int64")[:256]
+threats = (PGDConfig(0.02, steps=2, rand_init=False), PGDConfig(2.0, steps=2, norm="2", rand_init=False))
+
+def run(strategy):
+    with strategy.scope():
+        config = method_config("da", threats=threats, domain_weighting="minmax", minmax_gamma=0.5, minmax_step=0.1)
+        trainer = ATMCTrainer(wrap_model(_mlp()), config, seed=1)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+    trainer.fit(x, y, epochs=2, batch_size=64, shuffle=False, verbose=0)
+    w = trainer.terms[1].domain_weights
+    return {"replicas": strategy.num_replicas_in_sync,
+            "parts": [p.numpy().tolist() for p in getattr(w.value, "values", [w.value])]}
+
+mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+single = run(tf.distribute.get_strategy())
+print("RESULT " + json.dumps({"mirrored": mirrored, "single": single}))
+"""
+
+
+@pytest.mark.slow
+def test_the_domain_weights_are_the_same_on_two_replicas_and_those_of_the_global_batch():
+    """MirroredStrategy on 2 logical CPUs, each replica with half of every batch: the per-threat losses are
+    averaged over replicas before the update, so both replicas hold the same weights, a one-device run's."""
+    import json
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(here), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", TWO_REPLICAS, here], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    mirrored, single = result["mirrored"], result["single"]
+    assert mirrored["replicas"] == 2 and len(mirrored["parts"]) == 2
+    assert mirrored["parts"][0] == mirrored["parts"][1]
+    np.testing.assert_allclose(mirrored["parts"][0], single["parts"][0], rtol=1e-4)
+    assert abs(single["parts"][0][1] - 0.5) > 0.05  # moved
