@@ -525,7 +525,8 @@ def threat_robustness(cfg, model, lite, data):
     examples = {name: adversarial_examples(fn, x, y, a) for name, a in attacks.items()}
     keras_acc = union_accuracy(lambda z: model.predict(z, verbose=0, batch_size=256), x, y, examples)
     lite_acc = union_accuracy(lite.predict, x, y, examples)
-    return {"names": list(attacks), "threats": {n: {"norm": a.norm, "eps": a.eps, "steps": a.steps, "restarts": a.restarts}
+    return {"names": list(attacks),
+            "threats": {n: {"norm": a.norm, "eps": a.eps, "steps": a.steps, "restarts": a.restarts}
                         for n, a in attacks.items()},
             "domain_weighting": cfg.domain_weighting, "keras": keras_acc.as_dict(), "tflite": lite_acc.as_dict()}
 
