@@ -235,9 +235,10 @@ def test_config_round_trip_legacy_records_refusals_and_quantization(digits):
 
     bad = [
         (dict(class_feedback="fair"), "class_feedback must be one of"),
-        (dict(class_feedback="reweight"), "needs the adversarial cross-entropy"),  # no attack
-        (dict(attack=ATTACK, class_feedback="reweight", adv_weight=0.0), "needs the adversarial cross-entropy"),
-        (dict(attack=ATTACK, class_feedback="resample", distill="ard"), "needs the adversarial cross-entropy"),
+        (dict(class_feedback="reweight"), "needs the one-attack adversarial cross-entropy"),  # no attack
+        (dict(attack=ATTACK, class_feedback="reweight", adv_weight=0.0), "needs the one-attack adversarial"),
+        (dict(attack=ATTACK, class_feedback="resample", distill="ard"), "needs the one-attack adversarial"),
+        (dict(attack=ATTACK, class_feedback="reweight", threats=(ATTACK, ATTACK)), "no threats"),
         (dict(attack=ATTACK, class_feedback="reweight", class_feedback_rate=0.0), "rate must be > 0"),
         (dict(attack=ATTACK, class_feedback="reweight", class_feedback_bound=0.5), "bound must be >= 1"),
         (dict(attack=ATTACK, class_feedback="resample", class_feedback_share=0.0), "share"),

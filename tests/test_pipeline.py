@@ -54,6 +54,7 @@ BAD_FLAGS = [
     ("--class_feedback=resample --distill=ard", "--class_feedback needs"),
     ("--class_feedback=reweight --class_feedback_rate=0", "--class_feedback_rate must be > 0"),
     ("--class_feedback_rate=nan", "--class_feedback_rate must be > 0"),
+    ("--class_feedback=reweight --threats=linf,l2", "with --threats leave it off"),
 ]
 
 
