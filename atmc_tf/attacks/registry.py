@@ -1,13 +1,14 @@
-"""Threat models by name. Each is a frozen dataclass with `attack(model_fn, x, y) -> x_adv`
-(gradient-stopped, inside the threat's ball and the data box) and an `eps`; a new one is a
-module with such a class plus one entry here."""
+"""Threat models by name. Each is a frozen dataclass with `attack(model_fn, x, y, seed=None) -> x_adv`
+(gradient-stopped, inside the threat's ball and the data box; N-FGSM, a training attack, only inside
+the box and (k + 1) eps of x) and an `eps`; a new one is a module with such a class plus one entry here."""
 import dataclasses
 
 from atmc_tf.attacks.apgd import APGDConfig
+from atmc_tf.attacks.fast import FGSMRSConfig, NFGSMConfig
 from atmc_tf.attacks.msd import MSDConfig
 from atmc_tf.attacks.pgd import PGDConfig
 
-ATTACKS = {"pgd": PGDConfig, "apgd": APGDConfig, "msd": MSDConfig}
+ATTACKS = {"pgd": PGDConfig, "apgd": APGDConfig, "msd": MSDConfig, "fgsm_rs": FGSMRSConfig, "n_fgsm": NFGSMConfig}
 
 
 def attack_to_dict(attack):
