@@ -12,6 +12,7 @@ from atmc_tf.training.methods import (
     wrap_for_method,
 )
 from atmc_tf.training.metrics import LastValue
+from atmc_tf.training.overfitting import CatastrophicOverfittingGuard
 from atmc_tf.training.summary import model_size
 from atmc_tf.training.terms import TERMS, AdversarialLoss, CleanLoss, LossTerm, MultiThreatLoss, StepContext
 from atmc_tf.training.trainer import ATMCTrainer
@@ -19,4 +20,4 @@ from atmc_tf.training.trainer import ATMCTrainer
 __all__ = ["ATMCConfig", "SPARSITY_MODES", "METHODS", "compressible_layers", "dense_weight_count",
            "method_config", "output_layers", "wrap_for_method", "LastValue", "model_size", "ATMCTrainer",
            "StopOnNonFiniteLoss", "TrainingDivergedError", "ClassFeedback", "TERMS", "AdversarialLoss", "CleanLoss",
-           "LossTerm", "MultiThreatLoss", "StepContext"]
+           "LossTerm", "MultiThreatLoss", "StepContext", "CatastrophicOverfittingGuard"]
