@@ -1,14 +1,17 @@
 """Threat models by name. Each is a frozen dataclass with `attack(model_fn, x, y, seed=None) -> x_adv`
 (gradient-stopped, inside the threat's ball and the data box; N-FGSM, a training attack, only inside
-the box and (k + 1) eps of x) and an `eps`; a new one is a module with such a class plus one entry here."""
+the box and (k + 1) eps of x; FreeATConfig a setting of the free training term, its attack() a stand-in)
+and an `eps`; a new one is a module with such a class plus one entry here."""
 import dataclasses
 
 from atmc_tf.attacks.apgd import APGDConfig
 from atmc_tf.attacks.fast import FGSMRSConfig, NFGSMConfig
+from atmc_tf.attacks.free import FreeATConfig
 from atmc_tf.attacks.msd import MSDConfig
 from atmc_tf.attacks.pgd import PGDConfig
 
-ATTACKS = {"pgd": PGDConfig, "apgd": APGDConfig, "msd": MSDConfig, "fgsm_rs": FGSMRSConfig, "n_fgsm": NFGSMConfig}
+ATTACKS = {"pgd": PGDConfig, "apgd": APGDConfig, "msd": MSDConfig, "fgsm_rs": FGSMRSConfig, "n_fgsm": NFGSMConfig,
+           "free": FreeATConfig}
 
 
 def attack_to_dict(attack):

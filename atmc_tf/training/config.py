@@ -19,7 +19,9 @@ STRUCTURES = ("none", "channel")
 class ATMCConfig:
     """What the trainer does in each step.
 
-    attack:        the inner max (PGDConfig); None trains on clean data only.
+    attack:        the inner max (a registered attack config: PGDConfig, FGSMRSConfig, NFGSMConfig; or
+                   FreeATConfig: free adversarial training, terms.FreeAdversarialLoss, whose batches
+                   the caller replays: data_order.replay); None trains on clean data only.
     clean_weight, adv_weight: the loss mix (reference: 0.5 / 0.5).
     sparsity:      "dynamic" re-selects the global top-k after every step (AL0,
                    ATMC); "fixed" keeps the support chosen when training starts
@@ -134,6 +136,8 @@ class ATMCConfig:
             raise ValueError(f"distill must be one of {('off',) + DISTILL_MODES}, got {self.distill!r}")
         if self.distill != "off" and self.attack is None:
             raise ValueError(f"distill={self.distill!r} needs an attack (robust distillation crafts adversarial inputs)")
+        if self.distill != "off" and type(self.attack).__name__ == "FreeATConfig":
+            raise ValueError(f"distill={self.distill!r} needs an attack run per step, not free training's FreeATConfig")
         from atmc_tf.training.terms.geco import check_multiplier, check_target  # it imports Keras
         check_multiplier(self.geco_rate, self.geco_decay, self.geco_lambda_min, self.geco_lambda_max)
         from atmc_tf.training.terms.multi_threat import check_weighting
@@ -173,8 +177,9 @@ class ATMCConfig:
 
     def components(self):
         """(loss terms, constraint sets) of this recipe, in the order the trainer applies them."""
+        from atmc_tf.attacks import FreeATConfig
         from atmc_tf.training.terms import (AdversarialLoss, ClassBalancedAdversarialLoss, CleanLoss,  # Keras
-                                            CleanTarget, MultiThreatLoss, RobustDistillation)
+                                            CleanTarget, FreeAdversarialLoss, MultiThreatLoss, RobustDistillation)
         if self.clean_target is not None:  # GECO: the clean term's weight is a multiplier holding the target
             clean = CleanTarget(self.clean_target, self.clean_target_form, self.geco_rate, self.geco_decay,
                                 lambda_init=self.clean_weight, lambda_min=self.geco_lambda_min,
@@ -186,15 +191,20 @@ class ATMCConfig:
             terms = [clean if self.clean_target is not None else CleanLoss(0.0),
                      RobustDistillation(self.attack, 1.0, "rslad", self.distill_temperature)]
         elif self.adversarial:
+            free = isinstance(self.attack, FreeATConfig)  # free training's persistent perturbation, not an attack
             if self.threats is not None:
                 adv = MultiThreatLoss(self.threats, self.domain_weighting, self.adv_weight, self.minmax_gamma,
                                       self.minmax_step, bn_training=self.attack_bn_training)
             elif self.class_feedback != "off":
+                if free:
+                    raise ValueError(f"class_feedback={self.class_feedback!r} needs an attack run per step; free "
+                                     "adversarial training replays one perturbation")
                 adv = ClassBalancedAdversarialLoss(self.attack, self.adv_weight, self.attack_bn_training,
                                                    self.class_feedback, self.class_feedback_rate,
                                                    self.class_feedback_bound, self.class_feedback_share)
             else:
-                adv = AdversarialLoss(self.attack, self.adv_weight, bn_training=self.attack_bn_training)
+                adv = (FreeAdversarialLoss if free else AdversarialLoss)(self.attack, self.adv_weight,
+                                                                         bn_training=self.attack_bn_training)
             terms = [clean if self.clean_target is not None else CleanLoss(self.clean_weight), adv]
         else:
             terms = [CleanLoss(1.0)]

@@ -31,3 +31,13 @@ def resumable_batches(x, y, batch_size, seed, first_epoch=0):
                .map(lambda idx: (tf.gather(x_all, idx), tf.gather(y_all, idx)))
                .prefetch(tf.data.AUTOTUNE))
     return dataset, steps
+
+
+def replay(dataset, times):
+    """Each batch of `dataset` `times` times in a row (free adversarial training's minibatch replay,
+    terms.FreeAdversarialLoss): pass fit steps_per_epoch * times, and epochs / times for the same work."""
+    if int(times) < 1:
+        raise ValueError(f"times must be >= 1, got {times}")
+    if int(times) == 1:
+        return dataset
+    return dataset.flat_map(lambda *batch: tf.data.Dataset.from_tensors(batch).repeat(int(times)))

@@ -241,6 +241,7 @@ class ATMCTrainer(keras.Model):
             for t in self.terms:
                 t.prepare(ctx)
             with tf.GradientTape() as tape:
+                tape.watch(list(ctx.watched.values()))
                 parts = [p for p in (t.loss(ctx) for t in self.terms) if p is not None]
                 values = self._values()
                 parts += [p for p in (c.penalty(values) for c in self.constraints) if p is not None]
@@ -251,7 +252,9 @@ class ATMCTrainer(keras.Model):
                 scaled = self.optimizer.scale_loss(loss)
                 scaled = scaled / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, scaled.dtype)
             variables = self.trainable_variables
-            self.optimizer.apply(tape.gradient(scaled, variables), variables)
+            grads = tape.gradient(scaled, variables + list(ctx.watched.values()))
+            ctx.input_grads = dict(zip(ctx.watched, grads[len(variables):]))
+            self.optimizer.apply(grads[:len(variables)], variables)
             self.enforce_constraints()
             for t in self.terms:
                 t.after_step(ctx)

@@ -4,7 +4,7 @@ One training step of ATMCTrainer, for terms T and constraints C:
 
     for t in T: t.prepare(ctx)                # outside the tape: craft adversarial inputs, ...
     with tape: loss = sum(t.loss(ctx)) + sum(c.penalty) + net.losses
-    optimizer step; constraints project       # cross-replica
+    optimizer step; constraints project       # cross-replica; ctx.input_grads: d loss / d watched inputs
     for t in T: t.after_step(ctx)             # update a multiplier, measure what was skipped, ...
 
 In evaluation (test_step) each term's evaluate(ctx) gives its contribution to the
@@ -33,6 +33,13 @@ class StepContext:
         self.training = training
         self.inputs = {"clean": x}
         self.logits, self.losses = {}, {}
+        self.watched, self.input_grads = {}, {}
+
+    def watch(self, name, tensor):
+        """Ask the step for the gradient of its (scaled) loss with respect to `tensor`, an input a term crafted in
+        prepare(): computed in the same backward pass as the weights' gradients, in ctx.input_grads[name] by
+        after_step (free adversarial training's perturbation update). Scaled: only its direction is exact."""
+        self.watched[name] = tensor
 
     def seed(self, salt=0):
         """A stateless seed (shape [2] int64) for this step's randomness: a function of the
