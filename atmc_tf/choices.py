@@ -19,6 +19,8 @@ DISTILL_MODES = ("ard", "rslad")  # atmc_tf.training.terms.RobustDistillation (A
 CLASS_FEEDBACK_MODES = ("reweight", "resample")
 DOMAIN_WEIGHTINGS = ("avg", "max", "msd", "minmax")  # atmc_tf.training.terms.MultiThreatLoss
 THREAT_NORMS = {"linf": "inf", "l2": "2", "l1": "1"}  # threat name -> PGDConfig.norm (the pipeline's --threats)
+# Training attacks: atmc_tf.attacks.ATTACKS' pgd, fgsm_rs, n_fgsm; free is atmc_tf.training.terms.FreeAdversarialLoss.
+TRAIN_ATTACKS = ("pgd", "fgsm_rs", "n_fgsm", "free")
 
 
 def nonzero_levels(bits, zero_in_levels=True):

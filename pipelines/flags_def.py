@@ -12,7 +12,7 @@ import sys
 from absl import flags
 
 from atmc_tf.choices import (CLASS_FEEDBACK_MODES, CLEAN_TARGET_FORMS, DATASETS, DISTILL_MODES, DOMAIN_WEIGHTINGS,
-                             FACTORIZATIONS, MODELS, QUANT_SCHEMES, THREAT_NORMS, check_codebook)
+                             FACTORIZATIONS, MODELS, QUANT_SCHEMES, THREAT_NORMS, TRAIN_ATTACKS, check_codebook)
 from pipelines import methods_table
 
 F = flags.FLAGS
@@ -101,6 +101,15 @@ flags.DEFINE_enum("domain_weighting", "minmax", DOMAIN_WEIGHTINGS, "How --threat
 flags.DEFINE_float("minmax_gamma", 4.0, "--domain_weighting=minmax: the regulariser gamma/2 ||w - 1/K||^2 pulling "
                    "the weights to the average (large: avg; 0: the worst threat only).")
 flags.DEFINE_float("minmax_step", 0.05, "--domain_weighting=minmax: step size of the weights' ascent, per step.")
+flags.DEFINE_enum("train_attack", "pgd", TRAIN_ATTACKS, "The training attack of the adversarial stages (DA and "
+                  "compression): pgd (--pgd_steps of PGD, the default), fgsm_rs (FGSM with random start, Wong et al. "
+                  "2020: one gradient per batch), n_fgsm (N-FGSM, de Jorge et al. 2022: noise 2 eps, one step of eps, "
+                  "no projection to the eps-ball) or free (free adversarial training, Shafahi et al. 2019: each "
+                  "batch replayed --free_replays times, epochs divided by as much). The fast ones are watched for "
+                  "catastrophic overfitting (PGD accuracy on 256 validation images, each epoch: below half its best "
+                  "stops the stage with the best epoch's weights). Evaluation is PGD whatever this is.")
+flags.DEFINE_integer("free_replays", 4, "--train_attack=free: times each batch is replayed (m); every stage's "
+                     "epochs are divided by m (rounded up), so the total work stays that of plain training.")
 flags.DEFINE_integer("square_queries", 1000, "Query budget per image of the Square Attack run on the int8 .tflite "
                      "(evaluation only).", lower_bound=1)
 flags.DEFINE_float("pgd_step_size", None, "PGD step size (default 2.5 * eps / steps).")
@@ -168,6 +177,7 @@ _RULES = [
     ("minmax_step", lambda v: math.isfinite(v) and v > 0, "--minmax_step must be > 0"),
     ("threats", lambda v: all(t in THREAT_NORMS for t in v) and len(set(v)) == len(v),
      f"--threats must be distinct names of {', '.join(THREAT_NORMS)}, comma-separated"),
+    ("free_replays", lambda v: v >= 1, "--free_replays must be >= 1"),
     ("pgd_step_size", lambda v: v is None or (math.isfinite(v) and v > 0), "--pgd_step_size must be > 0"),
     ("eval_pgd_steps", lambda v: v >= 1, "--eval_pgd_steps must be >= 1"),
     ("eval_restarts", lambda v: v >= 1, "--eval_restarts must be >= 1"),
@@ -237,6 +247,17 @@ flags.register_multi_flags_validator(
     ["threats", "domain_weighting"], lambda d: d["domain_weighting"] != "msd" or len(d["threats"]) >= 2,
     message="--domain_weighting=msd needs at least two --threats (it steps in the steepest of their norms)")
 flags.register_multi_flags_validator(
+    ["train_attack", "distill"], lambda d: d["train_attack"] != "free" or d["distill"] == "off",
+    message="--train_attack=free needs --distill=off (robust distillation crafts its own examples; free adversarial "
+            "training replays a persistent perturbation)")
+flags.register_multi_flags_validator(
+    ["threats", "train_attack"], lambda d: not d["threats"] or d["train_attack"] == "pgd",
+    message="--threats trains with PGD in each threat's ball; leave --train_attack at pgd")
+flags.register_multi_flags_validator(
+    ["class_feedback", "train_attack"], lambda d: d["class_feedback"] == "off" or d["train_attack"] != "free",
+    message="--class_feedback needs an attack run per step; free adversarial training replays one perturbation "
+            "(--train_attack=pgd, fgsm_rs or n_fgsm)")
+flags.register_multi_flags_validator(
     ["mac_ratio", "structure"], lambda d: d["mac_ratio"] is None or d["structure"] == "channel",
     message="--mac_ratio needs --structure=channel (a MAC budget is a budget of whole channels; unstructured "
             "sparsity leaves every MAC in place)")
@@ -286,6 +307,9 @@ def parse_flags(argv):
     if F.clean_target is not None and F.clean_target_drop is not None:
         fail(f"--clean_target={F.clean_target:g} and --clean_target_drop={F.clean_target_drop:g} both set the "
              "clean target (absolute, or relative to the dense model); pass only one")
+    if F["free_replays"].present and F.train_attack != "free":
+        fail(f"--free_replays={F.free_replays} needs --train_attack=free (it is the number of replays of each batch "
+             "in free adversarial training)")
     return rest
 
 
@@ -367,6 +391,8 @@ class PipelineConfig:
     domain_weighting: str = "minmax"
     minmax_gamma: float = 4.0
     minmax_step: float = 0.05
+    train_attack: str = "pgd"
+    free_replays: int = 4
 
     @classmethod
     def from_flags(cls):

@@ -167,9 +167,18 @@ def markdown(r):
         "|---|---|---|",
     ]
     lines += [f"| {st['stage']} | {st['epochs']} | {st['seconds']:.1f} |" for st in r["stages"]]
+    lines += _overfitting_lines(r.get("stage_results") or [])
     lines += ["", "Plots: " + ", ".join(f"[{os.path.basename(p)}]({os.path.basename(p)})"
                                        for p in r["files"]["plots"]), ""]
     return "\n".join(lines)
+
+
+def _overfitting_lines(results):
+    """One line per stage whose fast training attack overfit catastrophically (stages.overfitting_guard)."""
+    events = [(st["stage"], st["catastrophic_overfitting"]) for st in results if st.get("catastrophic_overfitting")]
+    attacks = sorted({st["train_attack"] for st in results if st.get("train_attack")})
+    head = [f"", f"Training attack: {', '.join(attacks)}."] if attacks and attacks != ["pgd"] else []
+    return head + [f"- **stage {name}: {e['line']}**" for name, e in events]
 
 
 def _phone_file(phone):

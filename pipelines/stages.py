@@ -12,7 +12,8 @@ import os
 import keras
 from absl import logging
 
-from atmc_tf.attacks import PGDConfig, accuracy_curve, adversarial_examples
+from atmc_tf.attacks import (FGSMRSConfig, FreeATConfig, NFGSMConfig, PGDConfig, accuracy_curve,
+                             adversarial_examples, attack_to_dict)
 from atmc_tf.constraints.accounting import budget_for_ratio
 from atmc_tf.data import load_dataset
 from atmc_tf.export import atomic
@@ -24,7 +25,8 @@ from atmc_tf.checkpoint_files import find_checkpoint
 from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_count, method_config, model_size,
                               output_layers, wrap_for_method)
 from atmc_tf.training.checkpoint import ResumableCheckpoint
-from atmc_tf.training.data_order import resumable_batches
+from atmc_tf.training.data_order import replay, resumable_batches
+from atmc_tf.training.overfitting import CatastrophicOverfittingGuard
 from atmc_tf.training.structure import channel_costs
 from pipelines import console, faults, methods_table, signals
 from pipelines.flags_def import UsageError
@@ -81,6 +83,14 @@ def strategy_scope():
 
 
 def train_attack(cfg):
+    """The adversarial stages' training attack (--train_attack); evaluation is always eval_attack's PGD."""
+    kind = getattr(cfg, "train_attack", "pgd")
+    if kind == "fgsm_rs":
+        return FGSMRSConfig(eps=cfg.eps)
+    if kind == "n_fgsm":
+        return NFGSMConfig(eps=cfg.eps)
+    if kind == "free":
+        return FreeATConfig(eps=cfg.eps, replays=cfg.free_replays, batch_size=cfg.batch_size)
     return PGDConfig(eps=cfg.eps, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size)
 
 
@@ -106,6 +116,21 @@ def threat_settings(cfg):
         return {}
     return {"threats": tuple(threat_attacks(cfg).values()), "domain_weighting": cfg.domain_weighting,
             "minmax_gamma": cfg.minmax_gamma, "minmax_step": cfg.minmax_step}
+
+
+# Catastrophic overfitting watch of the fast training attacks: PGD-10 accuracy on the first 256 validation
+# images after every epoch; below half its best (once that reached 20%) the stage stops with the best epoch's
+# weights, and the next stage (if any) starts from them. No PGD rerun: the fallback is the restored weights.
+CO_CHECK_EXAMPLES, CO_PGD_STEPS, CO_FRACTION, CO_MIN_BEST = 256, 10, 0.5, 0.2
+
+
+def overfitting_guard(cfg, config, data):
+    """A CatastrophicOverfittingGuard for a stage trained with a fast attack, else None."""
+    if not config.adversarial or isinstance(config.attack, PGDConfig):
+        return None
+    return CatastrophicOverfittingGuard(data.x_val[:CO_CHECK_EXAMPLES], data.y_val[:CO_CHECK_EXAMPLES],
+                                        PGDConfig(eps=cfg.eps, steps=CO_PGD_STEPS), fraction=CO_FRACTION,
+                                        min_best=CO_MIN_BEST)
 
 
 def eval_attack(cfg, eps=None):
@@ -156,7 +181,7 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
         trainer.compile(optimizer=make_optimizer(cfg, lr))
     logging.info("stage %s: method=%s epochs=%d budget=%s bits=%s", name, method, epochs,
                  config.nnz_budget, config.bits)
-    history, seconds = {}, 0.0
+    history, seconds, overfitting = {}, 0.0, None
     backup_dir = os.path.join(d, "backup")
     checkpoint = None
     if epochs > 0:
@@ -167,7 +192,13 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
         found = find_checkpoint(backup_dir)  # intact: check_resume_files ran at start-up
         first_epoch = found[1]["epoch"] if found else 0
         batches, steps = resumable_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, first_epoch)
-        callbacks = [checkpoint, faults.KillAt(name), signals.stop_callback()]
+        if isinstance(config.attack, FreeATConfig):
+            # Free training: each batch m times in a row, epochs / m (rounded up): plain training's step count.
+            replays = config.attack.replays
+            batches, steps, epochs = replay(batches, replays), steps * replays, -(-epochs // replays)
+        guard = overfitting_guard(cfg, config, data)
+        # The guard first: after it restores the best weights, the checkpoint saves those.
+        callbacks = [c for c in (guard, checkpoint, faults.KillAt(name), signals.stop_callback()) if c is not None]
         if console.epoch_lines(cfg.verbose):
             callbacks.append(console.epoch_line(name, epochs))
         if cfg.tensorboard:
@@ -178,13 +209,17 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
                     validation_data=(data.x_val, data.y_val), callbacks=callbacks,
                     verbose=console.fit_verbosity(cfg.verbose))
         history, seconds = checkpoint.history, checkpoint.seconds
+        if guard is not None and guard.event is not None:
+            overfitting = {**guard.event, "line": guard.line()}
     else:
         trainer.prepare_constraints()
         trainer.finalize()
     # "seconds": training wall time of the finished epochs summed over every run of the stage
     # (the epoch a kill cut short is redone and not counted); "history": every epoch's logs.
     result = {"stage": name, "method": method, "epochs": epochs, "seconds": seconds,
-              "history": history, "constraints": trainer.constraint_report()}
+              "history": history, "constraints": trainer.constraint_report(),
+              "train_attack": None if config.attack is None else attack_to_dict(config.attack)["kind"],
+              "catastrophic_overfitting": overfitting}
     faults.point(f"{name}:save")
     with atomic.atomic_path(model_file, ".tmp.keras") as tmp:
         net.save(tmp)

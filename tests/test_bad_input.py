@@ -97,6 +97,10 @@ BAD_FLAGS = [
     ("--threats=linf,l3", "--threats"), ("--threats=l2,l2", "--threats"), ("--eps_l2=0", "--eps_l2"),
     ("--eps_l1=nan", "--eps_l1"), ("--eps_linf=2", "--eps_linf"), ("--domain_weighting=worst", "domain_weighting"),
     ("--minmax_gamma=-1", "--minmax_gamma"), ("--minmax_step=0", "--minmax_step"),
+    ("--train_attack=fgsm", "train_attack"), ("--free_replays=0", "--free_replays"),
+    ("--free_replays=2", "--train_attack=free"),
+    ("--threats=linf,l2 --train_attack=fgsm_rs", "--threats trains with PGD"),
+    ("--class_feedback=reweight --train_attack=free", "--class_feedback needs an attack run per step"),
 ]
 
 

@@ -267,6 +267,19 @@ def test_workdir_from_before_a_new_flag_resumes_at_its_default():
     assert config_diff(dataclasses.replace(cfg, zero_in_levels=False).as_dict(), older) == []
 
 
+def test_workdir_from_before_train_attack_resumes_with_pgd():
+    """A run recorded before --train_attack trained with PGD: resuming with the default is accepted, a fast
+    attack is refused as a different run."""
+    import dataclasses
+
+    from pipelines.flags_def import PipelineConfig, config_diff
+    cfg = PipelineConfig(**{f.name: 0 for f in dataclasses.fields(PipelineConfig)}
+                         | {"model_file": None, "train_attack": "pgd", "free_replays": 4})
+    old = {k: v for k, v in cfg.as_dict().items() if k not in ("train_attack", "free_replays")}
+    assert config_diff(cfg.as_dict(), old) == []
+    assert config_diff(dataclasses.replace(cfg, train_attack="n_fgsm").as_dict(), old) == ["train_attack"]
+
+
 @pytest.mark.slow
 def test_a_collapsed_model_is_named_and_fails_the_run(tmp_path):
     """A budget of 3 weights cuts every path: the run still writes its report (nothing is lost), says
@@ -282,6 +295,23 @@ def test_a_collapsed_model_is_named_and_fails_the_run(tmp_path):
     assert "collapsed" in (wd / "report.md").read_text()
     again = run_pipeline(*flags, "--allow_collapse", f"--workdir={wd}")
     assert again.returncode == 0 and "warning: the compressed model collapsed" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_fast_training_attack_trains_every_stage_and_pgd_evaluates(tmp_path):
+    """--train_attack=n_fgsm: DA and AL0 train with N-FGSM (recorded per stage, said in the report), watched for
+    catastrophic overfitting; the robustness figures are PGD's all the same."""
+    wd = tmp_path / "wd"
+    r = run_pipeline("--limit_train=200", "--limit_test=60", "--da_epochs=2", "--method=al0", "--al0_epochs=1",
+                     "--train_attack=n_fgsm", "--size_ratio=0.3", "--eval_pgd_steps=2", "--micro_samples=2", "--verbose=0",
+                     f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    assert [s["train_attack"] for s in report["stage_results"]] == ["n_fgsm", "n_fgsm"]
+    assert all("catastrophic_overfitting" in s for s in report["stage_results"])
+    assert "pgd" in report["robustness"]["keras"]["per_attack"] and report["config"]["train_attack"] == "n_fgsm"
+    assert 0 <= report["summary"]["keras_robust"] <= 1
+    assert "Training attack: n_fgsm." in (wd / "report.md").read_text()
 
 
 @pytest.mark.slow
