@@ -1,11 +1,13 @@
 """FGSM with random start and N-FGSM: where their examples lie, determinism given the seed, and that the step hurts."""
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from atmc_tf.attacks import FGSMRSConfig, NFGSMConfig, attack_from_dict, attack_to_dict
+from atmc_tf.attacks import FGSMRSConfig, NFGSMConfig, PGDConfig, attack_from_dict, attack_to_dict
 from atmc_tf.attacks.pgd import _xent
 
 MODEL = None
@@ -92,3 +94,33 @@ def test_refuses_bad_settings(bad):
             cls(**bad)
     with pytest.raises(ValueError):
         NFGSMConfig(eps=0.1, noise_scale=-1.0)
+
+
+class _Identity:
+    """An 'attack' that returns the clean batch."""
+
+    eps = 0.0
+
+    def attack(self, model_fn, x, y, seed=None):
+        return x
+
+
+@dataclasses.dataclass(frozen=True)
+class _ValidatedClean(FGSMRSConfig):
+    @property
+    def validation_attack(self):
+        return _Identity()
+
+
+def test_validation_metrics_attack_with_the_named_validation_attack():
+    """The trainer's validation adv metrics use validation_attack (PGD-7 for the fast attacks), never the fast
+    attack itself: with a validation attack that returns the clean batch, adv equals clean."""
+    from atmc_tf.layers import wrap_model
+    from atmc_tf.training import ATMCTrainer, AdversarialLoss, CleanLoss
+    assert FGSMRSConfig(eps=0.1).validation_attack == PGDConfig(eps=0.1, steps=7)
+    assert NFGSMConfig(eps=0.2).validation_attack == PGDConfig(eps=0.2, steps=7)
+    x, y = _batch(4, n=32)
+    trainer = ATMCTrainer(wrap_model(_model()), terms=[CleanLoss(0.5), AdversarialLoss(_ValidatedClean(eps=0.3))])
+    trainer.compile(optimizer="sgd")
+    logs = trainer.evaluate(x, y, verbose=0, return_dict=True)
+    assert logs["adv_loss"] == pytest.approx(logs["clean_loss"]) and logs["adv_acc"] == logs["clean_acc"]

@@ -10,7 +10,10 @@ single-step adversarial training", NeurIPS; pdejorge/N-FGSM, train.py with its d
 noise eta uniform in [-k eps, k eps] (k = 2), clipped to the box; one signed step of alpha = eps; the result
 clipped to the data box only, NOT to the eps-ball: a training example may lie up to (k + 1) eps from x. That
 larger, unclipped perturbation is what keeps single-step training from catastrophic overfitting in the paper.
-These are training attacks: the pipeline evaluates with PGD, never with them.
+These are training attacks: the pipeline evaluates with PGD, never with them, and so do the trainer's
+validation metrics (adv_loss / adv_acc): `validation_attack` is PGD-7 (the default training attack, so the
+curves of fast and PGD runs measure the same thing), since a single-step attack's own accuracy is what
+rises when a model overfits catastrophically.
 
 Both only call model_fn, so they run eagerly and inside a train_step's tf.function, and with a stateless
 `seed` their noise is a function of the seed alone (a resumed run draws what an uninterrupted one drew).
@@ -20,7 +23,7 @@ import math
 
 import tensorflow as tf
 
-from atmc_tf.attacks.pgd import _xent
+from atmc_tf.attacks.pgd import PGDConfig, _xent
 
 
 def _check_box(config):
@@ -30,6 +33,11 @@ def _check_box(config):
         raise ValueError(f"step_size must be a finite number > 0, got {config.step_size}")
     if not config.clip_min < config.clip_max:
         raise ValueError("clip_min must be < clip_max")
+
+
+def _validation_pgd(config):
+    """What the trainer's validation metrics attack with in place of a training-only attack: PGD-7."""
+    return PGDConfig(eps=config.eps, steps=7, clip_min=config.clip_min, clip_max=config.clip_max)
 
 
 def _uniform(x, radius, seed):
@@ -71,6 +79,10 @@ class FGSMRSConfig:
     def alpha(self):
         return self.step_size if self.step_size is not None else 1.25 * self.eps
 
+    @property
+    def validation_attack(self):
+        return _validation_pgd(self)
+
     def attack(self, model_fn, x, y, seed=None):
         """x_adv for (x, y), in the eps-ball and the box; seed: a stateless seed (shape [2] integers) or None."""
         return signed_step(model_fn, x, y, self.eps, self.alpha, self.eps, self.clip_min, self.clip_max, seed)
@@ -95,6 +107,10 @@ class NFGSMConfig:
     @property
     def alpha(self):
         return self.step_size if self.step_size is not None else self.eps
+
+    @property
+    def validation_attack(self):
+        return _validation_pgd(self)
 
     def attack(self, model_fn, x, y, seed=None):
         """x_adv for (x, y), in the box and within (noise_scale * eps + alpha) of x; seed as FGSMRSConfig's."""

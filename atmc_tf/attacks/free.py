@@ -9,15 +9,16 @@ replay is one forward and one backward pass, that of plain training (the trainer
 atmc_tf.training.terms.FreeAdversarialLoss; the replays: atmc_tf.training.data_order.replay).
 
 FreeATConfig records the setting in the attack registry (ATMCConfig.attack); its attack() is the
-stand-in used where a functional attack is needed (the term's validation metrics): PGD with `replays` steps
-of eps / 2, no random start, about what the m replays of a batch spend on it.
+stand-in used where a functional attack is needed: PGD with `replays` steps of eps / 2, no random start,
+about what the m replays of a batch spend on it. The trainer's validation metrics use `validation_attack`,
+PGD-7, as for the single-step attacks (attacks/fast.py).
 """
 import dataclasses
 import math
 
 import tensorflow as tf
 
-from atmc_tf.attacks.pgd import pgd
+from atmc_tf.attacks.pgd import PGDConfig, pgd
 
 
 def free_update(delta, grad, x, eps, clip_min=0.0, clip_max=1.0):
@@ -47,6 +48,10 @@ class FreeATConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.clip_min < self.clip_max:
             raise ValueError("clip_min must be < clip_max")
+
+    @property
+    def validation_attack(self):
+        return PGDConfig(eps=self.eps, steps=7, clip_min=self.clip_min, clip_max=self.clip_max)
 
     def attack(self, model_fn, x, y, seed=None):
         """The functional stand-in (see the module): PGD, `replays` steps of eps / 2 from x, in the ball and box."""

@@ -1,7 +1,8 @@
 """Threat models by name. Each is a frozen dataclass with `attack(model_fn, x, y, seed=None) -> x_adv`
 (gradient-stopped, inside the threat's ball and the data box; N-FGSM, a training attack, only inside
 the box and (k + 1) eps of x; FreeATConfig a setting of the free training term, its attack() a stand-in)
-and an `eps`; a new one is a module with such a class plus one entry here."""
+and an `eps`. A training-only attack names, as `validation_attack`, the attack the trainer's validation
+metrics use instead (PGD). A new one is a module with such a class plus one entry here."""
 import dataclasses
 
 from atmc_tf.attacks.apgd import APGDConfig

@@ -5,7 +5,8 @@ from atmc_tf.training.terms.base import PredictionLoss
 
 class AdversarialLoss(PredictionLoss):
     """weight * loss(y, net(attack(x))). The attack runs before the gradient tape, on the net in
-    inference mode unless bn_training (then BatchNorm uses, and updates from, the batch)."""
+    inference mode unless bn_training (then BatchNorm uses, and updates from, the batch). Validation
+    (evaluate) attacks with attack.validation_attack where the attack names one (a training-only attack)."""
 
     kind = "adversarial"
     prediction = prefix = "adv"
@@ -31,7 +32,9 @@ class AdversarialLoss(PredictionLoss):
         self.track(ctx)
 
     def evaluate(self, ctx):
-        x_adv = self.attack.attack(lambda z: ctx.net(z, training=False), ctx.x, ctx.y, seed=ctx.seed(2))
+        # A training-only attack (FGSM-RS, N-FGSM) is validated with the PGD it names, never with itself.
+        attack = getattr(self.attack, "validation_attack", self.attack)
+        x_adv = attack.attack(lambda z: ctx.net(z, training=False), ctx.x, ctx.y, seed=ctx.seed(2))
         logits = ctx.net(x_adv, training=False)
         ctx.record("adv", logits, ctx.loss_fn(logits))
         self.track(ctx)

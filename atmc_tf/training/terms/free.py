@@ -29,8 +29,7 @@ from atmc_tf.training.terms.base import PredictionLoss
 
 class FreeAdversarialLoss(PredictionLoss):
     """weight * loss(y, net(clip(x + delta))), delta persistent and updated after every step (see the module).
-    Logs adv_loss / adv_acc like AdversarialLoss; in validation it attacks with attack.attack (FreeATConfig's
-    PGD stand-in)."""
+    Logs adv_loss / adv_acc like AdversarialLoss; in validation it attacks with attack.validation_attack (PGD-7)."""
 
     kind = "free_adversarial"
     prediction = prefix = "adv"
@@ -79,7 +78,8 @@ class FreeAdversarialLoss(PredictionLoss):
         ctx.assign(self.delta, tf.concat([tf.cast(new, self.delta.dtype), self.delta.value[n:]], 0))
 
     def evaluate(self, ctx):
-        x_adv = self.attack.attack(lambda z: ctx.net(z, training=False), ctx.x, ctx.y)
+        x_adv = self.attack.validation_attack.attack(lambda z: ctx.net(z, training=False), ctx.x, ctx.y,
+                                                     seed=ctx.seed(2))
         logits = ctx.net(x_adv, training=False)
         ctx.record("adv", logits, ctx.loss_fn(logits))
         self.track(ctx)
