@@ -267,6 +267,32 @@ def test_workdir_from_before_a_new_flag_resumes_at_its_default():
     assert config_diff(dataclasses.replace(cfg, zero_in_levels=False).as_dict(), older) == []
 
 
+def test_fast_attacks_are_watched_and_a_collapse_is_reported():
+    """stages.overfitting_guard watches a fast training attack, not PGD nor natural training; a stage result that
+    recorded catastrophic overfitting puts its one line in report.md."""
+    import types
+
+    import numpy as np
+
+    from atmc_tf.attacks import FGSMRSConfig, PGDConfig
+    from atmc_tf.training import CatastrophicOverfittingGuard, method_config
+    from pipelines import stages
+    from pipelines.report import _overfitting_lines
+    data = types.SimpleNamespace(x_val=np.zeros((300, 8, 8, 1), np.float32), y_val=np.zeros(300, np.int64))
+    cfg = types.SimpleNamespace(eps=0.1)
+    guard = stages.overfitting_guard(cfg, method_config("da", attack=FGSMRSConfig(eps=0.1)), data)
+    assert isinstance(guard, CatastrophicOverfittingGuard) and len(guard.y) == stages.CO_CHECK_EXAMPLES
+    assert guard.attack == PGDConfig(eps=0.1, steps=stages.CO_PGD_STEPS)
+    assert stages.overfitting_guard(cfg, method_config("da", attack=PGDConfig(eps=0.1)), data) is None
+    assert stages.overfitting_guard(cfg, method_config("natural"), data) is None
+    line = "catastrophic overfitting at epoch 5: ... restored"
+    results = [{"stage": "da", "train_attack": "fgsm_rs", "catastrophic_overfitting": {"line": line}},
+               {"stage": "al0", "train_attack": "fgsm_rs", "catastrophic_overfitting": None}]
+    lines = _overfitting_lines(results)
+    assert "Training attack: fgsm_rs." in lines and f"- **stage da: {line}**" in lines and len(lines) == 3
+    assert _overfitting_lines([{"stage": "da", "train_attack": "pgd", "catastrophic_overfitting": None}]) == []
+
+
 def test_workdir_from_before_train_attack_resumes_with_pgd():
     """A run recorded before --train_attack trained with PGD: resuming with the default is accepted, a fast
     attack is refused as a different run."""
