@@ -99,8 +99,6 @@ BAD_FLAGS = [
     ("--minmax_gamma=-1", "--minmax_gamma"), ("--minmax_step=0", "--minmax_step"),
     ("--train_attack=fgsm", "train_attack"), ("--free_replays=0", "--free_replays"),
     ("--free_replays=2", "--train_attack=free"),
-    ("--threats=linf,l2 --train_attack=fgsm_rs", "--threats trains with PGD"),
-    ("--class_feedback=reweight --train_attack=free", "--class_feedback needs an attack run per step"),
 ]
 
 

@@ -55,6 +55,8 @@ BAD_FLAGS = [
     ("--class_feedback=reweight --class_feedback_rate=0", "--class_feedback_rate must be > 0"),
     ("--class_feedback_rate=nan", "--class_feedback_rate must be > 0"),
     ("--class_feedback=reweight --threats=linf,l2", "with --threats leave it off"),
+    ("--threats=linf,l2 --train_attack=fgsm_rs", "--threats trains with PGD"),
+    ("--class_feedback=reweight --train_attack=free", "--class_feedback needs an attack run per step"),
 ]
 
 

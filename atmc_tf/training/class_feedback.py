@@ -25,7 +25,8 @@ from atmc_tf.attacks import correct_under_attack, per_class_accuracy
 
 class ClassFeedback(keras.callbacks.Callback):
     """Sets the class weights of the trainer's ClassBalancedAdversarialLoss from per-class robust error
-    on (x_val, y_val), under `attack` (default: the term's training attack)."""
+    on (x_val, y_val), under `attack` (default: the term's training attack, or for a fast one the PGD its
+    validation_attack names)."""
 
     def __init__(self, x_val, y_val, attack=None, batch_size=256, seed=0):
         super().__init__()
@@ -48,7 +49,7 @@ class ClassFeedback(keras.callbacks.Callback):
         term = self._term()
         net = self.model.net
         correct = correct_under_attack(lambda z: net(z, training=False), self.x_val, self.y_val,
-                                       self.attack or term.attack, self.batch_size,
+                                       self.attack or getattr(term.attack, "validation_attack", term.attack), self.batch_size,
                                        seed=self.seed * 1_000_003 + int(epoch))
         return per_class_accuracy(correct, self.y_val, term.num_classes)
 

@@ -179,7 +179,8 @@ class ATMCTrainer(keras.Model):
             raise ValueError("ATMCTrainer does not take weighted_metrics; fit's sample_weight / class_weight "
                              "weight the loss, and metrics= are computed unweighted")
         self._loss_fn = _as_loss(loss)
-        adversarial = any(t.kind in ("adversarial", "class_feedback", "multi_threat") for t in self.terms)
+        adversarial = any(t.kind in ("adversarial", "class_feedback", "multi_threat", "free_adversarial")
+                          for t in self.terms)
         metrics = list(metrics or [])
         self._user_metrics = {"clean": [_as_metric(m) for m in metrics],
                               "adv": [_as_metric(m, "adv_") for m in metrics] if adversarial else []}
