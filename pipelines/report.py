@@ -312,7 +312,8 @@ def _micro_compressed_lines(m):
         f"the uncompressed model on TFLM: {m['ok']} ({m['samples_checked']} images)"
         + (f"; arena {m['arena_bytes_original']} -> {m['arena_bytes_compressed']} bytes (+{growth}: DECODE "
            "writes the decoded kernels there)" if growth is not None else ""),
-        f"- kernels: {kernels}",
+        f"- kernels: {kernels}" + (f"; tensor names stripped ({plan['names_stripped_bytes']} bytes)"
+                                   if plan.get("names_stripped_bytes") else ""),
     ]
 
 

@@ -201,3 +201,25 @@ def test_b_bit_atmc_kernels_get_b_bit_indices(digits, zero_in_levels, bits):
     for name in ("conv_b", "dense"):
         entry = _entry(report, name)
         assert entry["encoding"] == "lut_per_channel" and entry["index_bits"] == bits, entry
+
+
+def test_stripped_names_leave_the_model_and_its_outputs_as_they_were(exported):
+    """strip_names: tensor / subgraph names and the description go (the file shrinks), everything a runtime
+    reads stays: TFLM outputs bit-identical, LiteRT's too, the signature runner's keys kept."""
+    from atmc_tf.export.tflite import _litert, parse_check, strip_names
+    compressed = exported["compressed"]
+    stripped = strip_names(compressed)
+    model = parse_check(stripped)
+    assert all(not t.name for g in model.subgraphs for t in g.tensors) and not model.description
+    names = sum(len(t.name) for g in parse_check(compressed).subgraphs for t in g.tensors)
+    assert len(stripped) <= len(compressed) - names // 2  # the names were most of what went
+    check = micro_outputs_equal(exported["original"], stripped, exported["x_int8"][:40])
+    assert check.ok and check.max_abs_diff == 0, check.error
+    original, plain = exported["original"], strip_names(exported["original"])
+    a, b = LiteRTModel(original), LiteRTModel(plain)
+    assert np.array_equal(a.predict_int8(exported["x_int8"]), b.predict_int8(exported["x_int8"]))
+    interpreter = _litert()[1]
+    assert interpreter(model_content=plain).get_signature_list() == \
+        interpreter(model_content=original).get_signature_list()
+    with pytest.raises(ValueError, match="not a valid .tflite"):
+        strip_names(b"not a model")

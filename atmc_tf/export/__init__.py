@@ -50,6 +50,7 @@ from atmc_tf.export.tflite import (
     kernel_codes_match,
     op_names,
     parse_check,
+    strip_names,
     tflite_kernels,
     to_int8_tflite,
 )

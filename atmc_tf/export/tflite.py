@@ -113,7 +113,9 @@ def set_full_int8(converter, representative_dataset, sparsity=False):
     """Configure a TFLiteConverter for full-integer int8: int8 builtins only, int8 input and
     output, per-channel kernel scales (sparsity=True: sparse kernels stored sparse); returns it."""
     import tensorflow as tf
-    converter.optimizations = [tf.lite.Optimize.DEFAULT] + ([tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparsity else [])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if sparsity:
+        converter.optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
     converter.representative_dataset = representative_dataset
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
@@ -122,6 +124,25 @@ def set_full_int8(converter, representative_dataset, sparsity=False):
     # dense layers per-tensor (kernel_codes_match would then report mismatches).
     converter._experimental_disable_per_channel_quantization_for_dense_layers = False
     return converter
+
+
+def strip_names(tflite_bytes):
+    """The same model without the strings no runtime reads: tensor names, subgraph names, the model's
+    description (TensorFlow's flatbuffer_utils.strip_strings, minus its dropping of the signature defs,
+    whose keys LiteRT's signature runner needs and which do not name tensors). On a small model they are
+    a good part of the file (the default job's microcontroller file: 8,976 -> 7,512 bytes). Ops, tensors,
+    buffers, quantization and metadata (TFLite Micro's DECODE tables) are unchanged."""
+    import flatbuffers
+    data = bytes(tflite_bytes)
+    model = parse_check(data)  # ValueError for bytes that are not a .tflite
+    model.description = None
+    for graph in model.subgraphs:
+        graph.name = None
+        for tensor in graph.tensors:
+            tensor.name = None
+    builder = flatbuffers.Builder(len(data))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 # --- reading the flatbuffer -------------------------------------------------------------
