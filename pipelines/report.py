@@ -357,7 +357,10 @@ def _structure_lines(st):
         f"({cut['params_after'] / cut['params_before']:.3f}x); MACs {cut['macs_before']} -> {cut['macs_after']} "
         f"({cut['macs_after'] / max(cut['macs_before'], 1):.3f}x)",
         f"- batch-1 int8 .tflite: {st['tflite_b1_bytes']['dense']} -> {st['tflite_b1_bytes']['compressed']} bytes "
-        f"({st['bytes_ratio']:.3f}x); TFLM arena {st['arena_bytes']['dense']} -> {st['arena_bytes']['compressed']} bytes",
+        f"({st['bytes_ratio']:.3f}x)" + (f"; without tensor names {sb['dense']} -> {sb['compressed']} bytes "
+                                         f"({sb['compressed'] / sb['dense']:.3f}x)"
+                                         if (sb := st.get("tflite_b1_bytes_stripped")) else "")
+        + f"; TFLM arena {st['arena_bytes']['dense']} -> {st['arena_bytes']['compressed']} bytes",
         f"- LiteRT latency {1000 * st['litert_latency_ms']['dense']:.1f} -> "
         f"{1000 * st['litert_latency_ms']['compressed']:.1f} microseconds "
         f"({st['latency_ratio']:.2f}x; {st['latency_note']})",
