@@ -20,7 +20,7 @@ def problems(draw, n_min=2, n_max=8):
     return scores, y, h
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(problems())
 def test_costs_are_normalised(problem):
     scores, y, _ = problem
@@ -34,7 +34,7 @@ def test_costs_are_normalised(problem):
     assert np.isclose(B.example_weights(c, y).sum(), 1.0)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(problems())
 def test_edge_in_range_and_weight_positive_iff_edge_positive(problem):
     scores, y, h = problem
@@ -46,7 +46,7 @@ def test_edge_in_range_and_weight_positive_iff_edge_positive(problem):
     assert (alpha < 0) == (delta < 0)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(problems(), st.data())
 def test_a_misclassified_example_gains_cost_when_the_new_learner_errs_on_it(problem, data):
     """A one-hot learner that errs on example i (and has a positive edge): i's cost, its share of the
@@ -71,7 +71,7 @@ def test_a_misclassified_example_gains_cost_when_the_new_learner_errs_on_it(prob
     assert c_after[i, wrong] >= c[i, wrong] - 1e-12
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(problems())
 def test_a_round_never_raises_the_exponential_loss(problem):
     """The weight's guarantee: loss after <= sqrt(1 - delta^2) x loss before, for any simplex learner."""

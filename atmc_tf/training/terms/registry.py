@@ -3,13 +3,15 @@ from atmc_tf import components
 from atmc_tf.training.terms.adversarial import AdversarialLoss
 from atmc_tf.training.terms.class_feedback import ClassBalancedAdversarialLoss
 from atmc_tf.training.terms.clean import CleanLoss
+from atmc_tf.training.terms.cost_sensitive import CostSensitiveAdversarialLoss
 from atmc_tf.training.terms.distill import RobustDistillation
 from atmc_tf.training.terms.free import FreeAdversarialLoss
 from atmc_tf.training.terms.geco import CleanTarget
 from atmc_tf.training.terms.multi_threat import MultiThreatLoss
 
 TERMS = {cls.kind: cls for cls in (CleanLoss, AdversarialLoss, RobustDistillation, CleanTarget,
-                                   ClassBalancedAdversarialLoss, MultiThreatLoss, FreeAdversarialLoss)}
+                                   ClassBalancedAdversarialLoss, MultiThreatLoss, FreeAdversarialLoss,
+                                   CostSensitiveAdversarialLoss)}
 
 term_to_config = components.to_config
 

@@ -1,0 +1,110 @@
+"""The boosting loop's pieces: the cost-sensitive term, the one-graph ensemble, resume between rounds."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import atmc_tf  # noqa: F401  (registers the Keras classes)
+from atmc_tf.attacks import PGDConfig
+from atmc_tf.boosting.ensemble import WeightedSum, build_ensemble, named_learner
+from atmc_tf.boosting.loop import STATE_FILE, BoostConfig, boost
+from atmc_tf.models import build_model
+from atmc_tf.training.terms import TERMS, CostSensitiveAdversarialLoss, term_from_config, term_to_config
+from atmc_tf.training.terms.cost_sensitive import pack_costs, pairwise_cost_loss
+
+
+def test_pairwise_cost_loss_weighs_each_wrong_class_by_its_cost():
+    logits = tf.constant([[2.0, 0.0, 1.0]])
+    labels = tf.constant([0])
+    costs = tf.constant([[5.0, 1.0, 0.0]])          # the label's own entry is ignored
+    expected = 1.0 * np.log1p(np.exp(0.0 - 2.0))
+    np.testing.assert_allclose(pairwise_cost_loss(labels, costs, logits).numpy(), [expected], rtol=1e-6)
+    # The costlier class pulls harder: raising class 2's cost raises the loss by its softplus.
+    more = pairwise_cost_loss(labels, tf.constant([[5.0, 1.0, 3.0]]), logits).numpy()
+    np.testing.assert_allclose(more - expected, [3.0 * np.log1p(np.exp(1.0 - 2.0))], rtol=1e-6)
+
+
+def test_pack_costs_scales_to_one_per_example_and_keeps_labels():
+    y = np.array([2, 0])
+    c = np.array([[0.1, 0.3, -0.4], [-0.6, 0.2, 0.4]])
+    packed = pack_costs(y, c)
+    assert packed[:, 0].tolist() == [2.0, 0.0]
+    assert np.isclose(packed[:, 1:].sum(), 2.0) and packed[:, 1:].min() >= 0
+
+
+def test_cost_sensitive_term_is_registered_and_round_trips():
+    term = CostSensitiveAdversarialLoss(PGDConfig(eps=0.1, steps=2), weight=0.7)
+    assert TERMS["cost_sensitive"] is CostSensitiveAdversarialLoss
+    back = term_from_config(term_to_config(term))
+    assert back.get_config() == term.get_config()
+
+
+def test_learner_trains_against_the_costs_under_its_budget(digits):
+    """Costs on class 1 only: the trained learner's budget holds and it learns class 1 from the rest."""
+    from atmc_tf.boosting.loop import train_learner
+    x, y = digits[0][:600], digits[1][:600]
+    keep = y < 3
+    x, y = x[keep], y[keep]
+    costs = np.zeros((len(y), 10))
+    costs[np.arange(len(y)), np.where(y == 1, 0, 1)] = 1.0   # errs cost only when class 1 beats the label...
+    costs[y == 1] = 0.0
+    costs[y == 1, 0] = costs[y == 1, 2] = 1.0                # ... or class 0 / 2 beats a true 1
+    config = BoostConfig(rounds=1, epochs=3, size_ratio=0.3, attack=PGDConfig(eps=0.05, steps=1), lr=1e-2)
+    learner = train_learner(lambda s: build_model("mlp", x.shape[1:], 10, seed=s), x, y, costs, config, 0)
+    kernels = [l.kernel.numpy() for l in learner.layers if hasattr(l, "kernel")]
+    total = sum(k.size for k in kernels)
+    assert sum(int(np.count_nonzero(k)) for k in kernels) <= round(0.3 * total)
+    pred = learner.predict(x, verbose=0).argmax(-1)
+    assert np.mean(pred[y == 1] == 1) > 0.8 and np.mean(pred[y != 1] != 1) > 0.8
+
+
+def test_ensemble_is_one_serializable_graph_of_weighted_softmaxes(tmp_path):
+    learners = [named_learner(build_model("mlp", (8, 8, 1), 10, seed=s), s) for s in range(2)]
+    ensemble = build_ensemble(learners, [0.25, 1.5])
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype("float32")
+    want = sum(a * keras.ops.softmax(m(x)).numpy() for a, m in zip([0.25, 1.5], learners))
+    np.testing.assert_allclose(ensemble(x).numpy(), want, rtol=1e-5, atol=1e-6)
+    ensemble.save(tmp_path / "e.keras")
+    back = keras.saving.load_model(tmp_path / "e.keras")
+    np.testing.assert_allclose(back(x).numpy(), want, rtol=1e-5, atol=1e-6)
+    layer = WeightedSum.from_config(WeightedSum([0.5, 2.0], name="w").get_config())
+    assert layer.coefficients == [0.5, 2.0]
+
+
+class _Killed(Exception):
+    pass
+
+
+def _run(workdir, data, rounds, kill_round=None):
+    x, y, xt, yt = data
+
+    def make_learner(seed):
+        if kill_round is not None and seed == kill_round:        # round kill_round's learner: die mid-round
+            raise _Killed()
+        return build_model("mlp", x.shape[1:], 10, seed=seed)
+
+    config = BoostConfig(rounds=rounds, epochs=2, size_ratio=0.5, attack=PGDConfig(eps=0.1, steps=2), lr=1e-2)
+    return boost(make_learner, x, y, xt, yt, config, str(workdir), log=lambda line: None)
+
+
+def test_a_run_killed_in_round_two_resumes_there_and_gives_the_same_result(tmp_path, digits):
+    x, y = digits[0], digits[1]
+    data = (x[:160], y[:160], x[160:220], y[160:220])
+    tf.config.experimental.enable_op_determinism()
+    whole = _run(tmp_path / "whole", data, rounds=2)
+    with pytest.raises(_Killed):
+        _run(tmp_path / "killed", data, rounds=2, kill_round=1)
+    state = json.loads((tmp_path / "killed" / STATE_FILE).read_text())
+    assert [r["round"] for r in state["rounds"]] == [1]
+    assert not os.path.exists(tmp_path / "killed" / "learner_1.keras")
+    resumed = _run(tmp_path / "killed", data, rounds=2)
+    untimed = lambda rounds: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rounds]  # noqa: E731
+    assert untimed(resumed.rounds) == untimed(whole.rounds)
+    assert all(r["alpha"] > 0 for r in whole.rounds)
+    np.testing.assert_array_equal(resumed.ensemble.predict(data[2], verbose=0),
+                                  whole.ensemble.predict(data[2], verbose=0))
+    with pytest.raises(ValueError, match="another boosting config"):
+        boost(lambda s: None, *data, BoostConfig(rounds=2, epochs=3), str(tmp_path / "killed"))
