@@ -65,11 +65,14 @@ def test_ensemble_is_one_serializable_graph_of_weighted_softmaxes(tmp_path):
     learners = [named_learner(build_model("mlp", (8, 8, 1), 10, seed=s), s) for s in range(2)]
     ensemble = build_ensemble(learners, [0.25, 1.5])
     x = np.random.default_rng(0).random((4, 8, 8, 1)).astype("float32")
-    want = sum(a * keras.ops.softmax(m(x)).numpy() for a, m in zip([0.25, 1.5], learners))
+    want = sum(a / 1.75 * keras.ops.softmax(m(x)).numpy() for a, m in zip([0.25, 1.5], learners))
     np.testing.assert_allclose(ensemble(x).numpy(), want, rtol=1e-5, atol=1e-6)
     ensemble.save(tmp_path / "e.keras")
     back = keras.saving.load_model(tmp_path / "e.keras")
     np.testing.assert_allclose(back(x).numpy(), want, rtol=1e-5, atol=1e-6)
+    uniform = build_ensemble(learners, [0.0, 0.0])          # no positive weight yet: the learners' average
+    np.testing.assert_allclose(uniform(x).numpy(), sum(0.5 * keras.ops.softmax(m(x)).numpy() for m in learners),
+                               rtol=1e-5, atol=1e-6)
     layer = WeightedSum.from_config(WeightedSum([0.5, 2.0], name="w").get_config())
     assert layer.coefficients == [0.5, 2.0]
 
@@ -108,3 +111,28 @@ def test_a_run_killed_in_round_two_resumes_there_and_gives_the_same_result(tmp_p
                                   whole.ensemble.predict(data[2], verbose=0))
     with pytest.raises(ValueError, match="another boosting config"):
         boost(lambda s: None, *data, BoostConfig(rounds=2, epochs=3), str(tmp_path / "killed"))
+
+
+def test_the_ensemble_ships_as_one_int8_file_that_litert_and_tflite_micro_run(digits):
+    """Two trained learners as one .tflite: LiteRT within 1 point of Keras, TFLite Micro within one int8
+    step of LiteRT, the compressed microcontroller file bit-identical, device bytes counted."""
+    from atmc_tf.boosting.export import check_ensemble, export_ensemble
+    x, y, xt, yt = digits
+    learners = []
+    for s in range(2):
+        keras.utils.set_random_seed(s)
+        m = build_model("mlp", x.shape[1:], 10, seed=s)
+        m.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        m.fit(x[s * 300:(s + 1) * 300], y[s * 300:(s + 1) * 300], epochs=5, batch_size=64, verbose=0)
+        learners.append(named_learner(m, s))
+    ensemble = build_ensemble(learners, [0.4, 0.9])
+    files = export_ensemble(ensemble, x[:200])
+    check = check_ensemble(ensemble, files, xt, yt, micro_samples=4)
+    assert check["keras_clean_acc"] > 0.8
+    assert abs(check["tflite_clean_acc"] - check["keras_clean_acc"]) <= 0.01
+    assert check["ops"].count("SOFTMAX") == 2 and "ADD" in check["ops"]     # both branches in one graph
+    assert check["micro"]["ok"], check["micro"]["error"]
+    assert check["micro_compressed"]["ok"], check["micro_compressed"]["error"]
+    assert check["device_bytes"]["litert"] == len(files["tflite"])
+    assert check["device_bytes"]["tflm"] == len(files["tflite_mcu"])

@@ -154,7 +154,9 @@ def boost(make_learner, x, y, x_test, y_test, config, workdir, eval_attacks=None
         alphas = [r["alpha"] for r in state["rounds"]] + [alpha]
         ensemble = build_ensemble(learners, alphas)
         x_ens = _adversarial(ensemble, x, y, config.attack, _seed(config, t) + 500)
-        next_costs = boosting_costs.cost_matrix(ensemble.predict(x_ens, batch_size=256, verbose=0), y)
+        # The boosting scores F = sum alpha x the ensemble's (normalised) output, at its own PGD examples.
+        scores = sum(alphas) * ensemble.predict(x_ens, batch_size=256, verbose=0)
+        next_costs = boosting_costs.cost_matrix(scores, y)
         train_seconds = time.time() - start
         figures = evaluate_ensemble(ensemble, x_test, y_test, eval_attacks)
         name = f"learner_{t}.keras"
