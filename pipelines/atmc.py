@@ -77,6 +77,10 @@ def run(cfg, data=None):
     else:
         logging.info("data: %s", data.summary())
 
+    if cfg.method == "boost":  # no dense or compression stages: rounds of small learners (pipelines/boost.py)
+        from pipelines.boost import run_boost
+        return run_boost(cfg, data)
+
     t = time.time()
     da_plain, _, da_result = stages.dense_stage(cfg, data)
     clean_target = stages.resolve_clean_target(cfg, data, da_plain)

@@ -108,6 +108,9 @@ flags.DEFINE_enum("train_attack", "pgd", TRAIN_ATTACKS, "The training attack of 
                   "batch replayed --free_replays times, epochs divided by as much). The fast ones are watched for "
                   "catastrophic overfitting (PGD accuracy on 256 validation images, each epoch: below half its best "
                   "stops the stage with the best epoch's weights). Evaluation is PGD whatever this is.")
+flags.DEFINE_integer("rounds", 3, "--method=boost: boosting rounds, one compressed learner (--model at --size_ratio) "
+                     "each.")
+flags.DEFINE_integer("boost_epochs", 5, "--method=boost: epochs of cost-sensitive adversarial training per learner.")
 flags.DEFINE_integer("free_replays", 4, "--train_attack=free: times each batch is replayed (m); every stage's "
                      "epochs are divided by m (rounded up), so the total work stays that of plain training.")
 flags.DEFINE_integer("square_queries", 1000, "Query budget per image of the Square Attack run on the int8 .tflite "
@@ -178,6 +181,8 @@ _RULES = [
     ("threats", lambda v: all(t in THREAT_NORMS for t in v) and len(set(v)) == len(v),
      f"--threats must be distinct names of {', '.join(THREAT_NORMS)}, comma-separated"),
     ("free_replays", lambda v: v >= 1, "--free_replays must be >= 1"),
+    ("rounds", lambda v: v >= 1, "--rounds must be >= 1"),
+    ("boost_epochs", lambda v: v >= 1, "--boost_epochs must be >= 1"),
     ("pgd_step_size", lambda v: v is None or (math.isfinite(v) and v > 0), "--pgd_step_size must be > 0"),
     ("eval_pgd_steps", lambda v: v >= 1, "--eval_pgd_steps must be >= 1"),
     ("eval_restarts", lambda v: v >= 1, "--eval_restarts must be >= 1"),
@@ -310,6 +315,17 @@ def parse_flags(argv):
     if F["free_replays"].present and F.train_attack != "free":
         fail(f"--free_replays={F.free_replays} needs --train_attack=free (it is the number of replays of each batch "
              "in free adversarial training)")
+    for name in ("rounds", "boost_epochs"):
+        if F[name].present and F.method != "boost":
+            fail(f"--{name}={F[name].value} needs --method=boost (it sets the boosting rounds)")
+    if F.method == "boost":
+        refused = {"model_file": F.model_file is not None, "nnz_budget": F.nnz_budget is not None,
+                   "threats": bool(F.threats), "train_attack=free": F.train_attack == "free",
+                   "strategy": F.strategy != "none"}
+        bad = [k for k, v in refused.items() if v]
+        if bad:
+            fail(f"--method=boost does not take --{', --'.join(bad)}: its learners are built-in --model's, each "
+                 "budgeted by --size_ratio, trained on one device with a per-step attack")
     return rest
 
 
@@ -393,6 +409,8 @@ class PipelineConfig:
     minmax_step: float = 0.05
     train_attack: str = "pgd"
     free_replays: int = 4
+    rounds: int = 3
+    boost_epochs: int = 5
 
     @classmethod
     def from_flags(cls):

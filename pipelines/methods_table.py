@@ -43,7 +43,11 @@ STAGES = {
             Stage("nap", "nap", "finetune_epochs", adversarial=False)),
     "alr": (Stage("alr", "alr", "finetune_epochs", wrap="param_budget"),),
     "da": (),
+    # Robust boosting (pipelines/boost.py): no dense stage, no compression stages; its rounds run in the
+    # folder BOOST_STAGE (atmc_tf.boosting.loop's per-round checkpoint).
+    "boost": (),
 }
+BOOST_STAGE = "boost"
 METHODS = tuple(STAGES)
 
 
@@ -55,4 +59,6 @@ def stages(method, bits):
 
 def stage_names(method, bits):
     """Every training stage's folder under --workdir, in the order they run."""
+    if method == "boost":
+        return [BOOST_STAGE]
     return [DENSE_STAGE] + [s.name for s in stages(method, bits)]

@@ -99,12 +99,18 @@ BAD_FLAGS = [
     ("--minmax_gamma=-1", "--minmax_gamma"), ("--minmax_step=0", "--minmax_step"),
     ("--train_attack=fgsm", "train_attack"), ("--free_replays=0", "--free_replays"),
     ("--free_replays=2", "--train_attack=free"),
+    ("--rounds=0", "--rounds"), ("--boost_epochs=0", "--boost_epochs"), ("--rounds=2", "--method=boost"),
 ]
 
 
 @pytest.mark.parametrize("flag,mentions", BAD_FLAGS, ids=[f for f, _ in BAD_FLAGS])
 def test_bad_flag(used_workdir, flag, mentions):
     refused([flag], used_workdir, [mentions])
+
+
+def test_boost_refuses_what_its_learners_do_not_take(used_workdir):
+    refused(["--method=boost", "--nnz_budget=100", "--train_attack=free"], used_workdir,
+            ["--method=boost", "--nnz_budget", "--train_attack=free"])
 
 
 # Channel budgets below one channel per layer: refused at start-up (after TensorFlow starts: the budget

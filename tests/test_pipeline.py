@@ -632,3 +632,25 @@ def test_a_tiny_run_against_three_threat_models(tmp_path):
     md = (wd / "report.md").read_text()
     assert "| model | clean | linf | l2 | l1 | union |" in md and "| stage | w_linf | w_l2 | w_l1 |" in md
     assert (wd / "domain_weights.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_boost_ships_one_int8_ensemble_with_robust_accuracy_per_round(tmp_path):
+    """--method=boost: a row per round in report.json / report.md, the plot, one .tflite that LiteRT runs
+    within 1 point of the Keras ensemble and TFLite Micro runs."""
+    wd = tmp_path / "boost"
+    r = run_pipeline(*TINY, "--method=boost", "--rounds=2", "--boost_epochs=3", "--model=mlp", f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-4000:]
+    report = json.loads((wd / "report.json").read_text())
+    assert [row["round"] for row in report["rounds"]] == [1, 2]
+    for row in report["rounds"]:
+        assert set(row["per_attack"]) == {"pgd", "apgd-ce", "apgd-dlr"}
+        assert row["worst_case"] <= min(row["clean"], *row["per_attack"].values())
+    assert report["summary"]["keras_robust"] == report["rounds"][-1]["worst_case"]
+    assert abs(report["summary"]["tflite_minus_keras_clean"]) <= 0.01 + 1e-9
+    assert report["micro"]["ok"] and report["micro_compressed"]["ok"]
+    assert report["phone"]["ops"].count("SOFTMAX") == 2              # both learners in the one file
+    assert report["device_bytes"]["litert"] == (wd / "export" / "model_int8.tflite").stat().st_size
+    md = (wd / "report.md").read_text()
+    assert "| 2 |" in md and (wd / "robust_per_round.png").exists()
+    assert json.loads((wd / "boost" / "boost.json").read_text())["rounds"] == report["rounds"]

@@ -141,8 +141,11 @@ def boost(make_learner, x, y, x_test, y_test, config, workdir, eval_attacks=None
         state = {"config": config.identity(), "rounds": [],
                  "costs": boosting_costs.cost_matrix(np.zeros((len(y), num_classes)), y).tolist()}
     learners = [keras.saving.load_model(os.path.join(workdir, r["learner"])) for r in state["rounds"]]
-    if state["rounds"]:
-        log(f"boost: resuming at round {len(state['rounds']) + 1} of {config.rounds}")
+    done = len(state["rounds"])
+    if done >= config.rounds:
+        log(f"boost: the {config.rounds} rounds are done already ({workdir}); loading their learners")
+    elif done:
+        log(f"boost: resuming at round {done + 1} of {config.rounds}")
     for t in range(len(state["rounds"]), config.rounds):
         start = time.time()
         costs = np.asarray(state["costs"])
