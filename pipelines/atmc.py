@@ -63,7 +63,7 @@ def run(cfg, data=None):
     data: the loaded Dataset (main loads it before importing TensorFlow); None loads it here.
     """
     from atmc_tf.export import atomic, c_header, c_source, evaluate_deployment, kernel_codes_match, \
-        to_int8_tflite, LiteRTModel, check_micro, shrink_model, compress_for_micro, micro_outputs_equal, device_bytes, \
+        to_int8_tflite, LiteRTModel, check_micro, shrink_model, micro_file, micro_outputs_equal, device_bytes, \
         strip_names
     from pipelines import console, faults
     from pipelines import report as rep
@@ -110,11 +110,8 @@ def run(cfg, data=None):
             dense_b1 = to_int8_tflite(da_plain, rep_x, batch_size=1)
     # The microcontroller file stores what compression made of the kernels: per-channel LUT indices
     # (TFLM's DECODE) where a kernel has few distinct values per channel; checked below on TFLM.
-    tfl_mcu, mcu_plan = compress_for_micro(tfl_b1)
-    # Flash holds no debug strings: tensor and subgraph names go (checked below on TFLM like the rest).
-    named_bytes = len(tfl_mcu)
-    tfl_mcu = strip_names(tfl_mcu)
-    mcu_plan["names_stripped_bytes"] = named_bytes - len(tfl_mcu)
+    # (and no tensor names: flash holds no debug strings)
+    tfl_mcu, mcu_plan = micro_file(tfl_b1)
     files = {"tflite": os.path.join(export_dir, "model_int8.tflite"),
              "tflite_b1": os.path.join(export_dir, "model_int8_batch1.tflite"),
              "tflite_mcu": os.path.join(export_dir, "model_int8_micro.tflite"),

@@ -2,20 +2,20 @@
 
 The whole ensemble graph (every learner, its Softmax, the weighted sum: ensemble.build_ensemble) goes
 through atmc_tf.export.to_int8_tflite once, so a phone and a microcontroller run one .tflite whose
-output is the ensemble's scores. The microcontroller file is compress_for_micro's (LUT / PRUNE kernels
-where they pay, checked bit-identical on TFLite Micro); device bytes are counted as for one model.
+output is the ensemble's scores. The microcontroller file is micro_file's (LUT / PRUNE kernels where
+they pay, no tensor names, checked bit-identical on TFLite Micro); device bytes are counted as for one
+model.
 """
 import numpy as np
 
-from atmc_tf.export import (LiteRTModel, check_micro, compress_for_micro, device_bytes, micro_outputs_equal,
-                            to_int8_tflite)
+from atmc_tf.export import LiteRTModel, check_micro, device_bytes, micro_file, micro_outputs_equal, to_int8_tflite
 
 
 def export_ensemble(ensemble, representative_x):
     """{"tflite", "tflite_b1", "tflite_mcu": bytes, "mcu_plan": compress_for_micro's report}."""
     tfl = to_int8_tflite(ensemble, representative_x)
     tfl_b1 = to_int8_tflite(ensemble, representative_x, batch_size=1)
-    tfl_mcu, plan = compress_for_micro(tfl_b1)
+    tfl_mcu, plan = micro_file(tfl_b1)
     return {"tflite": tfl, "tflite_b1": tfl_b1, "tflite_mcu": tfl_mcu, "mcu_plan": plan}
 
 

@@ -37,6 +37,7 @@ from atmc_tf.export.micro_compress import (
     MicroCompressionError,
     compress_for_micro,
     device_bytes,
+    micro_file,
     micro_outputs_equal,
 )
 from atmc_tf.export.surgery import SurgeryError, count_macs, layer_macs, shrink_model

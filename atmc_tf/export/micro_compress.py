@@ -287,6 +287,16 @@ def compress_for_micro(tflite_b1_bytes, mode="per_channel", encodings=ENCODINGS)
     return compressed, report
 
 
+def micro_file(tflite_b1_bytes):
+    """(the microcontroller's file, report): compress_for_micro's file without tensor names
+    (tflite.strip_names: flash holds no debug strings); report["names_stripped_bytes"] says what they cost."""
+    from atmc_tf.export.tflite import strip_names
+    compressed, report = compress_for_micro(tflite_b1_bytes)
+    stripped = strip_names(compressed)
+    report["names_stripped_bytes"] = len(compressed) - len(stripped)
+    return stripped, report
+
+
 def device_bytes(tflite_bytes, micro_bytes, micro_uncompressed_bytes=None):
     """What each device stores, in bytes, beside the download size: "litert" (a phone keeps the .tflite
     as it is: LiteRT has no DECODE operator), "tflm" (a microcontroller's flash holds
