@@ -129,11 +129,12 @@ def test_reweight_is_the_plain_adversarial_loss_at_uniform_weights_and_a_weighte
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.floats(0.5, 1.8), min_size=10, max_size=10), st.lists(st.integers(0, 9), min_size=4, max_size=64),
+@given(st.lists(st.floats(0.8, 1.2), min_size=10, max_size=10), st.lists(st.integers(0, 9), min_size=4, max_size=64),
        st.floats(0.05, 0.5))
 def test_resample_keeps_the_expected_share_of_every_batch(weights, labels, share):
-    """p_i = share * w[y_i] / mean_batch(w[y]): its batch mean is `share` whatever the class mix
-    (no clip at 1 with these bounds and shares), and a heavier class is attacked more often."""
+    """p_i = share * w[y_i] / mean_batch(w[y]): its batch mean is `share` whatever the class mix (no clip at
+    1 here: w[y] / mean <= 1.2 / 0.8 and share <= 0.5; with weights 0.5 and 1.75 it would clip, as
+    hypothesis found in CI), and a heavier class is attacked more often."""
     term = ClassBalancedAdversarialLoss(ATTACK, mode="resample", share=share)
     term.class_weights = tf.constant(weights, tf.float32)
     y = np.array(labels)

@@ -179,8 +179,7 @@ class ATMCTrainer(keras.Model):
             raise ValueError("ATMCTrainer does not take weighted_metrics; fit's sample_weight / class_weight "
                              "weight the loss, and metrics= are computed unweighted")
         self._loss_fn = _as_loss(loss)
-        adversarial = any(t.kind in ("adversarial", "class_feedback", "multi_threat", "free_adversarial")
-                          for t in self.terms)
+        adversarial = any(t.adv_user_metrics for t in self.terms)
         metrics = list(metrics or [])
         self._user_metrics = {"clean": [_as_metric(m) for m in metrics],
                               "adv": [_as_metric(m, "adv_") for m in metrics] if adversarial else []}
@@ -370,28 +369,14 @@ class ATMCTrainer(keras.Model):
         BackupAndRestore checkpoint still holds the last good epoch.
         """
         self.prepare_constraints()
-        feedback, callbacks = self._feedback_callbacks(list(kwargs.get("callbacks") or []), kwargs)
-        kwargs["callbacks"] = [StopOnNonFiniteLoss()] + feedback + callbacks
+        callbacks, first = list(kwargs.get("callbacks") or []), []
+        for t in self.terms:  # a term's own callbacks (terms.LossTerm.fit_callbacks) run before the user's
+            needed, callbacks = t.fit_callbacks(self, callbacks, kwargs)
+            first += needed
+        kwargs["callbacks"] = [StopOnNonFiniteLoss()] + first + callbacks
         history = super().fit(*args, **kwargs)
         self.finalize()
         return history
-
-    def _feedback_callbacks(self, callbacks, fit_kwargs):
-        """(feedback callbacks, the other callbacks). A class feedback term (terms.ClassBalancedAdversarialLoss)
-        needs its ClassFeedback callback: the one given (moved to the front, so it updates the weights
-        before a checkpoint callback saves the epoch) or one made from fit's validation_data (arrays);
-        refused without either, since its weights would never move (a balanced run must not pass for one
-        silently)."""
-        from atmc_tf.training.class_feedback import ClassFeedback
-        given = [c for c in callbacks if isinstance(c, ClassFeedback)]
-        rest = [c for c in callbacks if not isinstance(c, ClassFeedback)]
-        if given or not any(t.kind == "class_feedback" for t in self.terms):
-            return given, rest
-        data = fit_kwargs.get("validation_data")
-        if not (isinstance(data, (tuple, list)) and len(data) >= 2):
-            raise ValueError("class feedback measures per-class robust error on a validation split: pass "
-                             "fit(validation_data=(x_val, y_val)) or a ClassFeedback(x_val, y_val) callback")
-        return [ClassFeedback(data[0], data[1], seed=self._seed)], rest
 
     # --- reporting -------------------------------------------------------------
     @property

@@ -10,6 +10,7 @@ class AdversarialLoss(PredictionLoss):
 
     kind = "adversarial"
     prediction = prefix = "adv"
+    adv_user_metrics = True
 
     def __init__(self, attack, weight=0.5, bn_training=False):
         if isinstance(attack, dict):

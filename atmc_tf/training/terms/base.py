@@ -66,7 +66,10 @@ class StepContext:
 
 class LossTerm(Component):
     """Base class: a term that contributes nothing. `kind` is its name in registry.TERMS;
-    get_config() its constructor's arguments."""
+    get_config() its constructor's arguments. `adv_user_metrics`: the trainer also computes
+    compile(metrics=...) on ctx.logits["adv"] (as adv_<name>), which the term records every step."""
+
+    adv_user_metrics = False
 
     def build(self, trainer):
         """Create state (trainer.add_weight) and metrics; called once by the trainer, in its strategy scope."""
@@ -88,6 +91,12 @@ class LossTerm(Component):
     def evaluate(self, ctx):
         """The weighted contribution to the evaluation loss (test_step), or None."""
         return None
+
+    def fit_callbacks(self, trainer, callbacks, fit_kwargs):
+        """Callbacks the term needs in fit() (e.g. one that updates its state from a validation split once
+        per epoch), given the user's `callbacks` and fit's keyword arguments: (callbacks to run before the
+        user's, in that order; the user's callbacks, minus any taken into the first list)."""
+        return [], callbacks
 
 
 class PredictionLoss(LossTerm):

@@ -157,6 +157,21 @@ class ClassBalancedAdversarialLoss(AdversarialLoss):
         self.share_tracker.update_state(1.0)  # validation attacks every example
         return super().evaluate(ctx)
 
+    def fit_callbacks(self, trainer, callbacks, fit_kwargs):
+        """Its ClassFeedback callback: the one given (moved to the front, so it updates the weights before a
+        checkpoint callback saves the epoch) or one made from fit's validation_data (arrays); refused without
+        either, since the weights would never move (a balanced run must not pass for one silently)."""
+        from atmc_tf.training.class_feedback import ClassFeedback
+        given = [c for c in callbacks if isinstance(c, ClassFeedback)]
+        rest = [c for c in callbacks if not isinstance(c, ClassFeedback)]
+        if given:
+            return given, rest
+        data = fit_kwargs.get("validation_data")
+        if not (isinstance(data, (tuple, list)) and len(data) >= 2):
+            raise ValueError("class feedback measures per-class robust error on a validation split: pass "
+                             "fit(validation_data=(x_val, y_val)) or a ClassFeedback(x_val, y_val) callback")
+        return [ClassFeedback(data[0], data[1], seed=trainer._seed)], rest
+
     def set_from_errors(self, errors):
         """One feedback update from per-class errors (length num_classes); returns the new weights.
         Outside a step (a callback): written on every replica, in the trainer's strategy scope."""

@@ -33,6 +33,7 @@ class FreeAdversarialLoss(PredictionLoss):
 
     kind = "free_adversarial"
     prediction = prefix = "adv"
+    adv_user_metrics = True
 
     def __init__(self, attack, weight=0.5, bn_training=False):
         if isinstance(attack, dict):

@@ -90,6 +90,7 @@ class MultiThreatLoss(PredictionLoss):
 
     kind = "multi_threat"
     prediction = prefix = "adv"
+    adv_user_metrics = True
 
     def __init__(self, attacks, weighting="minmax", weight=0.5, gamma=4.0, step=0.05, bn_training=False):
         attacks = tuple(attack_from_dict(a) if isinstance(a, dict) else a for a in attacks)
