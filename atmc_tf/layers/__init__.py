@@ -1,4 +1,12 @@
 """Keras wrappers marking the compressed kernels (and their factors) of a model."""
+from atmc_tf.layers.activation_sparsity import (
+    ActivationThreshold,
+    WinnersTakeAll,
+    insert_activation_sparsity,
+    sparsity_layers,
+    straight_through_copy,
+    winners_count,
+)
 from atmc_tf.layers.wrappers import (
     ATMCWrapper,
     FACTORIZATIONS,
@@ -13,6 +21,7 @@ from atmc_tf.layers.wrappers import (
     wrap_model,
 )
 
-__all__ = ["ATMCWrapper", "FACTORIZATIONS", "SUPPORTED_LAYERS", "UnconstrainedModelError",
+__all__ = ["ActivationThreshold", "WinnersTakeAll", "insert_activation_sparsity", "sparsity_layers",
+           "straight_through_copy", "winners_count", "ATMCWrapper", "FACTORIZATIONS", "SUPPORTED_LAYERS", "UnconstrainedModelError",
            "UnconstrainedTrainingError", "UnsupportedLayerError", "atmc_wrappers", "constraint_scope",
            "kernel_channel_axes", "strip_model", "wrap_model"]

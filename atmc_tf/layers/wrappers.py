@@ -32,6 +32,7 @@ from keras import ops
 from atmc_tf import compat
 from atmc_tf.choices import FACTORIZATIONS
 from atmc_tf.constraints import lowrank
+from atmc_tf.layers.activation_sparsity import SPARSITY_LAYERS
 
 SUPPORTED_LAYERS = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 PASS_THROUGH_LAYERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
@@ -268,7 +269,7 @@ def _check_layer(layer):
         raise UnsupportedLayerError(
             f"layer '{layer.name}' is a nested model; build the model flat "
             f"(ATMC wraps {_supported_names()})")
-    if isinstance(layer, SUPPORTED_LAYERS + PASS_THROUGH_LAYERS) or not layer.weights:
+    if isinstance(layer, SUPPORTED_LAYERS + PASS_THROUGH_LAYERS + SPARSITY_LAYERS) or not layer.weights:
         return
     raise UnsupportedLayerError(
         f"ATMC cannot wrap {_describe(layer)}: supported are "

@@ -1,0 +1,238 @@
+"""Activation sparsity: winners-take-all (DASNet) and activation thresholds (JPnet).
+
+WinnersTakeAll(density) keeps, per sample, the k = ceil(density * n) units with the largest
+scores and zeroes the rest, in training and inference alike (DASNet, Yang et al. 2019,
+arXiv 1909.06964). A unit is the last axis: a neuron of a Dense output, a whole channel of an
+NHWC conv map (so the sparsity is structured: a zeroed channel is a skipped feature map). The
+score of a unit is its mean absolute value over every axis but batch and units (for a conv map
+the channel's L1 over H, W divided by H * W; for a Dense output |x|).
+
+Exactly k per sample, whatever the ties: a unit's rank is the number of units that beat it,
+where a larger score beats a smaller one and, between equal scores, the LOWER index wins;
+ranks are then a permutation of 0..n-1 and the units of rank < k are kept. The ranks come
+from an n x n pairwise comparison (O(n^2) per sample, no sort), which is also the form that
+converts to TFLite builtins without TOPK_V2.
+
+k = ceil(density * n - 1e-3), at least 1: a density * n within 1e-3 above an integer counts as
+that integer (0.3 * 10 in float32 is 3.0000001, and is 3 units, not 4).
+
+`density` lives in a non-trainable variable, so a schedule (ActivationDensitySchedule) can go
+from dense (1.0) to the target during training; the constructor's `density` is the target
+and the initial value.
+
+ActivationThreshold(threshold) zeroes activations whose magnitude is not above a threshold
+(JPnet, Yang et al. 2019, arXiv 1906.07875). The threshold is SCHEDULED, not learned: a
+non-trainable variable that ActivationDensitySchedule ramps from 0 to the target.
+
+Both have no trainable variables. Their backward pass lets gradients through the kept units
+only; `straight_through=True` makes it the identity instead (BPDA, Athalye et al. 2018), the
+surrogate an honest attack differentiates through (atmc_tf.layers.straight_through_copy).
+"""
+import math
+
+import keras
+from keras import ops
+
+# A density * n this close above an integer counts as that integer (float32 rounding).
+_K_SLACK = 1e-3
+
+
+def winners_count(density, n):
+    """k for `n` units at `density` (plain Python, the rule the layer applies in-graph)."""
+    return max(1, min(n, math.ceil(float(density) * n - _K_SLACK)))
+
+
+def unit_scores(x):
+    """(batch, units) scores: mean |x| over every axis but the first and the last."""
+    x = ops.abs(x)
+    axes = tuple(range(1, len(x.shape) - 1))
+    return ops.mean(x, axis=axes) if axes else x
+
+
+def winners_mask(scores, k):
+    """bool (batch, n): True for the k units of each row with the largest scores; between equal
+    scores the lower index wins, so every row has exactly k Trues (k a scalar tensor or int)."""
+    n = scores.shape[-1]
+    s_i = ops.expand_dims(scores, -1)   # (b, n, 1): the unit being ranked
+    s_j = ops.expand_dims(scores, -2)   # (b, 1, n): its competitors
+    idx = ops.arange(n)
+    earlier = ops.expand_dims(idx, -1) > ops.expand_dims(idx, 0)    # [i, j]: j < i
+    beats = ops.logical_or(ops.greater(s_j, s_i), ops.logical_and(ops.equal(s_j, s_i), earlier))
+    rank = ops.sum(ops.cast(beats, "int32"), axis=-1)
+    return ops.less(rank, ops.cast(k, "int32"))
+
+
+def _apply(x, keep, straight_through):
+    """x where keep, else 0; the gradient through kept entries only, or everywhere if straight_through."""
+    kept = ops.where(keep, x, ops.zeros_like(x))
+    if straight_through:
+        return x + ops.stop_gradient(kept - x)
+    return kept
+
+
+@keras.saving.register_keras_serializable(package="atmc_tf")
+class WinnersTakeAll(keras.layers.Layer):
+    """Per sample, keep the top-k units (neurons, or whole channels of a conv map); see the module."""
+
+    def __init__(self, density, straight_through=False, **kwargs):
+        super().__init__(**kwargs)
+        density = float(density)
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"WinnersTakeAll density must be in (0, 1], got {density!r}")
+        self.target_density = density
+        self.straight_through = bool(straight_through)
+
+    def build(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(f"WinnersTakeAll needs a known last (unit) axis, got input shape {input_shape}")
+        self.units = int(input_shape[-1])
+        self.density = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.target_density),
+                                       trainable=False, name="density")
+
+    def winners(self):
+        """k at the variable's current density, a tensor."""
+        k = ops.ceil(ops.cast(self.density, "float32") * self.units - _K_SLACK)
+        return ops.clip(k, 1, self.units)
+
+    def call(self, inputs):
+        keep = winners_mask(unit_scores(inputs), self.winners())          # (b, units)
+        for _ in range(len(inputs.shape) - 2):
+            keep = ops.expand_dims(keep, 1)                                 # (b, 1, .., units)
+        keep = ops.broadcast_to(keep, ops.shape(inputs))
+        return _apply(inputs, ops.stop_gradient(keep), self.straight_through)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "density": self.target_density, "straight_through": self.straight_through}
+
+
+@keras.saving.register_keras_serializable(package="atmc_tf")
+class ActivationThreshold(keras.layers.Layer):
+    """Zero activations with |x| <= threshold; the threshold a scheduled non-trainable variable."""
+
+    def __init__(self, threshold, straight_through=False, **kwargs):
+        super().__init__(**kwargs)
+        threshold = float(threshold)
+        if not threshold >= 0.0 or math.isinf(threshold):
+            raise ValueError(f"ActivationThreshold threshold must be a finite number >= 0, got {threshold!r}")
+        self.target_threshold = threshold
+        self.straight_through = bool(straight_through)
+
+    def build(self, input_shape):
+        self.threshold = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.target_threshold),
+                                         trainable=False, name="threshold")
+
+    def call(self, inputs):
+        keep = ops.greater(ops.abs(inputs), ops.cast(self.threshold, inputs.dtype))
+        return _apply(inputs, keep, self.straight_through)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.target_threshold,
+                "straight_through": self.straight_through}
+
+
+SPARSITY_LAYERS = (WinnersTakeAll, ActivationThreshold)
+
+
+def sparsity_layers(model):
+    """The model's WinnersTakeAll and ActivationThreshold layers, in model.layers order."""
+    return [layer for layer in model.layers if isinstance(layer, SPARSITY_LAYERS)]
+
+
+# --- inserting the layers into a user's model ---------------------------------------------------
+
+MODES = ("wta", "threshold")
+ACTIVATION_LAYERS = (keras.layers.ReLU, keras.layers.Activation, keras.layers.LeakyReLU, keras.layers.ELU,
+                     keras.layers.PReLU)
+
+
+def _activates(layer):
+    """True for an activation layer or a layer with a fused (non-linear) activation."""
+    if isinstance(layer, ACTIVATION_LAYERS):
+        return True
+    fn = getattr(layer, "activation", None)
+    return fn is not None and getattr(fn, "__name__", "") != "linear"
+
+
+def _sparsifier(layer, mode, density, threshold):
+    if mode == "wta":
+        return WinnersTakeAll(density, name=f"{layer.name}_wta")
+    return ActivationThreshold(threshold, name=f"{layer.name}_threshold")
+
+
+def insert_activation_sparsity(model, mode="wta", density=0.5, threshold=0.0):
+    """Copy of a built Sequential / Functional `model` (weights kept) with a WinnersTakeAll
+    (mode "wta", at `density`) or an ActivationThreshold (mode "threshold", at `threshold`) after
+    every activation: ReLU / Activation / LeakyReLU / ELU / PReLU layers and layers with a fused
+    activation. Never after a layer whose output is a model output (the logits, or a softmax on
+    them). Call it on the plain model, before atmc_tf.wrap_model."""
+    from atmc_tf import compat
+    from atmc_tf.layers.wrappers import ATMCWrapper
+
+    if mode not in MODES:
+        raise ValueError(f"activation sparsity mode must be one of {MODES}, got {mode!r}")
+    if mode == "wta":
+        WinnersTakeAll(density)  # validates
+    else:
+        ActivationThreshold(threshold)
+    if not isinstance(model, keras.Model) or not model.built or not compat.is_graph_model(model):
+        raise ValueError("insert_activation_sparsity needs a built Sequential or Functional model")
+    for layer in model.layers:
+        if isinstance(layer, ATMCWrapper):
+            raise ValueError(f"model '{model.name}' is wrapped; insert activation sparsity before wrap_model")
+        if isinstance(layer, SPARSITY_LAYERS):
+            raise ValueError(f"model '{model.name}' already has activation sparsity layer '{layer.name}'")
+    # the layers that produce a model output (KerasTensor._keras_history: the public way Keras
+    # names a symbolic tensor's producing operation)
+    last = {t._keras_history[0].name for t in model.outputs}
+    copies = {}
+
+    def clone(layer):
+        new = layer.__class__.from_config(layer.get_config())
+        copies[layer.name] = (layer, new)
+        return new
+
+    def call(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        if _activates(layer) and layer.name not in last:
+            out = _sparsifier(layer, mode, density, threshold)(out)
+        return out
+
+    if isinstance(model, keras.Sequential):
+        (spec,) = model.inputs
+        layers = [keras.Input(batch_shape=spec.shape, dtype=spec.dtype)]
+        for layer in model.layers:
+            new = clone(layer)
+            layers.append(new)
+            if _activates(layer) and layer.name not in last:
+                layers.append(_sparsifier(layer, mode, density, threshold))
+        out = keras.Sequential(layers, name=model.name)
+    else:
+        out = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for old, new in copies.values():
+        new.set_weights(old.get_weights())
+    return out
+
+
+def straight_through_copy(model):
+    """The BPDA surrogate of `model`: the same layers and weights (shared, not copied), except that
+    each WinnersTakeAll / ActivationThreshold is a copy with straight_through=True (same forward,
+    identity backward), for attacks that see through the gradient masking of top-k and thresholds."""
+    copies = []
+
+    def clone(layer):
+        if isinstance(layer, SPARSITY_LAYERS):
+            new = layer.__class__.from_config({**layer.get_config(), "straight_through": True})
+            copies.append((layer, new))
+            return new
+        return layer
+
+    surrogate = keras.models.clone_model(model, clone_function=clone)
+    for old, new in copies:
+        new.set_weights(old.get_weights())
+    return surrogate

@@ -1,0 +1,140 @@
+"""WinnersTakeAll / ActivationThreshold: exactly k per sample, channel rule, gradients, round trips."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import atmc_tf
+from atmc_tf.layers import (ActivationThreshold, WinnersTakeAll, insert_activation_sparsity, sparsity_layers,
+                            straight_through_copy, winners_count)
+
+# integer-valued entries make ties common, which is where "exactly k" is hard
+entries = st.one_of(st.floats(-4, 4, allow_nan=False, width=32), st.integers(-2, 2).map(float))
+shapes = st.one_of(hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
+                   hnp.array_shapes(min_dims=4, max_dims=4, min_side=1, max_side=4))
+densities = st.floats(0.01, 1.0)
+
+
+def _scores(x):
+    return np.abs(x).mean(axis=tuple(range(1, x.ndim - 1))) if x.ndim > 2 else np.abs(x)
+
+
+@settings(deadline=None, max_examples=60)
+@given(hnp.arrays(np.float32, shapes, elements=entries), densities)
+def test_keeps_exactly_k_winners_per_sample(x, density):
+    layer = WinnersTakeAll(density)
+    out = keras.ops.convert_to_numpy(layer(x))
+    n = x.shape[-1]
+    k = winners_count(density, n)
+    assert int(keras.ops.convert_to_numpy(layer.winners())) == k
+    kept = (out == x).all(axis=tuple(range(1, x.ndim - 1))) if x.ndim > 2 else out == x
+    # a unit that is kept passes unchanged, a dropped one is exactly zero
+    dropped_zero = (out == 0).all(axis=tuple(range(1, x.ndim - 1))) if x.ndim > 2 else out == 0
+    scores = _scores(x)
+    for b in range(x.shape[0]):
+        # rank order: larger score first, lower index first among equals
+        order = sorted(range(n), key=lambda i: (-scores[b, i], i))
+        want = np.zeros(n, bool)
+        want[order[:k]] = True
+        assert (kept[b] | ~want).all() and (dropped_zero[b] | want).all()
+        # exactly k: a winner whose values are all 0 still counts as kept (out == x) and as zero
+        assert want.sum() == k
+
+
+def test_k_rule_counts_float_rounding_as_the_integer():
+    assert winners_count(0.3, 10) == 3 and winners_count(0.31, 10) == 4
+    assert winners_count(0.01, 5) == 1 and winners_count(1.0, 7) == 7
+    layer = WinnersTakeAll(0.3)
+    layer.build((None, 10))
+    assert int(keras.ops.convert_to_numpy(layer.winners())) == 3
+
+
+def test_conv_maps_keep_whole_channels_by_mean_magnitude():
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 5, 5, 8)).astype(np.float32)
+    x[:, :, :, 6] += 10.0            # channel 6 always wins
+    x[0, 0, 0, 2] = 100.0            # one large pixel: channel 2's mean wins in sample 0
+    out = keras.ops.convert_to_numpy(WinnersTakeAll(0.25)(x))    # k = 2 of 8 channels
+    for b in range(3):
+        kept = [c for c in range(8) if np.array_equal(out[b, :, :, c], x[b, :, :, c])]
+        zero = [c for c in range(8) if not out[b, :, :, c].any()]
+        assert len(kept) == 2 and len(zero) == 6 and 6 in kept
+        assert kept == sorted(np.argsort(-x[b].mean(axis=(0, 1)))[:2].tolist())
+    assert 2 in [c for c in range(8) if out[0, :, :, c].any()]
+
+
+def test_gradient_flows_through_winners_only_and_straight_through_is_identity():
+    x = tf.constant(np.random.default_rng(1).random((4, 10)).astype(np.float32))
+    for straight_through in (False, True):
+        layer = WinnersTakeAll(0.3, straight_through=straight_through)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x)
+            loss = tf.reduce_sum(out * 3.0)
+        grad = tape.gradient(loss, x).numpy()
+        mask = out.numpy() != 0
+        assert mask.sum() == 4 * 3
+        if straight_through:
+            np.testing.assert_array_equal(grad, np.full_like(grad, 3.0))
+        else:
+            np.testing.assert_array_equal(grad, 3.0 * mask)
+    assert not layer.trainable_weights
+
+
+def test_threshold_zeroes_small_magnitudes_and_its_variable_can_be_scheduled():
+    layer = ActivationThreshold(0.5)
+    x = np.array([[0.2, 0.5, 0.7, -0.9]], np.float32)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), np.array([[0, 0, 0.7, -0.9]], np.float32))
+    layer.threshold.assign(0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), x)
+    with pytest.raises(ValueError):
+        ActivationThreshold(-1.0)
+    with pytest.raises(ValueError):
+        WinnersTakeAll(0.0)
+
+
+def _cnn():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                             keras.layers.Flatten(), keras.layers.Dense(12), keras.layers.ReLU(),
+                             keras.layers.Dense(10, activation="relu")])   # a fused activation on the logits
+
+
+def test_insert_after_every_activation_never_after_the_logits(tmp_path):
+    plain = _cnn()
+    net = insert_activation_sparsity(plain, "wta", 0.5)
+    assert [layer.name for layer in net.layers] == ["conv2d", "conv2d_wta", "flatten", "dense", "re_lu",
+                                                   "re_lu_wta", "dense_1"]
+    inp = keras.Input((8, 8, 1))
+    functional = keras.Model(inp, plain.layers[-1](plain.layers[-2](plain.layers[-3](plain.layers[-4](
+        plain.layers[-5](inp))))))
+    fnet = insert_activation_sparsity(functional, "threshold", threshold=0.1)
+    assert [type(layer).__name__ for layer in sparsity_layers(fnet)] == ["ActivationThreshold"] * 2
+    x = np.random.default_rng(0).random((5, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(insert_activation_sparsity(plain, "wta", 1.0)(x)),
+                               keras.ops.convert_to_numpy(plain(x)), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError):
+        insert_activation_sparsity(net, "wta", 0.5)
+    with pytest.raises(ValueError):
+        insert_activation_sparsity(plain, "dropout", 0.5)
+    wrapped = atmc_tf.wrap_model(net)   # the layers pass through wrap_model
+    assert len(sparsity_layers(wrapped)) == 2
+
+
+@pytest.mark.parametrize("mode", ["wta", "threshold"])
+def test_save_and_load_with_safe_mode_keeps_config_and_scheduled_value(tmp_path, mode):
+    net = insert_activation_sparsity(_cnn(), mode, density=0.25, threshold=0.3)
+    net = straight_through_copy(net)
+    for layer in sparsity_layers(net):
+        (layer.density if mode == "wta" else layer.threshold).assign(0.625)
+        assert layer.__class__.from_config(layer.get_config()).get_config() == layer.get_config()
+    path = str(tmp_path / "m.keras")
+    net.save(path)
+    back = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(0).random((5, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(back(x)), keras.ops.convert_to_numpy(net(x)))
+    for old, new in zip(sparsity_layers(net), sparsity_layers(back)):
+        assert new.get_config() == old.get_config() and new.straight_through
+        assert new.get_weights()[0] == pytest.approx(0.625)
