@@ -138,3 +138,39 @@ def test_save_and_load_with_safe_mode_keeps_config_and_scheduled_value(tmp_path,
     for old, new in zip(sparsity_layers(net), sparsity_layers(back)):
         assert new.get_config() == old.get_config() and new.straight_through
         assert new.get_weights()[0] == pytest.approx(0.625)
+
+
+class _Densities(keras.callbacks.Callback):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer, self.seen = layer, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append(float(keras.ops.convert_to_numpy(self.layer.density)))
+
+
+def test_density_ramps_cubically_to_the_target_under_global_l0_and_quantization(digits):
+    """WTA inside PGD training with GlobalL0 + Quantization: the density follows the cubic ramp from
+    1 to the target, the weights meet the budget, and each sample keeps exactly k neurons."""
+    x, y = digits[0][:256], digits[1][:256]
+    keras.utils.set_random_seed(0)
+    plain = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+    net = atmc_tf.wrap_model(insert_activation_sparsity(plain, "wta", 0.25))
+    budget = atmc_tf.dense_weight_count(plain) // 4
+    config = atmc_tf.method_config("atmc", attack=atmc_tf.PGDConfig(eps=0.1, steps=2), nnz_budget=budget, bits=4,
+                                   activation_ramp_steps=4)
+    trainer = atmc_tf.ATMCTrainer(net, config)
+    (wta,) = sparsity_layers(net)
+    assert float(keras.ops.convert_to_numpy(wta.density)) == 1.0    # dense at step 0
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    seen = _Densities(wta)
+    trainer.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[seen])
+    want = [0.25 + 0.75 * (1 - min(t / 4, 1)) ** 3 for t in range(1, 9)]
+    np.testing.assert_allclose(seen.seen, want, rtol=1e-6)
+    kernels = [w.effective_kernel() for w in atmc_tf.layers.atmc_wrappers(net)]
+    assert sum(int(np.count_nonzero(keras.ops.convert_to_numpy(k))) for k in kernels) <= budget
+    hidden = keras.Model(net.inputs, net.get_layer(wta.name).output)(x)
+    assert (np.count_nonzero(keras.ops.convert_to_numpy(hidden), axis=1) <= winners_count(0.25, 32)).all()
+    with pytest.raises(ValueError, match="no WinnersTakeAll"):
+        atmc_tf.ATMCTrainer(atmc_tf.wrap_model(plain), config)

@@ -30,6 +30,11 @@ class ATMCConfig:
     l0_scoring:    how entries compete for it: "magnitude" (the paper's, |w|) or
                    "lamp" (layer-adaptive: no layer is emptied; constraints.sparsity).
     l0_ramp_steps: lower the dynamic budget from dense to k over this many steps (0: at once).
+    activation_ramp_steps: None (default) leaves the net's activation sparsity layers as they are;
+                   an integer >= 0 adds terms.ActivationBudgetSchedule, which ramps every
+                   WinnersTakeAll density / ActivationThreshold threshold from dense to its target
+                   over this many steps (cubic, like l0_ramp_steps). A record from before the field
+                   loads with None.
     bits, quant_scheme: Q_b (see atmc_tf.constraints.quantize), enforced by
                    ADMM every quant_interval steps with penalty rho/2 ||W-Z+U||^2.
     zero_in_levels: 0 is one of the 2^b values (default), so a b-bit kernel needs b-bit indices
@@ -79,6 +84,7 @@ class ATMCConfig:
     nnz_budget: int | None = None
     l0_scoring: str = "magnitude"
     l0_ramp_steps: int = 0
+    activation_ramp_steps: int | None = None
     bits: int | None = None
     quant_scheme: str = "codebook_int8"
     zero_in_levels: bool = True
@@ -208,6 +214,9 @@ class ATMCConfig:
             terms = [clean if self.clean_target is not None else CleanLoss(self.clean_weight), adv]
         else:
             terms = [CleanLoss(1.0)]
+        if self.activation_ramp_steps is not None:
+            from atmc_tf.training.terms import ActivationBudgetSchedule
+            terms = [ActivationBudgetSchedule(self.activation_ramp_steps), *terms]
         constraints = []
         if self.structure == "channel" and self.group_support == "fixed":
             constraints.append(FixedGroupSupport(self.group_budget, self.group_scoring, self.group_budget_unit,
