@@ -97,9 +97,9 @@ def test_threshold_zeroes_small_magnitudes_and_its_variable_can_be_scheduled():
 
 def _cnn():
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-                             keras.layers.Flatten(), keras.layers.Dense(12), keras.layers.ReLU(),
-                             keras.layers.Dense(10, activation="relu")])   # a fused activation on the logits
+    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu", name="conv2d"),
+                             keras.layers.Flatten(name="flatten"), keras.layers.Dense(12, name="dense"),
+                             keras.layers.ReLU(name="re_lu"), keras.layers.Dense(10, activation="relu", name="dense_1")])   # a fused activation on the logits
 
 
 def test_insert_after_every_activation_never_after_the_logits(tmp_path):
@@ -174,3 +174,41 @@ def test_density_ramps_cubically_to_the_target_under_global_l0_and_quantization(
     assert (np.count_nonzero(keras.ops.convert_to_numpy(hidden), axis=1) <= winners_count(0.25, 32)).all()
     with pytest.raises(ValueError, match="no WinnersTakeAll"):
         atmc_tf.ATMCTrainer(atmc_tf.wrap_model(plain), config)
+
+
+def _masked_toy():
+    """h = relu(sum(x) - 1.5) gated by a threshold 0.85, logits [1, 10 h]: at x = 0.5 h = 0.5 is
+    zeroed, so the gradient is 0 in a neighbourhood, yet eps = 0.1 reaches h = 0.9 > 0.85."""
+    inp = keras.Input((4,))
+    hidden = keras.layers.Dense(1, activation="relu")
+    gate = ActivationThreshold(0.85)
+    head = keras.layers.Dense(2)
+    net = keras.Model(inp, head(gate(hidden(inp))))
+    hidden.set_weights([np.ones((4, 1), np.float32), np.array([-1.5], np.float32)])
+    head.set_weights([np.array([[0.0, 10.0]], np.float32), np.array([1.0, 0.0], np.float32)])
+    return net
+
+
+def test_bpda_pgd_sees_through_a_threshold_that_masks_plain_pgd():
+    from atmc_tf.export import masking_aware_robustness
+    x = np.full((16, 4), 0.5, np.float32)
+    y = np.zeros(16, np.int64)
+    result = masking_aware_robustness(_masked_toy(), x, y, atmc_tf.PGDConfig(eps=0.1, steps=10))
+    assert result["plain"] == 1.0                   # plain PGD's gradient is zero: masked
+    assert result["bpda"] == 0.0 and result["robust"] == 0.0 and result["worst_case"] == 0.0
+
+
+def test_densities_and_effective_macs_follow_the_winners():
+    from atmc_tf.export import activation_densities, count_macs, effective_macs
+    net = insert_activation_sparsity(_cnn(), "wta", 0.5)
+    x = np.random.default_rng(0).random((20, 8, 8, 1)).astype(np.float32)
+    dens = activation_densities(net, x)
+    assert set(dens) == {"conv2d_wta", "re_lu_wta"}
+    for d in dens.values():
+        assert d["target"] == 0.5 and d["unit_density"] <= 0.5 + 1e-9 and d["density"] <= d["unit_density"]
+    total, per_layer = effective_macs(net, x)
+    # conv2d reads the raw image (density 1); dense reads the 2-of-4-channel map; dense_1 the 6-of-12 ReLU
+    assert per_layer["conv2d"]["input_density"] == pytest.approx(float(np.count_nonzero(x)) / x.size)
+    assert per_layer["dense"]["input_density"] == pytest.approx(dens["conv2d_wta"]["density"])
+    assert per_layer["dense_1"]["input_density"] == pytest.approx(dens["re_lu_wta"]["density"])
+    assert total < count_macs(net) and sum(v["macs"] for v in per_layer.values()) == count_macs(net)

@@ -19,6 +19,8 @@
   kernels, fake-quantized int8 tensors, straight-through gradients) for gradient attacks on the
   file itself (`twin_attack`); TensorFlow is imported only when a twin is built.
 - `atomic`: file writes that never leave a half-written file.
+- `activations`: per-layer activation density (clean / adversarial), effective MACs, and
+  robustness measured both with plain PGD and through a BPDA surrogate of the sparsity layers.
 - `surgery`: a smaller Keras model without the channels that do nothing (all-zero or
   foldable constant channels), same outputs; `count_macs` (`layer_macs`: per layer).
 
@@ -26,6 +28,7 @@ Importing this package does not import TensorFlow; only conversion and the
 kernel comparison do.
 """
 from atmc_tf.export import atomic
+from atmc_tf.export.activations import activation_densities, effective_macs, masking_aware_robustness
 from atmc_tf.export.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
 from atmc_tf.export.blackbox import square_attack
 from atmc_tf.export.evaluate import DeploymentEval, evaluate_deployment
