@@ -212,3 +212,30 @@ def test_densities_and_effective_macs_follow_the_winners():
     assert per_layer["dense"]["input_density"] == pytest.approx(dens["conv2d_wta"]["density"])
     assert per_layer["dense_1"]["input_density"] == pytest.approx(dens["re_lu_wta"]["density"])
     assert total < count_macs(net) and sum(v["macs"] for v in per_layer.values()) == count_macs(net)
+
+
+@pytest.mark.parametrize("mode", ["wta", "threshold"])
+def test_int8_tflite_keeps_the_sparsification_and_runs_on_litert_and_tflite_micro(digits, mode):
+    """The exported masks are builtins TFLM runs (the winners counted in float32 -> QUANTIZE -> int8 SUM,
+    since TFLM's SUM has no int32); int8_problem accepts the BOOL masks; .tflite within 1 point of Keras."""
+    from atmc_tf.export import LiteRTModel, check_micro, int8_problem, op_names, to_int8_tflite
+    x, y, xt, yt = digits
+    keras.utils.set_random_seed(0)
+    plain = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+                              keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10)])
+    net = insert_activation_sparsity(plain, mode, density=0.5, threshold=0.05)
+    net.compile(optimizer=keras.optimizers.Adam(3e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    keras_acc = float((net.predict(xt, verbose=0).argmax(1) == yt).mean())
+    tfl = to_int8_tflite(net, x[:200], batch_size=1)
+    assert int8_problem(tfl) is None
+    ops = set(op_names(tfl))
+    assert "SELECT_V2" in ops and "TOPK_V2" not in ops
+    lite = LiteRTModel(tfl)
+    assert abs(float((lite.predict(xt).argmax(1) == yt).mean()) - keras_acc) <= 0.01
+    assert keras_acc > 0.5
+    xq = lite.quantize_input(xt[:20])
+    micro = check_micro(tfl, xq, lite.predict_int8(xq))
+    assert micro.ok, micro.error

@@ -175,6 +175,20 @@ def parse_check(tflite_bytes):
     return model
 
 
+def _mask_tensors(model, graph, names):
+    """Tensors of an activation mask (atmc_tf.layers.WinnersTakeAll / ActivationThreshold): the BOOL
+    outputs of comparisons, and a CAST of them to float32 that only QUANTIZE reads (the winners'
+    count, summed in int8). TFLite Micro runs both; they carry no float activation."""
+    bools = {i for op in graph.operators for i in op.outputs if names.get(graph.tensors[i].type) == "BOOL"}
+    readers = {}
+    for op in graph.operators:
+        for i in op.inputs:
+            readers.setdefault(i, set()).add(_op_name(model, op))
+    casts = {i for op in graph.operators if _op_name(model, op) == "CAST" and set(op.inputs) <= bools
+             for i in op.outputs if readers.get(i, set()) == {"QUANTIZE"}}
+    return bools | casts
+
+
 def int8_problem(tflite_bytes):
     """What keeps a .tflite from being a full-integer int8 model (int8 input, output and activations, as
     TFLite Micro runs it), in a few words ("a float model (float32 activations)"); None if it is one.
@@ -183,7 +197,9 @@ def int8_problem(tflite_bytes):
     names = _enum_names("TensorType")
     graph = model.subgraphs[0]
     ends = set(graph.inputs) | set(graph.outputs)
-    inner = {names.get(graph.tensors[i].type, "?") for op in graph.operators for i in op.outputs if i not in ends}
+    masks = _mask_tensors(model, graph, names)
+    inner = {names.get(graph.tensors[i].type, "?") for op in graph.operators for i in op.outputs
+             if i not in ends and i not in masks}
     every = {names.get(t.type, "?") for t in graph.tensors}
     other = "/".join(sorted(t.lower() for t in inner - {"INT8", "INT32"}))
     if other and all(t.startswith("FLOAT") for t in inner - {"INT8", "INT32"}):

@@ -58,13 +58,16 @@ def winners_mask(scores, k):
     idx = ops.arange(n)
     earlier = ops.expand_dims(idx, -1) > ops.expand_dims(idx, 0)    # [i, j]: j < i
     beats = ops.logical_or(ops.greater(s_j, s_i), ops.logical_and(ops.equal(s_j, s_i), earlier))
-    rank = ops.sum(ops.cast(beats, "int32"), axis=-1)
-    return ops.less(rank, ops.cast(k, "int32"))
+    # counted in float32 (exact below 2^24): TFLite Micro's SUM takes float32 / int8 / int16, not
+    # int32, and the int8 converter turns this into CAST -> QUANTIZE -> int8 SUM
+    rank = ops.sum(ops.cast(beats, "float32"), axis=-1)
+    return ops.less(rank, ops.cast(k, "float32"))
 
 
 def _apply(x, keep, straight_through):
     """x where keep, else 0; the gradient through kept entries only, or everywhere if straight_through."""
-    kept = ops.where(keep, x, ops.zeros_like(x))
+    # a scalar 0 broadcast by SELECT_V2: no ZEROS_LIKE / BROADCAST_TO on a dynamic shape in a .tflite
+    kept = ops.where(keep, x, ops.cast(0, x.dtype))
     if straight_through:
         return x + ops.stop_gradient(kept - x)
     return kept
@@ -98,7 +101,6 @@ class WinnersTakeAll(keras.layers.Layer):
         keep = winners_mask(unit_scores(inputs), self.winners())          # (b, units)
         for _ in range(len(inputs.shape) - 2):
             keep = ops.expand_dims(keep, 1)                                 # (b, 1, .., units)
-        keep = ops.broadcast_to(keep, ops.shape(inputs))
         return _apply(inputs, ops.stop_gradient(keep), self.straight_through)
 
     def compute_output_shape(self, input_shape):
