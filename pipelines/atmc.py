@@ -159,6 +159,10 @@ def run(cfg, data=None):
     robust = stages.robustness(cfg, final, lite, data)
     timings["robustness"] = time.time() - t
     t = time.time()
+    activations = stages.activation_report(cfg, final, data)
+    if activations is not None:
+        timings["activation_sparsity"] = time.time() - t
+    t = time.time()
     threats = stages.threat_robustness(cfg, final, lite, data)
     if threats is not None:
         threats["domain_weights"] = stages.domain_weights(cfg, [da_result] + results)
@@ -232,6 +236,7 @@ def run(cfg, data=None):
                        if threats is not None else {})},
         "robustness": robust,
         "threat_models": threats,
+        "activation_sparsity": activations,
         "curves": {k: {str(e): a for e, a in v.items()} for k, v in curves.items()},
         "phone": phone,
         "micro": micro,

@@ -111,6 +111,14 @@ flags.DEFINE_enum("train_attack", "pgd", TRAIN_ATTACKS, "The training attack of 
 flags.DEFINE_integer("rounds", 3, "--method=boost: boosting rounds, one compressed learner (--model at --size_ratio) "
                      "each.")
 flags.DEFINE_integer("boost_epochs", 5, "--method=boost: epochs of cost-sensitive adversarial training per learner.")
+flags.DEFINE_enum("activation_sparsity", "off", ["off", "wta"], "Activation sparsity: wta inserts a "
+                  "winners-take-all layer after every activation of the model before dense training (DASNet: per "
+                  "sample the top --activation_density of the neurons, or of whole channels of a conv map, kept, in "
+                  "training and on the device); DA ramps the density from 1 to the target over its first half, the "
+                  "compression stages keep it. The report adds per-layer densities on clean and PGD inputs, effective "
+                  "MACs, and PGD through a straight-through (BPDA) surrogate next to plain PGD. off: nothing changes.")
+flags.DEFINE_float("activation_density", 0.5, "--activation_sparsity=wta: the fraction of units kept per sample "
+                   "and layer, in (0, 1].")
 flags.DEFINE_integer("free_replays", 4, "--train_attack=free: times each batch is replayed (m); every stage's "
                      "epochs are divided by m (rounded up), so the total work stays that of plain training.")
 flags.DEFINE_integer("square_queries", 1000, "Query budget per image of the Square Attack run on the int8 .tflite "
@@ -183,6 +191,7 @@ _RULES = [
     ("free_replays", lambda v: v >= 1, "--free_replays must be >= 1"),
     ("rounds", lambda v: v >= 1, "--rounds must be >= 1"),
     ("boost_epochs", lambda v: v >= 1, "--boost_epochs must be >= 1"),
+    ("activation_density", lambda v: math.isfinite(v) and 0 < v <= 1, "--activation_density must be in (0, 1]"),
     ("pgd_step_size", lambda v: v is None or (math.isfinite(v) and v > 0), "--pgd_step_size must be > 0"),
     ("eval_pgd_steps", lambda v: v >= 1, "--eval_pgd_steps must be >= 1"),
     ("eval_restarts", lambda v: v >= 1, "--eval_restarts must be >= 1"),
@@ -312,6 +321,9 @@ def parse_flags(argv):
     if F.clean_target is not None and F.clean_target_drop is not None:
         fail(f"--clean_target={F.clean_target:g} and --clean_target_drop={F.clean_target_drop:g} both set the "
              "clean target (absolute, or relative to the dense model); pass only one")
+    if F["activation_density"].present and F.activation_sparsity == "off":
+        fail(f"--activation_density={F.activation_density:g} needs --activation_sparsity=wta (it is the fraction of "
+             "activations the winners-take-all layers keep)")
     if F["free_replays"].present and F.train_attack != "free":
         fail(f"--free_replays={F.free_replays} needs --train_attack=free (it is the number of replays of each batch "
              "in free adversarial training)")
@@ -411,6 +423,8 @@ class PipelineConfig:
     free_replays: int = 4
     rounds: int = 3
     boost_epochs: int = 5
+    activation_sparsity: str = "off"
+    activation_density: float = 0.5
 
     @classmethod
     def from_flags(cls):

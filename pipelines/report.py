@@ -138,6 +138,7 @@ def markdown(r):
     lines += _robustness_lines(r.get("robustness"))
     lines += _per_class_lines((r.get("robustness") or {}).get("per_class"), r.get("class_feedback"))
     lines += _threat_lines(r.get("threat_models"))
+    lines += _activation_lines(r.get("activation_sparsity"))
     collapse = r.get("collapse") or {}
     if collapse.get("problem"):
         lines += [f"**Warning: {collapse['problem']}.**", ""]
@@ -171,6 +172,30 @@ def markdown(r):
     lines += ["", "Plots: " + ", ".join(f"[{os.path.basename(p)}]({os.path.basename(p)})"
                                        for p in r["files"]["plots"]), ""]
     return "\n".join(lines)
+
+
+def _activation_lines(act):
+    """--activation_sparsity: densities per layer (clean / PGD), effective MACs, plain vs BPDA PGD."""
+    if not act:
+        return []
+    m, p = act["macs"], act["pgd"]
+    lines = ["## Activation sparsity (winners-take-all)", "",
+             f"Target density {act['target_density']:g}: per sample that fraction of each layer's units (neurons, "
+             "or whole channels of a conv map) kept, in training and in the .tflite. Density: nonzero fraction of "
+             "the layer's output; units: fraction of units with a nonzero value (test set; a winner that is all "
+             "zero after its ReLU counts as not alive, so at most the target).", "",
+             "| layer | target | density clean | density PGD | units clean | units PGD |", "|---|---|---|---|---|---|"]
+    for name, v in act["layers"].items():
+        lines.append(f"| {name} | {v['target']:g} | {_pct(v['clean']['density'])} | {_pct(v['adversarial']['density'])}"
+                     f" | {_pct(v['clean']['unit_density'])} | {_pct(v['adversarial']['unit_density'])} |")
+    lines += ["", f"Effective MACs per sample (each Conv2D / Dense layer's MACs times its input's density): "
+              f"{m['effective_clean']:,.0f} clean, {m['effective_adversarial']:,.0f} on PGD inputs, of "
+              f"{m['dense']:,} dense ({m['effective_clean'] / max(m['dense'], 1):.2f}x / "
+              f"{m['effective_adversarial'] / max(m['dense'], 1):.2f}x).", "",
+              f"Gradient masking: PGD on the model {_pct(p['plain'])}, PGD through the straight-through (BPDA) "
+              f"surrogate of the winners-take-all layers {_pct(p['bpda'])}; robust accuracy (the lower) "
+              f"{_pct(p['robust'])}, per-example worst case of both {_pct(p['worst_case'])}.", ""]
+    return lines
 
 
 def _overfitting_lines(results):

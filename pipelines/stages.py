@@ -6,6 +6,7 @@ stages checkpoint every epoch (atmc_tf.training.checkpoint.ResumableCheckpoint) 
 killed run resumes mid-stage, exactly where an uninterrupted run would be; finished
 stages save a .keras model and a result.json, atomically, and only then drop the checkpoint.
 """
+import dataclasses
 import json
 import os
 
@@ -277,8 +278,28 @@ def initial_model(cfg, data):
     if cfg.model_file:
         model = load_user_model(cfg.model_file)
         check_user_model(model, data, cfg.model_file)
-        return model
-    return build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed)
+    else:
+        model = build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed)
+    if activation_sparsity(cfg):
+        # Before DA (not before compression): the weights learn around the winners from the start, DA
+        # ramps the density from dense to the target, and every later stage trains at the target.
+        from atmc_tf.layers import insert_activation_sparsity
+        model = insert_activation_sparsity(model, "wta", cfg.activation_density)
+    return model
+
+
+def activation_sparsity(cfg):
+    """--activation_sparsity=wta (a config recorded before the flag: off)."""
+    return getattr(cfg, "activation_sparsity", "off") == "wta"
+
+
+def activation_ramp(cfg, data, stage_epochs, ramp=True):
+    """ATMCConfig settings of a stage for --activation_sparsity: the density ramp over the first half of
+    the stage's steps (DA), or 0 (the target from the first step: the compression stages); {} when off."""
+    if not activation_sparsity(cfg):
+        return {}
+    steps = -(-len(data.y_train) // cfg.batch_size) * stage_epochs
+    return {"activation_ramp_steps": int(round(0.5 * steps)) if ramp else 0}
 
 
 def dense_stage(cfg, data, natural=False):
@@ -286,7 +307,8 @@ def dense_stage(cfg, data, natural=False):
     keras.utils.set_random_seed(cfg.seed)
     model = initial_model(cfg, data)
     method = "natural" if natural else "da"
-    return train_stage(cfg, method, model, data, method, dense_config(cfg, method), cfg.da_epochs, cfg.da_lr)
+    config = dataclasses.replace(dense_config(cfg, method), **activation_ramp(cfg, data, cfg.da_epochs))
+    return train_stage(cfg, method, model, data, method, config, cfg.da_epochs, cfg.da_lr)
 
 
 def dense_config(cfg, method="da"):
@@ -427,6 +449,7 @@ def compress_stages(cfg, data, da_plain, clean_target=None):
             wrap_kwargs["factorization"] = cfg.factorization
         elif stage.wrap == "param_budget":
             wrap_kwargs["param_budget"] = k
+        settings.update(activation_ramp(cfg, data, getattr(cfg, stage.epochs), ramp=False))
         config = method_config(stage.method, **settings)
         plain, net, res = train_stage(cfg, stage.name, plain, data, stage.method, config,
                                       getattr(cfg, stage.epochs), cfg.lr,
@@ -520,6 +543,26 @@ def robustness(cfg, model, lite, data):
         "masking_checks_ok": all(c["ok"] for c in checks.values()),
         "per_class": per_class,
     }
+
+
+def activation_report(cfg, model, data):
+    """--activation_sparsity: per winners-take-all layer the density on clean and on PGD test inputs, the
+    effective MACs (dense MACs of each layer scaled by its input's density) on both, and PGD through the
+    layers' straight-through (BPDA) surrogate next to plain PGD, the robust figure the lower; None when off."""
+    if not activation_sparsity(cfg):
+        return None
+    from atmc_tf.export import activation_densities, effective_macs, masking_aware_robustness
+    x, y = data.x_test, data.y_test
+    x_adv = craft_adversarial(cfg, model, x, y)
+    clean, adv = activation_densities(model, x), activation_densities(model, x_adv)
+    (macs_clean, per_clean), (macs_adv, per_adv) = effective_macs(model, x), effective_macs(model, x_adv)
+    dense_macs = sum(v["macs"] for v in per_clean.values())
+    return {"mode": "wta", "target_density": cfg.activation_density,
+            "layers": {name: {"target": clean[name]["target"], "clean": clean[name], "adversarial": adv[name]}
+                       for name in clean},
+            "macs": {"dense": dense_macs, "effective_clean": macs_clean, "effective_adversarial": macs_adv,
+                     "per_layer_clean": per_clean, "per_layer_adversarial": per_adv},
+            "pgd": masking_aware_robustness(model, x, y, eval_attack(cfg))}
 
 
 def per_class_robustness(y, num_classes, **masks):

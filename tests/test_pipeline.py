@@ -308,6 +308,45 @@ def test_workdir_from_before_train_attack_resumes_with_pgd():
     assert config_diff(dataclasses.replace(cfg, train_attack="n_fgsm").as_dict(), old) == ["train_attack"]
 
 
+def test_workdir_from_before_activation_sparsity_resumes_without_it():
+    """A run recorded before --activation_sparsity had none: resuming with the default (off) is accepted, wta
+    is refused as a different run; stages.activation_sparsity reads an old config as off."""
+    import dataclasses
+    import types
+
+    from pipelines import stages
+    from pipelines.flags_def import PipelineConfig, config_diff
+    cfg = PipelineConfig(**{f.name: 0 for f in dataclasses.fields(PipelineConfig)}
+                         | {"model_file": None, "activation_sparsity": "off", "activation_density": 0.5})
+    old = {k: v for k, v in cfg.as_dict().items() if k not in ("activation_sparsity", "activation_density")}
+    assert config_diff(cfg.as_dict(), old) == []
+    assert config_diff(dataclasses.replace(cfg, activation_sparsity="wta").as_dict(), old) == ["activation_sparsity"]
+    assert not stages.activation_sparsity(types.SimpleNamespace()) and stages.activation_report(cfg, None, None) is None
+
+
+@pytest.mark.slow
+def test_winners_take_all_run_reports_densities_and_runs_on_tflite_micro(tmp_path):
+    """--activation_sparsity=wta --activation_density=0.5: every WTA layer keeps exactly half its units on clean
+    and PGD test images, effective MACs fall below the dense ones, both PGD figures are reported (the robust one
+    the lower), and the exported .tflite keeps the masks and runs on LiteRT and TFLite Micro."""
+    wd = tmp_path / "wd"
+    r = run_pipeline("--limit_train=200", "--limit_test=60", "--da_epochs=2", "--method=da",
+                     "--activation_sparsity=wta", "--activation_density=0.5", "--pgd_steps=2", "--square_queries=50",
+                     "--eval_pgd_steps=2", "--micro_samples=4", "--verbose=0", f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    act = report["activation_sparsity"]
+    assert len(act["layers"]) == 3
+    for layer in act["layers"].values():   # a winner may be all zero (after a ReLU): at most the target
+        for inputs in ("clean", "adversarial"):
+            assert 0.4 <= layer[inputs]["unit_density"] <= 0.5 and layer[inputs]["density"] <= 0.5
+    assert act["macs"]["effective_clean"] < act["macs"]["dense"]
+    assert act["pgd"]["robust"] == min(act["pgd"]["plain"], act["pgd"]["bpda"])
+    assert report["micro"]["ok"] and "SELECT_V2" in report["micro"]["ops"]
+    assert abs(report["phone"]["clean_acc"] - report["phone"]["keras_clean_acc"]) <= 0.01
+    assert "## Activation sparsity (winners-take-all)" in (wd / "report.md").read_text()
+
+
 @pytest.mark.slow
 def test_a_collapsed_model_is_named_and_fails_the_run(tmp_path):
     """A budget of 3 weights cuts every path: the run still writes its report (nothing is lost), says

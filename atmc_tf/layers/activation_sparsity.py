@@ -4,8 +4,11 @@ WinnersTakeAll(density) keeps, per sample, the k = ceil(density * n) units with 
 scores and zeroes the rest, in training and inference alike (DASNet, Yang et al. 2019,
 arXiv 1909.06964). A unit is the last axis: a neuron of a Dense output, a whole channel of an
 NHWC conv map (so the sparsity is structured: a zeroed channel is a skipped feature map). The
-score of a unit is its mean absolute value over every axis but batch and units (for a conv map
-the channel's L1 over H, W divided by H * W; for a Dense output |x|).
+score of a unit is its largest value over every axis but batch and units (for a conv map the
+channel's peak over H, W; for a Dense output x itself; after a ReLU, the largest magnitude).
+Not the channel's mean: in the int8 .tflite a quantized MEAN rounds differently on LiteRT and
+TFLite Micro, which moved near-tied channels across the cut and the two runtimes' logits apart
+by 2 int8 steps (measured on small_cnn, digits); a max of int8 values is exact on both.
 
 Exactly k per sample, whatever the ties: a unit's rank is the number of units that beat it,
 where a larger score beats a smaller one and, between equal scores, the LOWER index wins;
@@ -43,10 +46,9 @@ def winners_count(density, n):
 
 
 def unit_scores(x):
-    """(batch, units) scores: mean |x| over every axis but the first and the last."""
-    x = ops.abs(x)
+    """(batch, units) scores: the largest value over every axis but the first and the last."""
     axes = tuple(range(1, len(x.shape) - 1))
-    return ops.mean(x, axis=axes) if axes else x
+    return ops.max(x, axis=axes) if axes else x
 
 
 def winners_mask(scores, k):
