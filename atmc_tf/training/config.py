@@ -35,6 +35,9 @@ class ATMCConfig:
                    WinnersTakeAll density / ActivationThreshold threshold from dense to its target
                    over this many steps (cubic, like l0_ramp_steps). A record from before the field
                    loads with None.
+    activation_l1: > 0 adds terms.ActivationL1 (JPnet's joint activation regulariser: this weight
+                   times the L1 of the activations before the sparsity layers, on clean and
+                   adversarial batches); 0 (default, and records from before the field): none.
     bits, quant_scheme: Q_b (see atmc_tf.constraints.quantize), enforced by
                    ADMM every quant_interval steps with penalty rho/2 ||W-Z+U||^2.
     zero_in_levels: 0 is one of the 2^b values (default), so a b-bit kernel needs b-bit indices
@@ -85,6 +88,7 @@ class ATMCConfig:
     l0_scoring: str = "magnitude"
     l0_ramp_steps: int = 0
     activation_ramp_steps: int | None = None
+    activation_l1: float = 0.0
     bits: int | None = None
     quant_scheme: str = "codebook_int8"
     zero_in_levels: bool = True
@@ -217,6 +221,9 @@ class ATMCConfig:
         if self.activation_ramp_steps is not None:
             from atmc_tf.training.terms import ActivationBudgetSchedule
             terms = [ActivationBudgetSchedule(self.activation_ramp_steps), *terms]
+        if self.activation_l1 > 0:
+            from atmc_tf.training.terms import ActivationL1
+            terms = [*terms, ActivationL1(self.activation_l1)]
         constraints = []
         if self.structure == "channel" and self.group_support == "fixed":
             constraints.append(FixedGroupSupport(self.group_budget, self.group_scoring, self.group_budget_unit,

@@ -1,4 +1,5 @@
 """Loss terms of the training objective (base.LossTerm); registry.py names them."""
+from atmc_tf.training.terms.activation_l1 import ActivationL1
 from atmc_tf.training.terms.activation_schedule import ActivationBudgetSchedule
 from atmc_tf.training.terms.adversarial import AdversarialLoss
 from atmc_tf.training.terms.base import LossTerm, StepContext
@@ -11,7 +12,7 @@ from atmc_tf.training.terms.geco import CleanTarget
 from atmc_tf.training.terms.multi_threat import MultiThreatLoss
 from atmc_tf.training.terms.registry import TERMS, term_from_config, term_to_config
 
-__all__ = ["ActivationBudgetSchedule", "AdversarialLoss", "ClassBalancedAdversarialLoss", "CleanLoss", "CleanTarget",
-           "CostSensitiveAdversarialLoss", "FreeAdversarialLoss",
+__all__ = ["ActivationBudgetSchedule", "ActivationL1", "AdversarialLoss", "ClassBalancedAdversarialLoss", "CleanLoss",
+           "CleanTarget", "CostSensitiveAdversarialLoss", "FreeAdversarialLoss",
            "LossTerm", "MultiThreatLoss", "RobustDistillation", "StepContext", "TERMS", "term_from_config",
            "term_to_config", "pack_costs"]
