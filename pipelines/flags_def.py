@@ -111,14 +111,17 @@ flags.DEFINE_enum("train_attack", "pgd", TRAIN_ATTACKS, "The training attack of 
 flags.DEFINE_integer("rounds", 3, "--method=boost: boosting rounds, one compressed learner (--model at --size_ratio) "
                      "each.")
 flags.DEFINE_integer("boost_epochs", 5, "--method=boost: epochs of cost-sensitive adversarial training per learner.")
-flags.DEFINE_enum("activation_sparsity", "off", ["off", "wta"], "Activation sparsity: wta inserts a "
+flags.DEFINE_enum("activation_sparsity", "off", ["off", "wta", "threshold"], "Activation sparsity: wta inserts a "
                   "winners-take-all layer after every activation of the model before dense training (DASNet: per "
                   "sample the top --activation_density of the neurons, or of whole channels of a conv map, kept, in "
                   "training and on the device); DA ramps the density from 1 to the target over its first half, the "
                   "compression stages keep it. The report adds per-layer densities on clean and PGD inputs, effective "
-                  "MACs, and PGD through a straight-through (BPDA) surrogate next to plain PGD. off: nothing changes.")
+                  "MACs, and PGD through a straight-through (BPDA) surrogate next to plain PGD. threshold (JPnet) inserts "
+                  "activation thresholds instead, each moved during training to the magnitude that keeps about "
+                  "--activation_density of its inputs on the training batches, fixed in the .tflite. off: nothing "
+                  "changes.")
 flags.DEFINE_float("activation_density", 0.5, "--activation_sparsity=wta: the fraction of units kept per sample "
-                   "and layer, in (0, 1].")
+                   "and layer; threshold: the fraction of activations the thresholds aim to keep; in (0, 1].")
 flags.DEFINE_integer("free_replays", 4, "--train_attack=free: times each batch is replayed (m); every stage's "
                      "epochs are divided by m (rounded up), so the total work stays that of plain training.")
 flags.DEFINE_integer("square_queries", 1000, "Query budget per image of the Square Attack run on the int8 .tflite "
@@ -322,8 +325,8 @@ def parse_flags(argv):
         fail(f"--clean_target={F.clean_target:g} and --clean_target_drop={F.clean_target_drop:g} both set the "
              "clean target (absolute, or relative to the dense model); pass only one")
     if F["activation_density"].present and F.activation_sparsity == "off":
-        fail(f"--activation_density={F.activation_density:g} needs --activation_sparsity=wta (it is the fraction of "
-             "activations the winners-take-all layers keep)")
+        fail(f"--activation_density={F.activation_density:g} needs --activation_sparsity=wta or threshold (it is the "
+             "fraction of activations the inserted layers keep)")
     if F["free_replays"].present and F.train_attack != "free":
         fail(f"--free_replays={F.free_replays} needs --train_attack=free (it is the number of replays of each batch "
              "in free adversarial training)")

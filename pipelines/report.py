@@ -179,21 +179,24 @@ def _activation_lines(act):
     if not act:
         return []
     m, p = act["macs"], act["pgd"]
-    lines = ["## Activation sparsity (winners-take-all)", "",
-             f"Target density {act['target_density']:g}: per sample that fraction of each layer's units (neurons, "
-             "or whole channels of a conv map) kept, in training and in the .tflite. Density: nonzero fraction of "
-             "the layer's output; units: fraction of units with a nonzero value (test set; a winner that is all "
-             "zero after its ReLU counts as not alive, so at most the target).", "",
+    wta = act.get("mode", "wta") == "wta"
+    lines = [f"## Activation sparsity ({'winners-take-all' if wta else 'activation thresholds'})", "",
+             (f"Target density {act['target_density']:g}: per sample that fraction of each layer's units (neurons, "
+              "or whole channels of a conv map) kept, in training and in the .tflite." if wta else
+              f"Target density {act['target_density']:g}: each threshold calibrated during training to keep about "
+              "that fraction of its inputs (training batches), fixed in the .tflite.") + " Density: nonzero fraction of "
+             "the layer's output; units: fraction of units with a nonzero value (test set" + ("; a winner that is "
+             "all zero after its ReLU counts as not alive, so at most the target)." if wta else ")."), "",
              "| layer | target | density clean | density PGD | units clean | units PGD |", "|---|---|---|---|---|---|"]
     for name, v in act["layers"].items():
-        lines.append(f"| {name} | {v['target']:g} | {_pct(v['clean']['density'])} | {_pct(v['adversarial']['density'])}"
+        lines.append(f"| {name} | {act['target_density'] if v['target'] is None else v['target']:g} | {_pct(v['clean']['density'])} | {_pct(v['adversarial']['density'])}"
                      f" | {_pct(v['clean']['unit_density'])} | {_pct(v['adversarial']['unit_density'])} |")
     lines += ["", f"Effective MACs per sample (each Conv2D / Dense layer's MACs times its input's density): "
               f"{m['effective_clean']:,.0f} clean, {m['effective_adversarial']:,.0f} on PGD inputs, of "
               f"{m['dense']:,} dense ({m['effective_clean'] / max(m['dense'], 1):.2f}x / "
               f"{m['effective_adversarial'] / max(m['dense'], 1):.2f}x).", "",
               f"Gradient masking: PGD on the model {_pct(p['plain'])}, PGD through the straight-through (BPDA) "
-              f"surrogate of the winners-take-all layers {_pct(p['bpda'])}; robust accuracy (the lower) "
+              f"surrogate of the sparsity layers {_pct(p['bpda'])}; robust accuracy (the lower) "
               f"{_pct(p['robust'])}, per-example worst case of both {_pct(p['worst_case'])}.", ""]
     return lines
 

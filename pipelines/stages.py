@@ -284,13 +284,14 @@ def initial_model(cfg, data):
         # Before DA (not before compression): the weights learn around the winners from the start, DA
         # ramps the density from dense to the target, and every later stage trains at the target.
         from atmc_tf.layers import insert_activation_sparsity
-        model = insert_activation_sparsity(model, "wta", cfg.activation_density)
+        # threshold: starts at 0 (every nonzero passes); the schedule calibrates it to the density
+        model = insert_activation_sparsity(model, cfg.activation_sparsity, cfg.activation_density, threshold=0.0)
     return model
 
 
 def activation_sparsity(cfg):
-    """--activation_sparsity=wta (a config recorded before the flag: off)."""
-    return getattr(cfg, "activation_sparsity", "off") == "wta"
+    """--activation_sparsity wta or threshold (a config recorded before the flag: off)."""
+    return getattr(cfg, "activation_sparsity", "off") in ("wta", "threshold")
 
 
 def activation_ramp(cfg, data, stage_epochs, ramp=True):
@@ -299,7 +300,10 @@ def activation_ramp(cfg, data, stage_epochs, ramp=True):
     if not activation_sparsity(cfg):
         return {}
     steps = -(-len(data.y_train) // cfg.batch_size) * stage_epochs
-    return {"activation_ramp_steps": int(round(0.5 * steps)) if ramp else 0}
+    settings = {"activation_ramp_steps": int(round(0.5 * steps)) if ramp else 0}
+    if cfg.activation_sparsity == "threshold":
+        settings["activation_threshold_density"] = cfg.activation_density
+    return settings
 
 
 def dense_stage(cfg, data, natural=False):
@@ -557,7 +561,7 @@ def activation_report(cfg, model, data):
     clean, adv = activation_densities(model, x), activation_densities(model, x_adv)
     (macs_clean, per_clean), (macs_adv, per_adv) = effective_macs(model, x), effective_macs(model, x_adv)
     dense_macs = sum(v["macs"] for v in per_clean.values())
-    return {"mode": "wta", "target_density": cfg.activation_density,
+    return {"mode": cfg.activation_sparsity, "target_density": cfg.activation_density,
             "layers": {name: {"target": clean[name]["target"], "clean": clean[name], "adversarial": adv[name]}
                        for name in clean},
             "macs": {"dense": dense_macs, "effective_clean": macs_clean, "effective_adversarial": macs_adv,

@@ -273,3 +273,23 @@ def test_jpnet_activation_l1_term_lowers_the_activations_it_regularises(digits):
         results.append((np.abs(before).mean(), np.count_nonzero(after) / after.size))
     (l1_small, density_small), (l1_large, density_large) = results
     assert l1_large < 0.5 * l1_small and density_large < density_small
+
+
+def test_thresholds_calibrated_to_a_density_reach_it(digits):
+    """ActivationBudgetSchedule(threshold_density=0.3): the thresholds move so that about 30% of the
+    activations pass (they start at 0: everything nonzero passes)."""
+    x, y = digits[0][:512], digits[1][:512]
+    keras.utils.set_random_seed(0)
+    plain = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+    net = atmc_tf.wrap_model(insert_activation_sparsity(plain, "threshold", threshold=0.0))
+    config = atmc_tf.method_config("da", attack=atmc_tf.PGDConfig(eps=0.1, steps=1), activation_ramp_steps=8,
+                                   activation_threshold_density=0.3)
+    trainer = atmc_tf.ATMCTrainer(net, config)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    trainer.fit(x, y, epochs=5, batch_size=64, verbose=0)
+    from atmc_tf.export import activation_densities
+    densities = activation_densities(net, x)
+    assert len(densities) == 2
+    for d in densities.values():
+        assert 0.2 <= d["density"] <= 0.4, densities

@@ -101,7 +101,7 @@ BAD_FLAGS = [
     ("--free_replays=2", "--train_attack=free"),
     ("--rounds=0", "--rounds"), ("--boost_epochs=0", "--boost_epochs"), ("--rounds=2", "--method=boost"),
     ("--activation_sparsity=topk", "activation_sparsity"), ("--activation_density=0", "--activation_density"),
-    ("--activation_density=0.3", "--activation_sparsity=wta"),
+    ("--activation_density=0.3", "--activation_sparsity=wta or threshold"),
 ]
 
 

@@ -35,6 +35,8 @@ class ATMCConfig:
                    WinnersTakeAll density / ActivationThreshold threshold from dense to its target
                    over this many steps (cubic, like l0_ramp_steps). A record from before the field
                    loads with None.
+    activation_threshold_density: with activation_ramp_steps, ActivationThreshold thresholds are set
+                   to keep this fraction of their inputs (ActivationBudgetSchedule's threshold_density).
     activation_l1: > 0 adds terms.ActivationL1 (JPnet's joint activation regulariser: this weight
                    times the L1 of the activations before the sparsity layers, on clean and
                    adversarial batches); 0 (default, and records from before the field): none.
@@ -89,6 +91,7 @@ class ATMCConfig:
     l0_ramp_steps: int = 0
     activation_ramp_steps: int | None = None
     activation_l1: float = 0.0
+    activation_threshold_density: float | None = None
     bits: int | None = None
     quant_scheme: str = "codebook_int8"
     zero_in_levels: bool = True
@@ -220,7 +223,7 @@ class ATMCConfig:
             terms = [CleanLoss(1.0)]
         if self.activation_ramp_steps is not None:
             from atmc_tf.training.terms import ActivationBudgetSchedule
-            terms = [ActivationBudgetSchedule(self.activation_ramp_steps), *terms]
+            terms = [ActivationBudgetSchedule(self.activation_ramp_steps, self.activation_threshold_density), *terms]
         if self.activation_l1 > 0:
             from atmc_tf.training.terms import ActivationL1
             terms = [*terms, ActivationL1(self.activation_l1)]

@@ -13,6 +13,12 @@ ramp where it stopped; ramp_steps = 0 puts every layer at its target at once. Th
 loss: it writes the layers' non-trainable variables in build() (the value at the current step)
 (step 0's value) and in after_step (the next step's value), through ctx.assign, so every replica holds the same
 one. It composes with every constraint set: constraints act on kernels, this on activations.
+
+threshold_density (optional): thresholds set by a density instead of a value. After each step
+every ActivationThreshold's threshold moves (a moving average, decay 0.9) towards the magnitude
+above which a fraction density_t of its input activations lie on the step's clean batch, with
+density_t ramped from 1 to threshold_density as above; the .tflite keeps the last value, a
+fixed threshold.
 """
 import tensorflow as tf
 
@@ -33,17 +39,20 @@ class ActivationBudgetSchedule(LossTerm):
 
     kind = "activation_schedule"
 
-    def __init__(self, ramp_steps=0):
+    def __init__(self, ramp_steps=0, threshold_density=None):
         if int(ramp_steps) != ramp_steps or int(ramp_steps) < 0:
             raise ValueError(f"ramp_steps must be an integer >= 0, got {ramp_steps!r}")
+        if threshold_density is not None and not 0 < float(threshold_density) <= 1:
+            raise ValueError(f"threshold_density must be in (0, 1], got {threshold_density!r}")
         self.ramp_steps = int(ramp_steps)
+        self.threshold_density = None if threshold_density is None else float(threshold_density)
 
     def _values(self, step):
         left = remaining(step, self.ramp_steps)
         for layer in self._layers:
             if isinstance(layer, WinnersTakeAll):
                 yield layer.density, layer.target_density + (1.0 - layer.target_density) * left
-            elif isinstance(layer, ActivationThreshold):
+            elif isinstance(layer, ActivationThreshold) and self.threshold_density is None:
                 yield layer.threshold, layer.target_threshold * (1.0 - left)
 
     def build(self, trainer):
@@ -55,11 +64,33 @@ class ActivationBudgetSchedule(LossTerm):
         # run restores the layers' variables with the rest of the checkpoint, and after_step moves on
         for variable, value in self._values(0):
             trainer.assign_state(variable, value)
+        self._gates = [layer for layer in self._layers if isinstance(layer, ActivationThreshold)]
+        if self.threshold_density is not None and self._gates:
+            import keras
+            self._probe = keras.Model(trainer.net.inputs, [layer.input for layer in self._gates])
+
+    def _calibrate(self, ctx, step):
+        """Each threshold towards the magnitude that leaves density_t of its inputs above it."""
+        density = self.threshold_density + (1.0 - self.threshold_density) * remaining(step, self.ramp_steps)
+        outs = self._probe(ctx.x, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for layer, a in zip(self._gates, outs):
+            mags = tf.sort(tf.reshape(tf.abs(tf.cast(a, tf.float32)), [-1]))
+            n = tf.cast(tf.size(mags), tf.float32)
+            # the largest magnitude NOT kept: the floor((1 - density) n)-th smallest (1-based); 0 at density 1
+            index = tf.cast(tf.floor((1.0 - density) * n), tf.int32)
+            cut = tf.where(index > 0, tf.gather(mags, tf.maximum(index - 1, 0)), 0.0)
+            replica = tf.distribute.get_replica_context()
+            if replica is not None:
+                cut = replica.all_reduce("mean", cut)
+            ctx.assign(layer.threshold, 0.9 * layer.threshold.value + 0.1 * cut)
 
     def after_step(self, ctx):
         step = ctx.trainer.optimizer.iterations   # already counts the step just taken
         for variable, value in self._values(step):
             ctx.assign(variable, value)
+        if self.threshold_density is not None and self._gates:
+            self._calibrate(ctx, step)
 
     def get_config(self):
-        return {"ramp_steps": self.ramp_steps}
+        return {"ramp_steps": self.ramp_steps, "threshold_density": self.threshold_density}
