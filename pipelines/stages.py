@@ -566,7 +566,21 @@ def activation_report(cfg, model, data):
                        for name in clean},
             "macs": {"dense": dense_macs, "effective_clean": macs_clean, "effective_adversarial": macs_adv,
                      "per_layer_clean": per_clean, "per_layer_adversarial": per_adv},
-            "pgd": masking_aware_robustness(model, x, y, eval_attack(cfg))}
+            "pgd": masking_aware_robustness(model, x, y, eval_attack(cfg)),
+            "litert_latency_ms": sparsity_latency(model, data)}
+
+
+def sparsity_latency(model, data):
+    """LiteRT latency (ms, 1 thread, batch 1, median of 300 invocations, same run) of the int8 model with
+    its sparsity layers and of the same weights without them: LiteRT skips no zero, so the masks cost time
+    on this CPU; the effective MACs are what a zero-skipping kernel could save."""
+    from atmc_tf.export import LiteRTModel, to_int8_tflite
+    from atmc_tf.layers import without_activation_sparsity
+    rep_x = data.x_train[:300]   # as the export calibrates (pipelines.atmc)
+    with console.quiet_native(0):
+        files = {"with": to_int8_tflite(model, rep_x, batch_size=1),
+                 "without": to_int8_tflite(without_activation_sparsity(model), rep_x, batch_size=1)}
+        return {k: LiteRTModel(b, num_threads=1).latency_ms(data.x_test, runs=300) for k, b in files.items()}
 
 
 def per_class_robustness(y, num_classes, **masks):

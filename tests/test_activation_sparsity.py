@@ -293,3 +293,16 @@ def test_thresholds_calibrated_to_a_density_reach_it(digits):
     assert len(densities) == 2
     for d in densities.values():
         assert 0.2 <= d["density"] <= 0.4, densities
+
+
+def test_without_activation_sparsity_shares_the_weights_and_computes_densely():
+    from atmc_tf.layers import without_activation_sparsity
+    plain = _cnn()
+    x = np.random.default_rng(0).random((5, 8, 8, 1)).astype(np.float32)
+    for net in (insert_activation_sparsity(plain, "wta", 0.25),
+                insert_activation_sparsity(keras.Model(plain.inputs, plain.outputs), "wta", 0.25)):
+        dense = without_activation_sparsity(net)
+        assert not sparsity_layers(dense)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(dense(x)), keras.ops.convert_to_numpy(plain(x)),
+                                   rtol=1e-6, atol=1e-6)
+        assert not np.allclose(keras.ops.convert_to_numpy(net(x)), keras.ops.convert_to_numpy(plain(x)))

@@ -342,6 +342,7 @@ def test_winners_take_all_run_reports_densities_and_runs_on_tflite_micro(tmp_pat
             assert 0.4 <= layer[inputs]["unit_density"] <= 0.5 and layer[inputs]["density"] <= 0.5
     assert act["macs"]["effective_clean"] < act["macs"]["dense"]
     assert act["pgd"]["robust"] == min(act["pgd"]["plain"], act["pgd"]["bpda"])
+    assert act["litert_latency_ms"]["with"] > 0 and act["litert_latency_ms"]["without"] > 0
     assert report["micro"]["ok"] and "SELECT_V2" in report["micro"]["ops"]
     assert abs(report["phone"]["clean_acc"] - report["phone"]["keras_clean_acc"]) <= 0.01
     assert "## Activation sparsity (winners-take-all)" in (wd / "report.md").read_text()

@@ -6,6 +6,7 @@ from atmc_tf.layers.activation_sparsity import (
     sparsity_layers,
     straight_through_copy,
     winners_count,
+    without_activation_sparsity,
 )
 from atmc_tf.layers.wrappers import (
     ATMCWrapper,
@@ -22,6 +23,6 @@ from atmc_tf.layers.wrappers import (
 )
 
 __all__ = ["ActivationThreshold", "WinnersTakeAll", "insert_activation_sparsity", "sparsity_layers",
-           "straight_through_copy", "winners_count", "ATMCWrapper", "FACTORIZATIONS", "SUPPORTED_LAYERS", "UnconstrainedModelError",
+           "straight_through_copy", "winners_count", "without_activation_sparsity", "ATMCWrapper", "FACTORIZATIONS", "SUPPORTED_LAYERS", "UnconstrainedModelError",
            "UnconstrainedTrainingError", "UnsupportedLayerError", "atmc_wrappers", "constraint_scope",
            "kernel_channel_axes", "strip_model", "wrap_model"]

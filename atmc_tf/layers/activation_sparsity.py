@@ -240,3 +240,17 @@ def straight_through_copy(model):
     for old, new in copies:
         new.set_weights(old.get_weights())
     return surrogate
+
+
+def without_activation_sparsity(model):
+    """`model` with its WinnersTakeAll / ActivationThreshold layers skipped (every other layer shared, not
+    copied): the same network computing densely, to compare what the sparsification costs or saves."""
+    if isinstance(model, keras.Sequential):
+        (spec,) = model.inputs
+        return keras.Sequential([keras.Input(batch_shape=spec.shape, dtype=spec.dtype)]
+                                + [layer for layer in model.layers if not isinstance(layer, SPARSITY_LAYERS)])
+
+    def call(layer, *args, **kwargs):
+        return args[0] if isinstance(layer, SPARSITY_LAYERS) else layer(*args, **kwargs)
+
+    return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
