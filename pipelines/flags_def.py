@@ -336,7 +336,7 @@ def parse_flags(argv):
     if F.method == "boost":
         refused = {"model_file": F.model_file is not None, "nnz_budget": F.nnz_budget is not None,
                    "threats": bool(F.threats), "train_attack=free": F.train_attack == "free",
-                   "strategy": F.strategy != "none"}
+                   "strategy": F.strategy != "none", "activation_sparsity": F.activation_sparsity != "off"}
         bad = [k for k, v in refused.items() if v]
         if bad:
             fail(f"--method=boost does not take --{', --'.join(bad)}: its learners are built-in --model's, each "

@@ -57,6 +57,7 @@ BAD_FLAGS = [
     ("--class_feedback=reweight --threats=linf,l2", "with --threats leave it off"),
     ("--threats=linf,l2 --train_attack=fgsm_rs", "--threats trains with PGD"),
     ("--class_feedback=reweight --train_attack=free", "--class_feedback needs an attack run per step"),
+    ("--method=boost --activation_sparsity=wta", "--method=boost does not take --activation_sparsity"),
 ]
 
 
