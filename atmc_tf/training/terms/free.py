@@ -22,27 +22,21 @@ own share of the batch (the update writes each replica's value; a checkpoint hol
 """
 import tensorflow as tf
 
-from atmc_tf.attacks import attack_from_dict, attack_to_dict
 from atmc_tf.attacks.free import FreeATConfig, free_update
-from atmc_tf.training.terms.base import PredictionLoss
+from atmc_tf.training.terms.adversarial import AdversarialLoss
 
 
-class FreeAdversarialLoss(PredictionLoss):
+class FreeAdversarialLoss(AdversarialLoss):
     """weight * loss(y, net(clip(x + delta))), delta persistent and updated after every step (see the module).
-    Logs adv_loss / adv_acc like AdversarialLoss; in validation it attacks with attack.validation_attack (PGD-7)."""
+    Its loss, logs (adv_loss / adv_acc), validation (attack.validation_attack: PGD-7) and config are
+    AdversarialLoss's; only the crafted input and the update of delta differ."""
 
     kind = "free_adversarial"
-    prediction = prefix = "adv"
-    adv_user_metrics = True
 
     def __init__(self, attack, weight=0.5, bn_training=False):
-        if isinstance(attack, dict):
-            attack = attack_from_dict(attack)
-        if not isinstance(attack, FreeATConfig):
-            raise ValueError(f"free adversarial training needs a FreeATConfig, got {type(attack).__name__}")
-        if not weight >= 0:
-            raise ValueError(f"adversarial weight must be >= 0, got {weight}")
-        self.attack, self.weight, self.bn_training = attack, float(weight), bool(bn_training)
+        super().__init__(attack, weight, bn_training)
+        if not isinstance(self.attack, FreeATConfig):
+            raise ValueError(f"free adversarial training needs a FreeATConfig, got {type(self.attack).__name__}")
 
     def build(self, trainer):
         super().build(trainer)
@@ -64,27 +58,10 @@ class FreeAdversarialLoss(PredictionLoss):
         ctx.inputs["adv"] = x_adv
         ctx.watch("adv", x_adv)
 
-    def loss(self, ctx):
-        logits = ctx.net(ctx.inputs["adv"], training=True)
-        loss = ctx.loss_fn(logits, ctx.sample_weight)
-        ctx.record("adv", logits, loss)
-        return self.weight * loss
-
     def after_step(self, ctx):
-        self.track(ctx)
+        super().after_step(ctx)
         a = self.attack
         grad = ctx.input_grads["adv"]
         new = free_update(self._current(ctx), grad, ctx.x, a.eps, a.clip_min, a.clip_max)
         n = tf.shape(new)[0]
         ctx.assign(self.delta, tf.concat([tf.cast(new, self.delta.dtype), self.delta.value[n:]], 0))
-
-    def evaluate(self, ctx):
-        x_adv = self.attack.validation_attack.attack(lambda z: ctx.net(z, training=False), ctx.x, ctx.y,
-                                                     seed=ctx.seed(2))
-        logits = ctx.net(x_adv, training=False)
-        ctx.record("adv", logits, ctx.loss_fn(logits))
-        self.track(ctx)
-        return self.weight * ctx.losses["adv"]
-
-    def get_config(self):
-        return {"attack": attack_to_dict(self.attack), "weight": self.weight, "bn_training": self.bn_training}
