@@ -137,3 +137,18 @@ def interrupt_at(epoch):
             if e == epoch:
                 raise Interrupt()
     return InterruptAt()
+
+
+def run_script_result(source, timeout=300):
+    """Run `source` in a child Python (argv[1]: the tests folder, the project on PYTHONPATH), require exit 0,
+    and return the JSON it printed on its "RESULT " line (tests of several replicas on logical CPUs, which
+    must be configured before TensorFlow starts, hence a process of their own)."""
+    import json
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(here), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", source, here], capture_output=True, text=True, env=env,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])

@@ -281,16 +281,8 @@ print("RESULT " + json.dumps({"replicas": strategy.num_replicas_in_sync, "parts"
 def test_the_class_weights_are_the_same_on_two_replicas():
     """MirroredStrategy on 2 logical CPUs: the callback's update (outside the step, in the strategy's
     scope) writes both replicas' copies of the weights, and the resample mask runs per replica."""
-    import os
-    import subprocess
-    import sys
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(here), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, "-c", TWO_REPLICAS, here], capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    from conftest import run_script_result
+    result = run_script_result(TWO_REPLICAS)
     assert result["replicas"] == 2 and len(result["parts"]) == 2
     assert result["parts"][0] == result["parts"][1]
     np.testing.assert_allclose(result["parts"][0], result["logged"], rtol=1e-6)

@@ -3,9 +3,6 @@ constraint, a tiny adversarial run that first misses and then meets its target, 
 two replicas, and the config's round trip and refusals."""
 import json
 import math
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -18,9 +15,7 @@ from atmc_tf.training import ATMCConfig, ATMCTrainer, CleanLoss, method_config
 from atmc_tf.training.checkpoint import ResumableCheckpoint
 from atmc_tf.training.data_order import resumable_batches
 from atmc_tf.training.terms import CleanTarget, TERMS
-from conftest import Interrupt, interrupt_at
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from conftest import Interrupt, interrupt_at, run_script_result
 
 
 def _mlp(seed=0):
@@ -179,11 +174,7 @@ def test_the_multiplier_is_the_same_on_two_replicas_and_that_of_the_global_batch
     averaged over replicas, so both hold the same lambda, equal to a one-device run's on the whole batch
     (no random PGD start, no BatchNorm: the two runs compute the same steps up to float round-off).
     Replica 0's shard alone, or a loss divided by the replicas twice, gives another trajectory."""
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, "-c", TWO_REPLICAS, HERE], capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    result = run_script_result(TWO_REPLICAS)
     mirrored, single = result["mirrored"], result["single"]
     assert mirrored["replicas"] == 2
     for name, parts in mirrored["parts"].items():

@@ -320,16 +320,8 @@ print("RESULT " + json.dumps({"mirrored": mirrored, "single": single}))
 def test_the_domain_weights_are_the_same_on_two_replicas_and_those_of_the_global_batch():
     """MirroredStrategy on 2 logical CPUs, each replica with half of every batch: the per-threat losses are
     averaged over replicas before the update, so both replicas hold the same weights, a one-device run's."""
-    import json
-    import os
-    import subprocess
-    import sys
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(here), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, "-c", TWO_REPLICAS, here], capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    from conftest import run_script_result
+    result = run_script_result(TWO_REPLICAS)
     mirrored, single = result["mirrored"], result["single"]
     assert mirrored["replicas"] == 2 and len(mirrored["parts"]) == 2
     assert mirrored["parts"][0] == mirrored["parts"][1]
