@@ -167,7 +167,7 @@ def settings_from_flags():
 def identity(cfg, bench):
     """What a resumed run must share with the run that made the workdir."""
     d = {k: v for k, v in cfg.as_dict().items()
-         if k not in RERUN_SAFE + PIPELINE_ONLY + ("da_lr", "lr")}
+         if k not in RERUN_SAFE + PIPELINE_ONLY + ("da_lr", "lr", "l0_scoring")}  # cell_cfg sets l0_scoring
     d.update({k: v for k, v in bench.items() if k not in RERUN_SAFE})
     return json.loads(json.dumps(d))
 
@@ -263,7 +263,9 @@ def cell_cfg(cfg, workdir, method, ratio, lr, epochs):
     for b in (8, 4, 2):
         per[f"atmc{b}"] = dict(method="atmc", bits=b, al0_epochs=t // 3, atmc32_epochs=t // 3,
                                atmcb_epochs=t - 2 * (t // 3))
-    for lamp, plain_method in LAMP.items():  # the plain methods keep --l0_scoring (default: magnitude)
+    for m in list(per):  # the plain methods are the paper's: its |w| top-k, whatever the pipeline's default
+        per[m]["l0_scoring"] = "magnitude"
+    for lamp, plain_method in LAMP.items():
         per[lamp] = dict(per[plain_method], l0_scoring="lamp")
     base = dict(workdir=workdir, size_ratio=float(ratio), nnz_budget=None, lr=float(lr), bits=None,
                 factorization="none", al0_epochs=0, atmc32_epochs=0, atmcb_epochs=0, finetune_epochs=0)

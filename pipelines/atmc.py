@@ -650,8 +650,10 @@ def main_body(argv):
         status = 1
     problem = r["collapse"]["problem"]
     if problem and not cfg.allow_collapse:
-        sys.stderr.write(f"error: {problem}; compress less (--size_ratio), let layers compete fairly "
-                         f"(--l0_scoring=lamp --l0_ramp=0.5), or accept it with --allow_collapse (report: {report_md})\n")
+        fair = ("let the budget fall gradually (--l0_ramp=0.5)" if cfg.l0_scoring == "lamp"
+                else "let layers compete fairly (--l0_scoring=lamp --l0_ramp=0.5)")
+        sys.stderr.write(f"error: {problem}; compress less (--size_ratio), {fair}, or accept it with --allow_collapse "
+                         f"(report: {report_md})\n")
         status = 4
     elif problem:
         sys.stderr.write(f"warning: {problem} (accepted: --allow_collapse)\n")

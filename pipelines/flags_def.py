@@ -30,10 +30,10 @@ flags.DEFINE_string("workdir", "runs/atmc", "Where every stage writes its output
 flags.DEFINE_enum("method", "atmc", methods_table.METHODS, "Compression method (ATMC or one of the paper's baselines).")
 flags.DEFINE_float("size_ratio", 0.05, "Target paper-style size / dense fp32 size, in (0, 1].")
 flags.DEFINE_integer("nnz_budget", None, "Global nonzero budget k (overrides --size_ratio).")
-flags.DEFINE_enum("l0_scoring", "magnitude", ("magnitude", "lamp"), "How weights compete for the one global "
-                  "budget: magnitude (the paper's |w|: the exact projection onto the L0 ball) or lamp "
-                  "(layer-adaptive scores, Lee et al. 2021: layers of different sizes and scales compete "
-                  "fairly and none is emptied).")
+flags.DEFINE_enum("l0_scoring", "lamp", ("magnitude", "lamp"), "How weights compete for the one global "
+                  "budget: lamp (layer-adaptive scores, Lee et al. 2021: layers of different sizes and scales "
+                  "compete fairly and none is emptied) or magnitude (the paper's |w|: the exact projection onto "
+                  "the L0 ball; it can empty the small layers of a model such as MobileNetV2).")
 flags.DEFINE_float("l0_ramp", 0.0, "Fraction of the first compression stage (AL0, or AP's fine-tuning is not "
                    "ramped) over which the budget falls from dense to k along a cubic schedule (0: cut to k at "
                    "once, the paper's one-shot start).")
@@ -400,7 +400,7 @@ class PipelineConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     tensorboard: bool = True
-    l0_scoring: str = "magnitude"
+    l0_scoring: str = "lamp"
     l0_ramp: float = 0.0
     allow_collapse: bool = False
     structure: str = "none"
@@ -454,7 +454,7 @@ class PipelineConfig:
 
 
 # What a run recorded before a field existed did, where that is not the field's default.
-LEGACY = {"zero_in_levels": False}
+LEGACY = {"zero_in_levels": False, "l0_scoring": "magnitude"}
 
 
 def config_defaults():

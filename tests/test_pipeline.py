@@ -268,6 +268,11 @@ def test_workdir_from_before_a_new_flag_resumes_at_its_default():
     older = {k: v for k, v in cfg.as_dict().items() if k != "zero_in_levels"}
     assert config_diff(dataclasses.replace(cfg, zero_in_levels=True).as_dict(), older) == ["zero_in_levels"]
     assert config_diff(dataclasses.replace(cfg, zero_in_levels=False).as_dict(), older) == []
+    # Runs recorded before --l0_scoring existed ranked by magnitude; the default is LAMP since 2026-12-02.
+    assert PipelineConfig.__dataclass_fields__["l0_scoring"].default == "lamp"
+    before = {k: v for k, v in cfg.as_dict().items() if k != "l0_scoring"}
+    assert config_diff(dataclasses.replace(cfg, l0_scoring="lamp").as_dict(), before) == ["l0_scoring"]
+    assert config_diff(dataclasses.replace(cfg, l0_scoring="magnitude").as_dict(), before) == []
 
 
 def test_fast_attacks_are_watched_and_a_collapse_is_reported():
@@ -351,10 +356,11 @@ def test_winners_take_all_run_reports_densities_and_runs_on_tflite_micro(tmp_pat
 
 @pytest.mark.slow
 def test_a_collapsed_model_is_named_and_fails_the_run(tmp_path):
-    """A budget of 3 weights cuts every path: the run still writes its report (nothing is lost), says
-    in one line which layers were emptied, and exits 4, unless --allow_collapse."""
+    """A budget of 1 weight cuts every path (whatever the scoring: LAMP keeps one weight per layer only while
+    the budget covers one each): the run still writes its report (nothing is lost), says in one line which
+    layers were emptied, and exits 4, unless --allow_collapse."""
     wd = tmp_path / "wd"
-    flags = [a for a in TINY if not a.startswith("--size_ratio")] + ["--nnz_budget=3"]
+    flags = [a for a in TINY if not a.startswith("--size_ratio")] + ["--nnz_budget=1"]
     r = run_pipeline(*flags, f"--workdir={wd}")
     assert r.returncode == 4, r.stderr[-3000:]
     errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
@@ -695,3 +701,31 @@ def test_boost_ships_one_int8_ensemble_with_robust_accuracy_per_round(tmp_path):
     md = (wd / "report.md").read_text()
     assert "| 2 |" in md and (wd / "robust_per_round.png").exists()
     assert json.loads((wd / "boost" / "boost.json").read_text())["rounds"] == report["rounds"]
+
+
+def test_the_default_scoring_keeps_every_layer_of_a_mobilenet_v2_style_model():
+    """Issue 14: at a budget of 23% of the weights (what the default --size_ratio leaves this model with 4-bit
+    codes), the paper's magnitude top-k empties the stem and both depthwise kernels of an untrained
+    MobileNetV2-style model, which cuts every path to the logits; the pipeline's default scoring (LAMP) keeps
+    a path through every layer."""
+    import numpy as np
+    import tensorflow as tf
+
+    from atmc_tf.constraints.sparsity import select_l0
+    from atmc_tf.layers import atmc_wrappers, wrap_model
+    from atmc_tf.training.diagnostics import path_report
+    from conftest import mobilenet_v2_style
+    from pipelines.flags_def import PipelineConfig
+
+    def project(scoring):
+        net = wrap_model(mobilenet_v2_style())
+        kernels = [w.layer.kernel for w in atmc_wrappers(net)]
+        k = int(0.23 * sum(int(np.prod(v.shape)) for v in kernels))
+        for v, kept in zip(kernels, select_l0([tf.convert_to_tensor(v) for v in kernels], k, scoring)):
+            v.assign(kept)
+        return path_report(net)
+
+    magnitude = project("magnitude")
+    assert not magnitude["reaches_output"] and "atmc_b1_dw" in magnitude["cut"]
+    default = project(PipelineConfig.__dataclass_fields__["l0_scoring"].default)
+    assert default["reaches_output"] and default["cut"] == []
