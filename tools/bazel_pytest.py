@@ -14,7 +14,7 @@ PASSED; this launcher makes `bazel test` run the tests with pytest instead:
 It maps Bazel's test protocol onto pytest: the target name picks the file
 (TEST_TARGET), `--test_filter=EXPR` becomes `-k EXPR` (TESTBRIDGE_TEST_ONLY),
 the JUnit XML goes where Bazel wants it (XML_OUTPUT_FILE), `--test_arg`s are
-passed on to pytest, and pytest's exit status is the test's (with a `-m` marker
+passed on to pytest (but `--first_test_only`, see _FirstTestOnly), and pytest's exit status is the test's (with a `-m` marker
 expression, a file whose tests are all deselected passes).
 
 Deliberately no `if __name__ == "__main__":` block: this file is not a program
@@ -50,9 +50,24 @@ def _pytest_args(argv):
 if os.environ.get("TEST_TMPDIR"):
     os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(os.environ["TEST_TMPDIR"], "hypothesis"))
 
-_status = pytest.main(_pytest_args(sys.argv[1:]))
+class _FirstTestOnly:
+    """`--first_test_only` (what .ci/run passes): of the tests left after `-m`/`-k`, run the first one only.
+    Bazel's part in CI is that every target builds and that its runfiles and deps are enough to import its
+    test file and run a test in Bazel's sandbox; pytest has already run every test once (the README's
+    command), so running them all again here would double CI's time for nothing new."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        if len(items) > 1:
+            config.hook.pytest_deselected(items=items[1:])
+            del items[1:]
+
+
+_argv = [a for a in sys.argv[1:] if a != "--first_test_only"]
+_plugins = [_FirstTestOnly()] if len(_argv) < len(sys.argv) - 1 else []
+_status = pytest.main(_pytest_args(_argv), plugins=_plugins)
 # `--test_arg=-m --test_arg="not slow"` (what .ci/run passes): a file whose tests are all
 # deselected has nothing to run, which is not a failure (pytest's exit 5).
-if _status == pytest.ExitCode.NO_TESTS_COLLECTED and "-m" in sys.argv[1:]:
+if _status == pytest.ExitCode.NO_TESTS_COLLECTED and "-m" in _argv:
     _status = pytest.ExitCode.OK
 sys.exit(_status)
