@@ -12,6 +12,18 @@ settings.register_profile("ci", max_examples=40, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """For `pytest -n 2 --dist loadgroup` (the README's test command, pytest-xdist): a test that uses a
+    module-scoped fixture (a tiny pipeline run, a trained model) runs on the worker that runs that
+    module's other such tests, so the fixture is built once; every other test goes to whichever worker
+    is free, so that one long file (tests/test_pipeline.py) does not hold one worker while the other idles."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope == "module" for ds in defs for d in ds):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's bundled 8x8 digits in [0, 1], NHWC, a fixed train/test split."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a command as on a fresh machine that has only what the project's own files install:
-#   tools/hermetic.sh tools/env.sh python -m pytest -q tests       (what .ci/run does)
+#   tools/hermetic.sh tools/env.sh python -m pytest -q -n 2 --dist loadgroup tests   (what .ci/run does)
 #
 # - /usr/share/datasets (where Debian's data set packages put their files) is replaced by a
 #   view holding only the files of the packages in tools/debian-packages.txt: data that was
