@@ -17,7 +17,9 @@ that can only go together:
   (axis -1; gamma/beta/moving_mean/moving_variance are sliced), ReLU, LeakyReLU, ELU,
   Activation with an elementwise function, Dropout and its kin, Identity,
   MaxPooling2D/AveragePooling2D, GlobalAveragePooling2D/GlobalMaxPooling2D,
-  ZeroPadding2D, Cropping2D;
+  ZeroPadding2D, Cropping2D, UpSampling2D (nearest or bilinear: a constant channel stays that
+  constant; atmc_tf.gan builds generators with UpSampling2D + Conv2D, so Conv2DTranspose is not
+  handled);
 - DepthwiseConv2D ties input channel i to its outputs i*mult .. i*mult+mult-1 (its kernel
   (kh, kw, in, mult) is sliced on axis 2): a depthwise channel goes only with its input
   channel and all `mult` outputs of it;
@@ -43,7 +45,7 @@ activation(bias + constant inputs' contributions), with the same padding rule); 
 constant c to gamma*(c - mean)/sqrt(var + eps) + beta (so a zero, bias-less conv channel
 followed by BN is the constant beta - gamma*mean/sqrt(var + eps), not zero); elementwise
 layers map constants to constants; ZeroPadding2D keeps only zero constants; pooling keeps
-constants (Keras/TF 'same' pooling ignores the padding).
+constants (Keras/TF 'same' pooling ignores the padding), and so does UpSampling2D.
 
 A group is KEPT (safe, never wrong) when it touches a model input or output, the output of
 a Conv2D/Dense whose activation mixes channels (softmax), or a tensor whose channels would
@@ -131,8 +133,9 @@ def _kind(layer, in_shapes):
               "GaussianDropout", "GaussianNoise", "AlphaDropout", "Identity", "ActivityRegularization"):
         return "identity", ""
     if _exact(layer, "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
-              "Cropping2D"):
+              "Cropping2D", "UpSampling2D"):
         if not _channels_last(layer):
+
             return "unknown", f"a channels_first {name} is not supported"
         return "keep", ""
     if _exact(layer, "ZeroPadding2D"):

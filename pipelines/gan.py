@@ -1,0 +1,324 @@
+"""GAN Slimming pipeline: dense LSGAN teacher -> GS student (distillation + LSGAN + channel L1 prox +
+b-bit straight-through quantization, one run) -> surgery -> int8 .tflite (LiteRT, TFLite Micro) -> report.
+
+    tools/env.sh python -m pipelines.gan --dataset=digits --workdir=runs/gan
+
+Stages are plain functions; each writes <workdir>/<stage>/done.json last, and a rerun with the same
+flags skips every stage whose done.json is there (a workdir made with other flags is refused, exit 2).
+Quality is measured with the project's own classifier (trained in the teacher stage): FD-digits /
+FD-FMNIST (a Frechet distance in its feature space, not FID) and its accuracy on class-conditional
+samples. Bad flags: one line on stderr, exit 2.
+"""
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+F = flags.FLAGS
+STAGES = ("teacher", "student", "export", "report")
+SPARSITIES = ("l1_prox", "group_l0")
+# The flags that decide what a workdir holds (a rerun with other values must not resume it).
+IDENTITY = ("dataset", "z_dim", "width", "teacher_epochs", "classifier_epochs", "student_epochs", "channel_budget",
+            "bits", "distill_weight", "sparsity", "rho", "lr", "batch_size", "seed", "limit_train", "eval_samples")
+
+
+def define_flags():
+    flags.DEFINE_enum("dataset", "digits", ["digits", "fashion_mnist"], "Data set (class-conditional generator).")
+    flags.DEFINE_string("data_dir", None, "Folder with the Fashion-MNIST files (as for pipelines.atmc).")
+    flags.DEFINE_string("workdir", "runs/gan", "Where stages write their outputs; a rerun resumes from it.")
+    flags.DEFINE_integer("z_dim", 16, "Noise dimensions of the generator's code.")
+    flags.DEFINE_integer("width", 32, "Generator width (hidden convolutions: 2*width, width channels).")
+    flags.DEFINE_integer("teacher_epochs", 60, "LSGAN epochs of the dense teacher.")
+    flags.DEFINE_integer("classifier_epochs", 15, "Epochs of the classifier that FD and conditional accuracy use.")
+    flags.DEFINE_integer("student_epochs", 30, "GS epochs of the student (budget ramped over the first half).")
+    flags.DEFINE_float("channel_budget", 0.25, "Fraction of the teacher's prunable channels the student keeps.")
+    flags.DEFINE_integer("bits", 8, "Weight bits of the student (uniform per-channel int8 lattice, STE), 2..8.")
+    flags.DEFINE_float("distill_weight", 100.0, "beta: weight of the pixel MSE to the teacher's outputs.")
+    flags.DEFINE_string("sparsity", "l1_prox", "Channel sparsity: l1_prox (GS: soft threshold on BN gammas).")
+    flags.DEFINE_float("rho", 0.01, "GS's L1 strength on BN gammas (threshold per step = lr * rho).")
+    flags.DEFINE_float("lr", 1e-3, "Adam learning rate of both players (beta_1 = 0.5).")
+    flags.DEFINE_integer("batch_size", 64, "Batch size.")
+    flags.DEFINE_integer("seed", 0, "Seed of weights, data order and noise.")
+    flags.DEFINE_integer("limit_train", None, "Use only this many training images.")
+    flags.DEFINE_integer("eval_samples", 1000, "Generated samples per quality measurement.")
+    flags.DEFINE_boolean("micro", True, "Check the student on TFLite Micro (batch-1 model).")
+
+
+def fail(message):
+    sys.stderr.write("error: " + " ".join(str(message).split()) + "\n")
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    try:
+        rest = F(argv)
+    except flags.Error as err:
+        fail(f"{err} (see --helpfull)")
+    if F.sparsity not in SPARSITIES:
+        fail(f"--sparsity={F.sparsity} is unknown; use one of {', '.join(SPARSITIES)}")
+    if F.sparsity == "group_l0":
+        fail("--sparsity=group_l0 is not implemented for generators yet; use --sparsity=l1_prox")
+    if not 0.0 < F.channel_budget <= 1.0:
+        fail(f"--channel_budget={F.channel_budget:g} must be in (0, 1] (fraction of the teacher's prunable channels)")
+    if not 2 <= F.bits <= 8:
+        fail(f"--bits={F.bits} must be in 2..8")
+    for name in ("distill_weight", "rho"):
+        if not F[name].value >= 0:
+            fail(f"--{name}={F[name].value:g} must be >= 0")
+    if not F.lr > 0:
+        fail(f"--lr={F.lr:g} must be > 0")
+    for name in ("z_dim", "width", "teacher_epochs", "classifier_epochs", "student_epochs", "batch_size",
+                 "eval_samples"):
+        if F[name].value < 1:
+            fail(f"--{name}={F[name].value} must be >= 1")
+    if F.eval_samples < 20:
+        fail(f"--eval_samples={F.eval_samples} must be >= 20 (a covariance needs samples)")
+    if F.limit_train is not None and F.limit_train < F.batch_size:
+        fail(f"--limit_train={F.limit_train} must be >= --batch_size={F.batch_size}")
+    return rest
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def _path(*parts):
+    return os.path.join(F.workdir, *parts)
+
+
+def _done(stage):
+    p = _path(stage, "done.json")
+    if os.path.exists(p):
+        with open(p) as fh:
+            return json.load(fh)
+    return None
+
+
+def _finish(stage, facts):
+    tmp = _path(stage, "done.json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(facts, fh, indent=1)
+    os.replace(tmp, _path(stage, "done.json"))
+    return facts
+
+
+def _load(path):
+    import keras
+    return keras.models.load_model(path, compile=False)
+
+
+def _adam():
+    import keras
+    return keras.optimizers.Adam(F.lr, beta_1=0.5)
+
+
+def _eval_codes(ds):
+    from atmc_tf import gan
+    return gan.sample_codes(F.eval_samples, F.z_dim, ds.num_classes, seed=F.seed + 1000)
+
+
+# --- stages ----------------------------------------------------------------------------------
+
+def stage_teacher(ds):
+    import keras
+
+    from atmc_tf import gan
+    os.makedirs(_path("teacher"), exist_ok=True)
+    keras.utils.set_random_seed(F.seed)
+    t0 = time.time()
+    clf = gan.classifier(ds.input_shape, ds.num_classes, seed=F.seed)
+    clf.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
+    clf.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=F.classifier_epochs, verbose=0)
+    clf_acc = float(clf.evaluate(ds.x_test, ds.y_test, verbose=0)[1])
+    gen = gan.generator(ds.name, F.z_dim, ds.num_classes, F.width, seed=F.seed)
+    disc = gan.discriminator(ds.input_shape, ds.num_classes, F.width, seed=F.seed)
+    trainer = gan.GANTrainer(gen, disc, ds.num_classes, F.z_dim, seed=F.seed)
+    trainer.compile(_adam(), _adam())
+    hist = trainer.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=F.teacher_epochs, verbose=0)
+    clf.save(_path("teacher", "classifier.keras"))
+    gen.save(_path("teacher", "generator.keras"))
+    disc.save(_path("teacher", "discriminator.keras"))
+    facts = {"classifier_test_acc": clf_acc, "seconds": time.time() - t0,
+             "last_epoch": {k: float(v[-1]) for k, v in hist.history.items()}}
+    print(f"teacher: classifier test accuracy {clf_acc:.3f}, LSGAN {F.teacher_epochs} epochs, {facts['seconds']:.0f} s")
+    return _finish("teacher", facts)
+
+
+def stage_student(ds):
+    import keras
+
+    from atmc_tf import gan
+    from atmc_tf.constraints import BNChannelL1Prox
+    os.makedirs(_path("student"), exist_ok=True)
+    keras.utils.set_random_seed(F.seed + 1)
+    t0 = time.time()
+    teacher = _load(_path("teacher", "generator.keras"))
+    teacher.trainable = False
+    student, disc = _load(_path("teacher", "generator.keras")), _load(_path("teacher", "discriminator.keras"))
+    total = sum(int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(student))
+    budget = max(len(gan.prunable_bns(student)), int(round(F.channel_budget * total)))
+    prox = BNChannelL1Prox(threshold=F.lr * F.rho, budget=budget)
+    steps = -(-len(ds.y_train) // F.batch_size) * F.student_epochs
+    trainer = gan.GANTrainer(student, disc, ds.num_classes, F.z_dim, teacher=teacher,
+                             distill_weight=F.distill_weight, prox=prox, ramp_steps=steps // 2, bits=F.bits,
+                             seed=F.seed + 1)
+    trainer.compile(_adam(), _adam())
+    hist = trainer.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=F.student_epochs, verbose=0)
+    trainer.finalize()
+    small, cut = gan.cut_generator(student)
+    student.save(_path("student", "student_full.keras"))
+    small.save(_path("student", "student.keras"))
+    facts = {"channels_total": total, "channel_budget": budget, "live": gan.live_channels(student), **cut,
+             "seconds": time.time() - t0, "last_epoch": {k: float(v[-1]) for k, v in hist.history.items()}}
+    print(f"student: {budget} of {total} prunable channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, "
+          f"distill MSE {facts['last_epoch']['distill']:.4f}, {facts['seconds']:.0f} s")
+    return _finish("student", facts)
+
+
+def stage_export(ds):
+    import numpy as np
+
+    from atmc_tf.export import to_int8_tflite
+    from atmc_tf.export.micro import check_micro
+    from atmc_tf.export.tflite import LiteRTModel
+    os.makedirs(_path("export"), exist_ok=True)
+    codes, _ = _eval_codes(ds)
+    facts = {}
+    for name, path in (("teacher", _path("teacher", "generator.keras")), ("student", _path("student", "student.keras"))):
+        model = _load(path)
+        data = to_int8_tflite(model, codes)
+        with open(_path("export", f"{name}_int8.tflite"), "wb") as fh:
+            fh.write(data)
+        ref = model.predict(codes, verbose=0)
+        out = LiteRTModel(data).predict(codes)
+        one = to_int8_tflite(model, codes, batch_size=1)
+        with open(_path("export", f"{name}_int8_b1.tflite"), "wb") as fh:
+            fh.write(one)
+        facts[name] = {"tflite_bytes": len(data), "max_abs_diff_vs_keras": float(np.abs(out - ref).max()),
+                       "mean_abs_diff_vs_keras": float(np.abs(out - ref).mean()),
+                       "litert_latency_ms": LiteRTModel(one, num_threads=1).latency_ms(codes)}
+    student_b1 = LiteRTModel(open(_path("export", "student_int8_b1.tflite"), "rb").read())
+    if F.micro:
+        # TFLM is compared with LiteRT's builtin kernels: its default XNNPACK delegate rounds RESIZE_BILINEAR
+        # differently (up to 8 int8 steps on a trained digits generator; TFLM matched the builtin kernels exactly).
+        x_q = student_b1.quantize_input(codes[:20])
+        builtin = _litert_builtin_int8(student_b1.tflite_bytes, x_q)
+        micro = check_micro(student_b1.tflite_bytes, x_q, builtin)
+        facts["student"]["micro"] = micro.as_dict()
+        facts["student"]["micro"]["xnnpack_vs_builtin_int8_steps"] = int(
+            np.abs(student_b1.predict_int8(x_q).astype(np.int32) - builtin.astype(np.int32)).max())
+    s = facts["student"]
+    print(f"export: student {s['tflite_bytes']:,} bytes (teacher {facts['teacher']['tflite_bytes']:,}), LiteRT vs "
+          f"Keras max |diff| {s['max_abs_diff_vs_keras']:.4f}, TFLM "
+          f"{'ok' if s.get('micro', {}).get('ok') else s.get('micro', {}).get('error', 'not run')}")
+    return _finish("export", facts)
+
+
+def _litert_builtin_int8(tflite_bytes, x_q):
+    """int8 outputs of a batch-1 model on LiteRT's builtin kernels (no XNNPACK delegate)."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    it = Interpreter(model_content=tflite_bytes,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    (inp,), (out,) = it.get_input_details(), it.get_output_details()
+    outs = []
+    for k in range(len(x_q)):
+        it.set_tensor(inp["index"], x_q[k:k + 1])
+        it.invoke()
+        outs.append(it.get_tensor(out["index"]).copy())
+    return np.concatenate(outs)
+
+
+def stage_report(ds):
+    import numpy as np
+
+    from atmc_tf import gan
+    from atmc_tf.export.surgery import count_macs
+    from atmc_tf.export.tflite import LiteRTModel
+    clf = _load(_path("teacher", "classifier.keras"))
+    teacher, student = _load(_path("teacher", "generator.keras")), _load(_path("student", "student.keras"))
+    codes, labels = _eval_codes(ds)
+    real = ds.x_test if len(ds.x_test) >= 20 else ds.x_train
+    exp, stu = _done("export"), _done("student")
+    rows = {}
+    for name, fn, model in (
+            ("teacher (Keras)", lambda c: teacher.predict(c, verbose=0), teacher),
+            ("student (Keras)", lambda c: student.predict(c, verbose=0), student),
+            ("student (int8 .tflite)",
+             LiteRTModel(open(_path("export", "student_int8.tflite"), "rb").read()).predict, student)):
+        q = gan.quality(fn, clf, codes, labels, real)
+        key = "teacher" if name.startswith("teacher") else "student"
+        rows[name] = {**q, "params": int(model.count_params()), "macs": count_macs(model),
+                      "tflite_bytes": exp[key]["tflite_bytes"], "litert_latency_ms": exp[key]["litert_latency_ms"]}
+    n = min(len(codes), len(ds.x_train))  # the floor: real training images against the test images
+    real_q = gan.quality(lambda c: ds.x_train[:n], clf, codes[:n], ds.y_train[:n], real)
+    grid_codes, _ = gan.sample_codes(ds.num_classes, F.z_dim, ds.num_classes, seed=F.seed + 7)
+    grid_path = gan.sample_grid([teacher.predict(grid_codes, verbose=0), student.predict(grid_codes, verbose=0)],
+                                ["teacher", "student"], _path("samples.png"),
+                                title="same codes, one column per class")
+    fd_name = gan.FD_NAMES[ds.name]
+    report = {"dataset": ds.name, "fd_name": fd_name, "flags": {k: F[k].value for k in IDENTITY},
+              "rows": rows, "real_test_images": real_q, "student": stu, "export": exp,
+              "classifier_test_acc": _done("teacher")["classifier_test_acc"], "grid": os.path.basename(grid_path)}
+    with open(_path("report.json"), "w") as fh:
+        json.dump(report, fh, indent=1)
+    lines = [f"# GAN Slimming on {ds.name}", "",
+             f"{fd_name}: Frechet distance in the feature space of the project's own classifier (test accuracy "
+             f"{report['classifier_test_acc']:.3f}) between {F.eval_samples} generated samples and the test images; "
+             "not FID. Conditional accuracy: that classifier's accuracy on samples generated for each label.", "",
+             f"| model | {fd_name} | cond. acc | params | MACs | .tflite bytes | LiteRT ms (batch 1, 1 thread) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['fd']:.3f} | {r['cond_acc']:.3f} | {r['params']:,} | {r['macs']:,} | "
+                     f"{r['tflite_bytes']:,} | {r['litert_latency_ms']:.3f} |")
+    lines += [f"| real training images (floor) | {real_q['fd']:.3f} | {real_q['cond_acc']:.3f} | | | | |", "",
+              f"Student: {stu['channel_budget']} of {stu['channels_total']} prunable channels kept "
+              f"(--channel_budget={F.channel_budget:g}), live per BN {stu['live']}, {F.bits}-bit weights (STE), "
+              f"distill weight {F.distill_weight:g}, sparsity {F.sparsity}. MACs ratio "
+              f"{rows['student (Keras)']['macs'] / rows['teacher (Keras)']['macs']:.3f}.",
+              f"LiteRT vs Keras (student, [0, 1] pixels): max |diff| {exp['student']['max_abs_diff_vs_keras']:.4f}, "
+              f"mean {exp['student']['mean_abs_diff_vs_keras']:.4f}.",
+              f"TFLite Micro: {json.dumps(exp['student'].get('micro', 'not run'))}", "",
+              f"![samples]({os.path.basename(grid_path)})", ""]
+    with open(_path("report.md"), "w") as fh:
+        fh.write("\n".join(lines))
+    t, s = rows["teacher (Keras)"], rows["student (int8 .tflite)"]
+    print(f"report: {fd_name} teacher {t['fd']:.3f} / student .tflite {s['fd']:.3f}, cond. acc {t['cond_acc']:.3f} / "
+          f"{s['cond_acc']:.3f}, MACs {t['macs']:,} / {s['macs']:,}, bytes {t['tflite_bytes']:,} / "
+          f"{s['tflite_bytes']:,} -> {_path('report.md')}")
+    return _finish("report", {"ok": True})
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel export logs pages at INFO
+    from atmc_tf.data import DataError, load_dataset
+    os.makedirs(F.workdir, exist_ok=True)
+    config = {k: F[k].value for k in IDENTITY}
+    cfg_path = _path("config.json")
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as fh:
+            old = json.load(fh)
+        diff = sorted(k for k in config if old.get(k) != config[k])
+        if diff:
+            fail(f"--workdir={F.workdir} holds a run with other flags ({', '.join(diff)}); use another --workdir")
+    else:
+        with open(cfg_path, "w") as fh:
+            json.dump(config, fh, indent=1)
+    try:
+        ds = load_dataset(F.dataset, data_dir=F.data_dir, seed=F.seed, limit_train=F.limit_train)
+    except DataError as err:
+        fail(err)
+    for name, fn in zip(STAGES, (stage_teacher, stage_student, stage_export, stage_report)):
+        if _done(name) is not None:
+            print(f"{name}: done (resumed from {_path(name, 'done.json')})")
+            continue
+        os.makedirs(_path(name), exist_ok=True)
+        fn(ds)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

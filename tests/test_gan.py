@@ -1,0 +1,163 @@
+"""GAN Slimming: the L1 proximal step, the channel budget, surgery of a generator, the GS train step,
+the pipeline's flags and (slow) a tiny digits run of pipelines.gan."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from atmc_tf import gan
+from atmc_tf.constraints import BNChannelL1Prox, budget_masks, constraint_from_config, constraint_to_config
+from atmc_tf.constraints.l1_prox import soft_threshold
+from atmc_tf.constraints.quantize import quantize_uniform_int8
+from atmc_tf.export.surgery import count_macs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+floats = st.floats(-10, 10, allow_nan=False, width=32)
+
+
+def _objective(x, v, t):
+    return 0.5 * (x - v) ** 2 + t * np.abs(x)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float32, st.integers(1, 20), elements=floats), st.floats(0, 5, width=32))
+def test_soft_threshold_is_the_prox_of_l1(v, t):
+    x = soft_threshold(v, t).numpy()
+    # closed form and optimality: 0 in (x - v) + t * d|x|
+    np.testing.assert_allclose(x, np.sign(v) * np.maximum(np.abs(v) - t, 0), rtol=0, atol=1e-6)
+    zero = np.abs(v) <= t
+    assert np.all(x[zero] == 0)
+    np.testing.assert_allclose((v - x)[~zero], t * np.sign(x[~zero]), atol=1e-5)
+    # brute force: no point of a fine grid (around v, and 0) has a lower objective, per entry
+    grid = np.concatenate([np.linspace(-12, 12, 4801), [0.0]])
+    best = _objective(grid[None, :], v[:, None].astype(np.float64), t).min(axis=1)
+    assert np.all(_objective(x.astype(np.float64), v, t) <= best + 1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(hnp.arrays(np.float32, st.integers(1, 8), elements=floats), min_size=1, max_size=4),
+       st.integers(1, 30), st.floats(0, 1, width=32))
+def test_prox_constraint_keeps_the_budget_and_silences_betas(gammas, budget, threshold):
+    prox = BNChannelL1Prox(threshold=threshold, budget=budget)
+    values = [tf.constant(t) for g in gammas for t in (g, np.ones_like(g))]
+    prox.build(values, None)
+    out = [t.numpy() for t in prox.project(values, 0, None)]
+    new_g, new_b = out[0::2], out[1::2]
+    assert sum(np.count_nonzero(g) for g in new_g) <= budget
+    for g0, g, b in zip(gammas, new_g, new_b):
+        assert np.all(b[g == 0] == 0) and np.all(b[g != 0] == 1)
+        kept = g != 0
+        np.testing.assert_allclose(g[kept], soft_threshold(g0, threshold).numpy()[kept], atol=1e-6)
+        # each tensor keeps its largest channel when the budget covers one per tensor
+        if budget >= len(gammas) and np.abs(soft_threshold(g0, threshold).numpy()).max() > 0:
+            assert kept.any()
+    assert constraint_from_config(constraint_to_config(prox)) == prox
+
+
+def test_budget_masks_normalise_per_tensor():
+    # raw magnitude would keep only the big tensor; normalised, each keeps its largest
+    masks = budget_masks([tf.constant([100.0, 90.0, 80.0]), tf.constant([0.1, 0.01])], 2)
+    assert [m.numpy().tolist() for m in masks] == [[1, 0, 0], [1, 0]]
+
+
+def _randomize_bn(model, seed=1):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2.0, c) * rng.choice([-1.0, 1.0], c), rng.normal(0, 1, c),
+                               rng.normal(0, 0.5, c), rng.uniform(0.5, 2.0, c)])
+
+
+@pytest.mark.parametrize("dataset", ["digits", "fashion_mnist"])
+def test_cut_generator_equals_the_masked_generator(dataset):
+    gen = gan.generator(dataset, z_dim=4, width=4, seed=0)
+    _randomize_bn(gen)
+    rng = np.random.default_rng(0)
+    for _, bn in gan.prunable_bns(gen):
+        g, b, m, v = bn.get_weights()
+        dead = rng.choice(len(g), len(g) // 2, replace=False)
+        g[dead], b[dead] = 0.0, 0.0
+        bn.set_weights([g, b, m, v])
+    small, facts = gan.cut_generator(gen)
+    codes = rng.normal(size=(16, 14)).astype(np.float32)
+    np.testing.assert_allclose(small.predict(codes, verbose=0), gen.predict(codes, verbose=0), atol=1e-5)
+    assert facts["silent_channels"] == sum(int(bn.gamma.shape[0]) // 2 for _, bn in gan.prunable_bns(gen))
+    assert facts["params_after"] < facts["params_before"]
+    assert count_macs(small) == facts["macs_after"] < facts["macs_before"] == count_macs(gen)
+    assert any(isinstance(layer, keras.layers.UpSampling2D) for layer in small.layers)
+
+
+def _distill_mse(student, teacher, codes):
+    return float(np.mean((student(codes, training=True).numpy() - teacher(codes, training=False).numpy()) ** 2))
+
+
+def test_gs_step_lowers_distillation_and_keeps_the_budget():
+    keras.utils.set_random_seed(0)
+    teacher = gan.generator("digits", z_dim=4, width=4, seed=0)
+    student = gan.generator("digits", z_dim=4, width=4, seed=1)  # far from the teacher on purpose
+    disc = gan.discriminator((8, 8, 1), width=4, seed=0)
+    total = sum(int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(student))
+    prox = BNChannelL1Prox(threshold=1e-3, budget=total // 3)
+    trainer = gan.GANTrainer(student, disc, 10, 4, teacher=teacher, distill_weight=100.0, prox=prox,
+                             ramp_steps=5, bits=4)
+    trainer.compile(keras.optimizers.Adam(1e-2, 0.5), keras.optimizers.Adam(1e-3, 0.5))
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1, (128, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 128)
+    codes, _ = gan.sample_codes(64, 4, 10, seed=3)
+    before = _distill_mse(student, teacher, codes)
+    trainer.fit(x, y, batch_size=32, epochs=4, verbose=0)
+    trainer.finalize()
+    assert _distill_mse(student, teacher, codes) < 0.5 * before
+    live = gan.live_channels(student)
+    assert sum(n for n, _ in live.values()) <= total // 3
+    for layer in student.layers:  # finalize leaves every kernel on the 4-bit per-channel lattice
+        if type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
+            k = layer.kernel.numpy()
+            np.testing.assert_array_equal(quantize_uniform_int8(k, 4)[0].numpy(), k)
+
+
+def _run(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "pipelines.gan", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("flag", ["--channel_budget=0", "--bits=9", "--sparsity=foo", "--sparsity=group_l0",
+                                  "--dataset=cifar", "--distill_weight=-1"])
+def test_bad_flags_one_line_exit_2(flag, tmp_path):
+    r = _run(flag, f"--workdir={tmp_path}")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+
+
+TINY = ["--teacher_epochs=3", "--student_epochs=3", "--classifier_epochs=2", "--width=8", "--eval_samples=60",
+        "--z_dim=8"]
+
+
+@pytest.mark.slow
+def test_tiny_digits_pipeline_runs_and_resumes(tmp_path):
+    from atmc_tf.export.tflite import LiteRTModel
+    r = _run(f"--workdir={tmp_path}", *TINY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["fd_name"] == "FD-digits" and "| FD-digits |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = report["rows"]
+    assert rows["student (Keras)"]["macs"] < rows["teacher (Keras)"]["macs"]
+    lm = LiteRTModel((tmp_path / "export" / "student_int8.tflite").read_bytes())
+    codes, _ = gan.sample_codes(5, 8, 10, seed=0)
+    assert lm.predict(codes).shape == (5, 8, 8, 1)
+    assert report["export"]["student"]["micro"]["samples_checked"] == 20
+    again = _run(f"--workdir={tmp_path}", *TINY)
+    assert again.returncode == 0 and again.stdout.count("done (resumed") == 4, again.stdout
+    other = _run(f"--workdir={tmp_path}", *TINY, "--bits=4")
+    assert other.returncode == 2 and "other flags (bits)" in other.stderr
