@@ -180,7 +180,9 @@ def stage_export(ds):
     import numpy as np
 
     from atmc_tf.export import to_int8_tflite
+    from atmc_tf.export.litert_packed import pack_int4_kernels
     from atmc_tf.export.micro import check_micro
+    from atmc_tf.export.micro_compress import micro_file, micro_outputs_equal
     from atmc_tf.export.tflite import LiteRTModel
     os.makedirs(_path("export"), exist_ok=True)
     codes, _ = _eval_codes(ds)
@@ -208,6 +210,25 @@ def stage_export(ds):
         facts["student"]["micro"] = micro.as_dict()
         facts["student"]["micro"]["xnnpack_vs_builtin_int8_steps"] = int(
             np.abs(student_b1.predict_int8(x_q).astype(np.int32) - builtin.astype(np.int32)).max())
+        # The microcontroller's file: few-valued kernels as LUT indices, sparse ones PRUNE, no names;
+        # its TFLM outputs must equal the uncompressed batch-1 model's.
+        small_file, small_report = micro_file(student_b1.tflite_bytes)
+        with open(_path("export", "student_micro.tflite"), "wb") as fh:
+            fh.write(small_file)
+        same = micro_outputs_equal(student_b1.tflite_bytes, small_file, x_q, arena_original=micro.arena_bytes)
+        facts["student"]["micro_file"] = {"bytes": len(small_file), "tflm_outputs_equal": same.ok,
+                                          "error": same.error, "arena_bytes": same.arena_bytes_compressed}
+    phone = {"file": "student_int8.tflite", "bytes": facts["student"]["tflite_bytes"]}
+    if F.bits <= 4:  # uniform <= 4-bit kernels: LiteRT runs them packed INT4
+        packed, _ = pack_int4_kernels(open(_path("export", "student_int8.tflite"), "rb").read())
+        with open(_path("export", "student_int4.tflite"), "wb") as fh:
+            fh.write(packed)
+        ref = _load(_path("student", "student.keras")).predict(codes, verbose=0)
+        diff = float(np.abs(LiteRTModel(packed).predict(codes) - ref).max())
+        facts["student"]["int4"] = {"bytes": len(packed), "max_abs_diff_vs_keras": diff}
+        if len(packed) < phone["bytes"]:
+            phone = {"file": "student_int4.tflite", "bytes": len(packed)}
+    facts["student"]["device_bytes"] = {"phone": phone, "micro": facts["student"].get("micro_file", {}).get("bytes")}
     s = facts["student"]
     print(f"export: student {s['tflite_bytes']:,} bytes (teacher {facts['teacher']['tflite_bytes']:,}), LiteRT vs "
           f"Keras max |diff| {s['max_abs_diff_vs_keras']:.4f}, TFLM "
@@ -280,7 +301,10 @@ def stage_report(ds):
               f"{rows['student (Keras)']['macs'] / rows['teacher (Keras)']['macs']:.3f}.",
               f"LiteRT vs Keras (student, [0, 1] pixels): max |diff| {exp['student']['max_abs_diff_vs_keras']:.4f}, "
               f"mean {exp['student']['mean_abs_diff_vs_keras']:.4f}.",
-              f"TFLite Micro: {json.dumps(exp['student'].get('micro', 'not run'))}", "",
+              f"TFLite Micro: {json.dumps(exp['student'].get('micro', 'not run'))}",
+              f"Device bytes (student): phone {json.dumps(exp['student']['device_bytes']['phone'])}, "
+              f"microcontroller file {json.dumps(exp['student'].get('micro_file', 'not run'))}; packed INT4: "
+              f"{json.dumps(exp['student'].get('int4', 'only for --bits <= 4'))}.", "",
               f"![samples]({os.path.basename(grid_path)})", ""]
     with open(_path("report.md"), "w") as fh:
         fh.write("\n".join(lines))

@@ -140,7 +140,7 @@ def test_bad_flags_one_line_exit_2(flag, tmp_path):
 
 
 TINY = ["--teacher_epochs=3", "--student_epochs=3", "--classifier_epochs=2", "--width=8", "--eval_samples=60",
-        "--z_dim=8"]
+        "--z_dim=8", "--bits=4"]
 
 
 @pytest.mark.slow
@@ -156,8 +156,11 @@ def test_tiny_digits_pipeline_runs_and_resumes(tmp_path):
     lm = LiteRTModel((tmp_path / "export" / "student_int8.tflite").read_bytes())
     codes, _ = gan.sample_codes(5, 8, 10, seed=0)
     assert lm.predict(codes).shape == (5, 8, 8, 1)
-    assert report["export"]["student"]["micro"]["samples_checked"] == 20
+    student = report["export"]["student"]
+    assert student["micro"]["samples_checked"] == 20 and student["micro_file"]["tflm_outputs_equal"]
+    assert student["device_bytes"]["phone"] == {"file": "student_int4.tflite", "bytes": student["int4"]["bytes"]}
+    assert student["int4"]["bytes"] < student["tflite_bytes"]
     again = _run(f"--workdir={tmp_path}", *TINY)
     assert again.returncode == 0 and again.stdout.count("done (resumed") == 4, again.stdout
-    other = _run(f"--workdir={tmp_path}", *TINY, "--bits=4")
+    other = _run(f"--workdir={tmp_path}", *TINY, "--bits=8")
     assert other.returncode == 2 and "other flags (bits)" in other.stderr
