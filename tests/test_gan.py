@@ -93,6 +93,8 @@ def test_cut_generator_equals_the_masked_generator(dataset):
     assert facts["params_after"] < facts["params_before"]
     assert count_macs(small) == facts["macs_after"] < facts["macs_before"] == count_macs(gen)
     assert any(isinstance(layer, keras.layers.UpSampling2D) for layer in small.layers)
+    for conv, _ in gan.prunable_bns(gen):  # every silenced channel is cut, also those read through UpSampling2D
+        assert small.get_layer(conv.name).filters == conv.filters - conv.filters // 2
 
 
 def _distill_mse(student, teacher, codes):
