@@ -1,5 +1,5 @@
-"""GAN Slimming pipeline: dense LSGAN teacher -> GS student (distillation + LSGAN + channel L1 prox +
-b-bit straight-through quantization, one run) -> surgery -> int8 .tflite (LiteRT, TFLite Micro) -> report.
+"""GAN Slimming pipeline: dense LSGAN teacher -> GS student (distillation + LSGAN + channel L1 prox or
+GroupL0 + b-bit straight-through quantization, one run) -> surgery -> int8 .tflite (LiteRT, TFLite Micro) -> report.
 
     tools/env.sh python -m pipelines.gan --dataset=digits --workdir=runs/gan
 
@@ -36,7 +36,8 @@ def define_flags():
     flags.DEFINE_float("channel_budget", 0.25, "Fraction of the teacher's prunable channels the student keeps.")
     flags.DEFINE_integer("bits", 8, "Weight bits of the student (uniform per-channel int8 lattice, STE), 2..8.")
     flags.DEFINE_float("distill_weight", 100.0, "beta: weight of the pixel MSE to the teacher's outputs.")
-    flags.DEFINE_string("sparsity", "l1_prox", "Channel sparsity: l1_prox (GS: soft threshold on BN gammas).")
+    flags.DEFINE_string("sparsity", "l1_prox", "Channel sparsity: l1_prox (GS: soft threshold on BN gammas) or "
+                        "group_l0 (the project's GroupL0 on the hidden Conv2D kernels, LAMP scores; --rho unused).")
     flags.DEFINE_float("rho", 0.01, "GS's L1 strength on BN gammas (threshold per step = lr * rho).")
     flags.DEFINE_float("lr", 1e-3, "Adam learning rate of both players (beta_1 = 0.5).")
     flags.DEFINE_integer("batch_size", 64, "Batch size.")
@@ -58,8 +59,6 @@ def parse_flags(argv):
         fail(f"{err} (see --helpfull)")
     if F.sparsity not in SPARSITIES:
         fail(f"--sparsity={F.sparsity} is unknown; use one of {', '.join(SPARSITIES)}")
-    if F.sparsity == "group_l0":
-        fail("--sparsity=group_l0 is not implemented for generators yet; use --sparsity=l1_prox")
     if not 0.0 < F.channel_budget <= 1.0:
         fail(f"--channel_budget={F.channel_budget:g} must be in (0, 1] (fraction of the teacher's prunable channels)")
     if not 2 <= F.bits <= 8:
@@ -149,7 +148,7 @@ def stage_student(ds):
     import keras
 
     from atmc_tf import gan
-    from atmc_tf.constraints import BNChannelL1Prox
+    from atmc_tf.constraints import BNChannelL1Prox, GroupL0
     os.makedirs(_path("student"), exist_ok=True)
     keras.utils.set_random_seed(F.seed + 1)
     t0 = time.time()
@@ -158,11 +157,14 @@ def stage_student(ds):
     student, disc = _load(_path("teacher", "generator.keras")), _load(_path("teacher", "discriminator.keras"))
     total = sum(int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(student))
     budget = max(len(gan.prunable_bns(student)), int(round(F.channel_budget * total)))
-    prox = BNChannelL1Prox(threshold=F.lr * F.rho, budget=budget)
     steps = -(-len(ds.y_train) // F.batch_size) * F.student_epochs
+    if F.sparsity == "l1_prox":
+        sparsity = {"prox": BNChannelL1Prox(threshold=F.lr * F.rho, budget=budget)}
+    else:
+        sparsity = {"kernel_constraint": GroupL0(budget, scoring="lamp", ramp_steps=steps // 2)}
     trainer = gan.GANTrainer(student, disc, ds.num_classes, F.z_dim, teacher=teacher,
-                             distill_weight=F.distill_weight, prox=prox, ramp_steps=steps // 2, bits=F.bits,
-                             seed=F.seed + 1)
+                             distill_weight=F.distill_weight, ramp_steps=steps // 2, bits=F.bits,
+                             seed=F.seed + 1, **sparsity)
     trainer.compile(_adam(), _adam())
     hist = trainer.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=F.student_epochs, verbose=0)
     trainer.finalize()

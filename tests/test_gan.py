@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from atmc_tf import gan
-from atmc_tf.constraints import BNChannelL1Prox, budget_masks, constraint_from_config, constraint_to_config
+from atmc_tf.constraints import BNChannelL1Prox, GroupL0, budget_masks, constraint_from_config, constraint_to_config
 from atmc_tf.constraints.l1_prox import soft_threshold
 from atmc_tf.constraints.quantize import quantize_uniform_int8
 from atmc_tf.export.surgery import count_macs
@@ -101,15 +101,16 @@ def _distill_mse(student, teacher, codes):
     return float(np.mean((student(codes, training=True).numpy() - teacher(codes, training=False).numpy()) ** 2))
 
 
-def test_gs_step_lowers_distillation_and_keeps_the_budget():
+@pytest.mark.parametrize("sparsity", ["l1_prox", "group_l0"])
+def test_gs_step_lowers_distillation_and_keeps_the_budget(sparsity):
     keras.utils.set_random_seed(0)
     teacher = gan.generator("digits", z_dim=4, width=4, seed=0)
     student = gan.generator("digits", z_dim=4, width=4, seed=1)  # far from the teacher on purpose
     disc = gan.discriminator((8, 8, 1), width=4, seed=0)
     total = sum(int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(student))
-    prox = BNChannelL1Prox(threshold=1e-3, budget=total // 3)
-    trainer = gan.GANTrainer(student, disc, 10, 4, teacher=teacher, distill_weight=100.0, prox=prox,
-                             ramp_steps=5, bits=4)
+    kw = ({"prox": BNChannelL1Prox(threshold=1e-3, budget=total // 3)} if sparsity == "l1_prox" else
+          {"kernel_constraint": GroupL0(total // 3, scoring="lamp", ramp_steps=5)})
+    trainer = gan.GANTrainer(student, disc, 10, 4, teacher=teacher, distill_weight=100.0, ramp_steps=5, bits=4, **kw)
     trainer.compile(keras.optimizers.Adam(1e-2, 0.5), keras.optimizers.Adam(1e-3, 0.5))
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 1, (128, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 128)
@@ -120,6 +121,8 @@ def test_gs_step_lowers_distillation_and_keeps_the_budget():
     assert _distill_mse(student, teacher, codes) < 0.5 * before
     live = gan.live_channels(student)
     assert sum(n for n, _ in live.values()) <= total // 3
+    small, facts = gan.cut_generator(student)  # every channel the budget dropped is cut
+    assert sum(small.get_layer(c.name).filters for c, _ in gan.prunable_bns(student)) <= total // 3
     for layer in student.layers:  # finalize leaves every kernel on the 4-bit per-channel lattice
         if type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
             k = layer.kernel.numpy()
@@ -132,7 +135,7 @@ def _run(*args, timeout=600):
                           text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("flag", ["--channel_budget=0", "--bits=9", "--sparsity=foo", "--sparsity=group_l0",
+@pytest.mark.parametrize("flag", ["--channel_budget=0", "--bits=9", "--sparsity=foo",
                                   "--dataset=cifar", "--distill_weight=-1"])
 def test_bad_flags_one_line_exit_2(flag, tmp_path):
     r = _run(flag, f"--workdir={tmp_path}")

@@ -5,14 +5,16 @@ model's predictions, constraints projected on its kernels). A GAN is two players
 with their own optimizers and losses; folding a second player into ATMCTrainer would be a branch in
 its train_step. So GANTrainer is a small keras.Model with its own train_step that keeps Keras'
 compile/fit contract (fit, callbacks, History, metrics) and composes the project's pieces: the
-constraint objects of atmc_tf.constraints (BNChannelL1Prox after each generator step) and its
+constraint objects of atmc_tf.constraints (BNChannelL1Prox, or GroupL0 on the hidden Conv2D kernels,
+after each generator step) and its
 quantizers (quantize_uniform_int8, through a straight-through estimator).
 
 One step, batch (x, y) of real images and labels, codes c = [noise, one-hot y]:
   D:  0.5 E (D(x, y) - 1)^2 + 0.5 E D(G(c), y)^2                              (LSGAN, Mao et al. 2017)
   G:  gan_weight * 0.5 E (D(G(c), y) - 1)^2 + distill_weight * E ||G(c) - T(c)||^2   (GS; T frozen)
 then the proximal step on the BN gammas (GS: soft threshold lr * rho, plus the channel budget,
-ramped from every channel to the target over `ramp_steps`). Quantization (bits): the generator's
+ramped from every channel to the target over `ramp_steps`), or instead (kernel_constraint) the
+project's GroupL0 projection of the hidden Conv2D kernels with their BN gammas and betas silenced. Quantization (bits): the generator's
 Conv2D / Dense kernels are replaced by their b-bit per-channel int8-lattice projection for the
 forward and backward pass, and the gradient is applied to the float kernels (straight-through,
 BinaryConnect-style); finalize() leaves the projected kernels in place. The teacher is the same
@@ -21,13 +23,15 @@ class with teacher=None, distill_weight=0 and neither prox nor bits.
 import keras
 import tensorflow as tf
 
+from atmc_tf.constraints.base import TensorInfo
 from atmc_tf.constraints.quantize import quantize_uniform_int8
 from atmc_tf.gan.models import prunable_bns
 
 
 class GANTrainer(keras.Model):
     def __init__(self, generator, discriminator, num_classes, z_dim, teacher=None, distill_weight=0.0,
-                 gan_weight=1.0, prox=None, budget_start=None, ramp_steps=0, bits=None, seed=0, **kwargs):
+                 gan_weight=1.0, prox=None, budget_start=None, ramp_steps=0, bits=None, seed=0,
+                 kernel_constraint=None, **kwargs):
         super().__init__(**kwargs)
         if distill_weight > 0 and teacher is None:
             raise ValueError("distill_weight > 0 needs a teacher generator")
@@ -44,9 +48,22 @@ class GANTrainer(keras.Model):
         if prox is not None:
             prox.build(self.prox_vars, None)
         self.budget_start = budget_start or sum(int(bn.gamma.shape[0]) for _, bn in self.pairs)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_adv", "distill")}
+        # The structured alternative: a constraint on the prunable Conv2D kernels (GroupL0, one global
+        # channel budget), projected after each step; a channel whose kernel slice it zeroes gets its
+        # BN gamma and beta zeroed too (as ATMCTrainer's ChannelSilencer does), so it outputs exactly 0.
+        self.kernel_constraint = kernel_constraint
+        self.kernel_pairs = prunable_bns(generator) if kernel_constraint is not None else []
+        if kernel_constraint is not None:
+            if prox is not None:
+                raise ValueError("pass prox (L1 on BN gammas) or kernel_constraint (e.g. GroupL0), not both")
+            infos = [TensorInfo(name=f"{conv.name}/kernel", shape=tuple(conv.kernel.shape), channel_axes=(-1,),
+                                layer=conv.name, kind="Conv2D") for conv, _ in self.kernel_pairs]
+            kernel_constraint.build(infos, lambda name, shape, dtype, initializer: self.add_weight(
+                name=f"kc_{name}", shape=tuple(shape), dtype=dtype, initializer=initializer, trainable=False))
+            self.trackers["live_channels"] = keras.metrics.Mean(name="live_channels")
         self.kernels = [layer.kernel for layer in generator.layers
                         if type(layer) in (keras.layers.Conv2D, keras.layers.Dense)] if bits else []
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_adv", "distill")}
         if prox is not None:
             self.trackers["live_channels"] = keras.metrics.Mean(name="live_channels")
 
@@ -109,12 +126,29 @@ class GANTrainer(keras.Model):
             for v, value in zip(self.prox_vars, new):
                 v.assign(value)
             logs["live_channels"] = self.prox.metrics(new)["live_channels"]
+        if self.kernel_constraint is not None:
+            self._project_kernels(lambda values: self.kernel_constraint.project(
+                values, self.g_optimizer.iterations, lambda var, value: var.assign(value)))
+            logs["live_channels"] = tf.add_n([tf.math.count_nonzero(bn.gamma, dtype=tf.int32)
+                                              for _, bn in self.kernel_pairs])
         for name, value in logs.items():
             self.trackers[name].update_state(value)
         return {name: t.result() for name, t in self.trackers.items()}
 
+    def _project_kernels(self, fn):
+        new = fn([conv.kernel.value for conv, _ in self.kernel_pairs])
+        for (conv, bn), kernel in zip(self.kernel_pairs, new):
+            conv.kernel.assign(kernel)
+            alive = tf.cast(tf.reduce_any(tf.not_equal(tf.reshape(kernel, [-1, kernel.shape[-1]]), 0), axis=0),
+                            bn.gamma.dtype)
+            bn.gamma.assign(bn.gamma * alive)
+            bn.beta.assign(bn.beta * alive)
+
     def finalize(self):
         """After training: the budget holds exactly, and the kernels are on the b-bit lattice."""
+        if self.kernel_constraint is not None:
+            self._project_kernels(lambda values: self.kernel_constraint.finalize(
+                values, lambda var, value: var.assign(value)))
         if self.prox is not None:
             new = self.prox.finalize([v.value for v in self.prox_vars], None)
             for v, value in zip(self.prox_vars, new):
