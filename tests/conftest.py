@@ -12,6 +12,7 @@ settings.register_profile("ci", max_examples=40, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker hook, which reads xdist_group into the node ids
 def pytest_collection_modifyitems(config, items):
     """For `pytest -n 2 --dist loadgroup` (the README's test command, pytest-xdist): a test that uses a
     module-scoped fixture (a tiny pipeline run, a trained model) runs on the worker that runs that
