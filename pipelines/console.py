@@ -14,6 +14,17 @@ import time
 LOUD = 3
 
 
+def one_line(message):
+    """The message on a single line (library and Keras messages may span several)."""
+    return " ".join(str(message).split())
+
+
+def fail(message):
+    """A bad flag, file or environment problem: one line on stderr, exit code 2 (every program here)."""
+    sys.stderr.write(f"error: {one_line(message)}\n")
+    sys.exit(2)
+
+
 def fit_verbosity(verbose):
     """Keras fit's verbose argument: progress bars only on a terminal."""
     if verbose >= LOUD:

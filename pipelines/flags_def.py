@@ -7,13 +7,13 @@ import dataclasses
 import json
 import math
 import os
-import sys
 
 from absl import flags
 
 from atmc_tf.choices import (CLASS_FEEDBACK_MODES, CLEAN_TARGET_FORMS, DATASETS, DISTILL_MODES, DOMAIN_WEIGHTINGS,
                              FACTORIZATIONS, MODELS, QUANT_SCHEMES, THREAT_NORMS, TRAIN_ATTACKS, check_codebook)
 from pipelines import methods_table
+from pipelines.console import fail, one_line  # noqa: F401 -- programs import them from here too
 
 F = flags.FLAGS
 # The methods --structure=channel supports: al0 and atmc (channels re-selected every step), ap (chosen once).
@@ -300,14 +300,6 @@ class UsageError(Exception):
     """A bad flag, file or environment problem: reported as one line, exit code 2."""
 
 
-def one_line(message):
-    """The message on a single line (library and Keras messages may span several)."""
-    return " ".join(str(message).split())
-
-
-def fail(message):
-    sys.stderr.write(f"error: {one_line(message)}\n")
-    sys.exit(2)
 
 
 def parse_flags(argv):

@@ -11,10 +11,11 @@ samples. Bad flags: one line on stderr, exit 2.
 """
 import json
 import os
-import sys
 import time
 
 from absl import app, flags, logging
+
+from pipelines.console import fail
 
 F = flags.FLAGS
 STAGES = ("teacher", "student", "export", "report")
@@ -45,11 +46,6 @@ def define_flags():
     flags.DEFINE_integer("limit_train", None, "Use only this many training images.")
     flags.DEFINE_integer("eval_samples", 1000, "Generated samples per quality measurement.")
     flags.DEFINE_boolean("micro", True, "Check the student on TFLite Micro (batch-1 model).")
-
-
-def fail(message):
-    sys.stderr.write("error: " + " ".join(str(message).split()) + "\n")
-    sys.exit(2)
 
 
 def parse_flags(argv):
