@@ -1,0 +1,343 @@
+"""Benchmark: GAN Slimming (one run: distillation + LSGAN + channel sparsity + quantization) against the
+stacked baseline it argues against (prune -> fine-tune -> quantize, in sequence), at 1/4, 1/8 and 1/16 of
+the teacher's MACs, on class-conditional Fashion-MNIST (28x28).
+
+    python -m benchmarks.gan_benchmark --page=docs/gan_benchmark.md     # the full run: CPU hours, resumable
+    python -m benchmarks.gan_benchmark --quick --workdir=/tmp/gsq          # smoke test on digits: seconds
+
+ONE teacher (pipelines.gan's teacher stage: classifier + dense LSGAN generator) in <workdir>/teacher; then
+per (method, MAC target) a cell in <workdir>/cells/<method>_<d> (a pipelines.gan workdir whose teacher/ is
+a link to the shared one), scored by pipelines.gan's export and report stages:
+- gs: pipelines.gan's student stage (its default sparsity, --sparsity), at the channel budget below.
+- stacked: the teacher's channels pruned by the same channel scores (atmc_tf.constraints.budget_masks on
+  the BN gammas, per-tensor normalised, as BNChannelL1Prox ranks them) to the same channel budget and cut,
+  then fine-tuned with distillation + LSGAN (no quantization, no sparsity, --student_epochs epochs), then
+  quantized post-training: every Conv2D / Dense kernel projected to the --bits per-channel lattice (the
+  lattice GS trains on) before the int8 export. No QAT step.
+MAC target -> channel budget: the largest number of kept channels k such that the teacher, pruned by
+budget_masks to k channels and cut, has at most teacher MACs / d (a binary search; MACs grow with k). GS gets
+the same k (as --channel_budget = k / channels), but chooses its channels itself during training, so its
+cut MACs can differ from the stacked model's: each cell records its measured MACs and whether it is at or
+under the target.
+
+Results: <workdir>/results.json (a cell written atomically when it finishes; a rerun skips finished cells and
+refuses, exit 2, a workdir of other settings) and the page <workdir>/gan_benchmark.md (also --page, with
+the JSON copied beside it). pipelines.gan's flags (--dataset, --bits, --distill_weight, --sparsity, ...)
+apply; --channel_budget does not (the MAC target sets it).
+"""
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+
+from absl import app, flags, logging
+
+from pipelines import gan as P
+from pipelines.provenance import package_versions
+
+F = flags.FLAGS
+METHODS = ("gs", "stacked")
+GOAL_D = 8  # the stated target: at 1/8 of the MACs, FD within 10% of the teacher's and better than stacked
+# --quick: explicit flags win
+QUICK = {"dataset": "digits", "teacher_epochs": 1, "classifier_epochs": 1, "student_epochs": 1, "width": 8,
+         "z_dim": 8, "eval_samples": 30, "mac_targets": ["8"], "micro": False, "limit_train": 256}
+
+
+def define_flags():
+    P.define_flags()
+    F.set_default("dataset", "fashion_mnist")
+    F.set_default("workdir", "runs/gan_benchmark")
+    flags.DEFINE_bool("quick", False, "Smoke-test settings (digits, 256 images, 1 epoch per stage, width 8, one MAC target "
+                      "1/8, no TFLite Micro check): seconds, not the benchmark. Explicit flags win.")
+    flags.DEFINE_list("mac_targets", ["4", "8", "16"], "MAC targets as denominators d: 1/d of the teacher's MACs.")
+    flags.DEFINE_list("methods", list(METHODS), f"Methods, from {', '.join(METHODS)}.")
+    flags.DEFINE_string("page", None, "Also write the page here (and the results JSON beside it, *.json).")
+
+
+def parse_flags(argv):
+    rest = P.parse_flags(argv)
+    if F.quick:
+        for name, value in QUICK.items():
+            if not F[name].present:
+                F[name].value = value
+    try:
+        targets = [int(d) for d in F.mac_targets]
+    except ValueError:
+        P.fail(f"--mac_targets={','.join(F.mac_targets)} must be integers d (targets 1/d of the teacher's MACs)")
+    if not targets or min(targets) < 2:
+        P.fail(f"--mac_targets={','.join(F.mac_targets)} must each be >= 2 (1/d of the teacher's MACs)")
+    bad = [m for m in F.methods if m not in METHODS]
+    if bad or not F.methods:
+        P.fail(f"--methods={','.join(F.methods)} is not a list of {', '.join(METHODS)}")
+    if F.channel_budget != F["channel_budget"].default:
+        P.fail("--channel_budget does not apply here (each MAC target sets the budget); drop it")
+    return rest
+
+
+def settings():
+    out = {k: F[k].value for k in P.IDENTITY if k != "channel_budget"}
+    out.update(mac_targets=[int(d) for d in F.mac_targets], methods=list(F.methods), micro=F.micro,
+               stacked="prune(budget_masks)->finetune(distill+lsgan)->ptq(bits lattice)")
+    return out
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+# --- MAC target -> channel budget -------------------------------------------------------------
+
+def pruned_copy(gen, k):
+    """A copy of `gen` whose prunable BNs keep the k channels budget_masks ranks highest (gamma, beta of the
+    others zeroed, so cut_generator removes them)."""
+    import keras
+
+    from atmc_tf import gan
+    from atmc_tf.constraints import budget_masks
+    copy = keras.models.clone_model(gen)
+    copy.set_weights(gen.get_weights())
+    pairs = gan.prunable_bns(copy)
+    masks = budget_masks([bn.gamma.value for _, bn in pairs], k)
+    for (_, bn), m in zip(pairs, masks):
+        bn.gamma.assign(bn.gamma * m)
+        bn.beta.assign(bn.beta * m)
+    return copy
+
+
+def budget_for(teacher, d):
+    """(k, cut MACs): the largest channel count whose budget_masks-pruned, cut teacher has <= MACs / d."""
+    from atmc_tf import gan
+    from atmc_tf.export.surgery import count_macs, shrink_model
+    pairs = gan.prunable_bns(teacher)
+    target = count_macs(teacher) / d
+
+    def macs(k):  # cut_generator's cut without its output check (the cells' cuts are checked)
+        copy = pruned_copy(teacher, k)
+        gan.silence_pruned(copy)
+        return count_macs(shrink_model(copy, verify=False, strict=False)[0])
+
+    lo, hi = len(pairs), sum(int(bn.gamma.shape[0]) for _, bn in pairs)
+    if macs(lo) > target:
+        return lo, macs(lo)  # one channel per layer is over: the cell records that it misses the target
+    while lo < hi:  # invariant: macs(lo) <= target
+        mid = (lo + hi + 1) // 2
+        if macs(mid) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo, macs(lo)
+
+
+# --- the stacked baseline's student stage ------------------------------------------------------
+
+def stage_stacked_student(ds, k):
+    """Prune the teacher to k channels and cut it, fine-tune (distillation + LSGAN, float), then project the
+    kernels to the --bits lattice post-training; writes the same student/ files as pipelines.gan."""
+    import keras
+
+    from atmc_tf import gan
+    from atmc_tf.constraints.quantize import quantize_uniform_int8
+    os.makedirs(P._path("student"), exist_ok=True)
+    keras.utils.set_random_seed(F.seed + 1)
+    t0 = time.time()
+    teacher = P._load(P._path("teacher", "generator.keras"))
+    teacher.trainable = False
+    disc = P._load(P._path("teacher", "discriminator.keras"))
+    pruned = pruned_copy(P._load(P._path("teacher", "generator.keras")), k)  # a copy that is not frozen
+    live = gan.live_channels(pruned)
+    small, cut = gan.cut_generator(pruned)
+    trainer = gan.GANTrainer(small, disc, ds.num_classes, F.z_dim, teacher=teacher, distill_weight=F.distill_weight,
+                             seed=F.seed + 1)
+    trainer.compile(P._adam(), P._adam())
+    hist = trainer.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=F.student_epochs, verbose=0)
+    for layer in small.layers:  # post-training quantization to the same bits
+        if type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
+            layer.kernel.assign(quantize_uniform_int8(layer.kernel.value, F.bits)[0])
+    small.save(P._path("student", "student.keras"))
+    total = sum(int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(teacher))
+    facts = {"channels_total": total, "channel_budget": k, "live": live, **cut, "seconds": time.time() - t0,
+             "last_epoch": {n: float(v[-1]) for n, v in hist.history.items()}}
+    print(f"stacked: {k} of {total} channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, fine-tuned "
+          f"{F.student_epochs} epochs, PTQ {F.bits} bits, {facts['seconds']:.0f} s")
+    return P._finish("student", facts)
+
+
+# --- cells ---------------------------------------------------------------------------------------
+
+def run_cell(ds, bench_dir, method, d, k):
+    cell_dir = os.path.join(bench_dir, "cells", f"{method}_{d}")
+    os.makedirs(cell_dir, exist_ok=True)
+    link = os.path.join(cell_dir, "teacher")
+    if not os.path.lexists(link):
+        os.symlink(os.path.join("..", "..", "teacher"), link)
+    F.workdir = cell_dir
+    try:
+        F.channel_budget = k / sum(n for _, n in _teacher_live(bench_dir).values())
+        t0 = time.time()
+        student = stage_stacked_student if method == "stacked" else P.stage_student
+        for name, fn in (("student", lambda: student(ds, k) if method == "stacked" else student(ds)),
+                         ("export", lambda: P.stage_export(ds)), ("report", lambda: P.stage_report(ds))):
+            if P._done(name) is None:
+                os.makedirs(P._path(name), exist_ok=True)
+                fn()
+        report = json.load(open(os.path.join(cell_dir, "report.json")))
+    finally:
+        F.workdir = bench_dir
+    row, exp = report["rows"]["student (int8 .tflite)"], report["export"]["student"]
+    teacher_macs = report["rows"]["teacher (Keras)"]["macs"]
+    cell = {"method": method, "mac_target": f"1/{d}", "d": d, "channel_budget": k,
+            "channels_total": report["student"]["channels_total"], "fd": row["fd"], "cond_acc": row["cond_acc"],
+            "fd_keras": report["rows"]["student (Keras)"]["fd"], "macs": row["macs"],
+            "macs_ratio": row["macs"] / teacher_macs, "at_or_under_target": row["macs"] * d <= teacher_macs,
+            "params": row["params"], "tflite_bytes": exp["tflite_bytes"], "device_bytes": exp["device_bytes"],
+            "litert_latency_ms": exp["litert_latency_ms"], "seconds": time.time() - t0, "dir": cell_dir}
+    return cell, report
+
+
+def _teacher_live(bench_dir):
+    from atmc_tf import gan
+    return gan.live_channels(P._load(os.path.join(bench_dir, "teacher", "generator.keras")))
+
+
+# --- the page --------------------------------------------------------------------------------------
+
+def goal_status(results):
+    """'met' / 'not met' / 'not yet measured' for: at 1/8 of the MACs, GS's FD within 10% of the teacher's
+    and better (lower) than the stacked baseline's."""
+    cells, teacher = results.get("cells", {}), results.get("teacher")
+    gs, st = cells.get(f"gs@1/{GOAL_D}"), cells.get(f"stacked@1/{GOAL_D}")
+    if teacher is None or gs is None or st is None:
+        return "not yet measured", "needs the teacher and both cells at 1/8"
+    ok_fd = gs["fd"] <= 1.1 * teacher["fd"]
+    why = (f"GS {gs['fd']:.3f} vs teacher {teacher['fd']:.3f} (limit {1.1 * teacher['fd']:.3f}) and stacked "
+           f"{st['fd']:.3f}; GS MACs {gs['macs_ratio']:.4f} of the teacher's")
+    met = ok_fd and gs["fd"] < st["fd"] and gs["at_or_under_target"]
+    return ("met" if met else "not met"), why
+
+
+def render(results):
+    s, t = results["settings"], results.get("teacher")
+    fd_name = results.get("fd_name", "FD")
+    status, why = goal_status(results)
+    title = "Fashion-MNIST" if s["dataset"] == "fashion_mnist" else f"{s['dataset']} (8x8), NOT Fashion-MNIST"
+    lines = [f"# GAN Slimming benchmark on {title}", ""]
+    if results.get("quick"):
+        lines += ["**Smoke test (--quick): tiny settings, the figures mean nothing.**", ""]
+    lines += ["GS: one run of distillation + LSGAN + channel sparsity "
+              f"({s['sparsity']}) + {s['bits']}-bit quantization (STE). Stacked: prune the teacher's channels by "
+              "the same scores (budget_masks on BN gammas) to the same channel budget, fine-tune with distillation "
+              f"+ LSGAN (float), then post-training quantization to the {s['bits']}-bit lattice. The channel budget "
+              "of a MAC target is the largest one whose pruned, cut teacher is at or under it; GS picks its own "
+              "channels, so its MACs are measured, not assumed.",
+              f"{fd_name}: Frechet distance in the features of the project's own classifier (not FID), "
+              f"{s['eval_samples']} samples vs the test images; cond. acc: that classifier on class-conditional "
+              "samples. Student rows are the int8 .tflite (LiteRT); the teacher row is Keras float.", "",
+              f"**Target** (at 1/{GOAL_D} of the MACs, {fd_name} within 10% of the teacher's and better than the "
+              f"stacked baseline): **{status}** ({why}).", "",
+              f"| model | MAC target | {fd_name} | cond. acc | MACs (ratio) | at/under | channels | .tflite bytes | "
+              "micro file bytes | LiteRT ms (b1, 1 thread) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    if t:
+        lines.append(f"| teacher | 1 | {t['fd']:.3f} | {t['cond_acc']:.3f} | {t['macs']:,} (1) | | "
+                     f"{t['channels']} | {t['tflite_bytes']:,} | | {t['litert_latency_ms']:.3f} |")
+    for d in s["mac_targets"]:
+        for m in s["methods"]:
+            c = results.get("cells", {}).get(f"{m}@1/{d}")
+            if c is None:
+                lines.append(f"| {m} | 1/{d} | not run yet | | | | | | | |")
+                continue
+            micro = c["device_bytes"].get("micro")
+            lines.append(f"| {m} | 1/{d} | {c['fd']:.3f} | {c['cond_acc']:.3f} | {c['macs']:,} ({c['macs_ratio']:.4f}) "
+                         f"| {'yes' if c['at_or_under_target'] else 'no'} | {c['channel_budget']}/{c['channels_total']} "
+                         f"| {c['tflite_bytes']:,} | {f'{micro:,}' if micro else 'not run'} | "
+                         f"{c['litert_latency_ms']:.3f} |")
+    floor = results.get("real_training_images")
+    if floor:
+        lines.append(f"| real training images (floor) | | {floor['fd']:.3f} | {floor['cond_acc']:.3f} | | | | | | |")
+    env = results.get("env", {})
+    lines += ["", f"Command: `{results.get('command', '')}`", "",
+              f"Versions: {json.dumps(env.get('versions', {}))}", "",
+              f"Machine: {env.get('machine', '')}; date: {results.get('date', '')}.",
+              f"Settings: {json.dumps(s)}", ""]
+    return "\n".join(lines)
+
+
+# --- main --------------------------------------------------------------------------------------
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    from atmc_tf.data import DataError, load_dataset
+    from atmc_tf.export.surgery import count_macs
+    bench_dir = F.workdir
+    os.makedirs(bench_dir, exist_ok=True)
+    res_path = os.path.join(bench_dir, "results.json")
+    cfg = settings()
+    if os.path.exists(res_path):
+        results = json.load(open(res_path))
+        diff = sorted(k for k in set(cfg) | set(results["settings"]) if results["settings"].get(k) != cfg.get(k))
+        if diff:
+            P.fail(f"--workdir={bench_dir} holds a benchmark of other settings ({', '.join(diff)}); use another --workdir")
+    else:
+        results = {"settings": cfg, "quick": F.quick, "cells": {}}
+    results["command"] = "python -m benchmarks.gan_benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results["env"] = {"versions": package_versions(["tensorflow", "keras", "ai-edge-litert", "numpy"]),
+                      "machine": " ".join(filter(None, (platform.machine(), platform.processor()))) + f", {os.cpu_count()} CPUs, "
+                                 f"{platform.system()} {platform.release()}"}
+    results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    _write_json(res_path, results)
+    try:
+        ds = load_dataset(F.dataset, data_dir=F.data_dir, seed=F.seed, limit_train=F.limit_train)
+    except DataError as err:
+        P.fail(err)
+    if P._done("teacher") is None:
+        os.makedirs(P._path("teacher"), exist_ok=True)
+        P.stage_teacher(ds)
+    else:
+        print("teacher: done (resumed)")
+    teacher = P._load(os.path.join(bench_dir, "teacher", "generator.keras"))
+    for d in results["settings"]["mac_targets"]:
+        budget = None
+        for m in results["settings"]["methods"]:
+            key = f"{m}@1/{d}"
+            if key in results["cells"]:
+                print(f"{key}: done (resumed)")
+                continue
+            if budget is None:
+                budget = budget_for(teacher, d)
+                print(f"1/{d} of the MACs ({count_macs(teacher):,}): channel budget {budget[0]}, "
+                      f"stacked cut MACs {budget[1]:,}")
+            cell, report = run_cell(ds, bench_dir, m, d, budget[0])
+            if "teacher" not in results:
+                tr, te = report["rows"]["teacher (Keras)"], report["export"]["teacher"]
+                results["teacher"] = {"fd": tr["fd"], "cond_acc": tr["cond_acc"], "macs": tr["macs"],
+                                      "params": tr["params"], "tflite_bytes": te["tflite_bytes"],
+                                      "litert_latency_ms": te["litert_latency_ms"],
+                                      "channels": report["student"]["channels_total"]}
+                results["real_training_images"] = report["real_test_images"]
+                results["fd_name"] = report["fd_name"]
+            results["cells"][key] = cell
+            _write_json(res_path, results)
+            print(f"{key}: {results['fd_name']} {cell['fd']:.3f} (teacher {results['teacher']['fd']:.3f}), cond. acc "
+                  f"{cell['cond_acc']:.3f}, MACs ratio {cell['macs_ratio']:.4f}, {cell['tflite_bytes']:,} bytes")
+    page = render(results)
+    with open(os.path.join(bench_dir, "gan_benchmark.md"), "w") as fh:
+        fh.write(page)
+    if F.page:
+        os.makedirs(os.path.dirname(os.path.abspath(F.page)), exist_ok=True)
+        with open(F.page, "w") as fh:
+            fh.write(page)
+        shutil.copyfile(res_path, os.path.splitext(F.page)[0] + ".json")
+    status, why = goal_status(results)
+    print(f"target at 1/{GOAL_D}: {status} ({why}) -> {os.path.join(bench_dir, 'gan_benchmark.md')}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

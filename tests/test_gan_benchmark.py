@@ -1,0 +1,88 @@
+"""benchmarks.gan_benchmark: the MAC-target budget search, the stated target's status, bad flags and (slow) a
+--quick run on digits (both methods, one MAC target) that a rerun resumes without retraining."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "benchmarks.gan_benchmark", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow  # surgery per probe: ~10 s alone, 20 s on a busy machine
+def test_budget_for_lands_at_or_under_the_mac_target_and_is_the_largest():
+    from atmc_tf import gan
+    from atmc_tf.export.surgery import count_macs
+    from benchmarks.gan_benchmark import budget_for, pruned_copy
+    teacher = gan.generator("digits", z_dim=4, width=4, seed=0)
+    full = count_macs(teacher)
+    for d in (4,):
+        k, macs = budget_for(teacher, d)
+        assert macs * d <= full
+        assert macs == gan.cut_generator(pruned_copy(teacher, k))[1]["macs_after"]
+        assert gan.cut_generator(pruned_copy(teacher, k + 1))[1]["macs_after"] * d > full
+    # out of reach (the Dense and the output convolution are never cut): one channel per layer, over the target
+    k, macs = budget_for(teacher, 100)
+    assert k == len(gan.prunable_bns(teacher)) and macs * 100 > full
+
+
+def _cell(fd, ratio=0.1):
+    return {"fd": fd, "macs_ratio": ratio, "at_or_under_target": ratio <= 1 / 8}
+
+
+def test_goal_status():
+    from benchmarks.gan_benchmark import goal_status
+    teacher = {"fd": 1.0}
+    assert goal_status({"teacher": teacher, "cells": {"gs@1/8": _cell(1.05)}})[0] == "not yet measured"
+    assert goal_status({"teacher": teacher, "cells": {"gs@1/8": _cell(1.05), "stacked@1/8": _cell(1.2)}})[0] == "met"
+    assert goal_status({"teacher": teacher, "cells": {"gs@1/8": _cell(1.15), "stacked@1/8": _cell(1.2)}})[0] == "not met"
+    assert goal_status({"teacher": teacher, "cells": {"gs@1/8": _cell(1.05), "stacked@1/8": _cell(1.0)}})[0] == "not met"
+    assert goal_status({"teacher": teacher, "cells": {"gs@1/8": _cell(1.05, 0.2),
+                                                      "stacked@1/8": _cell(1.2)}})[0] == "not met"
+
+
+@pytest.mark.parametrize("flag", ["--mac_targets=1", "--mac_targets=x", "--methods=gs,foo", "--channel_budget=0.5"])
+def test_bad_flags_one_line_exit_2(flag, tmp_path):
+    r = _run(flag, f"--workdir={tmp_path}")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+
+
+@pytest.mark.slow
+def test_quick_digits_run_fields_page_and_resume(tmp_path):
+    r = _run("--quick", f"--workdir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["quick"] and res["settings"]["dataset"] == "digits" and res["fd_name"] == "FD-digits"
+    t = res["teacher"]
+    assert set(res["cells"]) == {"gs@1/8", "stacked@1/8"}
+    for key, c in res["cells"].items():
+        for field in ("fd", "cond_acc", "macs", "tflite_bytes", "litert_latency_ms"):
+            assert isinstance(c[field], (int, float)), (key, field)
+        assert c["device_bytes"]["phone"]["bytes"] > 0
+        assert c["at_or_under_target"] == (c["macs"] * 8 <= t["macs"])
+        assert c["tflite_bytes"] < t["tflite_bytes"]
+    stacked = res["cells"]["stacked@1/8"]
+    assert stacked["macs"] * 8 <= t["macs"] and stacked["channel_budget"] == res["cells"]["gs@1/8"]["channel_budget"]
+    page = (tmp_path / "gan_benchmark.md").read_text()
+    assert "digits (8x8), NOT Fashion-MNIST" in page and "Smoke test" in page
+    assert "| teacher | 1 |" in page and "| gs | 1/8 |" in page and "| stacked | 1/8 |" in page
+    assert "**Target**" in page and any(f"**{s}**" in page for s in ("met", "not met"))
+    assert "Versions: " in page and '"tensorflow"' in page and "Command: `python -m benchmarks.gan_benchmark" in page
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.keras")}
+    again = _run("--quick", f"--workdir={tmp_path}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done (resumed)") == 3, again.stdout
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.keras")} == stamps  # nothing retrained
+    assert json.loads((tmp_path / "results.json").read_text())["cells"] == res["cells"]
+    other = _run("--quick", f"--workdir={tmp_path}", "--bits=4")
+    assert other.returncode == 2 and other.stderr.strip().splitlines() == [
+        f"error: --workdir={tmp_path} holds a benchmark of other settings (bits); use another --workdir"]
