@@ -235,7 +235,8 @@ def render(results):
               "the same scores (budget_masks on BN gammas) to the same channel budget, fine-tune with distillation "
               f"+ LSGAN (float), then post-training quantization to the {s['bits']}-bit lattice. The channel budget "
               "of a MAC target is the largest one whose pruned, cut teacher is at or under it; GS picks its own "
-              "channels, so its MACs are measured, not assumed.",
+              "channels, so its MACs are measured, not assumed: the two methods share a channel count, not "
+              "necessarily MACs (compare the MACs column). One run per cell, one seed: no confidence interval.",
               f"{fd_name}: Frechet distance in the features of the project's own classifier (not FID), "
               f"{s['eval_samples']} samples vs the test images; cond. acc: that classifier on class-conditional "
               "samples. Student rows are the int8 .tflite (LiteRT); the teacher row is Keras float.", "",
@@ -263,7 +264,8 @@ def render(results):
     env = results.get("env", {})
     lines += ["", f"Command: `{results.get('command', '')}`", "",
               f"Versions: {json.dumps(env.get('versions', {}))}", "",
-              f"Machine: {env.get('machine', '')}; date: {results.get('date', '')}.",
+              f"Machine: {env.get('machine', '')}; started {results.get('date', '')}, last run "
+              f"{results.get('updated', results.get('date', ''))}.",
               f"Settings: {json.dumps(s)}", ""]
     return "\n".join(lines)
 
@@ -290,7 +292,9 @@ def main(argv):
     results["env"] = {"versions": package_versions(["tensorflow", "keras", "ai-edge-litert", "numpy"]),
                       "machine": " ".join(filter(None, (platform.machine(), platform.processor()))) + f", {os.cpu_count()} CPUs, "
                                  f"{platform.system()} {platform.release()}"}
-    results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results.setdefault("date", now)  # when the run started; "updated": its last (resumed) invocation
+    results["updated"] = now
     _write_json(res_path, results)
     try:
         ds = load_dataset(F.dataset, data_dir=F.data_dir, seed=F.seed, limit_train=F.limit_train)
