@@ -42,22 +42,28 @@ VARIANTS = ("atmc", "bare", "bare_unrolled", "bare_t2x1", "atmc_t2x1", "bare_xla
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("results", "docs/step_time.json", "Results JSON (rounds are appended; a rerun continues).")
-flags.DEFINE_string("page", "docs/step_time.md", "Markdown page written from the results.")
-flags.DEFINE_integer("rounds", 3, "Rounds in total (a rerun adds the missing ones).")
-flags.DEFINE_integer("steps", 10, "Timed steps per variant per round.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, allocation).")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_list("variants", "atmc,bare,bare_unrolled,bare_t2x1,torch", f"Variants, of {VARIANTS}.")
-flags.DEFINE_string("torch_python", ".venv-torch/bin/python", "Python of the PyTorch environment.")
-flags.DEFINE_float("eps", 0.1, "L_inf radius.")
-flags.DEFINE_integer("pgd_steps", 7, "PGD steps.")
-flags.DEFINE_float("keep", 0.01, "Fraction of the kernel weights the top-k projection keeps.")
-flags.DEFINE_float("lr", 0.01, "SGD learning rate (momentum 0.9).")
-flags.DEFINE_integer("seed", 0, "NumPy seed of the weights and the data.")
-flags.DEFINE_string("note", None, "A line for the page (e.g. what else loaded the machine); kept in the results.")
-flags.DEFINE_string("worker", None, "Internal: run one TF variant and print JSON.")
-flags.DEFINE_string("npz", None, "Internal: the weights and data file of a worker.")
+
+
+def define_flags():
+    """The program's flags, defined when it runs (not on import: tests import this module in a process that
+    may also hold pipelines.flags_def, whose --eps, --lr, ... would then be defined twice)."""
+    flags.DEFINE_string("results", "docs/step_time.json", "Results JSON (rounds are appended; a rerun continues).")
+    flags.DEFINE_string("page", "docs/step_time.md", "Markdown page written from the results.")
+    flags.DEFINE_integer("rounds", 3, "Rounds in total (a rerun adds the missing ones).")
+    flags.DEFINE_integer("steps", 10, "Timed steps per variant per round.")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, allocation).")
+    flags.DEFINE_integer("batch_size", 128, "Batch size.")
+    flags.DEFINE_list("variants", "atmc,bare,bare_unrolled,bare_t2x1,torch", f"Variants, of {VARIANTS}.")
+    flags.DEFINE_string("torch_python", ".venv-torch/bin/python", "Python of the PyTorch environment.")
+    flags.DEFINE_float("eps", 0.1, "L_inf radius.")
+    flags.DEFINE_integer("pgd_steps", 7, "PGD steps.")
+    flags.DEFINE_float("keep", 0.01, "Fraction of the kernel weights the top-k projection keeps.")
+    flags.DEFINE_float("lr", 0.01, "SGD learning rate (momentum 0.9).")
+    flags.DEFINE_integer("seed", 0, "NumPy seed of the weights and the data.")
+    flags.DEFINE_string("note", None, "A line for the page (e.g. what else loaded the machine); kept in the results.")
+    flags.DEFINE_string("worker", None, "Internal: run one TF variant and print JSON.")
+    flags.DEFINE_string("npz", None, "Internal: the weights and data file of a worker.")
+
 
 SHAPES = {"conv1": ((5, 5, 1, 20), 20), "conv2": ((5, 5, 20, 50), 50), "fc1": ((7 * 7 * 50, 500), 500),
           "logits": ((500, 10), 10)}
@@ -343,4 +349,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

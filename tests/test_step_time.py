@@ -49,3 +49,18 @@ def test_render_ratio_to_torch():
     text = step_time.render(res, "r.json")
     assert "| atmc | 1.3000 | 1.083 | 1.300 |" in text  # medians 1.3 / 1.2 / 1.0
     assert "PyTorch was not run" not in text
+
+
+def test_importing_every_program_together_defines_no_flag_twice():
+    """Tests import benchmark and pipeline modules into one pytest process (pytest-xdist puts any two files
+    on one worker): a program defines its absl flags when it runs, or under names no other module uses.
+    benchmarks.step_time once defined --eps on import and broke six pipeline tests that shared its worker."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    mods = ["benchmarks.step_time", "benchmarks.gan_benchmark", "pipelines.gan", "pipelines.flags_def",
+            "benchmarks.benchmark", "pipelines.atmc", "pipelines.check_tflite"]
+    r = subprocess.run([sys.executable, "-c", "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)",
+                        *mods], cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
