@@ -86,10 +86,8 @@ def settings():
 
 
 def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    from atmc_tf.export import atomic
+    atomic.write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 # --- MAC target -> channel budget -------------------------------------------------------------

@@ -222,6 +222,7 @@ def run(cfg, results_path, page_path, rounds, torch_python, command="python -m b
         run_variant=None, note=None):
     """Adds rounds to results_path until there are `rounds`, then writes the page. run_variant(variant, cfg,
     npz, torch_python) -> the worker's dict; default: the variant's subprocess."""
+    from atmc_tf.export import atomic
     run_variant = run_variant or _run_variant
     if os.path.exists(results_path):
         with open(results_path) as f:
@@ -253,8 +254,7 @@ def run(cfg, results_path, page_path, rounds, torch_python, command="python -m b
                 rnd["results"][v] = run_variant(v, cfg, npz, torch_python)
                 print(f"round {r} {v}: median {rnd['results'][v]['median_s']:.4f} s/step", flush=True)
             res["rounds"].append(rnd)
-            with open(results_path, "w") as f:
-                json.dump(res, f, indent=1)
+            atomic.write_text_atomic(results_path, json.dumps(res, indent=1))  # a kill keeps the last round
     finally:
         os.remove(npz)
     with open(page_path, "w") as f:

@@ -90,10 +90,8 @@ def _done(stage):
 
 
 def _finish(stage, facts):
-    tmp = _path(stage, "done.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(facts, fh, indent=1)
-    os.replace(tmp, _path(stage, "done.json"))
+    from atmc_tf.export import atomic
+    atomic.write_text_atomic(_path(stage, "done.json"), json.dumps(facts, indent=1))
     return facts
 
 
