@@ -316,6 +316,11 @@ def render(res, results_name):
         vs_bare = f"{med[v] / med['bare']:.3f}" if "bare" in med else "-"
         vs_torch = f"{med[v] / med['torch']:.3f}" if "torch" in med else "not run"
         L.append(f"| {v} | {med[v]:.4f} | {vs_bare} | {vs_torch} |")
+    if "atmc" in med and "torch" in med:
+        ratio = med["atmc"] / med["torch"]
+        L += ["", f"Target (issue 22): atmc_tf's step <= 1.0x PyTorch's on this machine: "
+              f"**{'MET' if ratio <= 1.0 else 'NOT MET'}**, atmc / torch = {ratio:.3f} (medians over "
+              f"{len(res['rounds'])} rounds)."]
     losses = {v: res["rounds"][0]["results"][v]["initial_clean_loss"] for v in res["rounds"][0]["results"]}
     L += ["", "Clean loss of the initial weights on the first batch (same function on every side): " +
           ", ".join(f"{v} {l:.5f}" for v, l in losses.items()) + ".", ""]

@@ -48,6 +48,7 @@ def test_render_ratio_to_torch():
                       for i, (a, b, t) in enumerate([(1.3, 1.2, 1.0), (1.5, 1.4, 0.9), (1.2, 1.1, 1.1)])]}
     text = step_time.render(res, "r.json")
     assert "| atmc | 1.3000 | 1.083 | 1.300 |" in text  # medians 1.3 / 1.2 / 1.0
+    assert "**NOT MET**, atmc / torch = 1.300" in text
     assert "PyTorch was not run" not in text
 
 
