@@ -5,6 +5,7 @@ documents from <workdir>/results.json in a second. Every number in the
 documents comes from results.json; a target whose cells are missing is
 NOT RUN YET, never estimated.
 """
+import json
 import math
 import os
 
@@ -226,7 +227,7 @@ def targets(results):
         missing.append("timing")
     out.append({"id": "T6", "target": "time per ATMC training step / time per bare PGD-AT step (same attack) <= 1.10",
                 "status": _verdict(checks, missing), "evidence": [t for _, t in checks], "missing": missing})
-    return out
+    return out + attack_targets(results)
 
 
 # --- against the paper ---------------------------------------------------------------------
@@ -385,6 +386,102 @@ def _lamp_lines(results):
     return L
 
 
+# --- attacks as reviewers run them (issue 18) --------------------------------------------------
+
+def _cell_keys(results):
+    cells = results.get("cells", {})
+    keys = ["da", "da_more"] + [cell_key(m, r) for r in _ratios(results) for m in _methods(results) if m != "da"]
+    keys += [k for k in cells if k.startswith("tfmot@") and k not in keys]
+    return [k for k in keys if cells.get(k, {}).get("status") == "done"]
+
+
+def attack_checks(results):
+    """Issue 18's two targets per attacked cell: (worst, direct) lists of (key, ok, text); the cells
+    not attacked yet. worst: the Keras per-example worst case of PGD, APGD-CE and APGD-DLR within 2 points of
+    the cell's PGD figure (no masking); direct: the .tflite under attacks on itself (its fake-quant twin's PGD
+    and Square, first n images) within 2 points of the Keras worst case on the same images (TFMOT: its
+    tf_keras model's PGD figure)."""
+    worst, direct, missing = [], [], []
+    for key in _cell_keys(results):
+        c = results["cells"][key]
+        a = c.get("attacks")
+        if not a:
+            missing.append(key)
+            continue
+        if a.get("keras_worst_case") is not None:
+            d = a["keras_worst_case"] - c["robust_acc"]
+            worst.append((key, d >= -0.02 - 1e-9, f"{key}: worst case {_pct(a['keras_worst_case'])}% vs PGD "
+                                                   f"{_pct(c['robust_acc'])}%: {_pts(d)}"))
+        fn = a["first_n"]
+        ref = fn.get("keras_worst_case", c["robust_acc"])
+        d = fn["tflite_direct"] - ref
+        direct.append((key, abs(d) <= 0.02 + 1e-9, f"{key}: .tflite direct {_pct(fn['tflite_direct'])}% vs Keras "
+                                                    f"{_pct(ref)}%: {_pts(d)}"))
+    return worst, direct, missing
+
+
+def attack_targets(results):
+    worst, direct, missing = attack_checks(results)
+    out = []
+    for tid, checks, text in (
+            ("T7", worst, "every cell: the per-example worst case of PGD, APGD-CE and APGD-DLR within 2 points of "
+                          "its PGD figure (no gradient masking)"),
+            ("T8", direct, "every cell: the int8 .tflite attacked directly (its fake-quant twin's PGD and Square "
+                           "Attack on the file) within 2 points of the Keras worst case, same images")):
+        bad = [t for _, ok, t in checks if not ok]
+        out.append({"id": tid, "target": text, "status": _verdict([(ok, t) for _, ok, t in checks], missing),
+                    "evidence": (["outside 2 points: " + "; ".join(bad)] if bad else [])
+                    + [f"{sum(ok for _, ok, _ in checks)} of {len(checks)} attacked cells within 2 points"],
+                    "missing": missing})
+    return out
+
+
+def _attack_lines(results):
+    shown = [(k, results["cells"][k]) for k in _cell_keys(results) if results["cells"][k].get("attacks")]
+    if not shown:
+        return ["NOT RUN YET: `python -m benchmarks.benchmark --attacks_only` (the run's flags) attacks the "
+                "finished cells from their saved models.", ""]
+    st = shown[0][1]["attacks"]["settings"]
+    pgd = f"PGD-{st['eval_pgd_steps']}x{st['eval_restarts']}"
+    L = [f"Evaluation only, from each cell's saved model and int8 .tflite (`benchmarks/bench_attacks.py`), "
+         f"eps {st['eps']:g}. Keras, white box, the whole test split: {pgd} (the cell's attack, crafted again), "
+         f"APGD-CE and APGD-DLR ({st['apgd_steps']} steps, 1 restart each; Croce and Hein 2020) and per example the "
+         "worst case of the three (correct clean and under every attack, RobustBench's rule). The .tflite: the "
+         f"three attacks' images transferred; {pgd} crafted through the file's fake-quant float twin "
+         "(`atmc_tf.export.twin`: the file's own int8 scales, white box on the deployed arithmetic); Square Attack "
+         f"(score-based, LiteRT in the loop, {st['square_queries']} queries) on the first {st['square_n']} test "
+         "images; worst case = per example over all of them. Direct = clean, twin PGD and Square together: the "
+         "attacks on the file itself, on the first-n images, next to the Keras worst case on the same images.", "",
+         f"| cell | {pgd} (cell) | {pgd} again | APGD-CE | APGD-DLR | **worst case** (Keras) | worst - cell PGD | "
+         f".tflite transfer (worst of 3) | .tflite twin {pgd} | **.tflite worst case** | Square (queries mean) | "
+         "first n: Keras worst | first n: .tflite direct | direct - Keras | seconds |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, c in shown:
+        a = c["attacks"]
+        ke, t, fn = a.get("keras", {}), a["tflite"], a["first_n"]
+        trans = [t[n] for n in t if n.startswith("transfer ")]
+        ref = fn.get("keras_worst_case", c["robust_acc"])
+        kw = a.get("keras_worst_case")
+        L.append(f"| {k} | {_pct(c['robust_acc'])} | {_pct(ke.get('pgd'))} | {_pct(ke.get('apgd-ce'))} | "
+                 f"{_pct(ke.get('apgd-dlr'))} | **{_pct(kw)}** | "
+                 f"{'-' if kw is None else _pts(kw - c['robust_acc'])} | {_pct(min(trans)) if trans else '-'} | "
+                 f"{_pct(t['twin pgd'])} | **{_pct(a['tflite_worst_case'])}** | {_pct(a['square']['acc'])} "
+                 f"({a['square']['queries_mean']:.0f}) | {_pct(fn.get('keras_worst_case'))} | "
+                 f"{_pct(fn['tflite_direct'])} | {_pts(fn['tflite_direct'] - ref)} | {a['seconds']:.0f} |")
+    other = sorted({json.dumps(c["attacks"]["settings"], sort_keys=True) for _, c in shown})
+    if len(other) > 1:
+        L += ["", f"Cells attacked with different settings: {'; '.join(other)}."]
+    agree = [c["attacks"]["twin_agreement"] for _, c in shown]
+    L += ["", f"The twin's top-1 equals LiteRT's on {_pct(min(agree))}-{_pct(max(agree))}% of the clean test "
+          "images (cells above). TFMOT cells have no Keras model in this process: their reference is their tf_keras "
+          f"model's {pgd} figure. Re-run: `python -m benchmarks.benchmark --attacks_only` with the run's flags "
+          f"(cells attacked with other `--apgd_steps/--square_n/--square_queries` are attacked again).", ""]
+    missing = [k for k in _cell_keys(results) if not results["cells"][k].get("attacks")]
+    if missing:
+        L += [f"Not attacked yet: {', '.join(missing)}.", ""]
+    return L
+
+
 # --- device bytes (issue 17) -----------------------------------------------------------------
 
 _OP_SHORT = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "FULLY_CONNECTED": "fc"}
@@ -399,10 +496,7 @@ def _encodings(c):
 
 
 def _device_lines(results):
-    cells = results.get("cells", {})
-    keys = ["da", "da_more"] + [cell_key(m, r) for r in _ratios(results) for m in _methods(results) if m != "da"]
-    keys += [k for k in cells if k.startswith("tfmot@") and k not in keys]
-    shown = [(k, cells[k]) for k in keys if cells.get(k, {}).get("status") == "done"]
+    shown = [(k, results["cells"][k]) for k in _cell_keys(results)]
     if not shown:
         return ["NOT RUN YET.", ""]
     L = ["What the device stores. The int8 .tflite stores every kernel dense (int8 bytes = the `.tflite bytes` "
@@ -717,6 +811,8 @@ def markdown(results, png_name="benchmark_tradeoff.png", notes="."):
                   f"size); why that can happen: [al0_is_ap.md]({notes}/al0_is_ap.md).", ""]
     L += ["## Against the paper", ""] + _order_lines(results)
     L += ["## At equal shipped size", ""] + _shipped_lines(results)
+    L += ["## Attacks as reviewers run them: APGD, worst case, the .tflite attacked directly", ""] + \
+        _attack_lines(results)
     L += ["## Device bytes: LiteRT and TFLite Micro flash", ""] + _device_lines(results)
     L += ["## Magnitude vs LAMP scoring of the global L0 budget", ""] + _lamp_lines(results)
     # PGD-100

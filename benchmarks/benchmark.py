@@ -74,6 +74,12 @@ flags.DEFINE_integer("resnet_reps", 3, "Timed repetitions (median) of each ResNe
 flags.DEFINE_bool("resnet_pgd_step", True, "Also time one PGD adversarial training step of ResNet-50.")
 flags.DEFINE_bool("retime", False, "Measure the step-time ratio and the ResNet-50-size cost again (after a change "
                   "to the constraint code); the cells are kept, the old figures move to timing_history.")
+flags.DEFINE_integer("apgd_steps", 100, "Steps of APGD-CE and of APGD-DLR (one restart each; AutoAttack's standard 100) "
+                     "in every cell's attack evaluation (issue 18).")
+flags.DEFINE_integer("square_n", 1000, "Square Attack on the int8 .tflite runs on the first N test images (LiteRT in "
+                     "the loop: every query is an interpreter call).")
+flags.DEFINE_bool("attacks_only", False, "Only attack the finished cells (APGD-CE/DLR, worst case, the .tflite's twin "
+                  "and Square) where that is missing or was measured with other attack settings; nothing trained.")
 flags.DEFINE_bool("remeasure_device_bytes", False, "Only fill in the device bytes (TFLite Micro flash: the batch-1 "
                   "int8 model, LUT-compressed) of finished cells recorded without them, from each cell's saved "
                   "model (TFMOT: its .tflite), then re-render; give the run's own flags. Nothing is trained.")
@@ -85,20 +91,23 @@ flags.DEFINE_string("docs_dir", None, "Where BENCHMARKS.md and the PNG go (defau
 # conv1 with 9 of its 500 weights (measured: docs/why_sgd.md).
 for _name, _value in dict(dataset="fashion_mnist", model="lenet", workdir="runs/bench", eval_restarts=5,
                           da_epochs=12, batch_size=128, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
-                          da_lr=0.05, lr=0.01, verbose=2).items():
+                          da_lr=0.05, lr=0.01, verbose=2, square_queries=5000).items():
     F.set_default(_name, _value)
 
 QUICK = dict(limit_train=600, limit_test=200, da_epochs=1, pgd_steps=2, eval_pgd_steps=3, eval_restarts=1,
              ratios=["0.01"], methods=["da", "ap", "atmc8"], compress_epochs=3, da_lr_grid=["0.05"],
              lr_grid=["0.01"], tune_train=300, tune_val=60, tune_da_epochs=1, tune_compress_epochs=3,
              tfmot_prune_epochs=1, tfmot_qat_epochs=1, tfmot_search_iters=4, pgd100_steps=5, pgd100_restarts=1,
-             timing_steps=5, timing_rounds=2, resnet=False, workdir="runs/bench_quick", verbose=0)
+             timing_steps=5, timing_rounds=2, resnet=False, apgd_steps=3, square_n=40, square_queries=20,
+             workdir="runs/bench_quick", verbose=0)
 # Flags of pipelines.atmc that the benchmark sets per cell itself.
 PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bits_enabled", "factorization",
                  "rank", "al0_epochs", "atmc32_epochs", "atmcb_epochs", "finetune_epochs", "micro_samples", "plot_eps",
                  "model_file", "strategy")
 # Settings that may change between a run and its resume (cells are keyed by method and ratio).
-RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "remeasure_device_bytes", "ratios", "methods", "tfmot",
+# The attack settings (a cell records its own and is attacked again when they change) may too.
+RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "remeasure_device_bytes", "attacks_only", "apgd_steps",
+              "square_n", "square_queries", "ratios", "methods", "tfmot",
               "workdir", "timing_steps", "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps",
               "resnet_pgd_step",
               "pgd100_steps", "pgd100_restarts", "tfmot_search_iters")
@@ -111,7 +120,8 @@ LAMP = {"al0_lamp": "al0", "atmc8_lamp": "atmc8"}
 BENCH_FLAGS = ("quick", "ratios", "methods", "compress_epochs", "tune", "da_lr_grid", "lr_grid", "tune_train",
                "tune_val", "tune_da_epochs", "tune_compress_epochs", "tfmot", "tfmot_prune_epochs",
                "tfmot_qat_epochs", "tfmot_search_iters", "pgd100_steps", "pgd100_restarts", "timing_steps",
-               "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step")
+               "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step", "apgd_steps",
+               "square_n")
 
 
 def _now():
@@ -151,7 +161,7 @@ def settings_from_flags():
                         ("tune_compress_epochs", 3), ("tfmot_prune_epochs", 0), ("tfmot_qat_epochs", 0),
                         ("tfmot_search_iters", 1), ("pgd100_steps", 1), ("pgd100_restarts", 1),
                         ("timing_steps", 1), ("timing_rounds", 1), ("resnet_input", 32), ("resnet_batch", 1),
-                        ("resnet_reps", 1)):
+                        ("resnet_reps", 1), ("apgd_steps", 1), ("square_n", 1)):
         if F[name].value < least:
             fail(f"--{name} must be >= {least}")
     if F.tfmot and F.model not in ("lenet", "mlp"):
@@ -413,6 +423,7 @@ class Benchmark:
             self._record("da", "da", None, self.da_plain, size, [da_res], self.cfg.da_lr, None,
                          os.path.join(self.root, "da", "model.keras"))
         self.fill_device_bytes()  # cells of a run resumed across the device-bytes change
+        self.fill_attacks()  # ... and across the attacks of issue 18
         self.timing()
         self.tune_compression()
         self.da_more_cell()
@@ -447,6 +458,7 @@ class Benchmark:
         cell = self._cell(method, ratio, ev, size, stage_results, lr, k, model_file) | extra
         self.res.set(key, cell, cell=True)
         self._log_cell(key)
+        self.fill_attacks(only=key)
 
     def _log_cell(self, key):
         c = self.res.cell(key)
@@ -624,6 +636,7 @@ class Benchmark:
         cell.update(self._tfmot_device_bytes(cell, d))
         self.res.set(key, cell, cell=True)
         self._log_cell(key)
+        self.fill_attacks(only=key)
 
     @staticmethod
     def _tfmot_device_bytes(cell, out_dir):
@@ -667,6 +680,48 @@ class Benchmark:
             logging.info("cell %s: TFLM %s B (batch-1 %s B), phone %s B (%s)", key, c.get("tflm_bytes"),
                          c.get("tflm_b1_bytes"), c.get("phone_bytes"), c.get("phone_file"))
             gc.collect()
+
+    def fill_attacks(self, only=None):
+        """The attacks of issue 18 (benchmarks.bench_attacks) on each finished cell (`only`: that cell) that
+        lacks them or was attacked with other settings, from its saved model and int8 .tflite; evaluation only.
+        A failure is recorded (attacks_error), never fatal."""
+        import keras
+
+        from atmc_tf.layers import strip_model
+        from benchmarks import bench_attacks
+        settings = bench_attacks.attack_settings(self.cfg, self.b)
+        for key, c in list(self.res["cells"].items()):
+            if (only and key != only) or c.get("status") != "done" or (c.get("attacks") or {}).get(
+                    "settings") == settings:
+                continue
+            tfmot = c["method"] == "tfmot"
+            if not tfmot and not os.path.exists(c.get("model_file") or ""):
+                logging.warning("cell %s: its model %s is gone; it is not attacked", key, c.get("model_file"))
+                continue
+            logging.info("cell %s: APGD-CE/DLR, worst case, twin and Square on the .tflite", key)
+            try:
+                plain = None if tfmot else strip_model(keras.models.load_model(c["model_file"]))
+                tfl = _read_or_export(c.get("tflite_file"), plain, self.rep_x, self.cfg.verbose)
+                fields = {"attacks": bench_attacks.attack_fields(self.cfg, settings, tfl, self.data, plain)}
+            except Exception as err:  # noqa: BLE001
+                logging.exception("attacks on %s failed", key)
+                fields = {"attacks": None, "attacks_error": f"{type(err).__name__}: {err}"}
+            c = {k: v for k, v in c.items() if k != "attacks_error"} | fields
+            self.res.set(key, c, cell=True)
+            a = c.get("attacks")
+            if a:
+                logging.info("cell %s: worst case Keras %s, .tflite %s; Square %.4f (%d images, %.0f queries mean); "
+                             "%.0f s", key, a.get("keras_worst_case", "n/a"), a["tflite_worst_case"],
+                             a["square"]["acc"], a["square"]["n"], a["square"]["queries_mean"], a["seconds"])
+            gc.collect()
+
+    def attack_cells(self):
+        """--attacks_only: attack the finished cells, nothing trained."""
+        from pipelines import stages
+        self.data = stages.load_data(self.cfg)
+        self.rep_x = self.data.x_train[:300]
+        self.fill_attacks()
+        self.res.save()
 
     def remeasure(self):
         """--remeasure_device_bytes: only the missing device bytes, nothing trained."""
@@ -776,6 +831,8 @@ def main(argv):
     try:
         if F.remeasure_device_bytes:
             Benchmark(cfg, bench, res).remeasure()
+        elif F.attacks_only:
+            Benchmark(cfg, bench, res).attack_cells()
         else:
             Benchmark(cfg, bench, res).run()
     except (DataError, UsageError) as err:

@@ -84,6 +84,24 @@ def test_quick_results_have_every_field(quick):
         assert c["phone_file"] in ("int8", "int4", "sparse") and c["phone_bytes"] <= c["tflite_bytes"], c
         assert (c["phone_file"] == "int8") == (c["phone_bytes"] == c["tflite_bytes"])
     assert "phone_bytes" not in t  # TFMOT's cell: its own tf_keras file, not re-chosen
+    # issue 18: every cell attacked as reviewers do, with the --quick attack settings
+    for key, c in cells.items():
+        a = c["attacks"]
+        assert a["settings"] == {"apgd_steps": 3, "square_n": 40, "square_queries": 20, "eps": 0.1,
+                                 "eval_pgd_steps": 3, "eval_restarts": 1, "seed": 0}, key
+        assert a["n"] == 200 and a["square"]["n"] == 40 and 1 <= a["square"]["queries_mean"] <= 20, key
+        assert a["tflite"]["clean"] == pytest.approx(c["tflite_clean_acc"]), key
+        # a worst case is never above any of its attacks, nor above clean
+        assert a["tflite_worst_case"] <= min(a["tflite"].values()) + 1e-12, key
+        assert a["first_n"]["tflite_direct"] <= a["square"]["acc"] + 1e-12, key
+        if c["method"] == "tfmot":  # a tf_keras model: the attacks on its .tflite only
+            assert "keras" not in a and set(a["tflite"]) == {"clean", "twin pgd"}, a
+            continue
+        assert set(a["keras"]) == {"clean", "pgd", "apgd-ce", "apgd-dlr"}, key
+        assert a["keras_worst_case"] <= min(a["keras"].values()) + 1e-12, key
+        assert a["keras"]["clean"] == pytest.approx(c["clean_acc"]), key
+        assert {"transfer pgd", "transfer apgd-ce", "transfer apgd-dlr", "twin pgd"} <= set(a["tflite"]), key
+        assert a["twin_agreement"] >= 0.9, (key, a["twin_agreement"])
 
 
 @pytest.mark.slow
@@ -94,8 +112,12 @@ def test_quick_docs_written_and_marked_as_smoke_test(quick):
     assert res["meta"]["command"] in md
     assert res["meta"]["machine"]["cpu_model"] in md
     assert "tensorflow 2." in md
-    for t in ("T1", "T2", "T3", "T4", "T5", "T6"):
+    for t in ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8"):
         assert f"| {t} |" in md
+    attacks = md.split("## Attacks as reviewers run them")[1].split("\n## ")[0]
+    for key in res["cells"]:
+        assert f"| {key} | " in attacks, key
+    assert "Not attacked yet" not in attacks
     assert "### size ratio 0.01" in md and "| ATMC-8 | " in md and "TFMOT prune+QAT" in md
     assert "| TFLM bytes |" in md and f"{res['cells']['atmc8@0.01']['tflm_bytes']:,}" in md
     lamp = md.split("## Magnitude vs LAMP scoring")[1].split("\n## ")[0]  # the quick run has no LAMP cells
@@ -149,6 +171,37 @@ def test_remeasure_device_bytes_fills_cells_recorded_without_them(quick, tmp_pat
         assert after["cells"][key]["device_bytes_remeasured"]
         assert after["cells"][key].get("phone_bytes") == c.get("phone_bytes"), key
     assert f"TFLM {res['cells']['atmc8@0.01']['tflm_bytes']} B" in r.stdout
+
+
+@pytest.mark.slow
+def test_attacks_only_attacks_again_when_the_attack_settings_change(quick, tmp_path):
+    """--attacks_only trains nothing; cells attacked with the same settings are left alone, a changed query
+    budget attacks every cell again, and a cell recorded before the attacks existed gets them."""
+    wd, _, res, _ = quick
+    old = json.loads(json.dumps(res))
+    del old["cells"]["ap@0.01"]["attacks"]
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "results.json").write_text(json.dumps(old))
+    assert "Not attacked yet: ap@0.01" in R.markdown(old)
+    r = run_bench("--quick", f"--workdir={tmp_path / 'wd'}", f"--docs_dir={tmp_path / 'docs'}", "--attacks_only",
+                  timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ": training (lr" not in r.stderr
+    with open(tmp_path / "wd" / "results.json") as fh:
+        after = json.load(fh)
+    for key, c in res["cells"].items():
+        if key != "ap@0.01":
+            assert after["cells"][key]["attacks"] == c["attacks"], key  # same settings: not attacked again
+    assert after["cells"]["ap@0.01"]["attacks"]["settings"] == res["cells"]["ap@0.01"]["attacks"]["settings"]
+    r = run_bench("--quick", f"--workdir={tmp_path / 'wd'}", f"--docs_dir={tmp_path / 'docs'}", "--attacks_only",
+                  "--square_queries=6", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(tmp_path / "wd" / "results.json") as fh:
+        again = json.load(fh)
+    for key, c in again["cells"].items():
+        assert c["attacks"]["settings"]["square_queries"] == 6 and c["attacks"]["square"]["queries_mean"] <= 6, key
+        assert c["finished"] == res["cells"][key]["finished"], key
+    assert "| T7 |" in (tmp_path / "docs" / "BENCHMARKS.md").read_text()
 
 
 @pytest.mark.slow
@@ -306,6 +359,38 @@ def test_targets_t4_t5_t6():
     assert _status(res, "T6") == R.NOT_MET
     res["timing"]["ratio_atmc4"] = 1.09
     assert _status(res, "T6") == R.MET
+
+
+def _attacked(cell, keras_worst, direct, keras_worst_n=None):
+    a = {"settings": {"apgd_steps": 100, "square_n": 1000, "square_queries": 5000, "eps": 0.1,
+                      "eval_pgd_steps": 20, "eval_restarts": 5, "seed": 0},
+         "n": 10000, "tflite": {"clean": 0.8, "twin pgd": direct}, "tflite_worst_case": direct,
+         "twin_agreement": 0.99, "square": {"n": 1000, "acc": direct, "queries_mean": 900.0, "queries_max": 5000},
+         "first_n": {"n": 1000, "tflite_direct": direct}, "seconds": 1.0}
+    if keras_worst is not None:
+        a.update(keras={"clean": 0.8, "pgd": cell["robust_acc"]}, keras_worst_case=keras_worst)
+        a["first_n"]["keras_worst_case"] = keras_worst if keras_worst_n is None else keras_worst_n
+    return {**cell, "attacks": a}
+
+
+def test_targets_t7_t8_attacks():
+    """T7: the worst case within 2 points below the cell's PGD figure; T8: the .tflite attacked directly within
+    2 points of the Keras worst case on the same images (TFMOT: its own PGD figure); cells not attacked keep
+    both NOT RUN YET."""
+    res = _results(ratios=(0.01,), methods=("da", "ap"), **{
+        "da": _attacked(_cell("da", None, 0.70), 0.69, 0.695),
+        "ap@0.01": _attacked(_cell("ap", 0.01, 0.60), 0.585, 0.60, keras_worst_n=0.59),
+        "tfmot@0.01": _attacked(_cell("tfmot", 0.01, 0.30), None, 0.29)})
+    assert _status(res, "T7") == R.MET and _status(res, "T8") == R.MET
+    res["cells"]["ap@0.01"]["attacks"]["keras_worst_case"] = 0.575  # 2.5 points below PGD: masking
+    assert _status(res, "T7") == R.NOT_MET and _status(res, "T8") == R.MET
+    res["cells"]["tfmot@0.01"]["attacks"]["first_n"]["tflite_direct"] = 0.27  # 3 points below its PGD figure
+    assert _status(res, "T8") == R.NOT_MET
+    res = _results(ratios=(0.01,), methods=("da",), da=_attacked(_cell("da", None, 0.7), 0.69, 0.69),
+                   **{"da_more": _cell("da_more", None, 0.71)})
+    assert _status(res, "T7") == R.NOT_RUN and _status(res, "T8") == R.NOT_RUN
+    md = "\n".join(R._attack_lines(res))
+    assert "Not attacked yet: da_more." in md and "| da | 70.0 | 70.0 | - | - | **69.0** | -1.0 pts |" in md
 
 
 def test_markdown_without_results_says_not_run_yet():
