@@ -38,7 +38,7 @@ def _worst(masks):
 def attack_fields(cfg, settings, tflite_bytes, data, keras_model=None):
     """The cell's "attacks" entry: accuracies (fractions) per attack and the per-example worst cases.
     keras_model None (TFMOT): the .tflite-side attacks only."""
-    from atmc_tf.attacks import APGDConfig, adversarial_examples
+    from atmc_tf.attacks import APGDConfig, adversarial_examples, per_class_accuracy
     from atmc_tf.export import LiteRTModel, fake_quant_twin, square_attack, twin_agreement, twin_attack
     from pipelines import stages
     t = time.time()
@@ -74,10 +74,14 @@ def attack_fields(cfg, settings, tflite_bytes, data, keras_model=None):
                       "queries_max": int(np.max(queries)), "budget": settings["square_queries"]},
            "first_n": {"n": n, "tflite_direct": float(direct.mean()),
                        "tflite_worst_case": float((lite_worst[:n] & square).mean())}}
+    per_class = lambda mask: [None if np.isnan(v) else float(v)  # noqa: E731
+                              for v in per_class_accuracy(mask, y, data.num_classes)]
+    out["per_class"] = {"tflite_clean": per_class(lite_ok["clean"]), "tflite_worst_case": per_class(lite_worst)}
     if keras_model is not None:
         keras_worst = _worst(keras_ok.values())
         out["keras"] = {k: float(v.mean()) for k, v in keras_ok.items()}
         out["keras_worst_case"] = float(keras_worst.mean())
         out["first_n"]["keras_worst_case"] = float(keras_worst[:n].mean())
+        out["per_class"]["keras_worst_case"] = per_class(keras_worst)
     out["seconds"] = time.time() - t
     return out

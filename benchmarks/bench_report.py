@@ -84,6 +84,17 @@ def _methods(results):
     return list(results.get("meta", {}).get("settings", {}).get("methods", METHODS))
 
 
+def _pgd_trained(results):
+    """The benchmark's plain cells (not the variants of issues 20-22: other attacks, objectives, activations)."""
+    return [c for c in results.get("cells", {}).values() if not c.get("variant")]
+
+
+def _variants(results, issue_key):
+    """The variant names of the finished or failed cells whose settings have `issue_key` (e.g. train_attack)."""
+    return list(dict.fromkeys(c["variant"] for c in results.get("cells", {}).values()
+                              if c.get("variant") and c.get(issue_key) not in (None, "off")))
+
+
 def _done(results, key):
     c = results.get("cells", {}).get(key)
     return c if c and c.get("status") == "done" else None
@@ -227,7 +238,8 @@ def targets(results):
         missing.append("timing")
     out.append({"id": "T6", "target": "time per ATMC training step / time per bare PGD-AT step (same attack) <= 1.10",
                 "status": _verdict(checks, missing), "evidence": [t for _, t in checks], "missing": missing})
-    return out + attack_targets(results)
+    more = [t for t in (fast_target(results), wta_target(results)) if t]
+    return out + attack_targets(results) + more + objective_targets(results)
 
 
 # --- against the paper ---------------------------------------------------------------------
@@ -292,7 +304,7 @@ def shipped_size(results, base="ap"):
     `base`'s .tflite robust accuracy is interpolated linearly in log(bytes) between its two finished cells
     that bracket the ATMC cell's size; outside `base`'s range there is no comparison (never extrapolated).
     """
-    cells = results.get("cells", {}).values()
+    cells = _pgd_trained(results)
     pts = sorted((c["tflite_gzip_bytes"], c["tflite_robust_acc"], c["ratio"]) for c in cells
                  if c.get("method") == base and c.get("status") == "done")
     out = []
@@ -391,7 +403,7 @@ def _lamp_lines(results):
 def _cell_keys(results):
     cells = results.get("cells", {})
     keys = ["da", "da_more"] + [cell_key(m, r) for r in _ratios(results) for m in _methods(results) if m != "da"]
-    keys += [k for k in cells if k.startswith("tfmot@") and k not in keys]
+    keys += [k for k in cells if (k.startswith("tfmot@") or "~" in k) and k not in keys]
     return [k for k in keys if cells.get(k, {}).get("status") == "done"]
 
 
@@ -482,6 +494,279 @@ def _attack_lines(results):
     return L
 
 
+# --- cheaper adversarial training (issue 22) ---------------------------------------------------
+
+FAST_LABELS = {"pgd": "PGD", "fgsm_rs": "FGSM-RS", "n_fgsm": "N-FGSM", "free": "free"}
+
+
+def _strongest(c):
+    """(robust accuracy under the strongest evaluation the cell has, its name): the Keras worst case of PGD,
+    APGD-CE and APGD-DLR once the cell is attacked, else its PGD figure."""
+    a = c.get("attacks") or {}
+    if a.get("keras_worst_case") is not None:
+        return a["keras_worst_case"], "worst case"
+    return c["robust_acc"], "PGD"
+
+
+def fast_rows(results):
+    """Per model (DA; ATMC-8 at the headline ratio) the PGD cell and each cheaper-attack cell: {model, attack,
+    cell, robust, how, seconds (ATMC-8: its DA's time included), ratio (seconds / the PGD cell's)}."""
+    attacks = [a for a in FAST_LABELS if a in _variants(results, "train_attack")]
+    a8 = cell_key("atmc8", HEADLINE_RATIO)
+    rows = []
+    for model, base in (("DA", "da"), (f"ATMC-8 @ {HEADLINE_RATIO:g}", a8)):
+        ref = None
+        for attack in ["pgd"] + attacks:
+            key = base if attack == "pgd" else f"{base}~{attack}"
+            c = _done(results, key)
+            row = {"model": model, "attack": attack, "key": key, "cell": c}
+            if c:
+                da = c if base == "da" else _done(results, "da" if attack == "pgd" else f"da~{attack}")
+                row["seconds"] = c["train_seconds"] + (0 if base == "da" else (da or {}).get("train_seconds", 0))
+                row["robust"], row["how"] = _strongest(c)
+                if attack == "pgd":
+                    ref = row
+                elif ref:
+                    row["ratio"] = row["seconds"] / ref["seconds"]
+                    row["gap"] = row["robust"] - ref["robust"]
+            rows.append(row)
+    return rows
+
+
+def fast_target(results):
+    if not _variants(results, "train_attack"):
+        return None
+    rows = [r for r in fast_rows(results) if r["attack"] != "pgd"]
+    checks, missing = [], []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model and "ratio" in r]
+        if not mine:
+            missing += [r["key"] for r in fast_rows(results) if r["model"] == model and not r["cell"]]
+            continue
+        ok = [r for r in mine if r["gap"] >= -0.01 - 1e-9 and r["ratio"] <= 1 / 3 + 1e-9]
+        best = max(mine, key=lambda r: (r["gap"] >= -0.01 - 1e-9, -r["ratio"]))
+        checks.append((bool(ok), f"{model}: " + "; ".join(
+            f"{FAST_LABELS[r['attack']]} {_pts(r['gap'])} at {r['ratio']:.2f}x the time" for r in mine)
+            + f" (best: {FAST_LABELS[best['attack']]})"))
+    return {"id": "T9", "target": "a cheaper training attack reaches PGD-7's robust accuracy (strongest evaluation) "
+                                 "within 1 point at <= 1/3 of its training time (DA; ATMC-8 with its DA)",
+            "status": _verdict(checks, missing), "evidence": [t for _, t in checks], "missing": missing}
+
+
+def _fast_lines(results):
+    if not _variants(results, "train_attack"):
+        return ["NOT RUN YET: `--variants=fgsm_rs,n_fgsm,free` trains these cells.", ""]
+    rows = fast_rows(results)
+    L = ["DA trained from scratch with each training attack (same epochs and learning rate as the PGD DA), then "
+         f"ATMC-8 at ratio {HEADLINE_RATIO:g} from that DA with the same attack (same chain as atmc8@0.01). "
+         "Robust = the strongest evaluation the cell has: the per-example worst case of PGD, APGD-CE and APGD-DLR "
+         "(the attacks section) once it is attacked, else PGD. Time = training wall clock; ATMC-8's includes its "
+         "DA's. The fast attacks are watched for catastrophic overfitting (the pipeline's guard: PGD accuracy "
+         "on validation images each epoch). Cells trained on different days share the machine with different "
+         "loads (load average when each cell finished): compare times with that in mind.", "",
+         "| model | training attack | clean % | robust % | (evaluation) | .tflite robust % (transfer) | train time | "
+         "time / PGD's | robust - PGD's | catastrophic overfitting | load at finish |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r["cell"]
+        if not c:
+            L.append(f"| {r['model']} | {FAST_LABELS[r['attack']]} | {NOT_RUN} | | | | | | | | |")
+            continue
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        gap = _pts(r["gap"]) if "gap" in r else "-"
+        co = "-" if r["attack"] == "pgd" else ("yes" if c.get("catastrophic_overfitting") else "no")
+        load = f"{c['loadavg_at_finish'][0]:.1f}" if c.get("loadavg_at_finish") else "-"
+        L.append(f"| {r['model']} | {FAST_LABELS[r['attack']]} | {_pct(c['clean_acc'])} | {_pct(r['robust'])} | "
+                 f"{r['how']} | {_pct(c['tflite_robust_acc'])} | {_secs(r['seconds'])} | {ratio} | {gap} | {co} "
+                 f"| {load} |")
+    L.append("")
+    return L
+
+
+# --- activation sparsity (issue 21) -----------------------------------------------------------
+
+def _act_robust(c):
+    """The robust figure of a cell with sparsity layers: the lowest of plain PGD, PGD through the BPDA surrogate
+    and (once attacked) the worst case; a plain cell: its strongest evaluation."""
+    figs = [_strongest(c)[0]]
+    pgd = (c.get("activation") or {}).get("pgd") or {}
+    figs += [pgd[k] for k in ("plain", "bpda") if isinstance(pgd.get(k), (int, float))]
+    return min(figs)
+
+
+def wta_rows(results):
+    names = _variants(results, "activation_sparsity")
+    rows = []
+    for model, base in (("DA", "da"), (f"ATMC-8 @ {HEADLINE_RATIO:g}", cell_key("atmc8", HEADLINE_RATIO))):
+        for name in [None] + names:
+            key = base if name is None else f"{base}~{name}"
+            c = _done(results, key)
+            row = {"model": model, "variant": name, "key": key, "cell": c}
+            if c:
+                act = c.get("activation") or {}
+                row["robust"] = _act_robust(c)
+                row["density"] = c.get("activation_density", 1.0)
+                row["macs"] = (act.get("macs") or {}).get("effective_adversarial")
+                row["dense_macs"] = (act.get("macs") or {}).get("dense")
+                row["latency"] = act.get("litert_latency_ms")
+            rows.append(row)
+    dense = next((r["dense_macs"] for r in rows if r.get("dense_macs")), None)
+    for r in rows:  # a cell without sparsity layers computes every MAC of the same architecture
+        if r["cell"] and r["variant"] is None:
+            r["macs"] = dense
+    return rows
+
+
+def wta_target(results):
+    if not _variants(results, "activation_sparsity"):
+        return None
+    rows = [r for r in wta_rows(results) if r["model"].startswith("ATMC-8")]
+    ref = rows[0]
+    checks, missing = [], [r["key"] for r in rows if not r["cell"]]
+    for r in rows[1:]:
+        if r["cell"] and ref["cell"] and r["macs"] and ref["macs"]:
+            ratio, d = r["macs"] / ref["macs"], r["robust"] - ref["robust"]
+            checks.append((ratio <= 0.3 + 1e-9 and d >= -0.02 - 1e-9,
+                           f"{r['key']}: effective MACs {ratio:.3f}x of ATMC-8's, robust {_pts(d)}"))
+    return {"id": "T10", "target": "ATMC-8 with activation sparsity: effective MACs (adversarial inputs) <= 0.3x of "
+                                   "ATMC-8 alone for at most 2 points of robust accuracy",
+            "status": MET if any(ok for ok, _ in checks) else _verdict(checks, missing),
+            "evidence": [t for _, t in checks], "missing": [] if any(ok for ok, _ in checks) else missing}
+
+
+def _wta_lines(results):
+    if not _variants(results, "activation_sparsity"):
+        return ["NOT RUN YET: `--variants=wta50,wta25` trains these cells.", ""]
+    L = ["Winners-take-all activations (DASNet; `--activation_sparsity=wta`) in DA (trained from scratch with the "
+         f"layers) and in ATMC-8 at ratio {HEADLINE_RATIO:g} from that DA. Robust = the lowest of plain PGD, PGD "
+         "through the layers' straight-through (BPDA) surrogate and, once attacked, the worst case of PGD / APGD-CE / "
+         "APGD-DLR: a top-k can mask gradients. Effective MACs: each Conv2D / Dense layer's MACs times its input's "
+         "density on PGD test images (attacks may densify activations); a cell without the layers computes all "
+         "of them. LiteRT latency: batch 1, 1 thread, median of 300, with the layers and the same weights "
+         "without them (LiteRT skips no zero: the masks cost time).", "",
+         "| model | WTA density | clean % | robust % | .tflite robust % | effective MACs | / no WTA | "
+         "LiteRT ms with / without | robust - no WTA |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = wta_rows(results)
+    for r in rows:
+        c = r["cell"]
+        if not c:
+            L.append(f"| {r['model']} | {r['variant'] or '-'} | {NOT_RUN} | | | | | | |")
+            continue
+        ref = next(x for x in rows if x["model"] == r["model"] and x["variant"] is None)
+        rel = f"{r['macs'] / ref['macs']:.3f}" if r["macs"] and ref.get("macs") else "-"
+        lat = r.get("latency") or {}
+        lat_s = f"{lat['with']:.3f} / {lat['without']:.3f}" if lat else "-"
+        gap = _pts(r["robust"] - ref["robust"]) if ref.get("cell") and r["variant"] else "-"
+        L.append(f"| {r['model']} | {r['density']:g} | {_pct(c['clean_acc'])} | {_pct(r['robust'])} | "
+                 f"{_pct(c['tflite_robust_acc'])} | {_bytes(r['macs'])} | {rel} | {lat_s} | {gap} |")
+    L.append("")
+    return L
+
+
+# --- training objectives (issue 20) -------------------------------------------------------------
+
+OBJ_RATIO = 0.003
+
+
+def _worst_class(c):
+    """(class, its .tflite worst-case robust accuracy) once the cell is attacked, else None."""
+    pc = ((c.get("attacks") or {}).get("per_class") or {}).get("tflite_worst_case")
+    if not pc:
+        return None
+    vals = [(v, i) for i, v in enumerate(pc) if v is not None]
+    v, i = min(vals)
+    return i, v
+
+
+def _lite_robust(c):
+    """The .tflite's robust figure: its worst case once attacked, else the transfer figure."""
+    a = c.get("attacks") or {}
+    return a.get("tflite_worst_case", c["tflite_robust_acc"])
+
+
+def objective_rows(results):
+    base = cell_key("atmc8", OBJ_RATIO)
+    rows = []
+    for name in [None] + _variants_of(results, ("distill", "class_feedback", "clean_target_drop"), base):
+        key = base if name is None else f"{base}~{name}"
+        rows.append({"variant": name, "key": key, "cell": _done(results, key)})
+    return rows
+
+
+def _variants_of(results, fields, base):
+    cells = results.get("cells", {})
+    return list(dict.fromkeys(c["variant"] for k, c in cells.items()
+                              if k.startswith(base + "~") and any(c.get(f) not in (None, "off") for f in fields)))
+
+
+def objective_targets(results):
+    rows = objective_rows(results)
+    if len(rows) == 1:
+        return []
+    ref = rows[0]["cell"]
+    out = []
+
+    def pick(pred):
+        return [r for r in rows[1:] if pred(r["cell"] or {})]
+    for tid, text, chosen, check in (
+            ("T11", f"robust distillation: ATMC-8 at {OBJ_RATIO:g} at least +2 points robust (.tflite) over the "
+                    "0.5/0.5 mix", pick(lambda c: c.get("distill") not in (None, "off")),
+             lambda c: (_lite_robust(c) - _lite_robust(ref) >= 0.02 - 1e-9,
+                        f"{_pts(_lite_robust(c) - _lite_robust(ref))} robust")),
+            ("T12", "class feedback: the worst class's robust accuracy (.tflite) +5 points for at most 1 point of "
+                    "average robust accuracy", pick(lambda c: c.get("class_feedback") not in (None, "off")),
+             lambda c: (_worst_class(c) is not None and _worst_class(ref) is not None
+                        and _worst_class(c)[1] - _worst_class(ref)[1] >= 0.05 - 1e-9
+                        and _lite_robust(c) - _lite_robust(ref) >= -0.01 - 1e-9,
+                        f"worst class {_pts((_worst_class(c) or (0, 0))[1] - (_worst_class(ref) or (0, 0))[1])}, "
+                        f"average {_pts(_lite_robust(c) - _lite_robust(ref))}")),
+            ("T13", "clean target: met on the test set within 0.5 points while robust accuracy (.tflite) is at least "
+                    "the 0.5/0.5 mix's", pick(lambda c: c.get("clean_target")),
+             lambda c: (1 - c["tflite_clean_acc"] <= c["clean_target"]["kappa"] + 0.005 + 1e-9
+                        and _lite_robust(c) >= _lite_robust(ref) - 1e-9,
+                        f"test clean error {_pct(1 - c['tflite_clean_acc'])}% vs target "
+                        f"{_pct(c['clean_target']['kappa'])}%, robust {_pts(_lite_robust(c) - _lite_robust(ref))}"))):
+        if not chosen:
+            continue
+        checks, missing = [], [r["key"] for r in chosen if not r["cell"]] + ([] if ref else [rows[0]["key"]])
+        for r in chosen:
+            if r["cell"] and ref:
+                ok, ev = check(r["cell"])
+                checks.append((ok, f"{r['key']}: {ev}"))
+        out.append({"id": tid, "target": text, "status": _verdict(checks, missing),
+                    "evidence": [t for _, t in checks], "missing": missing})
+    return out
+
+
+def _objective_lines(results):
+    rows = objective_rows(results)
+    if len(rows) == 1:
+        return ["NOT RUN YET: `--variants=ard,feedback,clean_target,objectives` (with ratio 0.003 in `--ratios`) "
+                "trains these cells.", ""]
+    L = [f"ATMC-8 at ratio {OBJ_RATIO:g} from the shared DA: the default 0.5 clean + 0.5 adversarial mix against "
+         "each training objective of issue 20 alone and all three together (robust distillation from the DA "
+         "model, `--distill=ard`; class feedback, `--class_feedback=reweight`; a clean target held by a "
+         "multiplier, `--clean_target_drop=0.02`: the clean error at most the DA's validation error + 2 points). "
+         ".tflite figures; robust = the .tflite worst case once attacked (else transfer PGD); worst class = the "
+         "class with the lowest .tflite worst-case accuracy.", "",
+         "| objective | clean % | robust % | worst class (robust %) | clean target (error) | time |",
+         "|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r["cell"]
+        label = "0.5/0.5 mix" if r["variant"] is None else r["variant"]
+        if not c:
+            L.append(f"| {label} | {NOT_RUN} | | | | |")
+            continue
+        wc = _worst_class(c)
+        worst = "-" if wc is None else f"{wc[0]} ({_pct(wc[1])})"
+        ct = c.get("clean_target")
+        target = "-" if not ct else f"<= {_pct(ct['kappa'])}%, test {_pct(1 - c['tflite_clean_acc'])}%"
+        L.append(f"| {label} | {_pct(c['tflite_clean_acc'])} | {_pct(_lite_robust(c))} | {worst} | {target} | "
+                 f"{_secs(c.get('train_seconds'))} |")
+    L.append("")
+    return L
+
+
 # --- device bytes (issue 17) -----------------------------------------------------------------
 
 _OP_SHORT = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "FULLY_CONNECTED": "fc"}
@@ -540,7 +825,7 @@ def plot_tradeoff(results, file):
     Top row: every method on the full 0-1 scale. Bottom row: the same panels zoomed on the adversarially
     trained methods (NAP and TFMOT, near chance under attack, left out), where their differences show.
     """
-    cells = [c for c in results.get("cells", {}).values() if c.get("status") == "done"]
+    cells = [c for c in _pgd_trained(results) if c.get("status") == "done"]
     fig, grid = plt.subplots(2, 4, figsize=(22, 9.6))
     da = _done(results, "da")
     more = _done(results, "da_more")
@@ -813,6 +1098,9 @@ def markdown(results, png_name="benchmark_tradeoff.png", notes="."):
     L += ["## At equal shipped size", ""] + _shipped_lines(results)
     L += ["## Attacks as reviewers run them: APGD, worst case, the .tflite attacked directly", ""] + \
         _attack_lines(results)
+    L += ["## Cheaper adversarial training: FGSM-RS, N-FGSM and free against PGD", ""] + _fast_lines(results)
+    L += ["## Activation sparsity (winners-take-all) with robustness", ""] + _wta_lines(results)
+    L += ["## Training objectives: distillation, class feedback, a clean target", ""] + _objective_lines(results)
     L += ["## Device bytes: LiteRT and TFLite Micro flash", ""] + _device_lines(results)
     L += ["## Magnitude vs LAMP scoring of the global L0 budget", ""] + _lamp_lines(results)
     # PGD-100

@@ -41,6 +41,41 @@ from pipelines.provenance import package_versions
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F = flags.FLAGS
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """Pipeline settings layered on the benchmark's cells (issues 20-22). own_da: a DA trained from scratch with
+    them (da~<name>; else the shared DA); cells: the (method, ratio) cells trained from that DA with them,
+    compared with the plain cells of the same (method, ratio)."""
+
+    overrides: dict
+    own_da: bool
+    cells: tuple
+    issue: int
+    label: str
+    doc: str
+
+
+_A8 = (("atmc8", 0.01),)
+VARIANTS = {
+    "fgsm_rs": Variant({"train_attack": "fgsm_rs"}, True, _A8, 22, "FGSM-RS", "DA and ATMC-8@0.01 trained with "
+                       "FGSM + random start (--train_attack=fgsm_rs)"),
+    "n_fgsm": Variant({"train_attack": "n_fgsm"}, True, _A8, 22, "N-FGSM", "... with N-FGSM"),
+    "free": Variant({"train_attack": "free"}, True, _A8, 22, "free", "... with free adversarial training"),
+    "wta50": Variant({"activation_sparsity": "wta", "activation_density": 0.5}, True, _A8, 21, "WTA 0.5",
+                     "DA and ATMC-8@0.01 with winners-take-all activations at density 0.5"),
+    "wta25": Variant({"activation_sparsity": "wta", "activation_density": 0.25}, True, _A8, 21, "WTA 0.25",
+                     "... at density 0.25"),
+    "ard": Variant({"distill": "ard"}, False, (("atmc8", 0.003),), 20, "ARD distillation",
+                   "ATMC-8@0.003 distilled from the shared DA (--distill=ard)"),
+    "feedback": Variant({"class_feedback": "reweight"}, False, (("atmc8", 0.003),), 20, "class feedback",
+                        "ATMC-8@0.003 with --class_feedback=reweight"),
+    "clean_target": Variant({"clean_target_drop": 0.02}, False, (("atmc8", 0.003),), 20, "clean target",
+                            "ATMC-8@0.003 with the clean error held at DA's + 2 points (--clean_target_drop=0.02)"),
+    "objectives": Variant({"distill": "ard", "class_feedback": "reweight", "clean_target_drop": 0.02}, False,
+                          (("atmc8", 0.003),), 20, "all three", "ATMC-8@0.003 with ard + feedback + clean target"),
+}
 flags.DEFINE_bool("quick", False, "Smoke-test settings (a few hundred images, one epoch per stage, tiny attacks, "
                   "ratio 0.01, DA/AP/ATMC-8, TFMOT 1+1 epochs): minutes, not the benchmark. Explicit flags win.")
 flags.DEFINE_bool("render_only", False, "Only render BENCHMARKS.md and the PNG from <workdir>/results.json or, "
@@ -80,6 +115,9 @@ flags.DEFINE_integer("square_n", 1000, "Square Attack on the int8 .tflite runs o
                      "the loop: every query is an interpreter call).")
 flags.DEFINE_bool("attacks_only", False, "Only attack the finished cells (APGD-CE/DLR, worst case, the .tflite's twin "
                   "and Square) where that is missing or was measured with other attack settings; nothing trained.")
+flags.DEFINE_list("variants", [], "Cells of the neighbouring methods against the plain PGD cells, each a set of "
+                  "pipeline settings: " + "; ".join(f"{k}: {v.doc}" for k, v in VARIANTS.items()) + ". Cell keys: "
+                  "<base>~<variant> (da~<variant> where the variant trains its own DA).")
 flags.DEFINE_bool("remeasure_device_bytes", False, "Only fill in the device bytes (TFLite Micro flash: the batch-1 "
                   "int8 model, LUT-compressed) of finished cells recorded without them, from each cell's saved "
                   "model (TFMOT: its .tflite), then re-render; give the run's own flags. Nothing is trained.")
@@ -99,6 +137,7 @@ QUICK = dict(limit_train=600, limit_test=200, da_epochs=1, pgd_steps=2, eval_pgd
              lr_grid=["0.01"], tune_train=300, tune_val=60, tune_da_epochs=1, tune_compress_epochs=3,
              tfmot_prune_epochs=1, tfmot_qat_epochs=1, tfmot_search_iters=4, pgd100_steps=5, pgd100_restarts=1,
              timing_steps=5, timing_rounds=2, resnet=False, apgd_steps=3, square_n=40, square_queries=20,
+             variants=["fgsm_rs"],
              workdir="runs/bench_quick", verbose=0)
 # Flags of pipelines.atmc that the benchmark sets per cell itself.
 PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bits_enabled", "factorization",
@@ -107,7 +146,7 @@ PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bit
 # Settings that may change between a run and its resume (cells are keyed by method and ratio).
 # The attack settings (a cell records its own and is attacked again when they change) may too.
 RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "remeasure_device_bytes", "attacks_only", "apgd_steps",
-              "square_n", "square_queries", "ratios", "methods", "tfmot",
+              "square_n", "square_queries", "variants", "ratios", "methods", "tfmot",
               "workdir", "timing_steps", "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps",
               "resnet_pgd_step",
               "pgd100_steps", "pgd100_restarts", "tfmot_search_iters")
@@ -121,7 +160,7 @@ BENCH_FLAGS = ("quick", "ratios", "methods", "compress_epochs", "tune", "da_lr_g
                "tune_val", "tune_da_epochs", "tune_compress_epochs", "tfmot", "tfmot_prune_epochs",
                "tfmot_qat_epochs", "tfmot_search_iters", "pgd100_steps", "pgd100_restarts", "timing_steps",
                "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step", "apgd_steps",
-               "square_n")
+               "square_n", "variants")
 
 
 def _now():
@@ -157,6 +196,10 @@ def settings_from_flags():
     if bad or not F.methods:
         fail(f"--methods must be among {', '.join(R.METHODS)}, got {','.join(F.methods)}")
     bench["methods"] = ["da"] + [m for m in R.METHODS if m in F.methods and m != "da"]
+    bad = [v for v in F.variants if v not in VARIANTS]
+    if bad:
+        fail(f"--variants must be among {', '.join(VARIANTS)}, got {','.join(F.variants)}")
+    bench["variants"] = [v for v in VARIANTS if v in F.variants]
     for name, least in (("compress_epochs", 3), ("tune_train", 1), ("tune_val", 1), ("tune_da_epochs", 1),
                         ("tune_compress_epochs", 3), ("tfmot_prune_epochs", 0), ("tfmot_qat_epochs", 0),
                         ("tfmot_search_iters", 1), ("pgd100_steps", 1), ("pgd100_restarts", 1),
@@ -439,6 +482,9 @@ class Benchmark:
                 self.tfmot_cell(ratio)
             if ratio == ordered[0]:
                 self.pgd100(ratio)
+        for name in self.b["variants"]:
+            self.variant_cells(name)
+            gc.collect()
         self.res.save()
 
     def _cell(self, method, ratio, ev, size, stage_results, lr, k, model_file):
@@ -450,11 +496,16 @@ class Benchmark:
                 "stages": [{k2: r[k2] for k2 in ("stage", "method", "epochs", "seconds")} | {
                     "val_clean_acc": _last(r.get("history", {}), "val_clean_acc"),
                     "val_adv_acc": _last(r.get("history", {}), "val_adv_acc")} for r in stage_results],
-                "model_file": model_file, "finished": _now()}
+                "model_file": model_file, "finished": _now(), "loadavg_at_finish": list(os.getloadavg())}
 
-    def _record(self, key, method, ratio, plain, size, stage_results, lr, k, model_file, **extra):
-        """Evaluate `plain` and its int8 .tflite (files in <workdir>/cells/<key>), store the cell, log it."""
+    def _record(self, key, method, ratio, plain, size, stage_results, lr, k, model_file, ccfg=None, **extra):
+        """Evaluate `plain` and its int8 .tflite (files in <workdir>/cells/<key>), store the cell, log it.
+        ccfg: the cell's own settings where they differ from the run's (a variant's): with activation sparsity
+        the cell also gets the pipeline's activation report (densities, effective MACs, BPDA PGD, latency)."""
+        from pipelines import stages
         ev = evaluate(self.cfg, plain, self.data, self.rep_x, os.path.join(self.root, "cells", key))
+        if ccfg is not None and stages.activation_sparsity(ccfg):
+            ev["activation"] = stages.activation_report(ccfg, plain, self.data)
         cell = self._cell(method, ratio, ev, size, stage_results, lr, k, model_file) | extra
         self.res.set(key, cell, cell=True)
         self._log_cell(key)
@@ -563,6 +614,46 @@ class Benchmark:
                                            "da", stages.dense_config(self.cfg), self.b["compress_epochs"], lr)
         self._record(key, key, None, plain, stages.size_summary(self.cfg, None, plain, None, None), [res], lr, None,
                      os.path.join(wd, key, "model.keras"))
+
+    def variant_cells(self, name):
+        """A variant's cells (VARIANTS): its own DA from scratch where it has one, then each of its compressed
+        cells from that DA (or the shared one), with the plain cell's epochs and learning rate."""
+        import keras
+
+        from atmc_tf.layers import strip_model
+        from pipelines import stages
+        v = VARIANTS[name]
+        da_plain, da_key = self.da_plain, "da"
+        extra = {"variant": name, **v.overrides}
+        if v.own_da:
+            da_key = f"da~{name}"
+            wd = os.path.join(self.root, "cells", da_key)
+            fcfg = dataclasses.replace(self.cfg, workdir=wd, **v.overrides)
+            if not self.res.done(da_key):
+                logging.info("cell %s: DA from scratch with %s", da_key, v.overrides)
+                plain, _, res = stages.dense_stage(fcfg, self.data)
+                self._record(da_key, "da", None, plain, stages.size_summary(fcfg, None, plain, None, None), [res],
+                             fcfg.da_lr, None, os.path.join(wd, "da", "model.keras"), ccfg=fcfg,
+                             catastrophic_overfitting=res.get("catastrophic_overfitting"), **extra)
+            da_plain = strip_model(keras.models.load_model(self.res.cell(da_key)["model_file"], safe_mode=True))
+        for method, ratio in v.cells:
+            key = f"{R.cell_key(method, ratio)}~{name}"
+            if self.res.done(key):
+                continue
+            lr = float(self.res["tuning"]["lr"][FAMILY[method]]["chosen"])
+            wd = os.path.join(self.root, "cells", key)
+            ccfg = dataclasses.replace(cell_cfg(self.cfg, wd, method, ratio, lr, self.b["compress_epochs"]),
+                                       **v.overrides)
+            logging.info("cell %s: %s from %s with %s (lr %g)", key, method, da_key, v.overrides, lr)
+            plain, net, results, scheme, k = train_method(ccfg, method, self.data, da_plain)
+            size = stages.size_summary(ccfg, net, plain, scheme, ccfg.bits)
+            target = stages.resolve_clean_target(ccfg, self.data, da_plain)  # None without one
+            self._record(key, method, ratio, plain, size, results, lr, k,
+                         os.path.join(wd, results[-1]["stage"], "model.keras"), ccfg=ccfg, bits=ccfg.bits,
+                         clean_target=target,
+                         quant_scheme=scheme, l0_scoring=ccfg.l0_scoring, from_da=da_key,
+                         catastrophic_overfitting=[r["catastrophic_overfitting"] for r in results
+                                                   if r.get("catastrophic_overfitting")] or None, **extra)
 
     def compressed_cell(self, method, ratio):
         from pipelines import stages

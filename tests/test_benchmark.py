@@ -43,7 +43,8 @@ def test_quick_results_have_every_field(quick):
     assert meta["machine"]["nproc"] >= 1 and meta["machine"]["cpu_model"]
     assert meta["started"] and res["updated"]
     cells = res["cells"]
-    assert set(cells) == {"da", "da_more", "ap@0.01", "atmc8@0.01", "tfmot@0.01"}, sorted(cells)
+    assert set(cells) == {"da", "da_more", "ap@0.01", "atmc8@0.01", "tfmot@0.01", "da~fgsm_rs",
+                          "atmc8@0.01~fgsm_rs"}, sorted(cells)
     for key, cell in cells.items():
         assert cell["status"] == "done", (key, cell)
         fields = R.TFMOT_FIELDS if cell["method"] == "tfmot" else R.CELL_FIELDS
@@ -84,6 +85,17 @@ def test_quick_results_have_every_field(quick):
         assert c["phone_file"] in ("int8", "int4", "sparse") and c["phone_bytes"] <= c["tflite_bytes"], c
         assert (c["phone_file"] == "int8") == (c["phone_bytes"] == c["tflite_bytes"])
     assert "phone_bytes" not in t  # TFMOT's cell: its own tf_keras file, not re-chosen
+    # issue 22: DA from scratch and ATMC-8 from it, trained with FGSM-RS (the stages say so), PGD cells untouched
+    for key in ("da~fgsm_rs", "atmc8@0.01~fgsm_rs"):
+        c = cells[key]
+        assert c["train_attack"] == "fgsm_rs" and "train_attack" not in cells[key.split("~")[0]], key
+        stage_dirs = [os.path.dirname(c["model_file"])] if key.startswith("da") else [
+            os.path.join(os.path.dirname(os.path.dirname(c["model_file"])), st["stage"]) for st in c["stages"]]
+        for d in stage_dirs:
+            with open(os.path.join(d, "result.json")) as fh:
+                assert json.load(fh)["train_attack"] == "fgsm_rs", d
+    assert cells["atmc8@0.01~fgsm_rs"]["paper_ratio"] <= 0.01 + 1e-9
+    assert cells["atmc8@0.01~fgsm_rs"]["kernel_code_mismatches"] == 0
     # issue 18: every cell attacked as reviewers do, with the --quick attack settings
     for key, c in cells.items():
         a = c["attacks"]
@@ -112,8 +124,10 @@ def test_quick_docs_written_and_marked_as_smoke_test(quick):
     assert res["meta"]["command"] in md
     assert res["meta"]["machine"]["cpu_model"] in md
     assert "tensorflow 2." in md
-    for t in ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8"):
+    for t in ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9"):
         assert f"| {t} |" in md
+    fast = md.split("## Cheaper adversarial training")[1].split("\n## ")[0]
+    assert "| DA | FGSM-RS |" in fast and "| ATMC-8 @ 0.01 | FGSM-RS |" in fast and "NOT RUN YET" not in fast
     attacks = md.split("## Attacks as reviewers run them")[1].split("\n## ")[0]
     for key in res["cells"]:
         assert f"| {key} | " in attacks, key
@@ -275,7 +289,7 @@ def test_identity_of_a_run_from_before_a_setting_existed():
 @pytest.mark.parametrize("flag,mentions", [
     ("--ratios=0", "--ratios"), ("--ratios=0.01,abc", "--ratios"), ("--methods=magic", "--methods"),
     ("--method=ap", "--method"), ("--size_ratio=0.1", "--size_ratio"), ("--compress_epochs=2", "--compress_epochs"),
-    ("--lr_grid=-1", "--lr_grid"), ("positional", "unexpected arguments")])
+    ("--lr_grid=-1", "--lr_grid"), ("--variants=pgd", "--variants"), ("positional", "unexpected arguments")])
 def test_bad_flags_exit_2(tmp_path, flag, mentions):
     r = run_bench(flag, f"--workdir={tmp_path / 'wd'}", f"--docs_dir={tmp_path / 'docs'}", timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
@@ -391,6 +405,75 @@ def test_targets_t7_t8_attacks():
     assert _status(res, "T7") == R.NOT_RUN and _status(res, "T8") == R.NOT_RUN
     md = "\n".join(R._attack_lines(res))
     assert "Not attacked yet: da_more." in md and "| da | 70.0 | 70.0 | - | - | **69.0** | -1.0 pts |" in md
+
+
+def test_target_t9_fast_training_attacks():
+    """T9: some cheaper attack within 1 point of PGD's robust accuracy (the worst case once attacked) at <= 1/3
+    of PGD's training time; ATMC-8's time includes its own DA's; absent without cheaper-attack cells."""
+    def cell(method, ratio, robust, seconds, attack=None):
+        return {**_cell(method, ratio, robust), "train_seconds": seconds,
+                **({"train_attack": attack, "variant": attack} if attack else {})}
+    res = _results(ratios=(0.01,), methods=("da", "atmc8"), **{
+        "da": cell("da", None, 0.70, 3000), "atmc8@0.01": cell("atmc8", 0.01, 0.66, 1200)})
+    assert "T9" not in [t["id"] for t in R.targets(res)]
+    res["cells"]["da~free"] = cell("da", None, 0.695, 900, "free")
+    res["cells"]["da~fgsm_rs"] = cell("da", None, 0.60, 500, "fgsm_rs")
+    assert _status(res, "T9") == R.NOT_RUN  # ATMC-8's cheaper cells missing
+    res["cells"]["atmc8@0.01~free"] = cell("atmc8", 0.01, 0.655, 300, "free")  # (900 + 300) / (3000 + 1200)
+    assert _status(res, "T9") == R.MET
+    row = next(r for r in R.fast_rows(res) if r["key"] == "atmc8@0.01~free")
+    assert row["seconds"] == 1200 and abs(row["ratio"] - 1200 / 4200) < 1e-12
+    res["cells"]["atmc8@0.01~free"] = _attacked(res["cells"]["atmc8@0.01~free"], 0.60, 0.60)  # the strongest counts
+    assert _status(res, "T9") == R.NOT_MET
+    assert "| ATMC-8 @ 0.01 | free |" in "\n".join(R._fast_lines(res))
+
+
+def test_target_t10_activation_sparsity():
+    """T10: some WTA variant of ATMC-8 at <= 0.3x its effective MACs (adversarial inputs; a cell without the
+    layers computes all of them) for at most 2 points of robust accuracy, the lowest of PGD and BPDA PGD."""
+    act = lambda macs, plain, bpda: {"macs": {"dense": 1000, "effective_adversarial": macs},  # noqa: E731
+                                     "pgd": {"plain": plain, "bpda": bpda},
+                                     "litert_latency_ms": {"with": 0.2, "without": 0.1}}
+    res = _results(ratios=(0.01,), methods=("da", "atmc8"), **{
+        "da": _cell("da", None, 0.70), "atmc8@0.01": _cell("atmc8", 0.01, 0.66),
+        "atmc8@0.01~wta25": {**_cell("atmc8", 0.01, 0.66), "variant": "wta25", "activation_sparsity": "wta",
+                             "activation_density": 0.25, "activation": act(250, 0.66, 0.65)}})
+    assert _status(res, "T10") == R.MET  # 0.25x the MACs, 1 point (BPDA) below
+    res["cells"]["atmc8@0.01~wta25"]["activation"] = act(250, 0.66, 0.63)  # BPDA finds 3 points more
+    assert _status(res, "T10") == R.NOT_MET
+    res["cells"]["atmc8@0.01~wta25"]["activation"] = act(350, 0.66, 0.66)  # 0.35x
+    assert _status(res, "T10") == R.NOT_MET
+    md = "\n".join(R._wta_lines(res))
+    assert "| ATMC-8 @ 0.01 | 0.25 | 80.0 | 66.0 | 66.0 | 350 | 0.350 | 0.200 / 0.100 | +0.0 pts |" in md
+    assert "| DA | wta25 | NOT RUN YET |" in md
+
+
+def test_targets_t11_t12_t13_objectives():
+    """Issue 20's targets against the plain ATMC-8 cell at 0.003 (.tflite figures; the worst case once attacked)."""
+    def _obj(results, tid):
+        return next(t["status"] for t in R.objective_targets(results) if t["id"] == tid)
+
+    def attacked(c, worst, per_class):
+        return {**c, "attacks": {"tflite_worst_case": worst, "per_class": {"tflite_worst_case": per_class}}}
+    base = attacked(_cell("atmc8", 0.003, 0.60), 0.58, [0.7, 0.3, 0.6])
+    res = _results(ratios=(0.003,), methods=("da", "atmc8"), **{
+        "atmc8@0.003": base,
+        "atmc8@0.003~ard": {**attacked(_cell("atmc8", 0.003, 0.62), 0.605, [0.7, 0.3, 0.6]), "variant": "ard",
+                            "distill": "ard"},
+        "atmc8@0.003~feedback": {**attacked(_cell("atmc8", 0.003, 0.60), 0.575, [0.6, 0.36, 0.6]),
+                                 "variant": "feedback", "class_feedback": "reweight"},
+        "atmc8@0.003~clean_target": {**attacked(_cell("atmc8", 0.003, 0.60, t_clean=0.895), 0.58, [0.7, 0.3, 0.6]),
+                                     "variant": "clean_target", "clean_target_drop": 0.02,
+                                     "clean_target": {"kappa": 0.10, "form": "error"}}})
+    assert _obj(res, "T11") == R.MET  # +2.5 points
+    assert _obj(res, "T12") == R.MET  # worst class (1) +6, average -0.5
+    assert _obj(res, "T13") == R.MET  # test error 10.5% vs 10% + 0.5, robust equal
+    res["cells"]["atmc8@0.003~clean_target"]["tflite_clean_acc"] = 0.89
+    res["cells"]["atmc8@0.003~feedback"]["attacks"]["tflite_worst_case"] = 0.565  # 1.5 points of average
+    assert _obj(res, "T13") == R.NOT_MET and _obj(res, "T12") == R.NOT_MET
+    md = "\n".join(R._objective_lines(res))
+    assert "| 0.5/0.5 mix | 80.0 | 58.0 | 1 (30.0) | - |" in md
+    assert "| clean_target | 89.0 | 58.0 | 1 (30.0) | <= 10.0%, test 11.0% |" in md
 
 
 def test_markdown_without_results_says_not_run_yet():
