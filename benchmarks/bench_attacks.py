@@ -11,9 +11,11 @@ Per cell, from its saved Keras model and its int8 .tflite:
 A TFMOT cell (a tf_keras model, another process) gets the .tflite-side attacks that need no Keras model: its
 file's twin and Square.
 """
+import contextlib
 import time
 
 import numpy as np
+from absl import logging
 
 def attack_settings(cfg, bench):
     """What a cell's "attacks" entry is measured with; a cell measured with other settings is attacked again."""
@@ -43,6 +45,16 @@ def attack_fields(cfg, settings, tflite_bytes, data, keras_model=None):
     from pipelines import stages
     t = time.time()
     x, y = data.x_test, np.asarray(data.y_test).reshape(-1)
+    n = min(settings["square_n"], len(y))
+    phases = {}
+
+    @contextlib.contextmanager
+    def phase(name):  # a cell takes minutes: say what runs, and keep each attack's seconds
+        logging.info("attacks: %s on %d images", name, len(x) if name != "square" else n)
+        start = time.time()
+        yield
+        phases[name] = time.time() - start
+
     eps = settings["eps"]
     lite = LiteRTModel(tflite_bytes)
     lite_ok = {"clean": _correct(lite.predict, x, y)}
@@ -54,16 +66,18 @@ def attack_fields(cfg, settings, tflite_bytes, data, keras_model=None):
                    "apgd-dlr": APGDConfig(eps=eps, steps=settings["apgd_steps"], loss="dlr")}
         keras_ok["clean"] = _correct(fn, x, y)
         for name, config in attacks.items():
-            x_adv = adversarial_examples(fn, x, y, config)
-            keras_ok[name] = _correct(fn, x_adv, y)
-            lite_ok[f"transfer {name}"] = _correct(lite.predict, x_adv, y)
+            with phase(name):
+                x_adv = adversarial_examples(fn, x, y, config)
+                keras_ok[name] = _correct(fn, x_adv, y)
+                lite_ok[f"transfer {name}"] = _correct(lite.predict, x_adv, y)
     twin = fake_quant_twin(tflite_bytes)
-    x_twin = twin_attack(tflite_bytes, x, y, stages.eval_attack(cfg), twin=twin)
-    lite_ok["twin pgd"] = _correct(lite.predict, x_twin, y)
-    n = min(settings["square_n"], len(y))
-    x_sq, queries = square_attack(lite.predict, x[:n], y[:n], eps, n_queries=settings["square_queries"],
-                                  seed=settings["seed"])
-    square = _correct(lite.predict, x_sq, y[:n])
+    with phase("twin pgd"):
+        x_twin = twin_attack(tflite_bytes, x, y, stages.eval_attack(cfg), twin=twin)
+        lite_ok["twin pgd"] = _correct(lite.predict, x_twin, y)
+    with phase("square"):
+        x_sq, queries = square_attack(lite.predict, x[:n], y[:n], eps, n_queries=settings["square_queries"],
+                                      seed=settings["seed"])
+        square = _correct(lite.predict, x_sq, y[:n])
     lite_worst = _worst(lite_ok.values())
     direct = lite_ok["clean"][:n] & lite_ok["twin pgd"][:n] & square
     out = {"settings": dict(settings), "n": int(len(y)),
@@ -83,5 +97,5 @@ def attack_fields(cfg, settings, tflite_bytes, data, keras_model=None):
         out["keras_worst_case"] = float(keras_worst.mean())
         out["first_n"]["keras_worst_case"] = float(keras_worst[:n].mean())
         out["per_class"]["keras_worst_case"] = per_class(keras_worst)
-    out["seconds"] = time.time() - t
+    out["seconds"], out["seconds_by_attack"] = time.time() - t, phases
     return out

@@ -19,13 +19,11 @@ same command again to resume: finished cells are skipped and an interrupted
 training stage continues from its last epoch. The pipeline's flags (--eps,
 --pgd_steps, --batch_size, --da_epochs, ...) apply; --helpfull lists them.
 """
-import contextlib
 import dataclasses
 import datetime
 import gc
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -36,7 +34,7 @@ from absl import app, flags, logging
 from benchmarks import bench_report as R
 from pipelines import flags_def
 from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, config_defaults, config_diff, fail
-from pipelines.provenance import package_versions
+from pipelines.provenance import machine, package_versions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F = flags.FLAGS
@@ -231,18 +229,6 @@ def identity_diff(mine, theirs):
     since removed from the program is ignored."""
     defaults = {k: F[k].default for k in mine if k in F} | config_defaults()
     return config_diff(mine, {k: v for k, v in theirs.items() if k in mine}, defaults)
-
-
-def machine():
-    cpu = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "?")
-    mem = None
-    with contextlib.suppress(OSError, StopIteration), open("/proc/meminfo") as fh:
-        kb = next(int(l.split()[1]) for l in fh if l.startswith("MemTotal"))
-        mem = round(kb / 1024 / 1024, 1)
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu_model": cpu, "nproc": nproc, "mem_gb": mem, "platform": platform.platform(), "nice": os.nice(0)}
 
 
 def versions():

@@ -28,7 +28,6 @@ apply; --channel_budget does not (the MAC target sets it).
 import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -37,7 +36,7 @@ import time
 from absl import app, flags, logging
 
 from pipelines import gan as P
-from pipelines.provenance import package_versions
+from pipelines.provenance import machine, package_versions
 
 F = flags.FLAGS
 METHODS = ("gs", "stacked")
@@ -288,8 +287,7 @@ def main(argv):
         results = {"settings": cfg, "quick": F.quick, "cells": {}}
     results["command"] = "python -m benchmarks.gan_benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     results["env"] = {"versions": package_versions(["tensorflow", "keras", "ai-edge-litert", "numpy"]),
-                      "machine": " ".join(filter(None, (platform.machine(), platform.processor()))) + f", {os.cpu_count()} CPUs, "
-                                 f"{platform.system()} {platform.release()}"}
+                      "machine": "{cpu_model}, {nproc} CPUs, {platform}, nice {nice}".format(**machine())}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results.setdefault("date", now)  # when the run started; "updated": its last (resumed) invocation
     results["updated"] = now

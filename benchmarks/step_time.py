@@ -38,6 +38,8 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
+from pipelines import provenance
+
 VARIANTS = ("atmc", "bare", "bare_unrolled", "bare_t2x1", "atmc_t2x1", "bare_xla", "torch")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,17 +183,6 @@ def _loadavg():
         return None
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _run_variant(variant, cfg, npz, torch_python):
     common = ["--npz", npz, "--steps", str(cfg["steps"]), "--warmup", str(cfg["warmup"])]
     if variant == "torch":
@@ -232,7 +223,7 @@ def run(cfg, results_path, page_path, rounds, torch_python, command="python -m b
                   "pass another --results or the same flags")
     else:
         res = {"config": cfg, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "machine": {"cpu": _cpu_model(), "nproc": os.cpu_count(), "loadavg_at_start": _loadavg(),
+               "machine": {"cpu": provenance.machine()["cpu_model"], "nproc": os.cpu_count(), "loadavg_at_start": _loadavg(),
                            "python": platform.python_version(), "platform": platform.platform()},
                "command": command, "rounds": []}
     if note:

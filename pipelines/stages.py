@@ -9,6 +9,7 @@ stages save a .keras model and a result.json, atomically, and only then drop the
 import dataclasses
 import json
 import os
+import warnings
 
 import keras
 from absl import logging
@@ -27,6 +28,7 @@ from atmc_tf.training import (ATMCTrainer, compressible_layers, dense_weight_cou
                               output_layers, wrap_for_method)
 from atmc_tf.training.checkpoint import ResumableCheckpoint
 from atmc_tf.training.data_order import replay, resumable_batches
+from atmc_tf.training.diagnostics import LayerCutWarning
 from atmc_tf.training.overfitting import CatastrophicOverfittingGuard
 from atmc_tf.training.structure import channel_costs
 from pipelines import console, faults, methods_table, signals
@@ -206,9 +208,16 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
             # Epoch curves only: no graph, no profiler, nothing that changes what is trained.
             callbacks.append(keras.callbacks.TensorBoard(path(cfg, "tensorboard", name), write_graph=False,
                                                          profile_batch=0, update_freq="epoch"))
-        trainer.fit(batches, steps_per_epoch=steps, epochs=epochs, shuffle=False,
-                    validation_data=(data.x_val, data.y_val), callbacks=callbacks,
-                    verbose=console.fit_verbosity(cfg.verbose))
+        with warnings.catch_warnings(record=True) as caught:  # the library's one-line warnings, as log lines
+            warnings.simplefilter("always", LayerCutWarning)
+            trainer.fit(batches, steps_per_epoch=steps, epochs=epochs, shuffle=False,
+                        validation_data=(data.x_val, data.y_val), callbacks=callbacks,
+                        verbose=console.fit_verbosity(cfg.verbose))
+        for w in caught:
+            if issubclass(w.category, LayerCutWarning):
+                logging.warning("stage %s: %s", name, w.message)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         history, seconds = checkpoint.history, checkpoint.seconds
         if guard is not None and guard.event is not None:
             overfitting = {**guard.event, "line": guard.line()}

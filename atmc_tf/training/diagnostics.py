@@ -87,3 +87,17 @@ def collapse_problem(report, dense_acc, compressed_acc, num_classes, margin=0.1)
     if worst:
         where.append("most emptied: " + ", ".join(f"{n} ({e} of {t} channels empty)" for n, (e, t) in worst))
     return "the compressed model collapsed: " + "; ".join(reasons) + (" (" + "; ".join(where) + ")" if where else "")
+
+
+class LayerCutWarning(UserWarning):
+    """ATMCTrainer.fit left a layer with no weight at all: its kernel is all zero, so it passes only its bias."""
+
+
+def cut_layers_line(report):
+    """One line naming the layers a budget left with no weight (path_report), with the fix; None if none."""
+    if not report["cut"]:
+        return None
+    return (f"the sparsity budget left {len(report['cut'])} layer(s) with no weight ({', '.join(report['cut'])}): "
+            + ("no path from the input reaches the output, so the model predicts one class for every input"
+               if not report["reaches_output"] else "every path through them is cut")
+            + "; raise the budget (nnz_budget) or score it layer-adaptively (l0_scoring='lamp')")

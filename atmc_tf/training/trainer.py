@@ -20,6 +20,7 @@ updates, so they are correct under MirroredStrategy and MultiWorkerMirroredStrat
 every replica receives the same projected value.
 """
 import contextlib
+import warnings
 
 import keras
 import numpy as np
@@ -376,7 +377,21 @@ class ATMCTrainer(keras.Model):
         kwargs["callbacks"] = [StopOnNonFiniteLoss()] + first + callbacks
         history = super().fit(*args, **kwargs)
         self.finalize()
+        self._warn_cut_layers()
         return history
+
+    def _warn_cut_layers(self):
+        """A global budget may empty a small layer (a magnitude-scored budget empties depthwise kernels and
+        stems first): say so once fit is done, in one line that names the layers and the fix."""
+        if not any(getattr(c, "sparsifying", False) for c in self.constraints):
+            return
+        from atmc_tf.training.diagnostics import LayerCutWarning, cut_layers_line, path_report
+        try:
+            line = cut_layers_line(path_report(self.net))
+        except Exception:  # noqa: BLE001 -- a graph the diagnostic cannot read (e.g. subclassed): no warning
+            return
+        if line:
+            warnings.warn(line, LayerCutWarning, stacklevel=3)
 
     # --- reporting -------------------------------------------------------------
     @property
