@@ -239,7 +239,7 @@ def targets(results):
     out.append({"id": "T6", "target": "time per ATMC training step / time per bare PGD-AT step (same attack) <= 1.10",
                 "status": _verdict(checks, missing), "evidence": [t for _, t in checks], "missing": missing})
     more = [t for t in (fast_target(results), wta_target(results)) if t]
-    return out + attack_targets(results) + more + objective_targets(results)
+    return out + attack_targets(results) + structured_targets(results) + more + objective_targets(results)
 
 
 # --- against the paper ---------------------------------------------------------------------
@@ -403,7 +403,7 @@ def _lamp_lines(results):
 def _cell_keys(results):
     cells = results.get("cells", {})
     keys = ["da", "da_more"] + [cell_key(m, r) for r in _ratios(results) for m in _methods(results) if m != "da"]
-    keys += [k for k in cells if (k.startswith("tfmot@") or "~" in k) and k not in keys]
+    keys += [k for k in cells if k not in keys]  # TFMOT, structured and variant cells
     return [k for k in keys if cells.get(k, {}).get("status") == "done"]
 
 
@@ -579,6 +579,95 @@ def _fast_lines(results):
         L.append(f"| {r['model']} | {FAST_LABELS[r['attack']]} | {_pct(c['clean_acc'])} | {_pct(r['robust'])} | "
                  f"{r['how']} | {_pct(c['tflite_robust_acc'])} | {_secs(r['seconds'])} | {ratio} | {gap} | {co} "
                  f"| {load} |")
+    L.append("")
+    return L
+
+
+# --- structured (channel) sparsity (issue 16) ------------------------------------------------
+
+STRUCT_LABELS = {"sap": "structured AP", "satmc": "structured ATMC", "satmc8": "structured ATMC-8"}
+
+
+def _struct_cells(results):
+    """{ratio: {method: cell or None}} of the structured cells in results (any status)."""
+    out = {}
+    for c in results.get("cells", {}).values():
+        if c.get("method") in STRUCT_LABELS:
+            out.setdefault(c["ratio"], {})[c["method"]] = c
+    return {r: {m: out[r].get(m) for m in STRUCT_LABELS} for r in sorted(out, reverse=True)}
+
+
+def structured_targets(results):
+    by_ratio = _struct_cells(results)
+    if not by_ratio:
+        return []
+    da = _done(results, "da")
+    checks, missing = [], []
+    at = by_ratio.get(0.25, {})
+    for m in ("satmc", "satmc8"):
+        c = at.get(m)
+        if not (c and c.get("status") == "done" and da):
+            missing.append(cell_key(m, 0.25))
+            continue
+        st = c["structure"]
+        d = c["robust_acc"] - da["robust_acc"]
+        b = c["tflite_bytes"] / da["tflite_bytes"]
+        lat = st["litert_latency_ms"]["compressed"] / st["litert_latency_ms"]["dense"]
+        checks.append((d >= -0.02 - 1e-9 and b <= 0.3 + 1e-9 and lat <= 0.5 + 1e-9,
+                       f"{STRUCT_LABELS[m]}: robust {_pts(d)} vs DA, raw .tflite {b:.3f}x, LiteRT latency {lat:.3f}x"))
+    ok_any = any(ok for ok, _ in checks)
+    t14 = {"id": "T14", "target": "structured ATMC at 0.25 of the parameters: robust accuracy within 2 points of DA, "
+                                  "raw .tflite bytes <= 0.3x and LiteRT latency <= 0.5x the dense model's",
+           "status": MET if ok_any else _verdict(checks, missing), "evidence": [t for _, t in checks],
+           "missing": [] if ok_any else missing}
+    checks, missing = [], []
+    for r, row in by_ratio.items():
+        ap = row.get("sap")
+        best = max((c for m, c in row.items() if m != "sap" and c and c.get("status") == "done"),
+                   key=lambda c: c["robust_acc"], default=None)
+        if not (ap and ap.get("status") == "done" and best):
+            missing += [cell_key(m, r) for m, c in row.items() if not (c and c.get("status") == "done")]
+            continue
+        d = best["robust_acc"] - ap["robust_acc"]
+        checks.append((d >= 0.02 - 1e-9, f"{r:g}: {STRUCT_LABELS[best['method']]} {_pct(best['robust_acc'])}% vs "
+                                         f"structured AP {_pct(ap['robust_acc'])}%: {_pts(d)}"))
+    t15 = {"id": "T15", "target": "structured ATMC at least 2 points of robust accuracy above structured AP at every "
+                                  "kept-parameter ratio", "status": _verdict(checks, missing),
+           "evidence": [t for _, t in checks], "missing": missing}
+    return [t14, t15]
+
+
+def _structured_lines(results):
+    by_ratio = _struct_cells(results)
+    if not by_ratio:
+        return ["NOT RUN YET: `--structured_ratios=0.5,0.25,0.1` trains these cells.", ""]
+    da = _done(results, "da")
+    L = ["Channel (filter / neuron) sparsity under one global budget (`--structure=channel`): kept-parameter ratio "
+         "= compressible parameters of the cut model / the dense model's. Every structured cell starts from the "
+         "shared DA model, is cut to the smaller Keras model it ships as (`atmc_tf.export.shrink_model`) and is "
+         "exported, evaluated and attacked from that model. Robust: PGD on Keras and the .tflite on the same "
+         "images (as every cell), and the worst case once attacked. Raw bytes: the int8 .tflite as stored; MACs "
+         "and LiteRT latency (batch 1, 1 thread, median of 300) against the DA model's, measured in the same call.",
+         "", "| kept ratio | method | clean % | robust % (Keras) | robust % (.tflite) | worst case % | raw .tflite "
+         "bytes (/ DA) | MACs (/ DA) | LiteRT ms (/ DA) | channels kept |", "|---|---|---|---|---|---|---|---|---|---|"]
+    if da:
+        L.append(f"| 1 | DA (dense) | {_pct(da['clean_acc'])} | {_pct(da['robust_acc'])} | "
+                 f"{_pct(da['tflite_robust_acc'])} | {_pct((da.get('attacks') or {}).get('keras_worst_case'))} | "
+                 f"{da['tflite_bytes']:,} | | | |")
+    for r, row in by_ratio.items():
+        for m, c in row.items():
+            if not c or c.get("status") != "done":
+                L.append(f"| {r:g} | {STRUCT_LABELS[m]} | {NOT_RUN if not c else c.get('status')} | | | | | | | |")
+                continue
+            st = c["structure"]
+            lat, macs = st["litert_latency_ms"], st["macs"]
+            kept = sum(v["kept"] for v in st["layers"].values())
+            total = sum(v["total"] for v in st["layers"].values())
+            rel = f" ({c['tflite_bytes'] / da['tflite_bytes']:.3f})" if da else ""
+            L.append(f"| {r:g} | {STRUCT_LABELS[m]} | {_pct(c['clean_acc'])} | {_pct(c['robust_acc'])} | "
+                     f"{_pct(c['tflite_robust_acc'])} | {_pct((c.get('attacks') or {}).get('keras_worst_case'))} | "
+                     f"{c['tflite_bytes']:,}{rel} | {macs['compressed']:,} ({macs['compressed'] / macs['dense']:.3f}) "
+                     f"| {lat['compressed']:.3f} ({lat['compressed'] / lat['dense']:.3f}) | {kept} of {total} |")
     L.append("")
     return L
 
@@ -1099,6 +1188,7 @@ def markdown(results, png_name="benchmark_tradeoff.png", notes="."):
     L += ["## Attacks as reviewers run them: APGD, worst case, the .tflite attacked directly", ""] + \
         _attack_lines(results)
     L += ["## Cheaper adversarial training: FGSM-RS, N-FGSM and free against PGD", ""] + _fast_lines(results)
+    L += ["## Structured (channel) sparsity: a smaller model, not a sparser one", ""] + _structured_lines(results)
     L += ["## Activation sparsity (winners-take-all) with robustness", ""] + _wta_lines(results)
     L += ["## Training objectives: distillation, class feedback, a clean target", ""] + _objective_lines(results)
     L += ["## Device bytes: LiteRT and TFLite Micro flash", ""] + _device_lines(results)

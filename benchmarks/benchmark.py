@@ -40,6 +40,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F = flags.FLAGS
 
 
+# Issue 16's structured cells: (the plain method whose epoch split and learning rate they take, description).
+STRUCTURED = {"sap": ("ap", "structured AP (channels chosen once by norm on the DA model, adversarial fine-tuning)"),
+              "satmc": ("atmc32", "structured ATMC (the global channel budget re-selected every step, fp32)"),
+              "satmc8": ("atmc8", "structured ATMC with the 8-bit codebook")}
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -113,6 +118,10 @@ flags.DEFINE_integer("square_n", 1000, "Square Attack on the int8 .tflite runs o
                      "the loop: every query is an interpreter call).")
 flags.DEFINE_bool("attacks_only", False, "Only attack the finished cells (APGD-CE/DLR, worst case, the .tflite's twin "
                   "and Square) where that is missing or was measured with other attack settings; nothing trained.")
+flags.DEFINE_list("structured_ratios", [], "Issue 16: structured (channel) cells at these kept-parameter ratios "
+                  "(--structure=channel --size_ratio), e.g. 0.5,0.25,0.1: " + "; ".join(
+                      f"{k}: {v[1]}" for k, v in STRUCTURED.items()) + ". Each is cut to the smaller model it "
+                  "ships as (atmc_tf.export.shrink_model) and exported from it.")
 flags.DEFINE_list("variants", [], "Cells of the neighbouring methods against the plain PGD cells, each a set of "
                   "pipeline settings: " + "; ".join(f"{k}: {v.doc}" for k, v in VARIANTS.items()) + ". Cell keys: "
                   "<base>~<variant> (da~<variant> where the variant trains its own DA).")
@@ -135,7 +144,7 @@ QUICK = dict(limit_train=600, limit_test=200, da_epochs=1, pgd_steps=2, eval_pgd
              lr_grid=["0.01"], tune_train=300, tune_val=60, tune_da_epochs=1, tune_compress_epochs=3,
              tfmot_prune_epochs=1, tfmot_qat_epochs=1, tfmot_search_iters=4, pgd100_steps=5, pgd100_restarts=1,
              timing_steps=5, timing_rounds=2, resnet=False, apgd_steps=3, square_n=40, square_queries=20,
-             variants=["fgsm_rs"],
+             variants=["fgsm_rs"], structured_ratios=["0.5"],
              workdir="runs/bench_quick", verbose=0)
 # Flags of pipelines.atmc that the benchmark sets per cell itself.
 PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bits_enabled", "factorization",
@@ -144,7 +153,7 @@ PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bit
 # Settings that may change between a run and its resume (cells are keyed by method and ratio).
 # The attack settings (a cell records its own and is attacked again when they change) may too.
 RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "remeasure_device_bytes", "attacks_only", "apgd_steps",
-              "square_n", "square_queries", "variants", "ratios", "methods", "tfmot",
+              "square_n", "square_queries", "variants", "structured_ratios", "ratios", "methods", "tfmot",
               "workdir", "timing_steps", "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps",
               "resnet_pgd_step",
               "pgd100_steps", "pgd100_restarts", "tfmot_search_iters")
@@ -158,7 +167,7 @@ BENCH_FLAGS = ("quick", "ratios", "methods", "compress_epochs", "tune", "da_lr_g
                "tune_val", "tune_da_epochs", "tune_compress_epochs", "tfmot", "tfmot_prune_epochs",
                "tfmot_qat_epochs", "tfmot_search_iters", "pgd100_steps", "pgd100_restarts", "timing_steps",
                "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step", "apgd_steps",
-               "square_n", "variants")
+               "square_n", "variants", "structured_ratios")
 
 
 def _now():
@@ -194,6 +203,9 @@ def settings_from_flags():
     if bad or not F.methods:
         fail(f"--methods must be among {', '.join(R.METHODS)}, got {','.join(F.methods)}")
     bench["methods"] = ["da"] + [m for m in R.METHODS if m in F.methods and m != "da"]
+    # in the order given (the first ratio's cells train first), each once
+    bench["structured_ratios"] = list(dict.fromkeys(_floats("structured_ratios", F.structured_ratios, 0, 1))) \
+        if F.structured_ratios else []
     bad = [v for v in F.variants if v not in VARIANTS]
     if bad:
         fail(f"--variants must be among {', '.join(VARIANTS)}, got {','.join(F.variants)}")
@@ -468,6 +480,10 @@ class Benchmark:
                 self.tfmot_cell(ratio)
             if ratio == ordered[0]:
                 self.pgd100(ratio)
+        for ratio in self.b["structured_ratios"]:
+            for method in STRUCTURED:
+                self.structured_cell(method, ratio)
+                gc.collect()
         for name in self.b["variants"]:
             self.variant_cells(name)
             gc.collect()
@@ -600,6 +616,47 @@ class Benchmark:
                                            "da", stages.dense_config(self.cfg), self.b["compress_epochs"], lr)
         self._record(key, key, None, plain, stages.size_summary(self.cfg, None, plain, None, None), [res], lr, None,
                      os.path.join(wd, key, "model.keras"))
+
+    def structured_cell(self, method, ratio):
+        """Issue 16: one structured cell, trained from the shared DA with --structure=channel at `ratio` of the
+        compressible parameters, cut to its smaller model (saved; attacked and exported from it), with MACs,
+        batch-1 bytes and LiteRT latency against the DA model's in the same call."""
+        import keras
+
+        from atmc_tf.export import LiteRTModel, atomic, count_macs, shrink_model, to_int8_tflite
+        from pipelines import console, stages
+        key = R.cell_key(method, ratio)
+        if self.res.done(key):
+            return
+        base = STRUCTURED[method][0]
+        lr = float(self.res["tuning"]["lr"][FAMILY[base]]["chosen"])
+        wd = os.path.join(self.root, "cells", key)
+        ccfg = dataclasses.replace(cell_cfg(self.cfg, wd, base, ratio, lr, self.b["compress_epochs"]),
+                                   structure="channel")
+        logging.info("cell %s: %s, channels at %g of the parameters (lr %g)", key, STRUCTURED[method][1], ratio, lr)
+        try:
+            plain, net, results, scheme = stages.compress_stages(ccfg, self.data, self.da_plain)
+        except UsageError as err:
+            self.res.set(key, {"method": method, "ratio": ratio, "status": "infeasible", "reason": str(err)},
+                         cell=True)
+            logging.warning("cell %s: infeasible: %s", key, err)
+            return
+        deployed, cut = shrink_model(plain, strict=False)
+        model_file = os.path.join(wd, "deployed.keras")
+        with atomic.atomic_path(model_file, ".tmp.keras") as tmp:
+            deployed.save(tmp)
+        with console.quiet_native(self.cfg.verbose):
+            b1 = {"dense": to_int8_tflite(self.da_plain, self.rep_x, batch_size=1),
+                  "compressed": to_int8_tflite(deployed, self.rep_x, batch_size=1)}
+        latency = {k: LiteRTModel(v, num_threads=1).latency_ms(self.data.x_test, runs=300) for k, v in b1.items()}
+        structure = {"kept_ratio": ratio, "budget": stages.structure_budget(ccfg, plain, deployed, cut),
+                     "layers": cut["layers"], "params": {"dense": cut["params_before"], "compressed": cut["params_after"]},
+                     "macs": {"dense": count_macs(self.da_plain), "compressed": count_macs(deployed)},
+                     "tflite_b1_bytes": {k: len(v) for k, v in b1.items()}, "litert_latency_ms": latency,
+                     "latency_note": "LiteRT, 1 thread, batch 1, median of 300 invoke() calls, same call"}
+        size = stages.size_summary(ccfg, net, plain, scheme, ccfg.bits if scheme else None)
+        self._record(key, method, ratio, deployed, size, results, lr, None, model_file, bits=ccfg.bits,
+                     quant_scheme=scheme, structure=structure)
 
     def variant_cells(self, name):
         """A variant's cells (VARIANTS): its own DA from scratch where it has one, then each of its compressed

@@ -44,7 +44,7 @@ def test_quick_results_have_every_field(quick):
     assert meta["started"] and res["updated"]
     cells = res["cells"]
     assert set(cells) == {"da", "da_more", "ap@0.01", "atmc8@0.01", "tfmot@0.01", "da~fgsm_rs",
-                          "atmc8@0.01~fgsm_rs"}, sorted(cells)
+                          "atmc8@0.01~fgsm_rs", "sap@0.5", "satmc@0.5", "satmc8@0.5"}, sorted(cells)
     for key, cell in cells.items():
         assert cell["status"] == "done", (key, cell)
         fields = R.TFMOT_FIELDS if cell["method"] == "tfmot" else R.CELL_FIELDS
@@ -96,6 +96,15 @@ def test_quick_results_have_every_field(quick):
                 assert json.load(fh)["train_attack"] == "fgsm_rs", d
     assert cells["atmc8@0.01~fgsm_rs"]["paper_ratio"] <= 0.01 + 1e-9
     assert cells["atmc8@0.01~fgsm_rs"]["kernel_code_mismatches"] == 0
+    # issue 16: structured cells ship as the cut model, smaller than DA's, at most the kept ratio of its parameters
+    for key in ("sap@0.5", "satmc@0.5", "satmc8@0.5"):
+        c, st = cells[key], cells[key]["structure"]
+        assert c["tflite_bytes"] < da["tflite_bytes"] and st["macs"]["compressed"] < st["macs"]["dense"], key
+        assert st["params"]["compressed"] <= 0.5 * st["params"]["dense"] + 1e-9, (key, st["params"])
+        assert st["tflite_b1_bytes"]["compressed"] < st["tflite_b1_bytes"]["dense"], key
+        assert all(v > 0 for v in st["litert_latency_ms"].values()), key
+        assert c["model_file"].endswith("deployed.keras") and os.path.exists(c["model_file"]), key
+    assert cells["satmc8@0.5"]["kernel_code_mismatches"] == 0
     # issue 18: every cell attacked as reviewers do, with the --quick attack settings
     for key, c in cells.items():
         a = c["attacks"]
@@ -124,7 +133,7 @@ def test_quick_docs_written_and_marked_as_smoke_test(quick):
     assert res["meta"]["command"] in md
     assert res["meta"]["machine"]["cpu_model"] in md
     assert "tensorflow 2." in md
-    for t in ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9"):
+    for t in ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T14", "T15"):
         assert f"| {t} |" in md
     fast = md.split("## Cheaper adversarial training")[1].split("\n## ")[0]
     assert "| DA | FGSM-RS |" in fast and "| ATMC-8 @ 0.01 | FGSM-RS |" in fast and "NOT RUN YET" not in fast
@@ -426,6 +435,29 @@ def test_target_t9_fast_training_attacks():
     res["cells"]["atmc8@0.01~free"] = _attacked(res["cells"]["atmc8@0.01~free"], 0.60, 0.60)  # the strongest counts
     assert _status(res, "T9") == R.NOT_MET
     assert "| ATMC-8 @ 0.01 | free |" in "\n".join(R._fast_lines(res))
+
+
+def test_targets_t14_t15_structured():
+    """T14: a structured ATMC cell at 0.25 within 2 points of DA's robust accuracy at <= 0.3x its raw bytes and
+    <= 0.5x its latency; T15: the best structured ATMC >= 2 points above structured AP at every ratio."""
+    def scell(method, ratio, robust, nbytes, lat):
+        return {**_cell(method, ratio, robust), "tflite_bytes": nbytes,
+                "structure": {"litert_latency_ms": {"dense": 1.0, "compressed": lat}, "layers": {"c": {"kept": 5,
+                              "total": 20}}, "macs": {"dense": 100, "compressed": 25}}}
+    res = _results(ratios=(0.01,), methods=("da",), **{
+        "da": {**_cell("da", None, 0.70), "tflite_bytes": 1000},
+        "sap@0.25": scell("sap", 0.25, 0.62, 250, 0.4), "satmc@0.25": scell("satmc", 0.25, 0.685, 280, 0.45),
+        "satmc8@0.25": scell("satmc8", 0.25, 0.66, 280, 0.45)})
+    assert _status(res, "T14") == R.MET and _status(res, "T15") == R.MET
+    res["cells"]["satmc@0.25"]["structure"]["litert_latency_ms"]["compressed"] = 0.6
+    assert _status(res, "T14") == R.NOT_MET
+    res["cells"]["sap@0.5"] = scell("sap", 0.5, 0.66, 500, 0.7)  # its structured ATMC cells are missing
+    assert _status(res, "T15") == R.NOT_RUN
+    res["cells"]["sap@0.25"]["robust_acc"] = 0.67  # structured ATMC only 1.5 points above
+    assert _status(res, "T15") == R.NOT_MET  # a failed ratio decides even with another missing
+    md = "\n".join(R._structured_lines(res))
+    assert "| 0.25 | structured ATMC | 80.0 | 68.5 | 68.5 | - | 280 (0.280) | 25 (0.250) | 0.600 (0.600) | 5 of 20 |" in md
+    assert "| 0.5 | structured ATMC-8 | NOT RUN YET |" in md
 
 
 def test_target_t10_activation_sparsity():

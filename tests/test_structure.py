@@ -109,6 +109,55 @@ def test_the_classifier_is_kept_and_the_recipe_round_trips():
     trainer = ATMCTrainer(net, config)
     trainer.prepare_constraints()
     trainer.finalize()
-    np.testing.assert_array_equal(net.get_layer("atmc_logits").layer.kernel.numpy(), logits)
     pw = net.get_layer("atmc_pwconv2").layer.kernel.numpy()
-    assert 0 < int((np.abs(pw).sum(axis=(0, 1, 2)) > 0).sum()) < 32  # channels were cut, not all
+    alive = np.abs(pw).sum(axis=(0, 1, 2)) > 0
+    assert 0 < int(alive.sum()) < 32  # channels were cut, not all
+    # The classifier is kept whole: its rows reading live channels (through Flatten, row r reads channel
+    # r % 32) are untouched; its rows reading pruned channels multiply zeros and are zeroed, as the cut removes them.
+    after = net.get_layer("atmc_logits").layer.kernel.numpy()
+    rows = np.tile(alive, after.shape[0] // 32)
+    np.testing.assert_array_equal(after[rows], logits[rows])
+    assert not after[~rows].any()
+
+
+def test_structured_codebook_codes_survive_the_cut():
+    """Channels pruned under a budget with the 4-bit int8-lattice codebook, then cut: the cut model's .tflite
+    stores exactly the trained codes. The next layer's slice of a pruned channel (a Dense reading it through
+    Flatten at every position) is zeroed before the codebook is fitted; otherwise an output channel whose
+    largest |w| sat in that slice gets another int8 scale once the slice is cut, and other codes."""
+    from atmc_tf.export import kernel_codes_match, shrink_model, to_int8_tflite
+    from atmc_tf.layers import wrap_model
+    from atmc_tf.training import ATMCTrainer
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
+                              keras.layers.MaxPooling2D(2, name="pool"), keras.layers.Flatten(name="flat"),
+                              keras.layers.Dense(12, activation="relu", name="fc"), keras.layers.Dense(4, name="logits")])
+    conv = model.get_layer("conv").kernel.numpy()
+    conv[..., :3] *= 0.01  # channels 0-2 score lowest: the budget prunes them
+    model.get_layer("conv").kernel.assign(conv)
+    fc = model.get_layer("fc").kernel.numpy()
+    fc[0::6] *= 50.0  # rows reading channel 0 (at every position) hold every fc output's largest |w|
+    model.get_layer("fc").kernel.assign(fc)
+    costs, _ = channel_costs(model, ["logits"])
+    total = sum(c * (6 if k == "conv" else 12) for k, c in costs.items())  # every channel of conv and fc
+    config = ATMCConfig(structure="channel", group_budget=int(0.6 * total), group_budget_unit="costs",
+                        group_costs={k: float(v) for k, v in costs.items()}, keep_layers=("logits",), bits=4,
+                        quant_scheme="codebook_int8", sparsity="none")
+    net = wrap_model(model)
+    trainer = ATMCTrainer(net, config)
+    trainer.prepare_constraints()
+    trainer.finalize()
+    from atmc_tf.layers import strip_model
+    plain = strip_model(net)
+    conv_alive = np.abs(plain.get_layer("conv").kernel.numpy()).sum(axis=(0, 1, 2)) > 0
+    assert not conv_alive[0] and conv_alive.sum() < 6, conv_alive  # channel 0 (and its big fc rows) pruned
+    deployed, cut = shrink_model(plain, strict=False)
+    assert cut["layers"]["conv"]["kept"] == int(conv_alive.sum())
+    for name in ("conv", "fc"):  # every cut kernel lies on the int8 lattice of its own per-channel scale
+        k = deployed.get_layer(name).kernel.numpy().reshape(-1, deployed.get_layer(name).kernel.shape[-1])
+        scale = np.abs(k).max(axis=0) / 127.0
+        codes = k / np.where(scale > 0, scale, 1.0)
+        assert np.abs(codes - np.round(codes)).max() < 1e-3, name
+    x = np.random.default_rng(0).random((64, 8, 8, 1), dtype=np.float32)
+    result = kernel_codes_match(deployed, to_int8_tflite(deployed, x))
+    assert result["mismatches"] == 0, result

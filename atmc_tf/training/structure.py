@@ -209,6 +209,10 @@ class ChannelSilencer:
                 todo.extend(children.get(child.name, []))
             exclusive = readers[0] if len(readers) == 1 and not escapes and readers[0] in sources else None
             self.plan.append((w, w.layer.name in names, source, companions, exclusive))
+        # The Conv2D / Dense kernels that read each silenced channel in place (a Dense through a Flatten reads
+        # it at every position): their slice of a pruned channel only ever multiplies zeros.
+        self.slice_readers = {w.name: _slice_readers(w, graph, children, layers, by_name)
+                              for w, own, _, _, _ in self.plan if own and w.factorization == "none"}
 
     def pruned(self):
         """{wrapper name: bool tensor over its output channels}: what this step's silence() zeroes."""
@@ -237,6 +241,44 @@ class ChannelSilencer:
             out[w.name] = dead
         return out
 
+    def zero_read_slices(self, variables, values):
+        """`values` (of the trainer's compressed `variables`) with every reader's input slice of a pruned
+        channel set to 0 (slice_readers). Those weights multiply an input that is exactly 0, so the outputs do
+        not change; surgery removes them, and a codebook fitted after this (the trainer runs it right after a
+        structured constraint) takes each channel's scale from the weights the cut model keeps. Otherwise the
+        largest |w| of an output channel can sit in a removed slice, and the cut kernel's int8 scale, hence
+        its codes, differ from the trained ones."""
+        import tensorflow as tf
+        from atmc_tf.layers import kernel_channel_axes
+        index = {id(v): i for i, v in enumerate(variables)}
+        where = {name: index.get(id(self._wrappers[name].layer.kernel)) for name in self._wrappers}
+        values = list(values)
+        for name, readers in self.slice_readers.items():
+            if not readers or where.get(name) is None:
+                continue
+            kernel = values[where[name]]
+            rank = len(kernel.shape)
+            axes = [a % rank for a in kernel_channel_axes(self._wrappers[name].layer)]
+            dead = tf.reshape(tf.reduce_all(tf.equal(kernel, 0), axis=[a for a in range(rank) if a not in axes]),
+                              [-1])
+            channels = int(dead.shape[0])
+            for reader, flat in readers:
+                i = where.get(reader)
+                if i is None:
+                    continue
+                rk = values[i]
+                if len(rk.shape) == 2:  # Dense: input rows; through a Flatten, row r reads channel r % channels
+                    rows = int(rk.shape[0])
+                    if rows % channels or (not flat and rows != channels):
+                        continue
+                    mask = tf.reshape(tf.tile(dead, [rows // channels]), [rows, 1])
+                elif len(rk.shape) == 4 and int(rk.shape[2]) == channels:  # Conv2D: input channels
+                    mask = tf.reshape(dead, [1, 1, channels, 1])
+                else:
+                    continue
+                values[i] = tf.where(mask, tf.zeros_like(rk), rk)
+        return values
+
     def silence(self, assign):
         """assign(variable, value): zero what every pruned channel still has (see the class docstring)."""
         import tensorflow as tf
@@ -250,6 +292,27 @@ class ChannelSilencer:
                 mask = tf.reshape(dead[w.name], kernel.shape[2:] if isinstance(w.layer, keras.layers.DepthwiseConv2D)
                                   else kernel.shape[-1:])
                 assign(w.layer.kernel, tf.where(mask, tf.zeros_like(kernel), kernel))
+
+
+def _slice_readers(w, graph, children, layers, by_name):
+    """[(reader wrapper name, through a Flatten)] of the Conv2D / Dense wrappers (factorization "none") that read
+    w's output channels in place, through zero-preserving layers and Flatten; any other path is not followed."""
+    out, todo = [], [(c, False) for c in children.get(w.name, [])]
+    while todo:
+        name, flat = todo.pop()
+        child = layers.get(name)
+        if child is None or len(graph.get(name, [])) != 1:
+            continue
+        if name in by_name:
+            r = by_name[name]
+            if not isinstance(r.layer, keras.layers.DepthwiseConv2D) and r.factorization == "none" \
+                    and int(getattr(r.layer, "groups", 1)) == 1:
+                out.append((name, flat))
+            continue
+        if isinstance(child, keras.layers.Flatten) or _passes_zero(child):
+            flat = flat or isinstance(child, keras.layers.Flatten)
+            todo.extend((c, flat) for c in children.get(name, []))
+    return out
 
 
 def depthwise_ties(net):

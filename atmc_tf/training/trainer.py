@@ -308,6 +308,8 @@ class ATMCTrainer(keras.Model):
         values = before
         for c in self.constraints:
             values = c.project(values, step, assign)
+            if getattr(c, "structured", False) and self._silencer is not None:
+                values = self._silencer.zero_read_slices(self._compressed, values)
         for var, old, new in zip(self._compressed, before, values):
             if new is not old:  # only constraints that moved the weights write them back
                 assign(var, new)
@@ -344,6 +346,8 @@ class ATMCTrainer(keras.Model):
             values = [tf.convert_to_tensor(v) for v in self._values()]
             for c in self.constraints:
                 values = getattr(c, method)(values, lambda var, value: var.assign(value))
+                if getattr(c, "structured", False) and self._silencer is not None:
+                    values = self._silencer.zero_read_slices(self._compressed, values)
             for var, val in zip(self._compressed, values):
                 var.assign(val)
             if self._silencer is not None:
