@@ -89,10 +89,11 @@ def _pgd_trained(results):
     return [c for c in results.get("cells", {}).values() if not c.get("variant")]
 
 
-def _variants(results, issue_key):
-    """The variant names of the finished or failed cells whose settings have `issue_key` (e.g. train_attack)."""
-    return list(dict.fromkeys(c["variant"] for c in results.get("cells", {}).values()
-                              if c.get("variant") and c.get(issue_key) not in (None, "off")))
+def _variants(results, fields, prefix=""):
+    """The variant names of the cells (keys starting with `prefix`) that set any of `fields` (e.g. train_attack)."""
+    return list(dict.fromkeys(c["variant"] for k, c in results.get("cells", {}).items()
+                              if c.get("variant") and k.startswith(prefix)
+                              and any(c.get(f) not in (None, "off") for f in fields)))
 
 
 def _done(results, key):
@@ -511,7 +512,7 @@ def _strongest(c):
 def fast_rows(results):
     """Per model (DA; ATMC-8 at the headline ratio) the PGD cell and each cheaper-attack cell: {model, attack,
     cell, robust, how, seconds (ATMC-8: its DA's time included), ratio (seconds / the PGD cell's)}."""
-    attacks = [a for a in FAST_LABELS if a in _variants(results, "train_attack")]
+    attacks = [a for a in FAST_LABELS if a in _variants(results, ("train_attack",))]
     a8 = cell_key("atmc8", HEADLINE_RATIO)
     rows = []
     for model, base in (("DA", "da"), (f"ATMC-8 @ {HEADLINE_RATIO:g}", a8)):
@@ -534,7 +535,7 @@ def fast_rows(results):
 
 
 def fast_target(results):
-    if not _variants(results, "train_attack"):
+    if not _variants(results, ("train_attack",)):
         return None
     rows = [r for r in fast_rows(results) if r["attack"] != "pgd"]
     checks, missing = [], []
@@ -554,7 +555,7 @@ def fast_target(results):
 
 
 def _fast_lines(results):
-    if not _variants(results, "train_attack"):
+    if not _variants(results, ("train_attack",)):
         return ["NOT RUN YET: `--variants=fgsm_rs,n_fgsm,free` trains these cells.", ""]
     rows = fast_rows(results)
     L = ["DA trained from scratch with each training attack (same epochs and learning rate as the PGD DA), then "
@@ -684,7 +685,7 @@ def _act_robust(c):
 
 
 def wta_rows(results):
-    names = _variants(results, "activation_sparsity")
+    names = _variants(results, ("activation_sparsity",))
     rows = []
     for model, base in (("DA", "da"), (f"ATMC-8 @ {HEADLINE_RATIO:g}", cell_key("atmc8", HEADLINE_RATIO))):
         for name in [None] + names:
@@ -707,7 +708,7 @@ def wta_rows(results):
 
 
 def wta_target(results):
-    if not _variants(results, "activation_sparsity"):
+    if not _variants(results, ("activation_sparsity",)):
         return None
     rows = [r for r in wta_rows(results) if r["model"].startswith("ATMC-8")]
     ref = rows[0]
@@ -724,7 +725,7 @@ def wta_target(results):
 
 
 def _wta_lines(results):
-    if not _variants(results, "activation_sparsity"):
+    if not _variants(results, ("activation_sparsity",)):
         return ["NOT RUN YET: `--variants=wta50,wta25` trains these cells.", ""]
     L = ["Winners-take-all activations (DASNet; `--activation_sparsity=wta`) in DA (trained from scratch with the "
          f"layers) and in ATMC-8 at ratio {HEADLINE_RATIO:g} from that DA. Robust = the lowest of plain PGD, PGD "
@@ -776,16 +777,10 @@ def _lite_robust(c):
 def objective_rows(results):
     base = cell_key("atmc8", OBJ_RATIO)
     rows = []
-    for name in [None] + _variants_of(results, ("distill", "class_feedback", "clean_target_drop"), base):
+    for name in [None] + _variants(results, ("distill", "class_feedback", "clean_target_drop"), base + "~"):
         key = base if name is None else f"{base}~{name}"
         rows.append({"variant": name, "key": key, "cell": _done(results, key)})
     return rows
-
-
-def _variants_of(results, fields, base):
-    cells = results.get("cells", {})
-    return list(dict.fromkeys(c["variant"] for k, c in cells.items()
-                              if k.startswith(base + "~") and any(c.get(f) not in (None, "off") for f in fields)))
 
 
 def objective_targets(results):

@@ -55,29 +55,27 @@ class Variant:
     overrides: dict
     own_da: bool
     cells: tuple
-    issue: int
-    label: str
     doc: str
 
 
 _A8 = (("atmc8", 0.01),)
 VARIANTS = {
-    "fgsm_rs": Variant({"train_attack": "fgsm_rs"}, True, _A8, 22, "FGSM-RS", "DA and ATMC-8@0.01 trained with "
+    "fgsm_rs": Variant({"train_attack": "fgsm_rs"}, True, _A8, "DA and ATMC-8@0.01 trained with "
                        "FGSM + random start (--train_attack=fgsm_rs)"),
-    "n_fgsm": Variant({"train_attack": "n_fgsm"}, True, _A8, 22, "N-FGSM", "... with N-FGSM"),
-    "free": Variant({"train_attack": "free"}, True, _A8, 22, "free", "... with free adversarial training"),
-    "wta50": Variant({"activation_sparsity": "wta", "activation_density": 0.5}, True, _A8, 21, "WTA 0.5",
+    "n_fgsm": Variant({"train_attack": "n_fgsm"}, True, _A8, "... with N-FGSM"),
+    "free": Variant({"train_attack": "free"}, True, _A8, "... with free adversarial training"),
+    "wta50": Variant({"activation_sparsity": "wta", "activation_density": 0.5}, True, _A8,
                      "DA and ATMC-8@0.01 with winners-take-all activations at density 0.5"),
-    "wta25": Variant({"activation_sparsity": "wta", "activation_density": 0.25}, True, _A8, 21, "WTA 0.25",
+    "wta25": Variant({"activation_sparsity": "wta", "activation_density": 0.25}, True, _A8,
                      "... at density 0.25"),
-    "ard": Variant({"distill": "ard"}, False, (("atmc8", 0.003),), 20, "ARD distillation",
+    "ard": Variant({"distill": "ard"}, False, (("atmc8", 0.003),),
                    "ATMC-8@0.003 distilled from the shared DA (--distill=ard)"),
-    "feedback": Variant({"class_feedback": "reweight"}, False, (("atmc8", 0.003),), 20, "class feedback",
+    "feedback": Variant({"class_feedback": "reweight"}, False, (("atmc8", 0.003),),
                         "ATMC-8@0.003 with --class_feedback=reweight"),
-    "clean_target": Variant({"clean_target_drop": 0.02}, False, (("atmc8", 0.003),), 20, "clean target",
+    "clean_target": Variant({"clean_target_drop": 0.02}, False, (("atmc8", 0.003),),
                             "ATMC-8@0.003 with the clean error held at DA's + 2 points (--clean_target_drop=0.02)"),
     "objectives": Variant({"distill": "ard", "class_feedback": "reweight", "clean_target_drop": 0.02}, False,
-                          (("atmc8", 0.003),), 20, "all three", "ATMC-8@0.003 with ard + feedback + clean target"),
+                          (("atmc8", 0.003),), "ATMC-8@0.003 with ard + feedback + clean target"),
 }
 flags.DEFINE_bool("quick", False, "Smoke-test settings (a few hundred images, one epoch per stage, tiny attacks, "
                   "ratio 0.01, DA/AP/ATMC-8, TFMOT 1+1 epochs): minutes, not the benchmark. Explicit flags win.")
@@ -621,8 +619,6 @@ class Benchmark:
         """Issue 16: one structured cell, trained from the shared DA with --structure=channel at `ratio` of the
         compressible parameters, cut to its smaller model (saved; attacked and exported from it), with MACs,
         batch-1 bytes and LiteRT latency against the DA model's in the same call."""
-        import keras
-
         from atmc_tf.export import LiteRTModel, atomic, count_macs, shrink_model, to_int8_tflite
         from pipelines import console, stages
         key = R.cell_key(method, ratio)
