@@ -120,6 +120,8 @@ flags.DEFINE_list("structured_ratios", [], "Issue 16: structured (channel) cells
                   "(--structure=channel --size_ratio), e.g. 0.5,0.25,0.1: " + "; ".join(
                       f"{k}: {v[1]}" for k, v in STRUCTURED.items()) + ". Each is cut to the smaller model it "
                   "ships as (atmc_tf.export.shrink_model) and exported from it.")
+flags.DEFINE_list("structured_methods", list(STRUCTURED), "The structured methods --structured_ratios trains, of "
+                  f"{', '.join(STRUCTURED)}.")
 flags.DEFINE_list("variants", [], "Cells of the neighbouring methods against the plain PGD cells, each a set of "
                   "pipeline settings: " + "; ".join(f"{k}: {v.doc}" for k, v in VARIANTS.items()) + ". Cell keys: "
                   "<base>~<variant> (da~<variant> where the variant trains its own DA).")
@@ -142,7 +144,7 @@ QUICK = dict(limit_train=600, limit_test=200, da_epochs=1, pgd_steps=2, eval_pgd
              lr_grid=["0.01"], tune_train=300, tune_val=60, tune_da_epochs=1, tune_compress_epochs=3,
              tfmot_prune_epochs=1, tfmot_qat_epochs=1, tfmot_search_iters=4, pgd100_steps=5, pgd100_restarts=1,
              timing_steps=5, timing_rounds=2, resnet=False, apgd_steps=3, square_n=40, square_queries=20,
-             variants=["fgsm_rs"], structured_ratios=["0.5"],
+             variants=["fgsm_rs"], structured_ratios=["0.5"], structured_methods=["satmc8"],
              workdir="runs/bench_quick", verbose=0)
 # Flags of pipelines.atmc that the benchmark sets per cell itself.
 PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bits_enabled", "factorization",
@@ -151,7 +153,7 @@ PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bit
 # Settings that may change between a run and its resume (cells are keyed by method and ratio).
 # The attack settings (a cell records its own and is attacked again when they change) may too.
 RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "remeasure_device_bytes", "attacks_only", "apgd_steps",
-              "square_n", "square_queries", "variants", "structured_ratios", "ratios", "methods", "tfmot",
+              "square_n", "square_queries", "variants", "structured_ratios", "structured_methods", "ratios", "methods", "tfmot",
               "workdir", "timing_steps", "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps",
               "resnet_pgd_step",
               "pgd100_steps", "pgd100_restarts", "tfmot_search_iters")
@@ -165,7 +167,7 @@ BENCH_FLAGS = ("quick", "ratios", "methods", "compress_epochs", "tune", "da_lr_g
                "tune_val", "tune_da_epochs", "tune_compress_epochs", "tfmot", "tfmot_prune_epochs",
                "tfmot_qat_epochs", "tfmot_search_iters", "pgd100_steps", "pgd100_restarts", "timing_steps",
                "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step", "apgd_steps",
-               "square_n", "variants", "structured_ratios")
+               "square_n", "variants", "structured_ratios", "structured_methods")
 
 
 def _now():
@@ -204,6 +206,10 @@ def settings_from_flags():
     # in the order given (the first ratio's cells train first), each once
     bench["structured_ratios"] = list(dict.fromkeys(_floats("structured_ratios", F.structured_ratios, 0, 1))) \
         if F.structured_ratios else []
+    bad = [m for m in F.structured_methods if m not in STRUCTURED]
+    if bad:
+        fail(f"--structured_methods must be among {', '.join(STRUCTURED)}, got {','.join(F.structured_methods)}")
+    bench["structured_methods"] = [m for m in STRUCTURED if m in F.structured_methods]
     bad = [v for v in F.variants if v not in VARIANTS]
     if bad:
         fail(f"--variants must be among {', '.join(VARIANTS)}, got {','.join(F.variants)}")
@@ -479,7 +485,7 @@ class Benchmark:
             if ratio == ordered[0]:
                 self.pgd100(ratio)
         for ratio in self.b["structured_ratios"]:
-            for method in STRUCTURED:
+            for method in self.b["structured_methods"]:
                 self.structured_cell(method, ratio)
                 gc.collect()
         for name in self.b["variants"]:
