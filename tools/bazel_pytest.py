@@ -51,10 +51,11 @@ if os.environ.get("TEST_TMPDIR"):
     os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(os.environ["TEST_TMPDIR"], "hypothesis"))
 
 class _FirstTestOnly:
-    """`--first_test_only` (what .ci/run passes): of the tests left after `-m`/`-k`, run the first one only.
-    Bazel's part in CI is that every target builds and that its runfiles and deps are enough to import its
-    test file and run a test in Bazel's sandbox; pytest has already run every test once (the README's
-    command), so running them all again here would double CI's time for nothing new."""
+    """`--first_test_only` (what .ci/run passes, to the py_tests with `data`):
+    of the tests left after `-m`/`-k`, run the first one only. Bazel's part in CI is that every target builds
+    and that a target with `data` runs a test in Bazel's sandbox (tests/test_build_file.py checks every
+    target's deps statically); pytest has already run every test once (the README's command), so running them
+    all again here would double CI's time for nothing new."""
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config, items):

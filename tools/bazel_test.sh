@@ -2,6 +2,9 @@
 # `bazel test //...` offline with Debian's bazel-bootstrap 4.2.3 (the CI step):
 #   tools/bazel_test.sh                      # every target
 #   tools/bazel_test.sh //:test_data         # given targets; extra bazel flags are passed on too
+#   tools/bazel_test.sh --tests_with_data    # the py_tests with `data` (they run programs or read files
+#                                            # from their runfiles), found by `bazel query`
+#   tools/bazel_test.sh --build_all ...      # `bazel build //...` first (every target, tests included)
 #
 # - Needs the project's virtualenv (.venv, made by tools/env.sh; CI runs that first):
 #   Bazel runs every py_* target with .venv/bin/python3 (see third_party/bazel/venv.bzl).
@@ -31,7 +34,26 @@ cd "$root"
 trap 'bazel "${startup[@]}" shutdown >/dev/null 2>&1 || true' EXIT
 
 [ "$#" -gt 0 ] || set -- //...
+args=()
+build_all=0
+for a in "$@"; do
+  if [ "$a" = --build_all ]; then
+    build_all=1
+  elif [ "$a" = --tests_with_data ]; then
+    mapfile -t found < <(bazel "${startup[@]}" query --noshow_progress 'attr(data, "\[.+\]", tests(//...))' 2>/dev/null)
+    [ "${#found[@]}" -gt 0 ] || { say "bazel query found no py_test with data"; exit 1; }
+    args+=("${found[@]}")
+  else
+    args+=("$a")
+  fi
+done
+set -- "${args[@]}"
 t0=$SECONDS
+if [ "$build_all" = 1 ]; then
+  bazel "${startup[@]}" build --repository_cache="$out_root/repository_cache" --keep_going \
+    --show_progress_rate_limit=30 //... || { rc=$?; say "bazel build //... failed (exit status $rc)"; exit "$rc"; }
+  say "bazel build //... took $((SECONDS - t0))s"
+fi
 bazel "${startup[@]}" test \
   --repository_cache="$out_root/repository_cache" \
   --keep_going \
