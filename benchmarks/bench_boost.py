@@ -1,0 +1,269 @@
+"""Benchmark (issue 24): robust boosting's ensembles of T tiny compressed learners against one ATMC-8 model of
+about the same device bytes, on Fashion-MNIST at eps 0.1.
+
+    python -m benchmarks.bench_boost --page=docs/bench_boost.md     # the full run: CPU hours, resumable
+    python -m benchmarks.bench_boost --quick --workdir=/tmp/bbq      # smoke test on digits: minutes
+
+Cells, each a pipelines.atmc run in its own process and folder (<workdir>/cells/<cell>; a killed benchmark
+resumes inside a cell as the pipeline does):
+- single: --method=atmc --bits=8 at --size_ratio (DA, then AL0, ATMC-32, ATMC-8: the whole recipe, whose
+  training time counts in full);
+- boost_<T> for T in --rounds: --method=boost --rounds=T, each learner a --model at --size_ratio / T (one
+  global nonzero budget per learner), so the T learners hold as many nonzero weights as the single model;
+  their device bytes are measured, not assumed (each learner carries its own biases and scales).
+Each cell's figures are its pipeline report's (the same attacks for all: PGD with --eval_pgd_steps x
+--eval_restarts, APGD-CE and APGD-DLR, worst case per example, on the Keras model; the int8 .tflite on the
+transferred PGD examples), plus LiteRT latency measured here: the batch-1 int8 file, 1 thread, median of
+300 invoke() calls, all cells in one process.
+
+Results: <workdir>/results.json (a cell written when it finishes; a rerun skips finished cells and refuses,
+exit 2, a workdir of other settings) and the page <workdir>/bench_boost.md (also --page, with the JSON beside it).
+"""
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from pipelines.provenance import machine, package_versions
+
+F = flags.FLAGS
+GOAL_POINTS, GOAL_TIME = 0.01, 0.5
+GOAL_BYTES = 1.1  # "at equal device bytes": the ensemble's TFLM file at most 10% larger than the single model's
+# --quick: explicit flags win
+QUICK = {"dataset": "digits", "model": "small_cnn", "limit_train": 300, "size_ratio": 0.3, "rounds": ["2"],
+         "boost_epochs": 1, "da_epochs": 1, "al0_epochs": 1, "atmc32_epochs": 1, "atmcb_epochs": 1,
+         "pgd_steps": 2, "eval_pgd_steps": 3, "eval_restarts": 1, "micro_samples": 2, "latency_runs": 20}
+
+
+def define_flags():
+    flags.DEFINE_string("workdir", "runs/bench_boost", "Where the cells and results.json go; a rerun resumes.")
+    flags.DEFINE_string("page", None, "Also write the page here (and the results JSON beside it, *.json).")
+    flags.DEFINE_bool("quick", False, "Smoke-test settings (digits, 300 images, one epoch per stage, T = 2): "
+                      "minutes, not the benchmark. Explicit flags win.")
+    flags.DEFINE_string("dataset", "fashion_mnist", "pipelines.atmc --dataset.")
+    flags.DEFINE_string("data_dir", None, "pipelines.atmc --data_dir.")
+    flags.DEFINE_string("model", "lenet", "pipelines.atmc --model: the single model and every learner.")
+    flags.DEFINE_integer("limit_train", None, "pipelines.atmc --limit_train.")
+    flags.DEFINE_integer("seed", 0, "Seed of the data split, the weights and the attacks.")
+    flags.DEFINE_float("eps", 0.1, "L_inf radius (training and evaluation).")
+    flags.DEFINE_float("size_ratio", 0.01, "The single model's kept weights / dense weights; a learner of T keeps 1/T of them.")
+    flags.DEFINE_list("rounds", ["2", "4", "8"], "Ensemble sizes T.")
+    flags.DEFINE_integer("boost_epochs", 5, "Epochs of each learner.")
+    flags.DEFINE_integer("da_epochs", 20, "The single model's dense adversarial training epochs.")
+    flags.DEFINE_integer("al0_epochs", 5, "The single model's AL0 epochs.")
+    flags.DEFINE_integer("atmc32_epochs", 5, "The single model's ATMC-32 epochs.")
+    flags.DEFINE_integer("atmcb_epochs", 5, "The single model's ATMC-8 epochs.")
+    flags.DEFINE_integer("pgd_steps", 7, "PGD steps of every training attack.")
+    flags.DEFINE_integer("eval_pgd_steps", 20, "pipelines.atmc --eval_pgd_steps (also the APGD steps).")
+    flags.DEFINE_integer("eval_restarts", 1, "pipelines.atmc --eval_restarts.")
+    flags.DEFINE_integer("micro_samples", 10, "pipelines.atmc --micro_samples.")
+    flags.DEFINE_integer("latency_runs", 300, "LiteRT invoke() calls per latency figure (median).")
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    rest = flags.FLAGS(argv)
+    if F.quick:
+        for name, value in QUICK.items():
+            if not F[name].present:
+                F[name].value = value
+    try:
+        rounds = [int(t) for t in F.rounds]
+    except ValueError:
+        fail(f"--rounds={','.join(F.rounds)} must be integers T >= 2 (ensemble sizes)")
+    if not rounds or min(rounds) < 2 or len(set(rounds)) != len(rounds):
+        fail(f"--rounds={','.join(F.rounds)} must be distinct integers T >= 2 (ensemble sizes)")
+    if not 0 < F.size_ratio < 1:
+        fail(f"--size_ratio must be in (0, 1), got {F.size_ratio}")
+    for name in ("boost_epochs", "da_epochs", "al0_epochs", "atmc32_epochs", "atmcb_epochs", "pgd_steps",
+                 "eval_pgd_steps", "eval_restarts", "latency_runs"):
+        if F[name].value < 1:
+            fail(f"--{name} must be >= 1, got {F[name].value}")
+    return rest
+
+
+def settings():
+    keys = ("dataset", "model", "limit_train", "seed", "eps", "size_ratio", "boost_epochs", "da_epochs",
+            "al0_epochs", "atmc32_epochs", "atmcb_epochs", "pgd_steps", "eval_pgd_steps", "eval_restarts",
+            "micro_samples")
+    return {k: F[k].value for k in keys}
+
+
+def cells_to_run(rounds):
+    return [("single", None)] + [(f"boost_{t}", int(t)) for t in rounds]
+
+
+def pipeline_args(name, t, s, bench_dir, data_dir=None):
+    args = [f"--dataset={s['dataset']}", f"--model={s['model']}", f"--seed={s['seed']}", "--verbose=0",
+            f"--workdir={os.path.join(bench_dir, 'cells', name)}", f"--eps={s['eps']}",
+            f"--pgd_steps={s['pgd_steps']}", f"--eval_pgd_steps={s['eval_pgd_steps']}",
+            f"--eval_restarts={s['eval_restarts']}", f"--micro_samples={s['micro_samples']}"]
+    if data_dir:
+        args.append(f"--data_dir={data_dir}")
+    if s["limit_train"]:
+        args.append(f"--limit_train={s['limit_train']}")
+    if t is None:
+        return args + ["--method=atmc", "--bits=8", f"--size_ratio={s['size_ratio']}", f"--da_epochs={s['da_epochs']}",
+                       f"--al0_epochs={s['al0_epochs']}", f"--atmc32_epochs={s['atmc32_epochs']}",
+                       f"--atmcb_epochs={s['atmcb_epochs']}"]
+    return args + ["--method=boost", f"--rounds={t}", f"--size_ratio={s['size_ratio'] / t:.6g}",
+                   f"--boost_epochs={s['boost_epochs']}"]
+
+
+def read_cell(cell_dir, t, latency_runs):
+    """The cell's pipeline report, in the benchmark's terms, and its LiteRT latency measured here."""
+    import numpy as np
+
+    from atmc_tf.export.tflite import LiteRTModel
+    report = json.load(open(os.path.join(cell_dir, "report.json")))
+    s = report["summary"]
+    robust = s["keras_robust"] if t is not None else s["keras_robust_worst"]
+    with open(os.path.join(cell_dir, "export", "model_int8_batch1.tflite"), "rb") as fh:
+        lite = LiteRTModel(fh.read(), num_threads=1)
+    probe = np.random.default_rng(0).random((16,) + lite.input_shape[1:], dtype=np.float32)
+    return {"keras_clean": s["keras_clean"], "keras_robust_worst": robust,
+            "tflite_clean": s["tflite_clean"], "tflite_robust_transfer": s["tflite_robust_transfer"],
+            "device_bytes": report["device_bytes"], "train_seconds": report["timings_seconds"]["training"],
+            "latency_ms": lite.latency_ms(probe, runs=latency_runs),
+            "rounds": [{k: r[k] for k in ("round", "clean", "worst_case") if k in r} for r in report.get("rounds", [])]}
+
+
+def run_cell(name, t, s, bench_dir):
+    cell_dir = os.path.join(bench_dir, "cells", name)
+    args = pipeline_args(name, t, s, bench_dir, F.data_dir)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    print(f"{name}: python -m pipelines.atmc {' '.join(shlex.quote(a) for a in args)}", flush=True)
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "pipelines.atmc", *args], env=env)
+    if r.returncode != 0:
+        fail(f"cell {name}: pipelines.atmc exited with status {r.returncode} (its output above); "
+             f"fix the cause and rerun: the cell resumes from {cell_dir}")
+    return time.time() - t0
+
+
+# --- the page --------------------------------------------------------------------------------------
+
+def goal_status(results):
+    """Per ensemble: 'met' when its TFLM file is at most 1.1x the single model's and its Keras worst-case robust
+    accuracy is within 1 point of the single model's at <= 1/2 of its training time, or above it at <= its time."""
+    cells = results.get("cells", {})
+    single = cells.get("single")
+    out = []
+    for key, c in cells.items():
+        if key == "single":
+            continue
+        if single is None:
+            out.append((key, "not yet measured", "needs the single model"))
+            continue
+        dr = c["keras_robust_worst"] - single["keras_robust_worst"]
+        tr = c["train_seconds"] / single["train_seconds"]
+        br = c["device_bytes"]["tflm"] / single["device_bytes"]["tflm"]
+        met = br <= GOAL_BYTES and ((dr >= -GOAL_POINTS and tr <= GOAL_TIME) or (dr > 0 and tr <= 1))
+        out.append((key, "met" if met else "not met",
+                    f"robust {c['keras_robust_worst']:.3f} vs {single['keras_robust_worst']:.3f} ({dr * 100:+.1f} pts), "
+                    f"training time x{tr:.2f}, TFLM bytes x{br:.2f}"))
+    return out
+
+
+def render(results):
+    s = results["settings"]
+    lines = [f"# Robust boosting vs one ATMC-8 model: {s['dataset']}/{s['model']}, eps {s['eps']}", ""]
+    if results.get("quick"):
+        lines += ["**Smoke test (--quick): tiny settings, the figures mean nothing.**", ""]
+    lines += [f"single: ATMC-8 at size ratio {s['size_ratio']} ({s['da_epochs']} DA + {s['al0_epochs']} AL0 + "
+              f"{s['atmc32_epochs']} ATMC-32 + {s['atmcb_epochs']} ATMC-8 epochs). boost_T: T learners, each a "
+              f"{s['model']} at size ratio {s['size_ratio']}/T, {s['boost_epochs']} epochs each (AdaBoost.MM costs). "
+              f"Training PGD {s['pgd_steps']} steps. Robust: the worst case per example of PGD-{s['eval_pgd_steps']} "
+              f"x {s['eval_restarts']}, APGD-CE and APGD-DLR on the Keras model (the ensemble attacked as a whole "
+              "through its combined logits); .tflite: the int8 file on the PGD examples transferred. Latency: LiteRT, "
+              "batch 1, 1 thread, median. Training time: the pipeline's training stages (the single model's DA "
+              "included). One run per cell, one seed: no confidence interval.", "",
+              f"Target (per ensemble): within {GOAL_POINTS * 100:.0f} point of the single model's robust accuracy at "
+              f"<= {GOAL_TIME:g}x its training time, or above it at <= 1x, with a TFLM file at most {GOAL_BYTES:g}x the single "
+              "model's (the learners share the nonzero budget, but each carries its own biases, scales and graph, "
+              "so the bytes are measured):", ""]
+    for key, status, why in goal_status(results):
+        lines.append(f"- {key}: **{status}** ({why}).")
+    lines += ["", "| cell | Keras clean | Keras robust (worst case) | .tflite clean | .tflite robust (transfer) | "
+              "TFLM bytes | LiteRT bytes | LiteRT ms | training s |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, c in results.get("cells", {}).items():
+        d = c["device_bytes"]
+        lines.append(f"| {key} | {c['keras_clean']:.3f} | {c['keras_robust_worst']:.3f} | {c['tflite_clean']:.3f} | "
+                     f"{c['tflite_robust_transfer']:.3f} | {d['tflm']:,} | {d['litert']:,} | {c['latency_ms']:.3f} | "
+                     f"{c['train_seconds']:.0f} |")
+    env = results.get("env", {})
+    lines += ["", f"Command: `{results.get('command', '')}`", "",
+              f"Versions: {json.dumps(env.get('versions', {}))}", "",
+              f"Machine: {env.get('machine', '')}; started {results.get('date', '')}, last run "
+              f"{results.get('updated', results.get('date', ''))}.", f"Settings: {json.dumps(s)}", ""]
+    return "\n".join(lines)
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv):
+    del argv
+    bench_dir = F.workdir
+    os.makedirs(os.path.join(bench_dir, "cells"), exist_ok=True)
+    res_path = os.path.join(bench_dir, "results.json")
+    s = settings()
+    if os.path.exists(res_path):
+        results = json.load(open(res_path))
+        diff = sorted(k for k in set(s) | set(results["settings"]) if results["settings"].get(k) != s.get(k))
+        if diff:
+            fail(f"--workdir={bench_dir} holds a benchmark of other settings ({', '.join(diff)}); use another --workdir")
+    else:
+        results = {"settings": s, "quick": F.quick, "cells": {}}
+    results["command"] = "python -m benchmarks.bench_boost " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results["env"] = {"versions": package_versions(["tensorflow", "keras", "ai-edge-litert", "numpy"]),
+                      "machine": "{cpu_model}, {nproc} CPUs, {platform}, nice {nice}".format(**machine())}
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results.setdefault("date", now)
+    results["updated"] = now
+    _write_json(res_path, results)
+    for name, t in cells_to_run(F.rounds):
+        if name in results["cells"]:
+            print(f"{name}: done (resumed)")
+            continue
+        wall = run_cell(name, t, s, bench_dir)
+        cell = read_cell(os.path.join(bench_dir, "cells", name), t, F.latency_runs)
+        cell.update(learners=t or 1, wall_seconds=wall)
+        results["cells"][name] = cell
+        _write_json(res_path, results)
+        print(f"{name}: robust {cell['keras_robust_worst']:.3f} (Keras worst case), TFLM {cell['device_bytes']['tflm']:,} B, "
+              f"training {cell['train_seconds']:.0f} s, LiteRT {cell['latency_ms']:.3f} ms", flush=True)
+    page = render(results)
+    with open(os.path.join(bench_dir, "bench_boost.md"), "w") as fh:
+        fh.write(page)
+    if F.page:
+        os.makedirs(os.path.dirname(os.path.abspath(F.page)), exist_ok=True)
+        with open(F.page, "w") as fh:
+            fh.write(page)
+        shutil.copyfile(res_path, os.path.splitext(F.page)[0] + ".json")
+    for key, status, why in goal_status(results):
+        print(f"target: {key}: {status} ({why})")
+    print(f"page: {os.path.join(bench_dir, 'bench_boost.md')}")
+
+
+def entry():
+    define_flags()
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    entry()
