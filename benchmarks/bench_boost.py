@@ -19,18 +19,12 @@ transferred PGD examples), plus LiteRT latency measured here: the batch-1 int8 f
 Results: <workdir>/results.json (a cell written when it finishes; a rerun skips finished cells and refuses,
 exit 2, a workdir of other settings) and the page <workdir>/bench_boost.md (also --page, with the JSON beside it).
 """
-import datetime
 import json
 import os
-import shlex
-import shutil
-import subprocess
-import sys
-import time
 
 from absl import app, flags
 
-from pipelines.provenance import machine, package_versions
+from benchmarks.pipeline_cells import fail, open_results, provenance_lines, run_pipeline, write_json, write_page
 
 F = flags.FLAGS
 GOAL_POINTS, GOAL_TIME = 0.01, 0.5
@@ -64,11 +58,6 @@ def define_flags():
     flags.DEFINE_integer("eval_restarts", 1, "pipelines.atmc --eval_restarts.")
     flags.DEFINE_integer("micro_samples", 10, "pipelines.atmc --micro_samples.")
     flags.DEFINE_integer("latency_runs", 300, "LiteRT invoke() calls per latency figure (median).")
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def parse_flags(argv):
@@ -138,19 +127,6 @@ def read_cell(cell_dir, t, latency_runs):
             "rounds": [{k: r[k] for k in ("round", "clean", "worst_case") if k in r} for r in report.get("rounds", [])]}
 
 
-def run_cell(name, t, s, bench_dir):
-    cell_dir = os.path.join(bench_dir, "cells", name)
-    args = pipeline_args(name, t, s, bench_dir, F.data_dir)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    print(f"{name}: python -m pipelines.atmc {' '.join(shlex.quote(a) for a in args)}", flush=True)
-    t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "pipelines.atmc", *args], env=env)
-    if r.returncode != 0:
-        fail(f"cell {name}: pipelines.atmc exited with status {r.returncode} (its output above); "
-             f"fix the cause and rerun: the cell resumes from {cell_dir}")
-    return time.time() - t0
-
-
 # --- the page --------------------------------------------------------------------------------------
 
 def goal_status(results):
@@ -201,63 +177,30 @@ def render(results):
         lines.append(f"| {key} | {c['keras_clean']:.3f} | {c['keras_robust_worst']:.3f} | {c['tflite_clean']:.3f} | "
                      f"{c['tflite_robust_transfer']:.3f} | {d['tflm']:,} | {d['litert']:,} | {c['latency_ms']:.3f} | "
                      f"{c['train_seconds']:.0f} |")
-    env = results.get("env", {})
-    lines += ["", f"Command: `{results.get('command', '')}`", "",
-              f"Versions: {json.dumps(env.get('versions', {}))}", "",
-              f"Machine: {env.get('machine', '')}; started {results.get('date', '')}, last run "
-              f"{results.get('updated', results.get('date', ''))}.", f"Settings: {json.dumps(s)}", ""]
-    return "\n".join(lines)
-
-
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    return "\n".join(lines + provenance_lines(results))
 
 
 def main(argv):
     del argv
     bench_dir = F.workdir
-    os.makedirs(os.path.join(bench_dir, "cells"), exist_ok=True)
-    res_path = os.path.join(bench_dir, "results.json")
     s = settings()
-    if os.path.exists(res_path):
-        results = json.load(open(res_path))
-        diff = sorted(k for k in set(s) | set(results["settings"]) if results["settings"].get(k) != s.get(k))
-        if diff:
-            fail(f"--workdir={bench_dir} holds a benchmark of other settings ({', '.join(diff)}); use another --workdir")
-    else:
-        results = {"settings": s, "quick": F.quick, "cells": {}}
-    results["command"] = "python -m benchmarks.bench_boost " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    results["env"] = {"versions": package_versions(["tensorflow", "keras", "ai-edge-litert", "numpy"]),
-                      "machine": "{cpu_model}, {nproc} CPUs, {platform}, nice {nice}".format(**machine())}
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    results.setdefault("date", now)
-    results["updated"] = now
-    _write_json(res_path, results)
+    results = open_results(bench_dir, s, F.quick, "benchmarks.bench_boost")
+    res_path = os.path.join(bench_dir, "results.json")
     for name, t in cells_to_run(F.rounds):
         if name in results["cells"]:
             print(f"{name}: done (resumed)")
             continue
-        wall = run_cell(name, t, s, bench_dir)
+        wall = run_pipeline(name, pipeline_args(name, t, s, bench_dir, F.data_dir), bench_dir)
         cell = read_cell(os.path.join(bench_dir, "cells", name), t, F.latency_runs)
         cell.update(learners=t or 1, wall_seconds=wall)
         results["cells"][name] = cell
-        _write_json(res_path, results)
+        write_json(res_path, results)
         print(f"{name}: robust {cell['keras_robust_worst']:.3f} (Keras worst case), TFLM {cell['device_bytes']['tflm']:,} B, "
               f"training {cell['train_seconds']:.0f} s, LiteRT {cell['latency_ms']:.3f} ms", flush=True)
-    page = render(results)
-    with open(os.path.join(bench_dir, "bench_boost.md"), "w") as fh:
-        fh.write(page)
-    if F.page:
-        os.makedirs(os.path.dirname(os.path.abspath(F.page)), exist_ok=True)
-        with open(F.page, "w") as fh:
-            fh.write(page)
-        shutil.copyfile(res_path, os.path.splitext(F.page)[0] + ".json")
+    page_file = write_page(bench_dir, "bench_boost.md", render(results), F.page)
     for key, status, why in goal_status(results):
         print(f"target: {key}: {status} ({why})")
-    print(f"page: {os.path.join(bench_dir, 'bench_boost.md')}")
+    print(f"page: {page_file}")
 
 
 def entry():

