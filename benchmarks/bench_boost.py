@@ -24,7 +24,8 @@ import os
 
 from absl import app, flags
 
-from benchmarks.pipeline_cells import fail, open_results, provenance_lines, run_pipeline, write_json, write_page
+from benchmarks.pipeline_cells import (fail, open_results, provenance_lines, quick_defaults, run_pipeline, write_json,
+                                       write_page)
 
 F = flags.FLAGS
 GOAL_POINTS, GOAL_TIME = 0.01, 0.5
@@ -63,9 +64,7 @@ def define_flags():
 def parse_flags(argv):
     rest = flags.FLAGS(argv)
     if F.quick:
-        for name, value in QUICK.items():
-            if not F[name].present:
-                F[name].value = value
+        quick_defaults(F, QUICK)
     try:
         rounds = [int(t) for t in F.rounds]
     except ValueError:

@@ -28,10 +28,11 @@ import time
 
 from absl import app, flags
 
-from benchmarks.pipeline_cells import fail, open_results, provenance_lines, run_pipeline, write_json, write_page
+from benchmarks.pipeline_cells import (fail, open_results, provenance_lines, quick_defaults, run_pipeline, write_json,
+                                       write_page)
 
 F = flags.FLAGS
-THREATS = ("linf", "l2", "l1")
+THREATS = ("linf", "l2", "l1")  # atmc_tf.choices.THREAT_NORMS' names (not imported here: it loads TensorFlow)
 SINGLES = THREATS
 MIXES = ("minmax", "avg", "max", "msd")
 WEIGHTINGS = MIXES + SINGLES  # the default run order: the targets' cells first
@@ -78,9 +79,7 @@ def define_flags():
 def parse_flags(argv):
     rest = flags.FLAGS(argv)
     if F.quick:
-        for name, value in QUICK.items():
-            if not F[name].present:
-                F[name].value = value
+        quick_defaults(F, QUICK)
     for name in ("dense", "compressed"):
         bad = [w for w in F[name].value if w not in WEIGHTINGS]
         if bad or len(set(F[name].value)) != len(F[name].value):
@@ -150,14 +149,14 @@ def write_dense_plain(cell_dir, w, bench_dir):
     """The dense cell's trained model without its wrappers: what the compressed cell starts from."""
     import keras
 
-    import atmc_tf.layers  # noqa: F401  (registers ATMCWrapper, which the saved model holds)
-    from atmc_tf.layers import strip_model
+    from atmc_tf.export import atomic
+    from atmc_tf.layers import strip_model  # (also registers ATMCWrapper, which the saved model holds)
     path = dense_plain_file(bench_dir, w)
     if not os.path.exists(path):
         model_file, _ = final_model_file(cell_dir)
         plain = strip_model(keras.models.load_model(model_file, safe_mode=True))
-        plain.save(path + ".tmp.keras")
-        os.replace(path + ".tmp.keras", path)
+        with atomic.atomic_path(path, ".tmp.keras") as tmp:
+            plain.save(tmp)
 
 
 def evaluate_cell(cell_dir, data, s):
@@ -166,23 +165,23 @@ def evaluate_cell(cell_dir, data, s):
 
     import atmc_tf.layers  # noqa: F401  (registers ATMCWrapper, which the saved model holds)
     from atmc_tf.attacks import PGDConfig, adversarial_examples, union_accuracy
+    from atmc_tf.choices import THREAT_NORMS
     from atmc_tf.export.tflite import LiteRTModel
     model_file, report = final_model_file(cell_dir)
     model = keras.models.load_model(model_file, safe_mode=True)
     x, y = data.x_test[:s["eval_n"]], data.y_test[:s["eval_n"]]
-    norms = {"linf": "inf", "l2": "2", "l1": "1"}
     radii = {"linf": s["eps_linf"], "l2": s["eps_l2"], "l1": s["eps_l1"]}
     t0 = time.time()
     fn = lambda z: model(z, training=False)  # noqa: E731
     examples = {t: adversarial_examples(fn, x, y, PGDConfig(eps=radii[t], steps=s["eval_steps"],
-                                                            restarts=s["eval_restarts"], norm=norms[t]))
+                                                            restarts=s["eval_restarts"], norm=THREAT_NORMS[t]))
                 for t in THREATS}
     with open(os.path.join(cell_dir, "export", "model_int8.tflite"), "rb") as fh:
         lite = LiteRTModel(fh.read())
     keras_acc = union_accuracy(lambda z: model.predict(z, verbose=0, batch_size=256), x, y, examples)
     lite_acc = union_accuracy(lite.predict, x, y, examples)
     stage_seconds = sum(r.get("seconds", 0.0) for r in report["stage_results"])
-    weights = [w for w in (report.get("threat_models") or {}).get("domain_weights") or []]
+    weights = (report.get("threat_models") or {}).get("domain_weights") or []
     return {"keras": {k: v for k, v in keras_acc.as_dict().items() if k != "robust"},
             "tflite": {k: v for k, v in lite_acc.as_dict().items() if k != "robust"},
             "n": int(len(y)), "attack_seconds": time.time() - t0, "train_seconds": stage_seconds,

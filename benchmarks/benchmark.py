@@ -32,6 +32,7 @@ import time
 from absl import app, flags, logging
 
 from benchmarks import bench_report as R
+from benchmarks.pipeline_cells import quick_defaults
 from pipelines import flags_def
 from pipelines.flags_def import PipelineConfig, UsageError, check_workdir, config_defaults, config_diff, fail
 from pipelines.provenance import machine, package_versions
@@ -192,9 +193,7 @@ def settings_from_flags():
         if F[name].present:
             fail(f"--{name} is a flag of pipelines.atmc; the benchmark sets it per cell (see --helpfull)")
     if F.quick:
-        for name, value in QUICK.items():
-            if not F[name].present:
-                F[name].value = value
+        quick_defaults(F, QUICK)
     bench = {name: F[name].value for name in BENCH_FLAGS}
     bench["ratios"] = sorted(set(_floats("ratios", F.ratios, 0, 1)))
     bench["da_lr_grid"] = _floats("da_lr_grid", F.da_lr_grid, 0, 10)

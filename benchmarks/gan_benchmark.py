@@ -25,18 +25,14 @@ refuses, exit 2, a workdir of other settings) and the page <workdir>/gan_benchma
 the JSON copied beside it). pipelines.gan's flags (--dataset, --bits, --distill_weight, --sparsity, ...)
 apply; --channel_budget does not (the MAC target sets it).
 """
-import datetime
 import json
 import os
-import shlex
-import shutil
-import sys
 import time
 
 from absl import app, flags, logging
 
+from benchmarks.pipeline_cells import open_results, provenance_lines, quick_defaults, write_json, write_page
 from pipelines import gan as P
-from pipelines.provenance import machine, package_versions
 
 F = flags.FLAGS
 METHODS = ("gs", "stacked")
@@ -60,9 +56,7 @@ def define_flags():
 def parse_flags(argv):
     rest = P.parse_flags(argv)
     if F.quick:
-        for name, value in QUICK.items():
-            if not F[name].present:
-                F[name].value = value
+        quick_defaults(F, QUICK)
     try:
         targets = [int(d) for d in F.mac_targets]
     except ValueError:
@@ -82,11 +76,6 @@ def settings():
     out.update(mac_targets=[int(d) for d in F.mac_targets], methods=list(F.methods), micro=F.micro,
                stacked="prune(budget_masks)->finetune(distill+lsgan)->ptq(bits lattice)")
     return out
-
-
-def _write_json(path, obj):
-    from atmc_tf.export import atomic
-    atomic.write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 # --- MAC target -> channel budget -------------------------------------------------------------
@@ -258,13 +247,7 @@ def render(results):
     floor = results.get("real_training_images")
     if floor:
         lines.append(f"| real training images (floor) | | {floor['fd']:.3f} | {floor['cond_acc']:.3f} | | | | | | |")
-    env = results.get("env", {})
-    lines += ["", f"Command: `{results.get('command', '')}`", "",
-              f"Versions: {json.dumps(env.get('versions', {}))}", "",
-              f"Machine: {env.get('machine', '')}; started {results.get('date', '')}, last run "
-              f"{results.get('updated', results.get('date', ''))}.",
-              f"Settings: {json.dumps(s)}", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + provenance_lines(results))
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -275,23 +258,8 @@ def main(argv):
     from atmc_tf.data import DataError, load_dataset
     from atmc_tf.export.surgery import count_macs
     bench_dir = F.workdir
-    os.makedirs(bench_dir, exist_ok=True)
     res_path = os.path.join(bench_dir, "results.json")
-    cfg = settings()
-    if os.path.exists(res_path):
-        results = json.load(open(res_path))
-        diff = sorted(k for k in set(cfg) | set(results["settings"]) if results["settings"].get(k) != cfg.get(k))
-        if diff:
-            P.fail(f"--workdir={bench_dir} holds a benchmark of other settings ({', '.join(diff)}); use another --workdir")
-    else:
-        results = {"settings": cfg, "quick": F.quick, "cells": {}}
-    results["command"] = "python -m benchmarks.gan_benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    results["env"] = {"versions": package_versions(["tensorflow", "keras", "ai-edge-litert", "numpy"]),
-                      "machine": "{cpu_model}, {nproc} CPUs, {platform}, nice {nice}".format(**machine())}
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    results.setdefault("date", now)  # when the run started; "updated": its last (resumed) invocation
-    results["updated"] = now
-    _write_json(res_path, results)
+    results = open_results(bench_dir, settings(), F.quick, "benchmarks.gan_benchmark")
     try:
         ds = load_dataset(F.dataset, data_dir=F.data_dir, seed=F.seed, limit_train=F.limit_train)
     except DataError as err:
@@ -323,19 +291,12 @@ def main(argv):
                 results["real_training_images"] = report["real_test_images"]
                 results["fd_name"] = report["fd_name"]
             results["cells"][key] = cell
-            _write_json(res_path, results)
+            write_json(res_path, results)
             print(f"{key}: {results['fd_name']} {cell['fd']:.3f} (teacher {results['teacher']['fd']:.3f}), cond. acc "
                   f"{cell['cond_acc']:.3f}, MACs ratio {cell['macs_ratio']:.4f}, {cell['tflite_bytes']:,} bytes")
-    page = render(results)
-    with open(os.path.join(bench_dir, "gan_benchmark.md"), "w") as fh:
-        fh.write(page)
-    if F.page:
-        os.makedirs(os.path.dirname(os.path.abspath(F.page)), exist_ok=True)
-        with open(F.page, "w") as fh:
-            fh.write(page)
-        shutil.copyfile(res_path, os.path.splitext(F.page)[0] + ".json")
+    page_file = write_page(bench_dir, "gan_benchmark.md", render(results), F.page)
     status, why = goal_status(results)
-    print(f"target at 1/{GOAL_D}: {status} ({why}) -> {os.path.join(bench_dir, 'gan_benchmark.md')}")
+    print(f"target at 1/{GOAL_D}: {status} ({why}) -> {page_file}")
 
 
 if __name__ == "__main__":

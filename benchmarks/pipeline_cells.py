@@ -1,6 +1,6 @@
-"""What the benchmarks whose cells are pipelines.atmc runs share (bench_threats, bench_boost): the results
-file (resumed, refused when another benchmark's settings wrote it), one cell as a pipeline run in its own
-process and folder, and the page's provenance lines and files."""
+"""What the benchmarks that keep a results file of cells and a page share (gan_benchmark, bench_threats,
+bench_boost): the results file (resumed, refused when another benchmark's settings wrote it), one cell as a
+pipelines.atmc run in its own process and folder, and the page's provenance lines and files."""
 import datetime
 import json
 import os
@@ -10,20 +10,21 @@ import subprocess
 import sys
 import time
 
+from pipelines.console import fail  # noqa: F401  (the programs' one-line exit 2, re-exported for them)
 from pipelines.provenance import machine, package_versions
 
 
-def fail(message):
-    """The benchmarks' bad-input exit: one line on stderr, status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+def quick_defaults(flag_values, quick):
+    """--quick's settings, where the command line did not set the flag itself (explicit flags win)."""
+    for name, value in quick.items():
+        if not flag_values[name].present:
+            flag_values[name].value = value
 
 
 def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    """results.json atomically, keys in the order written (the cells' run order is the page's)."""
+    from atmc_tf.export import atomic
+    atomic.write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def open_results(bench_dir, settings, quick, program):

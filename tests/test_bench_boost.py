@@ -1,19 +1,13 @@
 """benchmarks/bench_boost.py (issue 24's benchmark): the quick run end to end and resumed, settings refused on
 another workdir, the learners' share of the budget, and the target's verdicts."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from pipeline_run import run_module
 
 
 def run_bench(*args, timeout=900):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "benchmarks.bench_boost", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_module("benchmarks.bench_boost", *args, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -1,19 +1,13 @@
 """benchmarks/bench_threats.py (issue 19's benchmark): the quick run end to end and resumed, the compressed
 cell started from its dense twin, settings refused on another workdir, and the targets' verdicts."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from pipeline_run import run_module
 
 
 def run_bench(*args, timeout=900):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "benchmarks.bench_threats", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_module("benchmarks.bench_threats", *args, timeout=timeout)
 
 
 @pytest.mark.slow
