@@ -8,22 +8,22 @@ the teacher's MACs, on class-conditional Fashion-MNIST (28x28).
 ONE teacher (pipelines.gan's teacher stage: classifier + dense LSGAN generator) in <workdir>/teacher; then
 per (method, MAC target) a cell in <workdir>/cells/<method>_<d> (a pipelines.gan workdir whose teacher/ is
 a link to the shared one), scored by pipelines.gan's export and report stages:
-- gs: pipelines.gan's student stage (its default sparsity, --sparsity), at the channel budget below.
-- stacked: the teacher's channels pruned by the same channel scores (atmc_tf.constraints.budget_masks on
-  the BN gammas, per-tensor normalised, as BNChannelL1Prox ranks them) to the same channel budget and cut,
-  then fine-tuned with distillation + LSGAN (no quantization, no sparsity, --student_epochs epochs), then
-  quantized post-training: every Conv2D / Dense kernel projected to the --bits per-channel lattice (the
-  lattice GS trains on) before the int8 export. No QAT step.
-MAC target -> channel budget: the largest number of kept channels k such that the teacher, pruned by
-budget_masks to k channels and cut, has at most teacher MACs / d (a binary search; MACs grow with k). GS gets
-the same k (as --channel_budget = k / channels), but chooses its channels itself during training, so its
-cut MACs can differ from the stacked model's: each cell records its measured MACs and whether it is at or
-under the target.
+- gs: pipelines.gan's student stage (--sparsity=l1_prox) with --mac_budget = 1/d: its channel budget is the
+  longest prefix of its own ranking (BN gammas, per-tensor normalised) whose exact MACs fit
+  (atmc_tf.constraints.mac_masks), re-chosen every step as the gammas move, ramped from all channels.
+- stacked: the teacher's channels pruned ONCE by the same rule on the teacher's gammas (mac_masks, same
+  MAC budget) and cut, then fine-tuned with distillation + LSGAN (no quantization, no sparsity,
+  --student_epochs epochs), then quantized post-training: every Conv2D / Dense kernel projected to the
+  --bits per-channel lattice (the lattice GS trains on) before the int8 export. No QAT step.
+Both are at or under the MAC target by construction (the MAC model is exact for a cut generator:
+atmc_tf.gan.channel_mac_model); they may keep different channel counts (a channel at 28x28 costs 4x one
+at 14x14), and each cell records its measured MACs. (Until 2026-12-02 GS got the stacked model's channel
+COUNT instead and ended under its MACs: 0.079 against 0.119 of the teacher's at 1/8 on digits.)
 
 Results: <workdir>/results.json (a cell written atomically when it finishes; a rerun skips finished cells and
 refuses, exit 2, a workdir of other settings) and the page <workdir>/gan_benchmark.md (also --page, with
 the JSON copied beside it). pipelines.gan's flags (--dataset, --bits, --distill_weight, --sparsity, ...)
-apply; --channel_budget does not (the MAC target sets it).
+apply; --channel_budget and --mac_budget do not (the MAC targets set the budget).
 """
 import json
 import os
@@ -66,65 +66,53 @@ def parse_flags(argv):
     bad = [m for m in F.methods if m not in METHODS]
     if bad or not F.methods:
         P.fail(f"--methods={','.join(F.methods)} is not a list of {', '.join(METHODS)}")
-    if F.channel_budget != F["channel_budget"].default:
-        P.fail("--channel_budget does not apply here (each MAC target sets the budget); drop it")
+    for name in ("channel_budget", "mac_budget"):
+        if F[name].value != F[name].default:
+            P.fail(f"--{name} does not apply here (each MAC target sets the budget); drop it")
+    if F.sparsity != "l1_prox":
+        P.fail(f"--sparsity={F.sparsity}: the benchmark's GS cells need --sparsity=l1_prox (their MAC budget)")
     return rest
 
 
 def settings():
-    out = {k: F[k].value for k in P.IDENTITY if k != "channel_budget"}
+    out = {k: F[k].value for k in P.IDENTITY if k not in ("channel_budget", "mac_budget")}
     out.update(mac_targets=[int(d) for d in F.mac_targets], methods=list(F.methods), micro=F.micro,
-               stacked="prune(budget_masks)->finetune(distill+lsgan)->ptq(bits lattice)")
+               budget="mac_masks at MACs / d (both methods)",
+               stacked="prune(mac_masks)->finetune(distill+lsgan)->ptq(bits lattice)")
     return out
 
 
 # --- MAC target -> channel budget -------------------------------------------------------------
 
-def pruned_copy(gen, k):
-    """A copy of `gen` whose prunable BNs keep the k channels budget_masks ranks highest (gamma, beta of the
-    others zeroed, so cut_generator removes them)."""
+def pruned_copy(gen, d):
+    """(copy of `gen`, kept channels): its prunable BNs keep the channels mac_masks keeps at 1/d of its
+    MACs (gamma, beta of the others zeroed, so cut_generator removes them)."""
     import keras
 
     from atmc_tf import gan
-    from atmc_tf.constraints import budget_masks
+    from atmc_tf.constraints import mac_masks
+    from atmc_tf.export.surgery import count_macs
     copy = keras.models.clone_model(gen)
     copy.set_weights(gen.get_weights())
     pairs = gan.prunable_bns(copy)
-    masks = budget_masks([bn.gamma.value for _, bn in pairs], k)
+    masks = mac_masks([bn.gamma.value for _, bn in pairs], count_macs(gen) / d, *gan.channel_mac_model(gen))
     for (_, bn), m in zip(pairs, masks):
         bn.gamma.assign(bn.gamma * m)
         bn.beta.assign(bn.beta * m)
-    return copy
+    return copy, int(sum(float(keras.ops.sum(m)) for m in masks))
 
 
-def budget_for(teacher, d):
-    """(k, cut MACs): the largest channel count whose budget_masks-pruned, cut teacher has <= MACs / d."""
+def reachable(teacher, d):
+    """True if 1/d of the teacher's MACs holds the generator with one channel per hidden convolution."""
     from atmc_tf import gan
-    from atmc_tf.export.surgery import count_macs, shrink_model
-    pairs = gan.prunable_bns(teacher)
-    target = count_macs(teacher) / d
-
-    def macs(k):  # cut_generator's cut without its output check (the cells' cuts are checked)
-        copy = pruned_copy(teacher, k)
-        gan.silence_pruned(copy)
-        return count_macs(shrink_model(copy, verify=False, strict=False)[0])
-
-    lo, hi = len(pairs), sum(int(bn.gamma.shape[0]) for _, bn in pairs)
-    if macs(lo) > target:
-        return lo, macs(lo)  # one channel per layer is over: the cell records that it misses the target
-    while lo < hi:  # invariant: macs(lo) <= target
-        mid = (lo + hi + 1) // 2
-        if macs(mid) <= target:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo, macs(lo)
+    from atmc_tf.export.surgery import count_macs
+    return P.mac_masks_least(gan.channel_mac_model(teacher)) <= count_macs(teacher) / d
 
 
 # --- the stacked baseline's student stage ------------------------------------------------------
 
-def stage_stacked_student(ds, k):
-    """Prune the teacher to k channels and cut it, fine-tune (distillation + LSGAN, float), then project the
+def stage_stacked_student(ds, d):
+    """Prune the teacher to 1/d of its MACs (mac_masks) and cut it, fine-tune (distillation + LSGAN, float), then project the
     kernels to the --bits lattice post-training; writes the same student/ files as pipelines.gan."""
     import keras
 
@@ -136,7 +124,7 @@ def stage_stacked_student(ds, k):
     teacher = P._load(P._path("teacher", "generator.keras"))
     teacher.trainable = False
     disc = P._load(P._path("teacher", "discriminator.keras"))
-    pruned = pruned_copy(P._load(P._path("teacher", "generator.keras")), k)  # a copy that is not frozen
+    pruned, k = pruned_copy(P._load(P._path("teacher", "generator.keras")), d)  # a copy that is not frozen
     live = gan.live_channels(pruned)
     small, cut = gan.cut_generator(pruned)
     trainer = gan.GANTrainer(small, disc, ds.num_classes, F.z_dim, teacher=teacher, distill_weight=F.distill_weight,
@@ -157,7 +145,7 @@ def stage_stacked_student(ds, k):
 
 # --- cells ---------------------------------------------------------------------------------------
 
-def run_cell(ds, bench_dir, method, d, k):
+def run_cell(ds, bench_dir, method, d):
     cell_dir = os.path.join(bench_dir, "cells", f"{method}_{d}")
     os.makedirs(cell_dir, exist_ok=True)
     link = os.path.join(cell_dir, "teacher")
@@ -165,31 +153,26 @@ def run_cell(ds, bench_dir, method, d, k):
         os.symlink(os.path.join("..", "..", "teacher"), link)
     F.workdir = cell_dir
     try:
-        F.channel_budget = k / sum(n for _, n in _teacher_live(bench_dir).values())
+        F.mac_budget = None if method == "stacked" else 1.0 / d
         t0 = time.time()
         student = stage_stacked_student if method == "stacked" else P.stage_student
-        for name, fn in (("student", lambda: student(ds, k) if method == "stacked" else student(ds)),
+        for name, fn in (("student", lambda: student(ds, d) if method == "stacked" else student(ds)),
                          ("export", lambda: P.stage_export(ds)), ("report", lambda: P.stage_report(ds))):
             if P._done(name) is None:
                 os.makedirs(P._path(name), exist_ok=True)
                 fn()
         report = json.load(open(os.path.join(cell_dir, "report.json")))
     finally:
-        F.workdir = bench_dir
+        F.workdir, F.mac_budget = bench_dir, None
     row, exp = report["rows"]["student (int8 .tflite)"], report["export"]["student"]
     teacher_macs = report["rows"]["teacher (Keras)"]["macs"]
-    cell = {"method": method, "mac_target": f"1/{d}", "d": d, "channel_budget": k,
+    cell = {"method": method, "mac_target": f"1/{d}", "d": d, "channel_budget": report["student"]["channel_budget"],
             "channels_total": report["student"]["channels_total"], "fd": row["fd"], "cond_acc": row["cond_acc"],
             "fd_keras": report["rows"]["student (Keras)"]["fd"], "macs": row["macs"],
             "macs_ratio": row["macs"] / teacher_macs, "at_or_under_target": row["macs"] * d <= teacher_macs,
             "params": row["params"], "tflite_bytes": exp["tflite_bytes"], "device_bytes": exp["device_bytes"],
             "litert_latency_ms": exp["litert_latency_ms"], "seconds": time.time() - t0, "dir": cell_dir}
     return cell, report
-
-
-def _teacher_live(bench_dir):
-    from atmc_tf import gan
-    return gan.live_channels(P._load(os.path.join(bench_dir, "teacher", "generator.keras")))
 
 
 # --- the page --------------------------------------------------------------------------------------
@@ -218,11 +201,10 @@ def render(results):
         lines += ["**Smoke test (--quick): tiny settings, the figures mean nothing.**", ""]
     lines += ["GS: one run of distillation + LSGAN + channel sparsity "
               f"({s['sparsity']}) + {s['bits']}-bit quantization (STE). Stacked: prune the teacher's channels by "
-              "the same scores (budget_masks on BN gammas) to the same channel budget, fine-tune with distillation "
-              f"+ LSGAN (float), then post-training quantization to the {s['bits']}-bit lattice. The channel budget "
-              "of a MAC target is the largest one whose pruned, cut teacher is at or under it; GS picks its own "
-              "channels, so its MACs are measured, not assumed: the two methods share a channel count, not "
-              "necessarily MACs (compare the MACs column). One run per cell, one seed: no confidence interval.",
+              "the same rule once (mac_masks on the teacher's BN gammas), fine-tune with distillation + LSGAN (float), "
+              f"then post-training quantization to the {s['bits']}-bit lattice. Budget of both: the longest prefix "
+              "of the channel ranking whose exact MACs are at most 1/d of the teacher's (GS re-ranks every step); "
+              "the channels column is what each kept. One run per cell, one seed: no confidence interval.",
               f"{fd_name}: Frechet distance in the features of the project's own classifier (not FID), "
               f"{s['eval_samples']} samples vs the test images; cond. acc: that classifier on class-conditional "
               "samples. Student rows are the int8 .tflite (LiteRT); the teacher row is Keras float.", "",
@@ -270,18 +252,17 @@ def main(argv):
     else:
         print("teacher: done (resumed)")
     teacher = P._load(os.path.join(bench_dir, "teacher", "generator.keras"))
+    out_of_reach = [d for d in results["settings"]["mac_targets"] if not reachable(teacher, d)]
+    if out_of_reach:
+        P.fail(f"--mac_targets: 1/{out_of_reach[0]} of the teacher's {count_macs(teacher):,} MACs is less than its "
+               "generator with one channel per hidden convolution; use larger targets (smaller d)")
     for d in results["settings"]["mac_targets"]:
-        budget = None
         for m in results["settings"]["methods"]:
             key = f"{m}@1/{d}"
             if key in results["cells"]:
                 print(f"{key}: done (resumed)")
                 continue
-            if budget is None:
-                budget = budget_for(teacher, d)
-                print(f"1/{d} of the MACs ({count_macs(teacher):,}): channel budget {budget[0]}, "
-                      f"stacked cut MACs {budget[1]:,}")
-            cell, report = run_cell(ds, bench_dir, m, d, budget[0])
+            cell, report = run_cell(ds, bench_dir, m, d)
             if "teacher" not in results:
                 tr, te = report["rows"]["teacher (Keras)"], report["export"]["teacher"]
                 results["teacher"] = {"fd": tr["fd"], "cond_acc": tr["cond_acc"], "macs": tr["macs"],

@@ -22,7 +22,7 @@ STAGES = ("teacher", "student", "export", "report")
 SPARSITIES = ("l1_prox", "group_l0")
 # The flags that decide what a workdir holds (a rerun with other values must not resume it).
 IDENTITY = ("dataset", "z_dim", "width", "teacher_epochs", "classifier_epochs", "student_epochs", "channel_budget",
-            "bits", "distill_weight", "sparsity", "rho", "lr", "batch_size", "seed", "limit_train", "eval_samples")
+            "mac_budget", "bits", "distill_weight", "sparsity", "rho", "lr", "batch_size", "seed", "limit_train", "eval_samples")
 
 
 def define_flags():
@@ -35,6 +35,9 @@ def define_flags():
     flags.DEFINE_integer("classifier_epochs", 15, "Epochs of the classifier that FD and conditional accuracy use.")
     flags.DEFINE_integer("student_epochs", 30, "GS epochs of the student (budget ramped over the first half).")
     flags.DEFINE_float("channel_budget", 0.25, "Fraction of the teacher's prunable channels the student keeps.")
+    flags.DEFINE_float("mac_budget", None, "Instead of --channel_budget: the student's MACs are at most this fraction "
+                       "of the teacher's (the longest prefix of GS's channel ranking whose exact MACs fit: "
+                       "atmc_tf.constraints.mac_masks). Needs --sparsity=l1_prox.")
     flags.DEFINE_integer("bits", 8, "Weight bits of the student (uniform per-channel int8 lattice, STE), 2..8.")
     flags.DEFINE_float("distill_weight", 100.0, "beta: weight of the pixel MSE to the teacher's outputs.")
     flags.DEFINE_string("sparsity", "l1_prox", "Channel sparsity: l1_prox (GS: soft threshold on BN gammas) or "
@@ -57,6 +60,13 @@ def parse_flags(argv):
         fail(f"--sparsity={F.sparsity} is unknown; use one of {', '.join(SPARSITIES)}")
     if not 0.0 < F.channel_budget <= 1.0:
         fail(f"--channel_budget={F.channel_budget:g} must be in (0, 1] (fraction of the teacher's prunable channels)")
+    if F.mac_budget is not None:
+        if not 0.0 < F.mac_budget <= 1.0:
+            fail(f"--mac_budget={F.mac_budget:g} must be in (0, 1] (fraction of the teacher's MACs)")
+        if F.channel_budget != F["channel_budget"].default:
+            fail("--channel_budget and --mac_budget both set the student's budget; give one of them")
+        if F.sparsity != "l1_prox":
+            fail(f"--mac_budget works with --sparsity=l1_prox (GS's channel ranking), not --sparsity={F.sparsity}")
     if not 2 <= F.bits <= 8:
         fail(f"--bits={F.bits} must be in 2..8")
     for name in ("distill_weight", "rho"):
@@ -138,11 +148,18 @@ def stage_teacher(ds):
     return _finish("teacher", facts)
 
 
+def mac_masks_least(mac_model):
+    """MACs of the generator with one channel in every hidden convolution."""
+    linear, pairs, constant = mac_model
+    return constant + sum(linear) + sum(w for _, _, w in pairs)
+
+
 def stage_student(ds):
     import keras
 
     from atmc_tf import gan
     from atmc_tf.constraints import BNChannelL1Prox, GroupL0
+    from atmc_tf.export.surgery import count_macs
     os.makedirs(_path("student"), exist_ok=True)
     keras.utils.set_random_seed(F.seed + 1)
     t0 = time.time()
@@ -150,10 +167,20 @@ def stage_student(ds):
     teacher.trainable = False
     student, disc = _load(_path("teacher", "generator.keras")), _load(_path("teacher", "discriminator.keras"))
     total = sum(int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(student))
-    budget = max(len(gan.prunable_bns(student)), int(round(F.channel_budget * total)))
     steps = -(-len(ds.y_train) // F.batch_size) * F.student_epochs
+    convs = [conv.name for conv, _ in gan.prunable_bns(student)]
+    if F.mac_budget is None:
+        budget, mac_model, budget_facts = max(len(convs), int(round(F.channel_budget * total))), None, {}
+    else:
+        mac_model = gan.channel_mac_model(teacher)
+        budget = F.mac_budget * count_macs(teacher)
+        least = mac_masks_least(mac_model)
+        if budget < least:
+            fail(f"--mac_budget={F.mac_budget:g} allows {budget:,.0f} MACs, less than the generator with one channel "
+                 f"per hidden convolution ({least:,.0f} of the teacher's {count_macs(teacher):,}); raise it")
+        budget_facts = {"mac_budget": F.mac_budget, "budget_macs": budget}
     if F.sparsity == "l1_prox":
-        sparsity = {"prox": BNChannelL1Prox(threshold=F.lr * F.rho, budget=budget)}
+        sparsity = {"prox": BNChannelL1Prox(threshold=F.lr * F.rho, budget=budget, mac_model=mac_model)}
     else:
         sparsity = {"kernel_constraint": GroupL0(budget, scoring="lamp", ramp_steps=steps // 2)}
     trainer = gan.GANTrainer(student, disc, ds.num_classes, F.z_dim, teacher=teacher,
@@ -165,9 +192,11 @@ def stage_student(ds):
     small, cut = gan.cut_generator(student)
     student.save(_path("student", "student_full.keras"))
     small.save(_path("student", "student.keras"))
-    facts = {"channels_total": total, "channel_budget": budget, "live": gan.live_channels(student), **cut,
+    kept = sum(n for n, _ in gan.live_channels(student).values())
+    facts = {"channels_total": total, "channel_budget": kept if mac_model is not None else budget, **budget_facts,
+             "live": gan.live_channels(student), **cut,
              "seconds": time.time() - t0, "last_epoch": {k: float(v[-1]) for k, v in hist.history.items()}}
-    print(f"student: {budget} of {total} prunable channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, "
+    print(f"student: {facts['channel_budget']} of {total} prunable channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, "
           f"distill MSE {facts['last_epoch']['distill']:.4f}, {facts['seconds']:.0f} s")
     return _finish("student", facts)
 
@@ -290,11 +319,12 @@ def stage_report(ds):
     for name, r in rows.items():
         lines.append(f"| {name} | {r['fd']:.3f} | {r['cond_acc']:.3f} | {r['params']:,} | {r['macs']:,} | "
                      f"{r['tflite_bytes']:,} | {r['litert_latency_ms']:.3f} |")
+    budget_said = (f"--mac_budget={F.mac_budget:g}: at most {stu['budget_macs']:,.0f} MACs" if F.mac_budget is not None
+                   else f"--channel_budget={F.channel_budget:g}")
     lines += [f"| real training images (floor) | {real_q['fd']:.3f} | {real_q['cond_acc']:.3f} | | | | |", "",
-              f"Student: {stu['channel_budget']} of {stu['channels_total']} prunable channels kept "
-              f"(--channel_budget={F.channel_budget:g}), live per BN {stu['live']}, {F.bits}-bit weights (STE), "
-              f"distill weight {F.distill_weight:g}, sparsity {F.sparsity}. MACs ratio "
-              f"{rows['student (Keras)']['macs'] / rows['teacher (Keras)']['macs']:.3f}.",
+              f"Student: {stu['channel_budget']} of {stu['channels_total']} prunable channels kept ({budget_said}), "
+              f"live per BN {stu['live']}, {F.bits}-bit weights (STE), distill weight {F.distill_weight:g}, sparsity "
+              f"{F.sparsity}. MACs ratio {rows['student (Keras)']['macs'] / rows['teacher (Keras)']['macs']:.3f}.",
               f"LiteRT vs Keras (student, [0, 1] pixels): max |diff| {exp['student']['max_abs_diff_vs_keras']:.4f}, "
               f"mean {exp['student']['mean_abs_diff_vs_keras']:.4f}.",
               f"TFLite Micro: {json.dumps(exp['student'].get('micro', 'not run'))}",

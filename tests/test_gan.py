@@ -13,7 +13,8 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from atmc_tf import gan
-from atmc_tf.constraints import BNChannelL1Prox, GroupL0, budget_masks, constraint_from_config, constraint_to_config
+from atmc_tf.constraints import (BNChannelL1Prox, GroupL0, budget_masks, constraint_from_config, constraint_to_config,
+                                 mac_masks)
 from atmc_tf.constraints.l1_prox import soft_threshold
 from atmc_tf.constraints.quantize import quantize_uniform_int8
 from atmc_tf.export.surgery import count_macs
@@ -65,6 +66,73 @@ def test_budget_masks_normalise_per_tensor():
     # raw magnitude would keep only the big tensor; normalised, each keeps its largest
     masks = budget_masks([tf.constant([100.0, 90.0, 80.0]), tf.constant([0.1, 0.01])], 2)
     assert [m.numpy().tolist() for m in masks] == [[1, 0, 0], [1, 0]]
+
+
+def _macs(ks, linear, pairs, constant):
+    return constant + sum(v * k for v, k in zip(linear, ks)) + sum(w * ks[i] * ks[j] for i, j, w in pairs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(hnp.arrays(np.float32, st.integers(1, 8), elements=floats), min_size=1, max_size=4), st.data())
+def test_mac_masks_keep_the_longest_prefix_of_the_ranking_that_fits(gammas, data):
+    """mac_masks = budget_masks at the largest channel count whose MACs (the bilinear model) fit."""
+    n = len(gammas)
+    coef = st.floats(0, 50, allow_nan=False)
+    linear = data.draw(st.lists(coef, min_size=n, max_size=n))
+    pairs = [(i, i + 1, data.draw(coef)) for i in range(n - 1) if data.draw(st.booleans())]
+    constant = data.draw(coef)
+    total = sum(len(g) for g in gammas)
+    budget = data.draw(st.floats(0, _macs([len(g) for g in gammas], linear, pairs, constant) * 1.2 + 1))
+    scales = [tf.constant(g) for g in gammas]
+    got = [m.numpy() for m in mac_masks(scales, budget, linear, pairs, constant)]
+    counts = lambda ms: [int(np.count_nonzero(m)) for m in ms]  # noqa: E731
+    assert _macs(counts(got), linear, pairs, constant) <= budget or not any(counts(got))
+    best = max((k for k in range(total + 1)
+                if _macs(counts([m.numpy() for m in budget_masks(scales, k)]), linear, pairs, constant) <= budget),
+               default=0)
+    # the same channels budget_masks keeps at that count (the ranking ends in zeros, which neither keeps)
+    want = [m.numpy() for m in budget_masks(scales, best)] if best else [np.zeros_like(g) for g in gammas]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "fashion_mnist"])
+def test_channel_mac_model_is_exact_for_a_cut_generator(dataset):
+    gen = gan.generator(dataset, z_dim=4, width=4, seed=0)
+    _randomize_bn(gen)
+    linear, pairs, constant = gan.channel_mac_model(gen)
+    assert _macs([int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(gen)], linear, pairs, constant) == \
+        count_macs(gen)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        copy = keras.models.clone_model(gen)
+        copy.set_weights(gen.get_weights())
+        ks = []
+        for _, bn in gan.prunable_bns(copy):
+            g, b, m, v = bn.get_weights()
+            dead = rng.choice(len(g), rng.integers(0, len(g)), replace=False)  # at least one channel stays
+            g[dead], b[dead] = 0.0, 0.0
+            bn.set_weights([g, b, m, v])
+            ks.append(len(g) - len(dead))
+        assert gan.cut_generator(copy)[1]["macs_after"] == _macs(ks, linear, pairs, constant)
+
+
+def test_prox_with_a_mac_budget_keeps_the_macs_and_round_trips():
+    gen = gan.generator("fashion_mnist", z_dim=4, width=8, seed=0)
+    _randomize_bn(gen)
+    model = gan.channel_mac_model(gen)
+    budget = count_macs(gen) / 8
+    prox = BNChannelL1Prox(threshold=0.0, budget=budget, mac_model=model)
+    pairs = gan.prunable_bns(gen)
+    values = [v for _, bn in pairs for v in (bn.gamma.value, bn.beta.value)]
+    prox.build(values, None)
+    assert prox.full_budget() == count_macs(gen)
+    out = prox.project(values, 0, None)
+    ks = [int(np.count_nonzero(g.numpy())) for g in out[0::2]]
+    assert all(ks) and _macs(ks, *model) <= budget
+    assert constraint_from_config(constraint_to_config(prox)) == prox
+    with pytest.raises(ValueError, match="mac_model must describe"):
+        BNChannelL1Prox(threshold=0.0, budget=budget, mac_model=(model[0][:1], [], 0.0)).build(values, None)
 
 
 def _randomize_bn(model, seed=1):
@@ -136,9 +204,10 @@ def _run(*args, timeout=600):
 
 
 @pytest.mark.parametrize("flag", ["--channel_budget=0", "--bits=9", "--sparsity=foo",
-                                  "--dataset=cifar", "--distill_weight=-1"])
+                                  "--dataset=cifar", "--distill_weight=-1", "--mac_budget=0", "--mac_budget=1.5",
+                                  "--mac_budget=0.2 --channel_budget=0.5", "--mac_budget=0.2 --sparsity=group_l0"])
 def test_bad_flags_one_line_exit_2(flag, tmp_path):
-    r = _run(flag, f"--workdir={tmp_path}")
+    r = _run(*flag.split(), f"--workdir={tmp_path}")
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr

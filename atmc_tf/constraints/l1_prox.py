@@ -7,10 +7,14 @@ outputs its BN's beta whatever its input; BNChannelL1Prox also zeroes that beta,
 outputs exactly 0 and surgery can cut it (without it the channel is a constant that a 'same'-padded
 3x3 consumer cannot fold). An optional global channel budget (at most `budget` nonzero gammas over
 all tensors, ties to the lower index) turns the penalty into a hard count after the prox: L1 alone
-gives no control of the final size, which the pipeline's --channel_budget needs.
+gives no control of the final size, which the pipeline's --channel_budget needs. With a MAC model
+(mac_masks; atmc_tf.gan.channel_mac_model builds one for a generator) the budget is the student's
+MACs instead, which --mac_budget needs: at one channel count, which channels survive decides the
+MACs (a channel at 28x28 costs 4x one at 14x14).
 
 Pure tensor math; the pairing of tensors is [gamma_1, beta_1, gamma_2, beta_2, ...].
 """
+import numpy as np
 import tensorflow as tf
 
 from atmc_tf.constraints.base import Constraint
@@ -33,12 +37,7 @@ def budget_masks(scales, budget):
     different scales compete fairly (LAMP's idea, atmc_tf.constraints.sparsity, for channels); the
 first largest of each tensor is ranked above all others, so ties cannot empty a tensor either."""
     sizes = [int(s.shape[0]) for s in scales]
-    scores = []
-    for s in scales:
-        a = tf.abs(tf.reshape(s, [-1]))
-        # each tensor's (first) largest channel scores 2, above every other normalised score (<= 1)
-        top = tf.one_hot(tf.argmax(a), tf.size(a), dtype=a.dtype) * tf.cast(tf.reduce_max(a) > 0, a.dtype)
-        scores.append(tf.math.divide_no_nan(a, tf.reduce_max(a)) + top)
+    scores = _scores(scales)
     flat = tf.concat(scores, axis=0)
     k = tf.minimum(tf.cast(budget, tf.int32), sum(sizes))  # a tensor is fine: a schedule can ramp it
     _, idx = tf.math.top_k(flat, k=k, sorted=False)
@@ -47,34 +46,95 @@ first largest of each tensor is ranked above all others, so ties cannot empty a 
     return [tf.cast(m, s.dtype) for m, s in zip(tf.split(keep, sizes), scales)]
 
 
+def _scores(scales):
+    """budget_masks' ranking scores: |scale| over its tensor's largest, each tensor's (first) largest 2."""
+    scores = []
+    for s in scales:
+        a = tf.abs(tf.reshape(s, [-1]))
+        top = tf.one_hot(tf.argmax(a), tf.size(a), dtype=a.dtype) * tf.cast(tf.reduce_max(a) > 0, a.dtype)
+        scores.append(tf.math.divide_no_nan(a, tf.reduce_max(a)) + top)
+    return scores
+
+
+def mac_masks(scales, budget, linear, pairs, constant=0.0):
+    """Masks keeping the longest prefix of budget_masks' ranking (the same scores and ties) whose MACs
+    are at most `budget`, the MACs of k_i kept channels in tensor i being
+        constant + sum_i linear[i] * k_i + sum_(i, j, w) in pairs w * k_i * k_j
+    (atmc_tf.training.structure.channel_mac_model: exact for a cut model). MACs grow along the
+    prefix, so the longest one that fits is found in one pass. Zeros never count as kept (they rank
+    last). budget_masks(scales, k) keeps the prefix of length k: both are one rule, two budgets."""
+    scores = _scores(scales)
+    sizes = [int(s.shape[0]) for s in scales]
+    flat = tf.concat([tf.cast(s, tf.float64) for s in scores], axis=0)
+    order = tf.argsort(-flat, stable=True)
+    tensor_of = tf.constant(np.repeat(np.arange(len(sizes)), sizes), tf.int32)
+    counts = tf.cumsum(tf.one_hot(tf.gather(tensor_of, order), len(sizes), dtype=tf.float64), axis=0)
+    macs = tf.cast(constant, tf.float64) + tf.linalg.matvec(counts, tf.constant(linear, tf.float64))
+    for i, j, w in pairs:
+        macs += float(w) * counts[:, i] * counts[:, j]
+    n = tf.reduce_sum(tf.cast(macs <= tf.cast(budget, tf.float64), tf.int32))
+    kept = tf.scatter_nd(tf.expand_dims(order, 1), tf.cast(tf.range(tf.size(flat)) < n, tf.int32), [sum(sizes)]) > 0
+    kept = tf.logical_and(kept, flat > 0)
+    return [tf.cast(m, s.dtype) for m, s in zip(tf.split(kept, sizes), scales)]
+
+
 class BNChannelL1Prox(Constraint):
     """Soft-threshold every gamma by `threshold` (= learning rate * rho) after each step, keep at
-    most `budget` nonzero gammas globally (None: no count), and zero the beta of every zero gamma."""
+    most `budget` nonzero gammas globally (None: no count), and zero the beta of every zero gamma.
+    mac_model: None (the budget counts channels), or (linear, pairs, constant) over the gamma tensors
+    as mac_masks takes them; the budget is then the MACs (a number > 0) of the kept channels."""
 
     kind = "l1_prox"
     sparsifying = True
     metric_names = ("live_channels",)
 
-    def __init__(self, threshold, budget=None):
+    def __init__(self, threshold, budget=None, mac_model=None):
         if not threshold >= 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
-        if budget is not None and not int(budget) >= 1:
-            raise ValueError(f"budget must be None or >= 1, got {budget}")
         self.threshold = float(threshold)
-        self.budget = None if budget is None else int(budget)
+        if mac_model is None:
+            if budget is not None and not int(budget) >= 1:
+                raise ValueError(f"budget must be None or >= 1, got {budget}")
+            self.budget, self.mac_model = None if budget is None else int(budget), None
+        else:
+            if budget is None or not float(budget) > 0:
+                raise ValueError(f"a MAC budget must be a number > 0, got {budget}")
+            linear, pairs, constant = mac_model
+            self.mac_model = ([float(v) for v in linear], [(int(i), int(j), float(w)) for i, j, w in pairs],
+                              float(constant))
+            if not all(v >= 0 for v in self.mac_model[0]) or not all(w >= 0 for _, _, w in self.mac_model[1]):
+                raise ValueError("MAC model coefficients must be >= 0")
+            self.budget = float(budget)
 
     def get_config(self):
-        return {"threshold": self.threshold, "budget": self.budget}
+        return {"threshold": self.threshold, "budget": self.budget,
+                "mac_model": None if self.mac_model is None else [self.mac_model[0], [list(p) for p in self.mac_model[1]],
+                                                                  self.mac_model[2]]}
 
     def build(self, tensors, make_variable):
         super().build(tensors, make_variable)
         if len(self.tensors) % 2:
             raise ValueError("BNChannelL1Prox takes [gamma, beta] pairs: got an odd number of tensors")
+        n = len(self.tensors) // 2
+        if self.mac_model is not None and (len(self.mac_model[0]) != n or any(
+                not (0 <= i < n and 0 <= j < n) for i, j, _ in self.mac_model[1])):
+            raise ValueError(f"mac_model must describe the {n} gamma tensors: {len(self.mac_model[0])} linear terms, "
+                             f"pairs {[(i, j) for i, j, _ in self.mac_model[1]]}")
+
+    def full_budget(self):
+        """The budget that keeps every channel: their count, or their MACs (a ramp's start)."""
+        sizes = [int(np.prod(t.shape)) for t in self.tensors[0::2]]
+        if self.mac_model is None:
+            return sum(sizes)
+        linear, pairs, constant = self.mac_model
+        return constant + sum(v * k for v, k in zip(linear, sizes)) + sum(w * sizes[i] * sizes[j] for i, j, w in pairs)
 
     def _apply(self, values, threshold, budget):
         gammas = [soft_threshold(g, threshold) for g in values[0::2]]
         if budget is not None:
-            gammas = [g * m for g, m in zip(gammas, budget_masks(gammas, budget))]
+            masks = (budget_masks(gammas, budget) if self.mac_model is None else
+                     mac_masks(gammas, budget, *self.mac_model))
+            gammas = [g * m for g, m in zip(gammas, masks)]
         betas = [tf.where(tf.equal(g, 0), tf.zeros_like(b), b) for g, b in zip(gammas, values[1::2])]
         return [t for pair in zip(gammas, betas) for t in pair]
 

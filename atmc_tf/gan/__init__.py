@@ -4,6 +4,6 @@ cutting the pruned channels (slim) and quality without downloaded networks (qual
 from atmc_tf.gan.gs import GANTrainer
 from atmc_tf.gan.models import classifier, discriminator, generator, make_code, prunable_bns, sample_codes
 from atmc_tf.gan.quality import FD_NAMES, frechet_distance, quality, sample_grid
-from atmc_tf.gan.slim import cut_generator, live_channels, silence_pruned
+from atmc_tf.gan.slim import channel_mac_model, cut_generator, live_channels, silence_pruned
 
 __all__ = [n for n in dir() if not n.startswith("_")]

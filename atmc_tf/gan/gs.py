@@ -47,7 +47,8 @@ class GANTrainer(keras.Model):
         self.prox_vars = [v for _, bn in self.pairs for v in (bn.gamma, bn.beta)]
         if prox is not None:
             prox.build(self.prox_vars, None)
-        self.budget_start = budget_start or sum(int(bn.gamma.shape[0]) for _, bn in self.pairs)
+        # the ramp starts from every channel: their count, or their total cost for a cost budget
+        self.budget_start = budget_start or (prox.full_budget() if prox is not None else 0)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_adv", "distill")}
         # The structured alternative: a constraint on the prunable Conv2D kernels (GroupL0, one global
         # channel budget), projected after each step; a channel whose kernel slice it zeroes gets its

@@ -41,6 +41,19 @@ def cut_generator(gen):
                    "params_before": int(copy.count_params()), "params_after": int(small.count_params())}
 
 
+def channel_mac_model(gen):
+    """(linear, pairs, constant) over the prunable BNs (prunable_bns order) for
+    atmc_tf.constraints.mac_masks / BNChannelL1Prox(mac_model=...): the exact MACs of the generator
+    cut to k_i channels in the i-th hidden Conv2D (atmc_tf.training.structure.channel_mac_model;
+    the Dense block and the output convolution are kept whole)."""
+    from atmc_tf.training.structure import channel_mac_model as model_of
+    names = [conv.name for conv, _ in prunable_bns(gen)]
+    linear, pairs, constant = model_of(gen, names)
+    index = {n: i for i, n in enumerate(names)}
+    return ([linear[n] for n in names], [(index[p], index[c], w) for (p, c), w in sorted(pairs.items())],
+            float(constant))
+
+
 def live_channels(gen):
     """{BN name: (nonzero gammas, channels)} of the prunable BatchNorms."""
     return {bn.name: (int(np.count_nonzero(keras.ops.convert_to_numpy(bn.gamma))), int(bn.gamma.shape[0]))

@@ -15,7 +15,7 @@ so that, for every set of kept channels, sum(costs of kept channels) + constant 
 the cut model keeps (equality when a kept channel's neighbours are kept too): a budget on the
 sum bounds the exported model's compressible parameters. Producer -> consumer links are traced
 through layers that keep channel c in place (BatchNormalization, activations, Dropout, pooling,
-padding, cropping, Flatten); a channel reaching an Add, a Concatenate or any other layer is not
+padding, cropping, upsampling, Flatten); a channel reaching an Add, a Concatenate or any other layer is not
 traced further (the weights it would free there are not counted: surgery removes such channels
 only when every branch agrees).
 
@@ -35,7 +35,8 @@ _PASS_THROUGH = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layer
                  keras.layers.ELU, keras.layers.Dropout, keras.layers.SpatialDropout2D, keras.layers.GaussianNoise,
                  keras.layers.GaussianDropout, keras.layers.AlphaDropout, keras.layers.MaxPooling2D,
                  keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,
-                 keras.layers.ZeroPadding2D, keras.layers.Cropping2D, keras.layers.Flatten, keras.layers.Identity)
+                 keras.layers.ZeroPadding2D, keras.layers.Cropping2D, keras.layers.Flatten, keras.layers.Identity,
+                 keras.layers.UpSampling2D)
 
 
 def _children(graph):
@@ -106,6 +107,46 @@ def channel_costs(model, keep_layers=(), unit="params"):
     return costs, constant
 
 
+def channel_mac_model(model, prunable):
+    """The exact MACs of `model` cut to k_P output channels in each layer P of `prunable` (names of
+    Conv2D / Dense layers), as (linear, pairs, constant):
+
+        MACs(k) = constant + sum_P linear[P] * k_P + sum_(P, C) pairs[(P, C)] * k_P * k_C
+
+    A prunable layer C reading a prunable P in place (through channel-preserving layers, as
+    channel_costs traces them) has MACs proportional to k_P * k_C: a pair. A layer whose input is
+    not a prunable layer's output scales with its own k only; a layer kept whole that reads a
+    prunable P scales with k_P; a layer kept whole reading nothing prunable is constant. Exact for
+    every choice of kept channels (count_macs of the cut model), unlike channel_costs' additive
+    attribution, which over-counts the weights between a kept and a cut channel; so a budget can
+    keep the longest prefix of a ranking whose MACs fit (atmc_tf.constraints.mac_masks)."""
+    from atmc_tf.export.surgery import layer_macs
+    layers = {l.name: l for l in model.layers if isinstance(l, SUPPORTED_LAYERS)}
+    prunable = list(prunable)
+    bad = [n for n in prunable if n not in layers or isinstance(layers[n], keras.layers.DepthwiseConv2D)]
+    if bad:
+        raise ValueError(f"channel_mac_model prunes Conv2D / Dense layers of the model only; got {bad}")
+    macs = layer_macs(model)
+    producer = {}
+    for p, cs in _consumers(model).items():
+        for c in cs:
+            producer[c.name] = p
+    linear, pairs, constant = {n: 0.0 for n in prunable}, {}, 0.0
+    for name, layer in layers.items():
+        m = float(macs.get(name, 0))
+        out = _out_channels(layer)
+        src = producer.get(name) if producer.get(name) in linear else None
+        if name in linear and src is not None:
+            pairs[(src, name)] = m / (_out_channels(layers[src]) * out)
+        elif name in linear:
+            linear[name] += m / out
+        elif src is not None:
+            linear[src] += m / _out_channels(layers[src])
+        else:
+            constant += m
+    return linear, pairs, constant
+
+
 def _out_channels(layer):
     shape = layer.kernel.shape
     if isinstance(layer, keras.layers.DepthwiseConv2D):
@@ -132,7 +173,7 @@ _ZERO_PRESERVING = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.la
                     keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout,
                     keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
                     keras.layers.GlobalMaxPooling2D, keras.layers.ZeroPadding2D, keras.layers.Cropping2D,
-                    keras.layers.Identity)
+                    keras.layers.Identity, keras.layers.UpSampling2D)
 
 
 def _zero_at_zero(fn):
@@ -149,7 +190,7 @@ def _passes_zero(layer):
         return layer.axis in (-1, len(layer.input.shape) - 1)
     if isinstance(layer, keras.layers.Activation):
         return _zero_at_zero(layer.activation)
-    return True  # ReLU, LeakyReLU, ELU (f(0) = 0), dropout, pooling, padding, cropping: zeros stay zeros
+    return True  # ReLU, LeakyReLU, ELU (f(0) = 0), dropout, pooling, padding, cropping, upsampling: zeros stay zeros
 
 
 class ChannelSilencer:
