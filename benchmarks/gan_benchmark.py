@@ -48,7 +48,8 @@ def define_flags():
     F.set_default("workdir", "runs/gan_benchmark")
     flags.DEFINE_bool("quick", False, "Smoke-test settings (digits, 256 images, 1 epoch per stage, width 8, one MAC target "
                       "1/8, no TFLite Micro check): seconds, not the benchmark. Explicit flags win.")
-    flags.DEFINE_list("mac_targets", ["4", "8", "16"], "MAC targets as denominators d: 1/d of the teacher's MACs.")
+    flags.DEFINE_list("mac_targets", ["4", "8", "16"], "MAC targets as denominators d: 1/d of the teacher's MACs, "
+                      "trained in this order (the page sorts them).")
     flags.DEFINE_list("methods", list(METHODS), f"Methods, from {', '.join(METHODS)}.")
     flags.DEFINE_string("page", None, "Also write the page here (and the results JSON beside it, *.json).")
 
@@ -215,7 +216,7 @@ def render(results):
     if t:
         lines.append(f"| teacher | 1 | {t['fd']:.3f} | {t['cond_acc']:.3f} | {t['macs']:,} (1) | | "
                      f"{t['channels']} | {t['tflite_bytes']:,} | | {t['litert_latency_ms']:.3f} |")
-    for d in s["mac_targets"]:
+    for d in sorted(s["mac_targets"]):  # a run may train them in another order (--mac_targets=8,4,16)
         for m in s["methods"]:
             c = results.get("cells", {}).get(f"{m}@1/{d}")
             if c is None:
