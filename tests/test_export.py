@@ -13,6 +13,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from atmc_tf.constraints import channel_scales, int8_codes  # noqa: E402
 from atmc_tf.export import (LiteRTModel, atomic, c_header, c_source, check_micro, evaluate_deployment,  # noqa: E402
@@ -377,6 +378,31 @@ def test_a_crash_at_one_arena_size_is_not_a_failure(exported, micro_inputs, monk
     again = check_micro(exported.tflite_b1, x_int8, litert_int8)
     assert again.ok, again.error
     assert again.arena_bytes == clean.arena_bytes and again.max_abs_diff_vs_litert <= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, micro.ARENA_MAX))
+def test_the_arena_search_finds_the_smallest_working_size(need):
+    """With a monotone model (an arena works iff it holds `need` bytes), _next_probe's search ends at
+    the smallest working size to ARENA_GRANULARITY: it works, and 256 bytes less does not (unless
+    that is below ARENA_START's half, where nothing smaller is tried)."""
+    known = {}
+    while True:
+        kind, size = micro._next_probe(known)
+        if kind == "answer":
+            break
+        assert size not in known
+        known[size] = size >= need
+    assert size >= need or size == micro.ARENA_MAX
+    assert size - micro.ARENA_GRANULARITY < need or size <= micro.ARENA_GRANULARITY
+    assert len(known) <= 32
+
+
+def test_a_probe_that_hangs_counts_as_a_size_that_does_not_work(exported, micro_inputs, monkeypatch):
+    x_int8, litert_int8 = micro_inputs
+    clean = micro._smallest_arena(bytes(exported.tflite_b1), x_int8[:1], 30)
+    monkeypatch.setenv("ATMC_MICRO_HANG_ARENAS", str(clean - micro.ARENA_GRANULARITY))  # a miss anyway
+    assert micro._smallest_arena(bytes(exported.tflite_b1), x_int8[:1], 2) == clean
 
 
 def test_a_crash_at_every_size_is_reported_with_its_reason(exported, micro_inputs, monkeypatch):
