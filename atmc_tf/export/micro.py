@@ -116,6 +116,16 @@ def check_micro(tflite_bytes, x_int8_samples, litert_outputs_int8, timeout_s=DEF
     return result
 
 
+def _child_command(work):
+    """(argv, environment) of a child running child_main on the folder `work`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    env["ATMC_TF_LIGHT_IMPORT"] = "1"  # LiteRT and TFLite Micro only: no TensorFlow in the child
+    # -c rather than -m: runpy warns when the package __init__ already imported this module.
+    return [sys.executable, "-c", "import sys; from atmc_tf.export.micro import child_main; child_main(sys.argv[1])",
+            work], env
+
+
 def _child(model, mode, arena_bytes, x, timeout_s):
     """Run child_main in a fresh interpreter: mode "probe" (build an interpreter with this arena,
     run x[0]) or "run" (every sample of x). Returns {"error", "log", "outputs"}; a child that
@@ -126,12 +136,7 @@ def _child(model, mode, arena_bytes, x, timeout_s):
         np.save(os.path.join(work, "inputs.npy"), x)
         with open(os.path.join(work, "task.json"), "w") as f:
             json.dump({"mode": mode, "arena_bytes": int(arena_bytes)}, f)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        env["ATMC_TF_LIGHT_IMPORT"] = "1"  # LiteRT and TFLite Micro only: no TensorFlow in the child
-        # -c rather than -m: runpy warns when the package __init__ already imported this module.
-        command = [sys.executable, "-c", "import sys; from atmc_tf.export.micro import child_main; "
-                   "child_main(sys.argv[1])", work]
+        command, env = _child_command(work)
         try:
             proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -191,11 +196,7 @@ def _smallest_arena(model, sample, timeout_s):
             with open(os.path.join(work, "task.json"), "w") as f:
                 json.dump({"mode": "search", "arena_bytes": 0, "known": sorted(known.items())}, f)
             progress = os.path.join(work, "progress.txt")
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-            env["ATMC_TF_LIGHT_IMPORT"] = "1"
-            command = [sys.executable, "-c", "import sys; from atmc_tf.export.micro import child_main; "
-                       "child_main(sys.argv[1])", work]
+            command, env = _child_command(work)
             with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
                 pending, since = None, time.monotonic()
                 while proc.poll() is None:
