@@ -18,6 +18,8 @@ PyTorch alternate):
 - bare_t2x1: bare with tf.config.threading intra-op 2, inter-op 1;
 - atmc_t2x1: atmc with the same thread settings;
 - bare_xla: bare with jit_compile=True (measured only; atmc_tf keeps XLA off);
+- bare_bf16, atmc_bf16: bare and atmc under Keras' mixed_bfloat16 policy (bfloat16 compute, float32
+  weights; this CPU has avx512_bf16): step time only, the accuracy effect is not measured here;
 - torch: benchmarks/step_time_torch.py in .venv-torch's python (eager, 2 threads); skipped, and said so
   on the page, when that python is absent.
 
@@ -40,7 +42,7 @@ from absl import app, flags
 
 from pipelines import provenance
 
-VARIANTS = ("atmc", "bare", "bare_unrolled", "bare_t2x1", "atmc_t2x1", "bare_xla", "torch")
+VARIANTS = ("atmc", "bare", "bare_unrolled", "bare_t2x1", "atmc_t2x1", "bare_xla", "bare_bf16", "atmc_bf16", "torch")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
@@ -103,6 +105,8 @@ def tf_worker(variant, npz, steps, warmup, eps, pgd_steps, k, lr):
     from atmc_tf.models import build_model
     from atmc_tf.training import ATMCTrainer, method_config, wrap_for_method
 
+    if variant.endswith("_bf16"):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     d = np.load(npz)
     batch = int(d["batch"])
     model = build_model("lenet", (28, 28, 1), 10, seed=0)
@@ -296,7 +300,7 @@ def render(res, results_name):
     L += ["Variants: atmc = ATMCTrainer's compiled train_function (method al0); bare = hand-written "
           "tf.function step without projection, PGD in tf.while_loop; bare_unrolled = PGD loop unrolled in "
           "Python; *_t2x1 = tf.config.threading intra-op 2, inter-op 1; bare_xla = jit_compile=True "
-          "(measured only); torch = PyTorch eager, 2 threads, no torch.compile.", ""]
+          "(measured only); *_bf16 = Keras mixed_bfloat16 policy (step time only); torch = PyTorch eager, 2 threads, no torch.compile.", ""]
     L += ["| round | load avg | " + " | ".join(f"{v} (s)" for v in variants) + " |",
           "|---|---|" + "---|" * len(variants)]
     for rnd in res["rounds"]:

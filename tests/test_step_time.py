@@ -65,3 +65,14 @@ def test_importing_every_program_together_defines_no_flag_twice():
                         *mods], cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_bfloat16_variants_run_in_their_own_process(tmp_path):
+    """*_bf16 set Keras' global mixed_bfloat16 policy, so they only ever run as a subprocess (as run() does)."""
+    cfg = step_time.make_config(["atmc_bf16", "bare_bf16"], batch_size=8, steps=1, warmup=1)
+    results, page = str(tmp_path / "r.json"), str(tmp_path / "p.md")
+    step_time.run(cfg, results, page, 1, str(tmp_path / "no-torch"))
+    (rnd,) = json.load(open(results))["rounds"]
+    assert sorted(rnd["results"]) == ["atmc_bf16", "bare_bf16"]
+    assert all(r["median_s"] > 0 and r["initial_clean_loss"] > 0 for r in rnd["results"].values())
+    assert "mixed_bfloat16" in open(page).read()
