@@ -211,6 +211,9 @@ def _overfitting_lines(results):
     events = [(st["stage"], st["catastrophic_overfitting"]) for st in results if st.get("catastrophic_overfitting")]
     attacks = sorted({st["train_attack"] for st in results if st.get("train_attack")})
     head = [f"", f"Training attack: {', '.join(attacks)}."] if attacks and attacks != ["pgd"] else []
+    if any(st.get("compute_dtype") == "bfloat16" for st in results):
+        head += ["", "Training arithmetic: bfloat16 (Keras' mixed_bfloat16 policy, float32 weights and logits); "
+                 "evaluation, attacks and export ran the float32 model."]
     return head + [f"- **stage {name}: {e['line']}**" for name, e in events]
 
 

@@ -151,6 +151,27 @@ def make_optimizer(cfg, lr):
     return keras.optimizers.Adam(lr, weight_decay=wd)
 
 
+def with_dtype_policy(model, policy):
+    """A copy of the plain Keras model `model` (same weights) whose layers compute with the dtype policy
+    `policy`, except its output layers, which stay float32 (Keras' advice for mixed precision: logits
+    and the loss in float32). Variables are float32 under every policy used here."""
+    outputs = {t._keras_history[0].name for t in model.outputs}
+
+    def clone(layer):
+        dtype = "float32" if layer.name in outputs else policy
+        return layer.__class__.from_config({**layer.get_config(), "dtype": dtype})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _plain(cfg, net):
+    """The stage's plain float32 model, whatever arithmetic trained it (--compute_dtype)."""
+    plain = strip_model(net)
+    return with_dtype_policy(plain, "float32") if cfg.compute_dtype != "float32" else plain
+
+
 def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None, **wrap_kwargs):
     """Train `start` (a plain Keras model) with one method; returns (plain, wrapped_net, result).
     teacher: the frozen model of a distillation term (config.distill), copied into the strategy's scope.
@@ -171,9 +192,11 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
             result = read_json(result_file)
         except (OSError, ValueError) as err:
             raise UsageError(f"{result_file} is corrupt ({_first_line(err)}); {retrain}") from None
-        return strip_model(net), net, result
+        return _plain(cfg, net), net, result
     os.makedirs(d, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.compute_dtype == "bfloat16":
+        start = with_dtype_policy(start, "mixed_bfloat16")
     with strategy_scope():
         net = wrap_for_method(start, config, **wrap_kwargs)
         if teacher is not None:
@@ -229,7 +252,7 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
     result = {"stage": name, "method": method, "epochs": epochs, "seconds": seconds,
               "history": history, "constraints": trainer.constraint_report(),
               "train_attack": None if config.attack is None else attack_to_dict(config.attack)["kind"],
-              "catastrophic_overfitting": overfitting}
+              "catastrophic_overfitting": overfitting, "compute_dtype": cfg.compute_dtype}
     faults.point(f"{name}:save")
     with atomic.atomic_path(model_file, ".tmp.keras") as tmp:
         net.save(tmp)
@@ -238,7 +261,7 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
     # Only now, with the result saved, is the checkpoint no longer needed.
     if checkpoint is not None:
         checkpoint.delete()
-    return strip_model(net), net, result
+    return _plain(cfg, net), net, result
 
 
 def load_user_model(file):

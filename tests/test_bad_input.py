@@ -102,6 +102,7 @@ BAD_FLAGS = [
     ("--rounds=0", "--rounds"), ("--boost_epochs=0", "--boost_epochs"), ("--rounds=2", "--method=boost"),
     ("--activation_sparsity=topk", "activation_sparsity"), ("--activation_density=0", "--activation_density"),
     ("--activation_density=0.3", "--activation_sparsity=wta or threshold"),
+    ("--compute_dtype=float16", "compute_dtype"),
 ]
 
 
