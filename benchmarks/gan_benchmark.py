@@ -131,17 +131,20 @@ def stage_stacked_student(ds, d):
     trainer = gan.GANTrainer(small, disc, ds.num_classes, F.z_dim, teacher=teacher, distill_weight=F.distill_weight,
                              seed=F.seed + 1)
     trainer.compile(P._adam(), P._adam())
-    hist = trainer.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=F.student_epochs, verbose=0)
+    ckpt = P._fit_resumable(trainer, ds, F.student_epochs, "student")
     for layer in small.layers:  # post-training quantization to the same bits
         if type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
             layer.kernel.assign(quantize_uniform_int8(layer.kernel.value, F.bits)[0])
     small.save(P._path("student", "student.keras"))
     total = sum(int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(teacher))
     facts = {"channels_total": total, "channel_budget": k, "live": live, **cut, "seconds": time.time() - t0,
-             "last_epoch": {n: float(v[-1]) for n, v in hist.history.items()}}
+             "gan_seconds": ckpt.seconds, "resumed_from_epoch": ckpt.resumed_from,
+             "last_epoch": {n: v[-1] for n, v in ckpt.history.items()}}
     print(f"stacked: {k} of {total} channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, fine-tuned "
           f"{F.student_epochs} epochs, PTQ {F.bits} bits, {facts['seconds']:.0f} s")
-    return P._finish("student", facts)
+    P._finish("student", facts)
+    ckpt.delete()
+    return facts
 
 
 # --- cells ---------------------------------------------------------------------------------------

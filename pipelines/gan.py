@@ -115,6 +115,22 @@ def _adam():
     return keras.optimizers.Adam(F.lr, beta_1=0.5)
 
 
+def _fit_resumable(trainer, ds, epochs, stage):
+    """GANTrainer.fit with an epoch checkpoint in <stage>/backup (atmc_tf's ResumableCheckpoint: both players,
+    both optimizers, the noise generator's state), so a killed stage continues from its last finished epoch
+    instead of from scratch (a Fashion-MNIST teacher is an hour on 2 cores); ATMC_FAULT's kill points apply
+    (pipelines.faults). The caller deletes the checkpoint once the stage's done.json is written."""
+    import tensorflow as tf
+
+    from atmc_tf.training.checkpoint import ResumableCheckpoint
+    from pipelines import faults
+    trainer(tf.zeros((1, trainer.z_dim + trainer.num_classes)))  # built, as the checkpoint needs
+    ckpt = ResumableCheckpoint(_path(stage, "backup"))
+    trainer.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=epochs, verbose=0,
+                callbacks=[ckpt, faults.KillAt(stage)])
+    return ckpt
+
+
 def _eval_codes(ds):
     from atmc_tf import gan
     return gan.sample_codes(F.eval_samples, F.z_dim, ds.num_classes, seed=F.seed + 1000)
@@ -124,28 +140,37 @@ def _eval_codes(ds):
 
 def stage_teacher(ds):
     import keras
+    import numpy as np
+
+    from atmc_tf.export import atomic
 
     from atmc_tf import gan
     os.makedirs(_path("teacher"), exist_ok=True)
     keras.utils.set_random_seed(F.seed)
     t0 = time.time()
-    clf = gan.classifier(ds.input_shape, ds.num_classes, seed=F.seed)
-    clf.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
-    clf.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=F.classifier_epochs, verbose=0)
-    clf_acc = float(clf.evaluate(ds.x_test, ds.y_test, verbose=0)[1])
+    clf_file = _path("teacher", "classifier.keras")
+    if os.path.exists(clf_file):  # a killed teacher stage trained it already (saved atomically)
+        clf = _load(clf_file)
+    else:
+        clf = gan.classifier(ds.input_shape, ds.num_classes, seed=F.seed)
+        clf.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        clf.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=F.classifier_epochs, verbose=0)
+        with atomic.atomic_path(clf_file, ".tmp.keras") as tmp:
+            clf.save(tmp)
+    clf_acc = float(np.mean(clf.predict(ds.x_test, verbose=0, batch_size=256).argmax(-1) == ds.y_test))
     gen = gan.generator(ds.name, F.z_dim, ds.num_classes, F.width, seed=F.seed)
     disc = gan.discriminator(ds.input_shape, ds.num_classes, F.width, seed=F.seed)
     trainer = gan.GANTrainer(gen, disc, ds.num_classes, F.z_dim, seed=F.seed)
     trainer.compile(_adam(), _adam())
-    hist = trainer.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=F.teacher_epochs, verbose=0)
-    clf.save(_path("teacher", "classifier.keras"))
+    ckpt = _fit_resumable(trainer, ds, F.teacher_epochs, "teacher")
     gen.save(_path("teacher", "generator.keras"))
     disc.save(_path("teacher", "discriminator.keras"))
-    facts = {"classifier_test_acc": clf_acc, "seconds": time.time() - t0,
-             "last_epoch": {k: float(v[-1]) for k, v in hist.history.items()}}
+    facts = {"classifier_test_acc": clf_acc, "seconds": time.time() - t0, "gan_seconds": ckpt.seconds,
+             "resumed_from_epoch": ckpt.resumed_from, "last_epoch": {k: v[-1] for k, v in ckpt.history.items()}}
     print(f"teacher: classifier test accuracy {clf_acc:.3f}, LSGAN {F.teacher_epochs} epochs, {facts['seconds']:.0f} s")
-    return _finish("teacher", facts)
+    _finish("teacher", facts)
+    ckpt.delete()
+    return facts
 
 
 def mac_masks_least(mac_model):
@@ -187,7 +212,7 @@ def stage_student(ds):
                              distill_weight=F.distill_weight, ramp_steps=steps // 2, bits=F.bits,
                              seed=F.seed + 1, **sparsity)
     trainer.compile(_adam(), _adam())
-    hist = trainer.fit(ds.x_train, ds.y_train, batch_size=F.batch_size, epochs=F.student_epochs, verbose=0)
+    ckpt = _fit_resumable(trainer, ds, F.student_epochs, "student")
     trainer.finalize()
     small, cut = gan.cut_generator(student)
     student.save(_path("student", "student_full.keras"))
@@ -195,10 +220,13 @@ def stage_student(ds):
     kept = sum(n for n, _ in gan.live_channels(student).values())
     facts = {"channels_total": total, "channel_budget": kept if mac_model is not None else budget, **budget_facts,
              "live": gan.live_channels(student), **cut,
-             "seconds": time.time() - t0, "last_epoch": {k: float(v[-1]) for k, v in hist.history.items()}}
+             "seconds": time.time() - t0, "gan_seconds": ckpt.seconds, "resumed_from_epoch": ckpt.resumed_from,
+             "last_epoch": {k: v[-1] for k, v in ckpt.history.items()}}
     print(f"student: {facts['channel_budget']} of {total} prunable channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, "
           f"distill MSE {facts['last_epoch']['distill']:.4f}, {facts['seconds']:.0f} s")
-    return _finish("student", facts)
+    _finish("student", facts)
+    ckpt.delete()
+    return facts
 
 
 def stage_export(ds):

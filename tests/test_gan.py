@@ -197,8 +197,8 @@ def test_gs_step_lowers_distillation_and_keeps_the_budget(sparsity):
             np.testing.assert_array_equal(quantize_uniform_int8(k, 4)[0].numpy(), k)
 
 
-def _run(*args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def _run(*args, timeout=600, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "pipelines.gan", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -238,3 +238,19 @@ def test_tiny_digits_pipeline_runs_and_resumes(tmp_path):
     assert again.returncode == 0 and again.stdout.count("done (resumed") == 4, again.stdout
     other = _run(f"--workdir={tmp_path}", *TINY, "--bits=8")
     assert other.returncode == 2 and "other flags (bits)" in other.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_teacher_resumes_from_its_last_epoch(tmp_path):
+    """SIGKILL in the teacher's LSGAN epoch 2 (ATMC_FAULT): the rerun restores epoch 1's checkpoint (both
+    players, both optimizers) and trains only the epochs left; the classifier is not trained again."""
+    args = [f"--workdir={tmp_path}", *TINY]
+    killed = _run(*args, env_extra={"ATMC_FAULT": "teacher:2:3"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (tmp_path / "teacher" / "backup").is_dir() and (tmp_path / "teacher" / "classifier.keras").exists()
+    stamp = (tmp_path / "teacher" / "classifier.keras").stat().st_mtime_ns
+    again = _run(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    teacher = json.loads((tmp_path / "teacher" / "done.json").read_text())
+    assert teacher["resumed_from_epoch"] == 1 and not (tmp_path / "teacher" / "backup").exists()
+    assert (tmp_path / "teacher" / "classifier.keras").stat().st_mtime_ns == stamp

@@ -71,6 +71,9 @@ class GANTrainer(keras.Model):
     def compile(self, g_optimizer, d_optimizer):
         super().compile()
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        # built now, so that a checkpoint (save_weights / load_weights) holds and restores their state
+        g_optimizer.build(self.generator.trainable_variables)
+        d_optimizer.build(self.discriminator.trainable_variables)
 
     @property
     def metrics(self):
