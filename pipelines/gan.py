@@ -175,8 +175,8 @@ def stage_teacher(ds):
 
 def mac_masks_least(mac_model):
     """MACs of the generator with one channel in every hidden convolution."""
-    linear, pairs, constant = mac_model
-    return constant + sum(linear) + sum(w for _, _, w in pairs)
+    from atmc_tf.constraints import mac_model_macs
+    return mac_model_macs(mac_model, [1] * len(mac_model[0]))
 
 
 def stage_student(ds):

@@ -56,6 +56,12 @@ def _scores(scales):
     return scores
 
 
+def mac_model_macs(mac_model, counts):
+    """MACs of the model that (linear, pairs, constant) describes, cut to counts[i] channels in tensor i."""
+    linear, pairs, constant = mac_model
+    return constant + sum(v * k for v, k in zip(linear, counts)) + sum(w * counts[i] * counts[j] for i, j, w in pairs)
+
+
 def mac_masks(scales, budget, linear, pairs, constant=0.0):
     """Masks keeping the longest prefix of budget_masks' ranking (the same scores and ties) whose MACs
     are at most `budget`, the MACs of k_i kept channels in tensor i being
@@ -124,10 +130,7 @@ class BNChannelL1Prox(Constraint):
     def full_budget(self):
         """The budget that keeps every channel: their count, or their MACs (a ramp's start)."""
         sizes = [int(np.prod(t.shape)) for t in self.tensors[0::2]]
-        if self.mac_model is None:
-            return sum(sizes)
-        linear, pairs, constant = self.mac_model
-        return constant + sum(v * k for v, k in zip(linear, sizes)) + sum(w * sizes[i] * sizes[j] for i, j, w in pairs)
+        return sum(sizes) if self.mac_model is None else mac_model_macs(self.mac_model, sizes)
 
     def _apply(self, values, threshold, budget):
         gammas = [soft_threshold(g, threshold) for g in values[0::2]]

@@ -116,6 +116,15 @@ def check_micro(tflite_bytes, x_int8_samples, litert_outputs_int8, timeout_s=DEF
     return result
 
 
+def _write_task(work, model, x, task):
+    """The files child_main reads from the folder `work`: the model, the inputs and the task."""
+    with open(os.path.join(work, "model.tflite"), "wb") as f:
+        f.write(model)
+    np.save(os.path.join(work, "inputs.npy"), x)
+    with open(os.path.join(work, "task.json"), "w") as f:
+        json.dump(task, f)
+
+
 def _child_command(work):
     """(argv, environment) of a child running child_main on the folder `work`."""
     env = dict(os.environ)
@@ -131,11 +140,7 @@ def _child(model, mode, arena_bytes, x, timeout_s):
     run x[0]) or "run" (every sample of x). Returns {"error", "log", "outputs"}; a child that
     crashes or hangs is an error (with "crashed": True and its stderr as the log), never an exception here."""
     with tempfile.TemporaryDirectory() as work:
-        with open(os.path.join(work, "model.tflite"), "wb") as f:
-            f.write(model)
-        np.save(os.path.join(work, "inputs.npy"), x)
-        with open(os.path.join(work, "task.json"), "w") as f:
-            json.dump({"mode": mode, "arena_bytes": int(arena_bytes)}, f)
+        _write_task(work, model, x, {"mode": mode, "arena_bytes": int(arena_bytes)})
         command, env = _child_command(work)
         try:
             proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -190,11 +195,7 @@ def _smallest_arena(model, sample, timeout_s):
         if kind == "answer":
             return size
         with tempfile.TemporaryDirectory() as work:
-            with open(os.path.join(work, "model.tflite"), "wb") as f:
-                f.write(model)
-            np.save(os.path.join(work, "inputs.npy"), sample)
-            with open(os.path.join(work, "task.json"), "w") as f:
-                json.dump({"mode": "search", "arena_bytes": 0, "known": sorted(known.items())}, f)
+            _write_task(work, model, sample, {"mode": "search", "arena_bytes": 0, "known": sorted(known.items())})
             progress = os.path.join(work, "progress.txt")
             command, env = _child_command(work)
             with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
