@@ -75,10 +75,12 @@ def mac_masks(scales, budget, linear, pairs, constant=0.0):
     order = tf.argsort(-flat, stable=True)
     tensor_of = tf.constant(np.repeat(np.arange(len(sizes)), sizes), tf.int32)
     counts = tf.cumsum(tf.one_hot(tf.gather(tensor_of, order), len(sizes), dtype=tf.float64), axis=0)
-    macs = tf.cast(constant, tf.float64) + tf.linalg.matvec(counts, tf.constant(linear, tf.float64))
+    # Python numbers straight to float64: through tf.cast they would pass float32 first and lose digits
+    as64 = lambda v: tf.cast(tf.convert_to_tensor(v, dtype_hint=tf.float64), tf.float64)  # noqa: E731
+    macs = as64(constant) + tf.linalg.matvec(counts, tf.constant(linear, tf.float64))
     for i, j, w in pairs:
         macs += float(w) * counts[:, i] * counts[:, j]
-    n = tf.reduce_sum(tf.cast(macs <= tf.cast(budget, tf.float64), tf.int32))
+    n = tf.reduce_sum(tf.cast(macs <= as64(budget), tf.int32))
     kept = tf.scatter_nd(tf.expand_dims(order, 1), tf.cast(tf.range(tf.size(flat)) < n, tf.int32), [sum(sizes)]) > 0
     kept = tf.logical_and(kept, flat > 0)
     return [tf.cast(m, s.dtype) for m, s in zip(tf.split(kept, sizes), scales)]
