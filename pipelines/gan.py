@@ -191,11 +191,12 @@ def stage_student(ds):
     teacher = _load(_path("teacher", "generator.keras"))
     teacher.trainable = False
     student, disc = _load(_path("teacher", "generator.keras")), _load(_path("teacher", "discriminator.keras"))
-    total = sum(int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(student))
+    # GS's prox prunes the project Dense's channels too; GroupL0 the hidden Conv2D channels only
+    pruned = gan.prunable_bns(student, dense=F.sparsity == "l1_prox")
+    total = sum(int(bn.gamma.shape[0]) for _, bn in pruned)
     steps = -(-len(ds.y_train) // F.batch_size) * F.student_epochs
-    convs = [conv.name for conv, _ in gan.prunable_bns(student)]
     if F.mac_budget is None:
-        budget, mac_model, budget_facts = max(len(convs), int(round(F.channel_budget * total))), None, {}
+        budget, mac_model, budget_facts = max(len(pruned), int(round(F.channel_budget * total))), None, {}
     else:
         mac_model = gan.channel_mac_model(teacher)
         budget = F.mac_budget * count_macs(teacher)

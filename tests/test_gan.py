@@ -163,8 +163,14 @@ def test_cut_generator_equals_the_masked_generator(dataset):
     assert facts["params_after"] < facts["params_before"]
     assert count_macs(small) == facts["macs_after"] < facts["macs_before"] == count_macs(gen)
     assert any(isinstance(layer, keras.layers.UpSampling2D) for layer in small.layers)
-    for conv, _ in gan.prunable_bns(gen):  # every silenced channel is cut, also those read through UpSampling2D
-        assert small.get_layer(conv.name).filters == conv.filters - conv.filters // 2
+    pairs = gan.prunable_bns(gen)
+    assert isinstance(pairs[0][0], keras.layers.Dense)  # the project Dense's channels are pruned too
+    for layer, bn in pairs:  # every silenced channel is cut, also those read through UpSampling2D and the Reshape
+        c = int(bn.gamma.shape[0])
+        assert small.get_layer(bn.name).gamma.shape[0] == c - c // 2
+        out = small.get_layer(layer.name)
+        assert (out.units if isinstance(out, keras.layers.Dense) else out.filters) == \
+            (layer.units if isinstance(layer, keras.layers.Dense) else layer.filters) // c * (c - c // 2)
 
 
 def _distill_mse(student, teacher, codes):
@@ -177,7 +183,8 @@ def test_gs_step_lowers_distillation_and_keeps_the_budget(sparsity):
     teacher = gan.generator("digits", z_dim=4, width=4, seed=0)
     student = gan.generator("digits", z_dim=4, width=4, seed=1)  # far from the teacher on purpose
     disc = gan.discriminator((8, 8, 1), width=4, seed=0)
-    total = sum(int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(student))
+    pruned = gan.prunable_bns(student, dense=sparsity == "l1_prox")  # GroupL0: the Conv2D channels only
+    total = sum(int(bn.gamma.shape[0]) for _, bn in pruned)
     kw = ({"prox": BNChannelL1Prox(threshold=1e-3, budget=total // 3)} if sparsity == "l1_prox" else
           {"kernel_constraint": GroupL0(total // 3, scoring="lamp", ramp_steps=5)})
     trainer = gan.GANTrainer(student, disc, 10, 4, teacher=teacher, distill_weight=100.0, ramp_steps=5, bits=4, **kw)
@@ -190,9 +197,9 @@ def test_gs_step_lowers_distillation_and_keeps_the_budget(sparsity):
     trainer.finalize()
     assert _distill_mse(student, teacher, codes) < 0.5 * before
     live = gan.live_channels(student)
-    assert sum(n for n, _ in live.values()) <= total // 3
+    assert sum(live[bn.name][0] for _, bn in pruned) <= total // 3
     small, facts = gan.cut_generator(student)  # every channel the budget dropped is cut
-    assert sum(small.get_layer(c.name).filters for c, _ in gan.prunable_bns(student)) <= total // 3
+    assert sum(small.get_layer(bn.name).gamma.shape[0] for _, bn in pruned) <= total // 3
     for layer in student.layers:  # finalize leaves every kernel on the 4-bit per-channel lattice
         if type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
             k = layer.kernel.numpy()

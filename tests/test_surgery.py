@@ -265,6 +265,41 @@ def test_dense_constant_neuron_folds_into_the_next_dense():
     assert report["layers"]["fc1"]["kept"] == 254 and report["folded"] == ["logits"]
 
 
+def test_reshape_of_a_flat_vector_into_channels_and_back():
+    """A generator's head (Dense -> Reshape into a feature map -> BN -> ReLU -> Conv2D) loses channel c with the
+    Dense units j = p*C + c at every position p; a Reshape to a flat vector cuts like a Flatten. A zero channel
+    through BN is the constant beta - gamma*mean/sqrt(var+eps), which the 'same' 3x3 conv cannot fold, so the BN
+    of the zeroed channels is zeroed too (as GAN Slimming's prox leaves it); channel 5 keeps a nonzero constant
+    and stays."""
+    keras.utils.set_random_seed(3)
+    i = keras.Input((6,))
+    x = L.Dense(4 * 4 * 8, use_bias=False, name="project")(i)
+    x = L.Reshape((4, 4, 8), name="unflat")(x)
+    x = L.BatchNormalization(name="project_bn")(x)
+    x = L.ReLU()(x)
+    x = L.Conv2D(6, 3, padding="same", name="conv")(x)
+    x = L.Reshape((-1,), name="flat")(x)
+    model = keras.Model(i, L.Dense(3, name="out")(x))
+    _randomize_bn(model)
+    project, bn = model.get_layer("project"), model.get_layer("project_bn")
+    dead = [1, 4, 5, 6]
+    w = project.get_weights()[0]
+    w[:, np.isin(np.arange(128) % 8, dead)] = 0.0
+    project.set_weights([w])
+    gamma, beta, mean, var = bn.get_weights()
+    gamma[[1, 4, 6]], beta[[1, 4, 6]] = 0.0, 0.0
+    bn.set_weights([gamma, beta, mean, var])
+    _zero_outputs(model.get_layer("conv"), [0, 3])
+    small, report = shrink_model(model)
+    _check(model, small, report, x=np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32))
+    assert report["layers"]["project"]["kept"] == 16 * 5 and report["layers"]["conv"]["kept"] == 4
+    assert small.get_layer("unflat").output.shape[1:] == (4, 4, 5) and small.get_layer("project_bn").gamma.shape == (5,)
+    assert small.get_layer("flat").output.shape[1:] == (4 * 4 * 4,)
+    # the kept units are the kept channels at every position, in order
+    np.testing.assert_array_equal(small.get_layer("project").get_weights()[0],
+                                  w[:, ~np.isin(np.arange(128) % 8, [1, 4, 6])])
+
+
 def test_sequential_and_multiple_outputs():
     keras.utils.set_random_seed(5)
     seq = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(4, 3, name="c1"), L.ReLU(), L.Flatten(),

@@ -26,7 +26,11 @@ that can only go together:
 - Add / Subtract / Average tie channel k of every input and of the output (so a channel
   is removed only where it is removable in every branch);
 - Concatenate (last axis) ties input j's channel k to output channel offset_j + k;
-- Flatten (channels_last) ties channel k to its features p*C + k at every position p.
+- Flatten (channels_last) ties channel k to its features p*C + k at every position p, and so does a
+  Reshape to a flat vector (target_shape of one dimension);
+- a Reshape of a flat vector (rank-2 input) into channels (target (..., C)) ties feature j to channel
+  j % C (the inverse of Flatten: a generator's Dense "project" reshaped into its first feature map
+  loses channel c's features j = p*C + c at every position p together).
 Conv2D and Dense are the producers and consumers: a group starts at their output channels
 and ends at their inputs, where the channels are mixed.
 
@@ -51,7 +55,7 @@ A group is KEPT (safe, never wrong) when it touches a model input or output, the
 a Conv2D/Dense whose activation mixes channels (softmax), or a tensor whose channels would
 all go (one group of it is kept so no layer gets zero channels). It is REFUSED with one
 SurgeryError line naming the layer and its class when it would be removable but a layer
-that surgery cannot cut through reads it (strict=False keeps it instead): Reshape and any other layer it does not know
+that surgery cannot cut through reads it (strict=False keeps it instead): any other Reshape and any other layer it does not know
 (including subclasses of the known layers, nested models, Conv2D with groups > 1 or
 channels_first, BN on another axis, broadcasting Add). Refused outright: subclassed models
 and a layer called more than once. Multiple inputs and outputs are supported (their
@@ -99,7 +103,7 @@ def _act_name(fn):
 
 def _kind(layer, in_shapes):
     """(kind, reason): kind is one of input, conv, dense, dw, bn, elementwise, identity, keep,
-    zeropad, flatten, merge, concat, unknown; reason says why a layer is unknown."""
+    zeropad, flatten, unflatten, merge, concat, unknown; reason says why a layer is unknown."""
     keras = _keras()
     name = type(layer).__name__
     if isinstance(layer, keras.Model):
@@ -155,7 +159,12 @@ def _kind(layer, in_shapes):
             return "unknown", f"it concatenates on axis {layer.axis}, not the channel axis"
         return "concat", ""
     if _exact(layer, "Reshape"):
-        return "unknown", "a Reshape moves channels across positions (only Flatten is understood)"
+        if rank == 2:
+            return "unflatten", ""
+        if len(layer.target_shape) == 1:
+            return "flatten", ""
+        return "unknown", ("a Reshape between two shapes of several axes moves channels across positions (only a "
+                           "flat vector into channels, or channels into a flat vector, is understood)")
     return "unknown", "surgery does not know how it uses its input channels"
 
 
@@ -351,6 +360,10 @@ def _consts(node, kind, known_in, value_in):
     if kind == "flatten":
         reps = c_out // len(known_in[0])
         return np.tile(known_in[0], reps), np.tile(value_in[0], reps)
+    if kind == "unflatten":  # feature j -> channel j % c_out: a channel is known when all its features agree
+        k, v = known_in[0].reshape(-1, c_out), value_in[0].reshape(-1, c_out)
+        known = np.all(k, axis=0) & np.all(v == v[:1], axis=0)
+        return known, np.where(known, v[0], 0.0)
     if kind == "merge":
         known = np.logical_and.reduce(known_in)
         if _exact(layer, "Add"):
@@ -438,6 +451,10 @@ def _analyse(model, strict=True):
             c = len(ins[0])
             for j, b in enumerate(out):
                 uf.union(ins[0][j % c], b)
+        elif kind == "unflatten":
+            c = len(out)
+            for j, a in enumerate(ins[0]):
+                uf.union(a, out[j % c])
         elif kind == "merge":
             for s in ins:
                 for a, b in zip(s, out):
@@ -538,6 +555,10 @@ def shrink_model(model, verify=True, seed=0, strict=True):
         elif kind == "bn":
             i_keep = kept(node.inputs[0])
             plans[layer.name] = (layer.get_config(), [np.asarray(v)[i_keep] for v in layer.get_weights()])
+        elif kind in ("flatten", "unflatten") and _exact(layer, "Reshape"):
+            out_shape, n = node.outputs[0].shape, len(kept(node.outputs[0]))
+            target = (n,) if kind == "flatten" else tuple(int(d) for d in out_shape[1:-1]) + (n,)
+            plans[layer.name] = (dict(layer.get_config(), target_shape=target), [])
         if kind in ("conv", "dense", "dw"):
             report_layers[layer.name] = {"class": type(layer).__name__, "kept": int(len(kept(node.outputs[0]))),
                                          "total": int(node.outputs[0].shape[-1])}

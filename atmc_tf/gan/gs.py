@@ -5,8 +5,8 @@ model's predictions, constraints projected on its kernels). A GAN is two players
 with their own optimizers and losses; folding a second player into ATMCTrainer would be a branch in
 its train_step. So GANTrainer is a small keras.Model with its own train_step that keeps Keras'
 compile/fit contract (fit, callbacks, History, metrics) and composes the project's pieces: the
-constraint objects of atmc_tf.constraints (BNChannelL1Prox, or GroupL0 on the hidden Conv2D kernels,
-after each generator step) and its
+constraint objects of atmc_tf.constraints (BNChannelL1Prox on the BN gammas of the project Dense's
+channels and the hidden Conv2D layers, or GroupL0 on the hidden Conv2D kernels, after each generator step) and its
 quantizers (quantize_uniform_int8, through a straight-through estimator).
 
 One step, batch (x, y) of real images and labels, codes c = [noise, one-hot y]:
@@ -54,7 +54,8 @@ class GANTrainer(keras.Model):
         # channel budget), projected after each step; a channel whose kernel slice it zeroes gets its
         # BN gamma and beta zeroed too (as ATMCTrainer's ChannelSilencer does), so it outputs exactly 0.
         self.kernel_constraint = kernel_constraint
-        self.kernel_pairs = prunable_bns(generator) if kernel_constraint is not None else []
+        # (the Conv2D channels only: GroupL0 groups a kernel's output units, and a project channel is many units)
+        self.kernel_pairs = prunable_bns(generator, dense=False) if kernel_constraint is not None else []
         if kernel_constraint is not None:
             if prox is not None:
                 raise ValueError("pass prox (L1 on BN gammas) or kernel_constraint (e.g. GroupL0), not both")

@@ -11,12 +11,17 @@ in training mode. Images are in [0, 1] through hard_sigmoid, as atmc_tf.data giv
 LOGISTIC (sigmoid) gave TFLM outputs 2 int8 steps off LiteRT's (more after training), hard_sigmoid
 becomes a clamp in the output's quantization range.
 
-    code -> Dense(s*s*c0) -> BN -> ReLU -> Reshape
+    code -> Dense(s*s*c0) -> Reshape(s, s, c0) -> BN -> ReLU
          -> [UpSampling2D(2x, bilinear) -> Conv2D(c) -> BN -> ReLU] per upsampling
          -> Conv2D(c_last) -> BN -> ReLU -> Conv2D(1) -> hard_sigmoid
 
-The BatchNorms after the hidden Conv2D layers are the prunable ones (prunable_bns): their gammas
-carry GS's L1 penalty. The BN of the Dense is not pruned (surgery cannot cut through Reshape).
+The BatchNorms after the Dense ("project", per channel of its reshaped map, as in DCGAN) and after
+the hidden Conv2D layers are the prunable ones (prunable_bns): their gammas carry GS's L1 penalty.
+A project channel c is the Dense units p*c0 + c at every position p; surgery cuts them together
+(atmc_tf.export.surgery: a Reshape of a flat vector into channels). The project Dense holds most of
+a small generator's weights, and its channels are the first conv's inputs, so pruning them frees
+both. (Generators saved before 2026-12-02 normalise the Dense's units before the Reshape: their
+Dense is not prunable and prunable_bns leaves it out.)
 """
 import keras
 import numpy as np
@@ -46,9 +51,9 @@ def generator(dataset, z_dim=16, num_classes=10, width=32, seed=0):
     init = keras.initializers.GlorotUniform(seed=seed)
     code = keras.Input((z_dim + num_classes,), name="code")
     x = L.Dense(start * start * 2 * width, use_bias=False, kernel_initializer=init, name="project")(code)
-    x = L.BatchNormalization(name="project_bn")(x)  # before the Reshape: the converter folds it into the Dense
-    x = L.ReLU(name="project_relu")(x)
     x = L.Reshape((start, start, 2 * width), name="reshape")(x)
+    x = L.BatchNormalization(name="project_bn")(x)  # per channel of the map: GS prunes its channels
+    x = L.ReLU(name="project_relu")(x)
     for i in range(ups):
         x = L.UpSampling2D(interpolation="bilinear", name=f"up{i}")(x)
         x = L.Conv2D(2 * width if i == 0 else width, 3, padding="same", use_bias=False, kernel_initializer=init,
@@ -64,12 +69,30 @@ def generator(dataset, z_dim=16, num_classes=10, width=32, seed=0):
     return keras.Model(code, image, name="generator")
 
 
-def prunable_bns(gen):
-    """[(hidden Conv2D, the BatchNormalization named after it)] whose channels GS prunes: not the
-    output convolution, not the Dense + Reshape (layers are found by this module's names)."""
+def prunable_bns(gen, dense=True):
+    """[(Dense project or hidden Conv2D, the BatchNormalization named after it)] whose channels GS prunes,
+    in layer order: not the output convolution (layers are found by this module's names). The Dense
+    counts when its BN normalises channels of the reshaped map (fewer gammas than units), not an older
+    generator's BN of every unit before the Reshape; dense=False: the hidden Conv2D layers only."""
     names = {layer.name for layer in gen.layers}
-    return [(layer, gen.get_layer(layer.name + "_bn")) for layer in gen.layers
-            if type(layer) is L.Conv2D and layer.name + "_bn" in names]
+    kinds = (L.Conv2D, L.Dense) if dense else (L.Conv2D,)
+    out = []
+    for layer in gen.layers:
+        if type(layer) in kinds and layer.name + "_bn" in names:
+            bn = gen.get_layer(layer.name + "_bn")
+            if type(layer) is L.Dense and int(bn.gamma.shape[0]) == layer.units:
+                continue
+            out.append((layer, bn))
+    return out
+
+
+def projection(gen):
+    """(Dense project, its BN, the Conv2D that reads the map) when the project Dense is prunable, else None."""
+    pairs = prunable_bns(gen)
+    if not pairs or type(pairs[0][0]) is not L.Dense:
+        return None
+    convs = [layer for layer in gen.layers if type(layer) is L.Conv2D]
+    return pairs[0][0], pairs[0][1], convs[0]
 
 
 def discriminator(input_shape, num_classes=10, width=32, seed=0):

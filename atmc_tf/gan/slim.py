@@ -1,31 +1,40 @@
 """From a GS-trained generator to the smaller one: silence the pruned channels, then channel surgery.
 
 A channel whose BN gamma and beta are 0 (BNChannelL1Prox leaves them so) outputs exactly 0 whatever
-its Conv2D computes, so zeroing that Conv2D's kernel slice changes no output; it lets surgery
-(atmc_tf.export.surgery, which reads constants from zero kernel slices) prove the channel is 0 and
-cut it from the producer, the BN and the consumer. The Dense + Reshape block is kept whole
-(strict=False: surgery cannot cut through a Reshape, and GS does not prune it here).
+its Conv2D (or the project Dense's units of that channel) computes, so zeroing that kernel slice changes
+no output; it lets surgery (atmc_tf.export.surgery, which reads constants from zero kernel slices) prove
+the channel is 0 and cut it from the producer, the BN and the consumer (strict=False: a layer surgery
+does not know keeps its channels).
 """
 import keras
 import numpy as np
 
 from atmc_tf.export.surgery import count_macs, shrink_model
-from atmc_tf.gan.models import prunable_bns
+from atmc_tf.gan.models import projection, prunable_bns
+
+
+def _units(layer, bn, channels):
+    """The output units of `layer` that make the BN's `channels`: the same indices for a Conv2D; for
+    the project Dense (reshaped into the BN's C channels), units j with j % C in channels."""
+    if isinstance(layer, keras.layers.Dense):
+        return np.flatnonzero(np.isin(np.arange(layer.units) % int(bn.gamma.shape[0]), channels))
+    return np.asarray(channels)
 
 
 def silence_pruned(gen):
-    """Zero the kernel slice (and bias) of every hidden Conv2D channel whose BN gamma and beta are
-    0; returns how many channels are silent."""
+    """Zero the kernel slice (and bias) of every prunable channel whose BN gamma and beta are 0;
+    returns how many channels are silent."""
     silent = 0
-    for conv, bn in prunable_bns(gen):
+    for layer, bn in prunable_bns(gen):
         gamma, beta = (keras.ops.convert_to_numpy(v) for v in (bn.gamma, bn.beta))
         dead = np.flatnonzero((gamma == 0) & (beta == 0))
         if len(dead):
-            weights = conv.get_weights()
-            weights[0][..., dead] = 0.0
-            if conv.use_bias:
-                weights[1][dead] = 0.0
-            conv.set_weights(weights)
+            units = _units(layer, bn, dead)
+            weights = layer.get_weights()
+            weights[0][..., units] = 0.0
+            if layer.use_bias:
+                weights[1][units] = 0.0
+            layer.set_weights(weights)
         silent += len(dead)
     return silent
 
@@ -44,11 +53,28 @@ def cut_generator(gen):
 def channel_mac_model(gen):
     """(linear, pairs, constant) over the prunable BNs (prunable_bns order) for
     atmc_tf.constraints.mac_masks / BNChannelL1Prox(mac_model=...): the exact MACs of the generator
-    cut to k_i channels in the i-th hidden Conv2D (atmc_tf.training.structure.channel_mac_model;
-    the Dense block and the output convolution are kept whole)."""
+    cut to k_i channels in the i-th prunable layer (atmc_tf.training.structure.channel_mac_model for
+    the hidden Conv2D layers; the output convolution is kept whole). The project Dense's channels
+    live behind its Reshape, which structure does not trace: its MACs are linear in its k, and the
+    first conv's MACs, which structure counts as linear in that conv's k alone, become the pair
+    (project, first conv)."""
+    from atmc_tf.export.surgery import layer_macs
     from atmc_tf.training.structure import channel_mac_model as model_of
-    names = [conv.name for conv, _ in prunable_bns(gen)]
-    linear, pairs, constant = model_of(gen, names)
+    names = [layer.name for layer, _ in prunable_bns(gen)]
+    head = projection(gen)
+    convs = names[1:] if head else names
+    linear, pairs, constant = model_of(gen, convs)
+    if head:
+        dense, bn, first = head
+        macs, channels = layer_macs(gen), int(bn.gamma.shape[0])
+        constant -= macs[dense.name]  # structure: kept whole, fed by nothing prunable
+        linear[dense.name] = macs[dense.name] / channels
+        if first.name in linear:
+            linear[first.name] -= macs[first.name] / first.filters
+            pairs[(dense.name, first.name)] = macs[first.name] / (channels * first.filters)
+        else:  # (a first conv that is not prunable scales with the project's k alone)
+            constant -= macs[first.name]
+            linear[dense.name] += macs[first.name] / channels
     index = {n: i for i, n in enumerate(names)}
     return ([linear[n] for n in names], [(index[p], index[c], w) for (p, c), w in sorted(pairs.items())],
             float(constant))
