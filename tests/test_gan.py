@@ -137,6 +137,21 @@ def test_prox_with_a_mac_budget_keeps_the_macs_and_round_trips():
         BNChannelL1Prox(threshold=0.0, budget=budget, mac_model=(model[0][:1], [], 0.0)).build(values, None)
 
 
+def test_an_old_generator_head_keeps_its_dense_unpruned():
+    """Generators saved before the project's BN moved after the Reshape normalise every Dense unit: that Dense
+    is not prunable (its BN's gammas are units, not channels), the hidden convolutions still are."""
+    L = keras.layers
+    code = keras.Input((14,))
+    x = L.Dense(4 * 4 * 8, use_bias=False, name="project")(code)
+    x = L.ReLU(name="project_relu")(L.BatchNormalization(name="project_bn")(x))
+    x = L.Reshape((4, 4, 8), name="reshape")(x)
+    x = L.ReLU()(L.BatchNormalization(name="conv0_bn")(L.Conv2D(4, 3, padding="same", name="conv0")(x)))
+    old = keras.Model(code, L.Conv2D(1, 3, padding="same", name="to_image")(x))
+    assert [layer.name for layer, _ in gan.prunable_bns(old)] == ["conv0"]
+    linear, pairs, constant = gan.channel_mac_model(old)
+    assert len(linear) == 1 and not pairs and linear[0] * 4 + constant == count_macs(old)
+
+
 def _randomize_bn(model, seed=1):
     rng = np.random.default_rng(seed)
     for layer in model.layers:
