@@ -10,7 +10,9 @@ per (method, MAC target) a cell in <workdir>/cells/<method>_<d> (a pipelines.gan
 a link to the shared one), scored by pipelines.gan's export and report stages:
 - gs: pipelines.gan's student stage (--sparsity=l1_prox) with --mac_budget = 1/d: its channel budget is the
   longest prefix of its own ranking (BN gammas, per-tensor normalised) whose exact MACs fit
-  (atmc_tf.constraints.mac_masks), re-chosen every step as the gammas move, ramped from all channels.
+  (atmc_tf.constraints.mac_masks), re-chosen every step as the gammas move, ramped from all channels; with
+  --finetune_epochs=f, GS trains --student_epochs - f epochs and its cut subnet is fine-tuned f more (GS's last
+  step: distillation + LSGAN + b-bit STE, its own discriminator), so both methods train --student_epochs.
 - stacked: the teacher's channels pruned ONCE by the same rule on the teacher's gammas (mac_masks, same
   MAC budget) and cut, then fine-tuned with distillation + LSGAN (no quantization, no sparsity,
   --student_epochs epochs), then quantized post-training: every Conv2D / Dense kernel projected to the
@@ -72,6 +74,9 @@ def parse_flags(argv):
             P.fail(f"--{name} does not apply here (each MAC target sets the budget); drop it")
     if F.sparsity != "l1_prox":
         P.fail(f"--sparsity={F.sparsity}: the benchmark's GS cells need --sparsity=l1_prox (their MAC budget)")
+    if F.finetune_epochs >= F.student_epochs:
+        P.fail(f"--finetune_epochs={F.finetune_epochs} must be less than --student_epochs={F.student_epochs} (GS trains "
+               "the difference, then fine-tunes)")
     return rest
 
 
@@ -155,19 +160,26 @@ def run_cell(ds, bench_dir, method, d):
     link = os.path.join(cell_dir, "teacher")
     if not os.path.lexists(link):
         os.symlink(os.path.join("..", "..", "teacher"), link)
+    saved = {k: F[k].value for k in ("workdir", "mac_budget", "student_epochs", "finetune_epochs")}
     F.workdir = cell_dir
     try:
         F.mac_budget = None if method == "stacked" else 1.0 / d
+        if method == "stacked":  # its fine-tune is its student stage: --student_epochs epochs
+            F.finetune_epochs = 0
+        else:  # GS then fine-tune, --student_epochs in all
+            F.student_epochs = saved["student_epochs"] - saved["finetune_epochs"]
         t0 = time.time()
         student = stage_stacked_student if method == "stacked" else P.stage_student
         for name, fn in (("student", lambda: student(ds, d) if method == "stacked" else student(ds)),
+                         ("finetune", lambda: P.stage_finetune(ds)),
                          ("export", lambda: P.stage_export(ds)), ("report", lambda: P.stage_report(ds))):
             if P._done(name) is None:
                 os.makedirs(P._path(name), exist_ok=True)
                 fn()
         report = json.load(open(os.path.join(cell_dir, "report.json")))
     finally:
-        F.workdir, F.mac_budget = bench_dir, None
+        for k, v in saved.items():
+            F[k].value = v
     row, exp = report["rows"]["student (int8 .tflite)"], report["export"]["student"]
     teacher_macs = report["rows"]["teacher (Keras)"]["macs"]
     cell = {"method": method, "mac_target": f"1/{d}", "d": d, "channel_budget": report["student"]["channel_budget"],
@@ -203,8 +215,12 @@ def render(results):
     lines = [f"# GAN Slimming benchmark on {title}", ""]
     if results.get("quick"):
         lines += ["**Smoke test (--quick): tiny settings, the figures mean nothing.**", ""]
+    ft = s.get("finetune_epochs", 0)
     lines += ["GS: one run of distillation + LSGAN + channel sparsity "
-              f"({s['sparsity']}) + {s['bits']}-bit quantization (STE). Stacked: prune the teacher's channels by "
+              f"({s['sparsity']}) + {s['bits']}-bit quantization (STE)"
+              + (f", {s['student_epochs'] - ft} epochs, then its cut subnet fine-tuned {ft} epochs (distillation + "
+                 "LSGAN + STE)" if ft else f", {s['student_epochs']} epochs, no fine-tune after the cut")
+              + f". Stacked (fine-tuned {s['student_epochs']} epochs): prune the teacher's channels by "
               "the same rule once (mac_masks on the teacher's BN gammas), fine-tune with distillation + LSGAN (float), "
               f"then post-training quantization to the {s['bits']}-bit lattice. Budget of both: the longest prefix "
               "of the channel ranking whose exact MACs are at most 1/d of the teacher's (GS re-ranks every step); "

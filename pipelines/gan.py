@@ -1,5 +1,6 @@
 """GAN Slimming pipeline: dense LSGAN teacher -> GS student (distillation + LSGAN + channel L1 prox or
-GroupL0 + b-bit straight-through quantization, one run) -> surgery -> int8 .tflite (LiteRT, TFLite Micro) -> report.
+GroupL0 + b-bit straight-through quantization, one run) -> surgery -> fine-tune of the cut subnet (GS's last
+step: distillation + LSGAN + b-bit STE, --finetune_epochs) -> int8 .tflite (LiteRT, TFLite Micro) -> report.
 
     tools/env.sh python -m pipelines.gan --dataset=digits --workdir=runs/gan
 
@@ -18,11 +19,12 @@ from absl import app, flags, logging
 from pipelines.console import fail
 
 F = flags.FLAGS
-STAGES = ("teacher", "student", "export", "report")
+STAGES = ("teacher", "student", "finetune", "export", "report")
 SPARSITIES = ("l1_prox", "group_l0")
 # The flags that decide what a workdir holds (a rerun with other values must not resume it).
 IDENTITY = ("dataset", "z_dim", "width", "teacher_epochs", "classifier_epochs", "student_epochs", "channel_budget",
-            "mac_budget", "bits", "distill_weight", "sparsity", "rho", "lr", "batch_size", "seed", "limit_train", "eval_samples")
+            "mac_budget", "bits", "distill_weight", "sparsity", "rho", "lr", "batch_size", "seed", "limit_train", "eval_samples",
+            "finetune_epochs")
 
 
 def define_flags():
@@ -34,6 +36,8 @@ def define_flags():
     flags.DEFINE_integer("teacher_epochs", 60, "LSGAN epochs of the dense teacher.")
     flags.DEFINE_integer("classifier_epochs", 15, "Epochs of the classifier that FD and conditional accuracy use.")
     flags.DEFINE_integer("student_epochs", 30, "GS epochs of the student (budget ramped over the first half).")
+    flags.DEFINE_integer("finetune_epochs", 0, "Epochs of fine-tuning the cut student (GS's last step: the "
+                         "subnet, its discriminator, distillation + LSGAN, b-bit STE; no sparsity); 0: none.")
     flags.DEFINE_float("channel_budget", 0.25, "Fraction of the teacher's prunable channels the student keeps.")
     flags.DEFINE_float("mac_budget", None, "Instead of --channel_budget: the student's MACs are at most this fraction "
                        "of the teacher's (the longest prefix of GS's channel ranking whose exact MACs fit: "
@@ -78,6 +82,8 @@ def parse_flags(argv):
                  "eval_samples"):
         if F[name].value < 1:
             fail(f"--{name}={F[name].value} must be >= 1")
+    if F.finetune_epochs < 0:
+        fail(f"--finetune_epochs={F.finetune_epochs} must be >= 0")
     if F.eval_samples < 20:
         fail(f"--eval_samples={F.eval_samples} must be >= 20 (a covariance needs samples)")
     if F.limit_train is not None and F.limit_train < F.batch_size:
@@ -218,6 +224,7 @@ def stage_student(ds):
     small, cut = gan.cut_generator(student)
     student.save(_path("student", "student_full.keras"))
     small.save(_path("student", "student.keras"))
+    disc.save(_path("student", "discriminator.keras"))  # the fine-tune stage goes on with it
     kept = sum(n for n, _ in gan.live_channels(student).values())
     facts = {"channels_total": total, "channel_budget": kept if mac_model is not None else budget, **budget_facts,
              "live": gan.live_channels(student), **cut,
@@ -226,6 +233,44 @@ def stage_student(ds):
     print(f"student: {facts['channel_budget']} of {total} prunable channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, "
           f"distill MSE {facts['last_epoch']['distill']:.4f}, {facts['seconds']:.0f} s")
     _finish("student", facts)
+    ckpt.delete()
+    return facts
+
+
+def student_file():
+    """The student the export and the report use: the fine-tuned one when the fine-tune stage trained it."""
+    tuned = _path("finetune", "student.keras")
+    return tuned if os.path.exists(tuned) else _path("student", "student.keras")
+
+
+def stage_finetune(ds):
+    """GS's last step: the cut student (fewer channels, on the b-bit lattice) trained on with distillation + LSGAN
+    and b-bit straight-through quantization for --finetune_epochs, against the discriminator GS trained alongside
+    it (the teacher's for a student stage that did not save one); no sparsity: the channels stay as cut."""
+    import keras
+
+    from atmc_tf import gan
+    facts = {"epochs": F.finetune_epochs}
+    if F.finetune_epochs == 0:
+        return _finish("finetune", facts)
+    keras.utils.set_random_seed(F.seed + 2)
+    t0 = time.time()
+    teacher = _load(_path("teacher", "generator.keras"))
+    teacher.trainable = False
+    small = _load(_path("student", "student.keras"))
+    disc_file = _path("student", "discriminator.keras")
+    disc = _load(disc_file if os.path.exists(disc_file) else _path("teacher", "discriminator.keras"))
+    trainer = gan.GANTrainer(small, disc, ds.num_classes, F.z_dim, teacher=teacher, distill_weight=F.distill_weight,
+                             bits=F.bits, seed=F.seed + 2)
+    trainer.compile(_adam(), _adam())
+    ckpt = _fit_resumable(trainer, ds, F.finetune_epochs, "finetune")
+    trainer.finalize()  # the kernels back on the b-bit lattice
+    small.save(_path("finetune", "student.keras"))
+    facts.update(seconds=time.time() - t0, gan_seconds=ckpt.seconds, resumed_from_epoch=ckpt.resumed_from,
+                 last_epoch={k: v[-1] for k, v in ckpt.history.items()})
+    print(f"finetune: {F.finetune_epochs} epochs of the cut student, distill MSE {facts['last_epoch']['distill']:.4f}, "
+          f"{facts['seconds']:.0f} s")
+    _finish("finetune", facts)
     ckpt.delete()
     return facts
 
@@ -241,7 +286,7 @@ def stage_export(ds):
     os.makedirs(_path("export"), exist_ok=True)
     codes, _ = _eval_codes(ds)
     facts = {}
-    for name, path in (("teacher", _path("teacher", "generator.keras")), ("student", _path("student", "student.keras"))):
+    for name, path in (("teacher", _path("teacher", "generator.keras")), ("student", student_file())):
         model = _load(path)
         data = to_int8_tflite(model, codes)
         with open(_path("export", f"{name}_int8.tflite"), "wb") as fh:
@@ -277,7 +322,7 @@ def stage_export(ds):
         packed, _ = pack_int4_kernels(open(_path("export", "student_int8.tflite"), "rb").read())
         with open(_path("export", "student_int4.tflite"), "wb") as fh:
             fh.write(packed)
-        ref = _load(_path("student", "student.keras")).predict(codes, verbose=0)
+        ref = _load(student_file()).predict(codes, verbose=0)
         diff = float(np.abs(LiteRTModel(packed).predict(codes) - ref).max())
         facts["student"]["int4"] = {"bytes": len(packed), "max_abs_diff_vs_keras": diff}
         if len(packed) < phone["bytes"]:
@@ -313,7 +358,7 @@ def stage_report(ds):
     from atmc_tf.export.surgery import count_macs
     from atmc_tf.export.tflite import LiteRTModel
     clf = _load(_path("teacher", "classifier.keras"))
-    teacher, student = _load(_path("teacher", "generator.keras")), _load(_path("student", "student.keras"))
+    teacher, student = _load(_path("teacher", "generator.keras")), _load(student_file())
     codes, labels = _eval_codes(ds)
     real = ds.x_test if len(ds.x_test) >= 20 else ds.x_train
     exp, stu = _done("export"), _done("student")
@@ -353,7 +398,7 @@ def stage_report(ds):
     lines += [f"| real training images (floor) | {real_q['fd']:.3f} | {real_q['cond_acc']:.3f} | | | | |", "",
               f"Student: {stu['channel_budget']} of {stu['channels_total']} prunable channels kept ({budget_said}), "
               f"live per BN {stu['live']}, {F.bits}-bit weights (STE), distill weight {F.distill_weight:g}, sparsity "
-              f"{F.sparsity}. MACs ratio {rows['student (Keras)']['macs'] / rows['teacher (Keras)']['macs']:.3f}.",
+              f"{F.sparsity}; fine-tuned after the cut for {F.finetune_epochs} epochs. MACs ratio {rows['student (Keras)']['macs'] / rows['teacher (Keras)']['macs']:.3f}.",
               f"LiteRT vs Keras (student, [0, 1] pixels): max |diff| {exp['student']['max_abs_diff_vs_keras']:.4f}, "
               f"mean {exp['student']['mean_abs_diff_vs_keras']:.4f}.",
               f"TFLite Micro: {json.dumps(exp['student'].get('micro', 'not run'))}",
@@ -380,7 +425,8 @@ def main(argv):
     if os.path.exists(cfg_path):
         with open(cfg_path) as fh:
             old = json.load(fh)
-        diff = sorted(k for k in config if old.get(k) != config[k])
+        # (a key the workdir's config lacks was added later with its default: those runs had that default)
+        diff = sorted(k for k in config if old.get(k, F[k].default) != config[k])
         if diff:
             fail(f"--workdir={F.workdir} holds a run with other flags ({', '.join(diff)}); use another --workdir")
     else:
@@ -390,7 +436,7 @@ def main(argv):
         ds = load_dataset(F.dataset, data_dir=F.data_dir, seed=F.seed, limit_train=F.limit_train)
     except DataError as err:
         fail(err)
-    for name, fn in zip(STAGES, (stage_teacher, stage_student, stage_export, stage_report)):
+    for name, fn in zip(STAGES, (stage_teacher, stage_student, stage_finetune, stage_export, stage_report)):
         if _done(name) is not None:
             print(f"{name}: done (resumed from {_path(name, 'done.json')})")
             continue

@@ -229,7 +229,8 @@ def _run(*args, timeout=600, env_extra=None):
 
 @pytest.mark.parametrize("flag", ["--channel_budget=0", "--bits=9", "--sparsity=foo",
                                   "--dataset=cifar", "--distill_weight=-1", "--mac_budget=0", "--mac_budget=1.5",
-                                  "--mac_budget=0.2 --channel_budget=0.5", "--mac_budget=0.2 --sparsity=group_l0"])
+                                  "--mac_budget=0.2 --channel_budget=0.5", "--mac_budget=0.2 --sparsity=group_l0",
+                                  "--finetune_epochs=-1"])
 def test_bad_flags_one_line_exit_2(flag, tmp_path):
     r = _run(*flag.split(), f"--workdir={tmp_path}")
     assert r.returncode == 2, r.stderr
@@ -244,7 +245,8 @@ TINY = ["--teacher_epochs=3", "--student_epochs=3", "--classifier_epochs=2", "--
 @pytest.mark.slow
 def test_tiny_digits_pipeline_runs_and_resumes(tmp_path):
     from atmc_tf.export.tflite import LiteRTModel
-    r = _run(f"--workdir={tmp_path}", *TINY)
+    args = [f"--workdir={tmp_path}", *TINY, "--finetune_epochs=1"]
+    r = _run(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["fd_name"] == "FD-digits" and "| FD-digits |" in (tmp_path / "report.md").read_text()
@@ -258,9 +260,20 @@ def test_tiny_digits_pipeline_runs_and_resumes(tmp_path):
     assert student["micro"]["samples_checked"] == 20 and student["micro_file"]["tflm_outputs_equal"]
     assert student["device_bytes"]["phone"] == {"file": "student_int4.tflite", "bytes": student["int4"]["bytes"]}
     assert student["int4"]["bytes"] < student["tflite_bytes"]
-    again = _run(f"--workdir={tmp_path}", *TINY)
-    assert again.returncode == 0 and again.stdout.count("done (resumed") == 4, again.stdout
-    other = _run(f"--workdir={tmp_path}", *TINY, "--bits=8")
+    # the cut student was fine-tuned one epoch: same channels, new weights, still on the 4-bit lattice; it is
+    # the model exported and reported
+    cut, tuned = (keras.models.load_model(tmp_path / d / "student.keras") for d in ("student", "finetune"))
+    assert [w.shape for w in cut.get_weights()] == [w.shape for w in tuned.get_weights()]
+    assert any(not np.array_equal(a, b) for a, b in zip(cut.get_weights(), tuned.get_weights()))
+    for layer in tuned.layers:
+        if type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
+            np.testing.assert_array_equal(quantize_uniform_int8(layer.kernel.numpy(), 4)[0].numpy(), layer.kernel.numpy())
+    np.testing.assert_allclose(lm.predict(codes), tuned.predict(codes, verbose=0), atol=0.1)
+    assert json.loads((tmp_path / "finetune" / "done.json").read_text())["epochs"] == 1
+    assert "fine-tuned after the cut for 1 epochs" in (tmp_path / "report.md").read_text()
+    again = _run(*args)
+    assert again.returncode == 0 and again.stdout.count("done (resumed") == 5, again.stdout
+    other = _run(*args, "--bits=8")
     assert other.returncode == 2 and "other flags (bits)" in other.stderr
 
 

@@ -56,9 +56,9 @@ def test_goal_status():
 
 
 @pytest.mark.parametrize("flag", ["--mac_targets=1", "--mac_targets=x", "--methods=gs,foo", "--channel_budget=0.5",
-                                  "--mac_budget=0.5", "--sparsity=group_l0"])
+                                  "--mac_budget=0.5", "--sparsity=group_l0", "--student_epochs=3 --finetune_epochs=3"])
 def test_bad_flags_one_line_exit_2(flag, tmp_path):
-    r = _run(flag, f"--workdir={tmp_path}")
+    r = _run(*flag.split(), f"--workdir={tmp_path}")
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
