@@ -90,29 +90,30 @@ def settings():
 
 # --- MAC target -> channel budget -------------------------------------------------------------
 
-def pruned_copy(gen, d):
-    """(copy of `gen`, kept channels): its prunable BNs keep the channels mac_masks keeps at 1/d of its
-    MACs (gamma, beta of the others zeroed, so cut_generator removes them)."""
+def pruned_copy(gen, d, dense=False):
+    """(copy of `gen`, kept channels): its prunable BNs (the project Dense's too when dense) keep the channels
+    mac_masks keeps at 1/d of its MACs (gamma, beta of the others zeroed, so cut_generator removes them)."""
     import keras
 
     from atmc_tf import gan
-    from atmc_tf.constraints import mac_masks
+    from atmc_tf.constraints import expand_channels, group_scales, mac_masks
     from atmc_tf.export.surgery import count_macs
     copy = keras.models.clone_model(gen)
     copy.set_weights(gen.get_weights())
-    pairs = gan.prunable_bns(copy)
-    masks = mac_masks([bn.gamma.value for _, bn in pairs], count_macs(gen) / d, *gan.channel_mac_model(gen))
-    for (_, bn), m in zip(pairs, masks):
-        bn.gamma.assign(bn.gamma * m)
-        bn.beta.assign(bn.beta * m)
+    pairs, groups = gan.prunable_bns(copy, dense), gan.channel_groups(copy, dense)
+    masks = mac_masks([group_scales(bn.gamma.value, g) for (_, bn), g in zip(pairs, groups)], count_macs(gen) / d,
+                      *gan.channel_mac_model(gen, dense))
+    for (_, bn), m, g in zip(pairs, masks, groups):
+        bn.gamma.assign(bn.gamma * expand_channels(m, g))
+        bn.beta.assign(bn.beta * expand_channels(m, g))
     return copy, int(sum(float(keras.ops.sum(m)) for m in masks))
 
 
-def reachable(teacher, d):
-    """True if 1/d of the teacher's MACs holds the generator with one channel per hidden convolution."""
+def reachable(teacher, d, dense=False):
+    """True if 1/d of the teacher's MACs holds the generator with one channel per prunable layer."""
     from atmc_tf import gan
     from atmc_tf.export.surgery import count_macs
-    return P.mac_masks_least(gan.channel_mac_model(teacher)) <= count_macs(teacher) / d
+    return P.mac_masks_least(gan.channel_mac_model(teacher, dense)) <= count_macs(teacher) / d
 
 
 # --- the stacked baseline's student stage ------------------------------------------------------
@@ -130,8 +131,9 @@ def stage_stacked_student(ds, d):
     teacher = P._load(P._path("teacher", "generator.keras"))
     teacher.trainable = False
     disc = P._load(P._path("teacher", "discriminator.keras"))
-    pruned, k = pruned_copy(P._load(P._path("teacher", "generator.keras")), d)  # a copy that is not frozen
-    live = gan.live_channels(pruned)
+    # a copy that is not frozen
+    pruned, k = pruned_copy(P._load(P._path("teacher", "generator.keras")), d, F.prune_project)
+    live = gan.live_channels(pruned, F.prune_project)
     small, cut = gan.cut_generator(pruned)
     trainer = gan.GANTrainer(small, disc, ds.num_classes, F.z_dim, teacher=teacher, distill_weight=F.distill_weight,
                              seed=F.seed + 1)
@@ -141,7 +143,7 @@ def stage_stacked_student(ds, d):
         if type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
             layer.kernel.assign(quantize_uniform_int8(layer.kernel.value, F.bits)[0])
     small.save(P._path("student", "student.keras"))
-    total = sum(int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(teacher))
+    total = sum(n for _, n in gan.live_channels(teacher, F.prune_project).values())
     facts = {"channels_total": total, "channel_budget": k, "live": live, **cut, "seconds": time.time() - t0,
              "gan_seconds": ckpt.seconds, "resumed_from_epoch": ckpt.resumed_from,
              "last_epoch": {n: v[-1] for n, v in ckpt.history.items()}}
@@ -272,7 +274,7 @@ def main(argv):
     else:
         print("teacher: done (resumed)")
     teacher = P._load(os.path.join(bench_dir, "teacher", "generator.keras"))
-    out_of_reach = [d for d in results["settings"]["mac_targets"] if not reachable(teacher, d)]
+    out_of_reach = [d for d in results["settings"]["mac_targets"] if not reachable(teacher, d, F.prune_project)]
     if out_of_reach:
         P.fail(f"--mac_targets: 1/{out_of_reach[0]} of the teacher's {count_macs(teacher):,} MACs is less than its "
                "generator with one channel per hidden convolution; use larger targets (smaller d)")

@@ -24,7 +24,7 @@ SPARSITIES = ("l1_prox", "group_l0")
 # The flags that decide what a workdir holds (a rerun with other values must not resume it).
 IDENTITY = ("dataset", "z_dim", "width", "teacher_epochs", "classifier_epochs", "student_epochs", "channel_budget",
             "mac_budget", "bits", "distill_weight", "sparsity", "rho", "lr", "batch_size", "seed", "limit_train", "eval_samples",
-            "finetune_epochs")
+            "finetune_epochs", "prune_project")
 
 
 def define_flags():
@@ -36,6 +36,9 @@ def define_flags():
     flags.DEFINE_integer("teacher_epochs", 60, "LSGAN epochs of the dense teacher.")
     flags.DEFINE_integer("classifier_epochs", 15, "Epochs of the classifier that FD and conditional accuracy use.")
     flags.DEFINE_integer("student_epochs", 30, "GS epochs of the student (budget ramped over the first half).")
+    flags.DEFINE_boolean("prune_project", False, "GS also prunes the channels of the generator's project Dense (its "
+                         "units per channel of the first feature map, cut with the first conv's inputs); "
+                         "--sparsity=l1_prox only. Off by default: see atmc_tf.gan.models on its ranking.")
     flags.DEFINE_integer("finetune_epochs", 0, "Epochs of fine-tuning the cut student (GS's last step: the "
                          "subnet, its discriminator, distillation + LSGAN, b-bit STE; no sparsity); 0: none.")
     flags.DEFINE_float("channel_budget", 0.25, "Fraction of the teacher's prunable channels the student keeps.")
@@ -82,6 +85,8 @@ def parse_flags(argv):
                  "eval_samples"):
         if F[name].value < 1:
             fail(f"--{name}={F[name].value} must be >= 1")
+    if F.prune_project and F.sparsity != "l1_prox":
+        fail(f"--prune_project works with --sparsity=l1_prox (GS's prox on the BN gammas), not --sparsity={F.sparsity}")
     if F.finetune_epochs < 0:
         fail(f"--finetune_epochs={F.finetune_epochs} must be >= 0")
     if F.eval_samples < 20:
@@ -197,14 +202,14 @@ def stage_student(ds):
     teacher = _load(_path("teacher", "generator.keras"))
     teacher.trainable = False
     student, disc = _load(_path("teacher", "generator.keras")), _load(_path("teacher", "discriminator.keras"))
-    # GS's prox prunes the project Dense's channels too; GroupL0 the hidden Conv2D channels only
-    pruned = gan.prunable_bns(student, dense=F.sparsity == "l1_prox")
-    total = sum(int(bn.gamma.shape[0]) for _, bn in pruned)
+    dense = F.prune_project  # GS's prox may prune the project Dense's channels too; GroupL0 never does
+    pruned = gan.prunable_bns(student, dense=dense)
+    total = sum(int(bn.gamma.shape[0]) // g for (_, bn), g in zip(pruned, gan.channel_groups(student, dense)))
     steps = -(-len(ds.y_train) // F.batch_size) * F.student_epochs
     if F.mac_budget is None:
         budget, mac_model, budget_facts = max(len(pruned), int(round(F.channel_budget * total))), None, {}
     else:
-        mac_model = gan.channel_mac_model(teacher)
+        mac_model = gan.channel_mac_model(teacher, dense)
         budget = F.mac_budget * count_macs(teacher)
         least = mac_masks_least(mac_model)
         if budget < least:
@@ -212,12 +217,13 @@ def stage_student(ds):
                  f"per hidden convolution ({least:,.0f} of the teacher's {count_macs(teacher):,}); raise it")
         budget_facts = {"mac_budget": F.mac_budget, "budget_macs": budget}
     if F.sparsity == "l1_prox":
-        sparsity = {"prox": BNChannelL1Prox(threshold=F.lr * F.rho, budget=budget, mac_model=mac_model)}
+        sparsity = {"prox": BNChannelL1Prox(threshold=F.lr * F.rho, budget=budget, mac_model=mac_model,
+                                            groups=gan.channel_groups(student, dense))}
     else:
         sparsity = {"kernel_constraint": GroupL0(budget, scoring="lamp", ramp_steps=steps // 2)}
     trainer = gan.GANTrainer(student, disc, ds.num_classes, F.z_dim, teacher=teacher,
                              distill_weight=F.distill_weight, ramp_steps=steps // 2, bits=F.bits,
-                             seed=F.seed + 1, **sparsity)
+                             seed=F.seed + 1, prune_dense=dense, **sparsity)
     trainer.compile(_adam(), _adam())
     ckpt = _fit_resumable(trainer, ds, F.student_epochs, "student")
     trainer.finalize()
@@ -225,9 +231,9 @@ def stage_student(ds):
     student.save(_path("student", "student_full.keras"))
     small.save(_path("student", "student.keras"))
     disc.save(_path("student", "discriminator.keras"))  # the fine-tune stage goes on with it
-    kept = sum(n for n, _ in gan.live_channels(student).values())
+    kept = sum(n for n, _ in gan.live_channels(student, dense).values())
     facts = {"channels_total": total, "channel_budget": kept if mac_model is not None else budget, **budget_facts,
-             "live": gan.live_channels(student), **cut,
+             "live": gan.live_channels(student, dense), **cut,
              "seconds": time.time() - t0, "gan_seconds": ckpt.seconds, "resumed_from_epoch": ckpt.resumed_from,
              "last_epoch": {k: v[-1] for k, v in ckpt.history.items()}}
     print(f"student: {facts['channel_budget']} of {total} prunable channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, "

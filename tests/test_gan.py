@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from atmc_tf import gan
 from atmc_tf.constraints import (BNChannelL1Prox, GroupL0, budget_masks, constraint_from_config, constraint_to_config,
                                  mac_masks)
-from atmc_tf.constraints.l1_prox import soft_threshold
+from atmc_tf.constraints.l1_prox import group_soft_threshold, soft_threshold
 from atmc_tf.constraints.quantize import quantize_uniform_int8
 from atmc_tf.export.surgery import count_macs
 
@@ -62,6 +62,48 @@ def test_prox_constraint_keeps_the_budget_and_silences_betas(gammas, budget, thr
     assert constraint_from_config(constraint_to_config(prox)) == prox
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.floats(0, 2, width=32), st.integers(0, 2**31 - 1))
+def test_group_soft_threshold_is_the_prox_of_the_group_norm(group, channels, t, seed):
+    """P gammas per channel (entry p*C + c): the prox of t*sqrt(P)*sum_c ||g_c||_2, checked against its closed
+    form's optimality (the objective is convex: no random nearby point is lower); P = 1 is the L1 prox."""
+    v = np.random.default_rng(seed).normal(0, 1, group * channels).astype(np.float32)
+    x = group_soft_threshold(tf.constant(v), t, group).numpy().astype(np.float64)
+
+    def objective(z):
+        zc = z.reshape(group, channels)
+        return 0.5 * np.sum((z - v) ** 2) + t * np.sqrt(group) * np.sum(np.linalg.norm(zc, axis=0))
+    rng = np.random.default_rng(seed + 1)
+    for _ in range(200):
+        z = x + rng.normal(0, rng.choice([1e-3, 1e-1, 1.0]), x.shape)
+        if rng.random() < 0.3:  # also points with whole channels at 0
+            z.reshape(group, channels)[:, rng.integers(0, channels)] = 0.0
+        assert objective(x) <= objective(z) + 1e-5
+    if group == 1:
+        np.testing.assert_allclose(x, soft_threshold(v, t).numpy(), atol=1e-6)
+    rms = np.sqrt(np.mean(v.reshape(group, channels) ** 2, axis=0))
+    np.testing.assert_array_equal(np.all(x.reshape(group, channels) == 0, axis=0), rms <= t)
+
+
+def test_prox_with_groups_counts_channels_and_zeroes_whole_groups():
+    """A BN of every unit of a Dense reshaped into 3 channels (2 positions each) beside a conv's BN of 4: the
+    budget keeps 3 channels in all, a kept group keeps all its gammas, a cut one loses its betas too."""
+    dense_g = tf.constant([1.0, 0.1, 2.0, 1.0, 0.1, 2.0])  # channel scales (rms) 1, 0.1, 2
+    conv_g = tf.constant([0.5, 3.0, 0.2, 1.0])
+    values = [dense_g, tf.ones(6), conv_g, tf.ones(4)]
+    prox = BNChannelL1Prox(threshold=0.0, budget=3, groups=[2, 1])
+    prox.build(values, None)
+    assert prox.full_budget() == 7
+    out = [t.numpy() for t in prox.project(values, 0, None)]
+    # normalised scores: dense 0.5, 0.05, 1(+top); conv 1/6, 1(+top), 1/15, 1/3 -> the two tops, then dense ch 0
+    assert out[0].tolist() == [1.0, 0.0, 2.0, 1.0, 0.0, 2.0] and out[1].tolist() == [1, 0, 1, 1, 0, 1]
+    assert out[2].tolist() == [0.0, 3.0, 0.0, 0.0] and out[3].tolist() == [0, 1, 0, 0]
+    assert int(prox.metrics(out)["live_channels"]) == 3
+    assert constraint_from_config(constraint_to_config(prox)) == prox
+    with pytest.raises(ValueError, match="groups must give one size per gamma tensor"):
+        BNChannelL1Prox(threshold=0.0, groups=[4, 1]).build(values, None)
+
+
 def test_budget_masks_normalise_per_tensor():
     # raw magnitude would keep only the big tensor; normalised, each keeps its largest
     masks = budget_masks([tf.constant([100.0, 90.0, 80.0]), tf.constant([0.1, 0.01])], 2)
@@ -98,58 +140,56 @@ def test_mac_masks_keep_the_longest_prefix_of_the_ranking_that_fits(gammas, data
         np.testing.assert_array_equal(g, w)
 
 
-@pytest.mark.parametrize("dataset", ["digits", "fashion_mnist"])
-def test_channel_mac_model_is_exact_for_a_cut_generator(dataset):
+def _kill(bn, group, dead):
+    """Zero the gammas and betas of `dead` channels of a BN whose channel c is its entries p*C + c."""
+    g, b, m, v = bn.get_weights()
+    units = np.isin(np.arange(len(g)) % (len(g) // group), dead)
+    g[units], b[units] = 0.0, 0.0
+    bn.set_weights([g, b, m, v])
+    return len(g) // group - len(dead)
+
+
+@pytest.mark.parametrize("dataset,dense", [("digits", False), ("digits", True), ("fashion_mnist", True)])
+def test_channel_mac_model_is_exact_for_a_cut_generator(dataset, dense):
+    """dense: the project Dense's channels (groups of s*s gammas of its BN) are pruned too."""
     gen = gan.generator(dataset, z_dim=4, width=4, seed=0)
     _randomize_bn(gen)
-    linear, pairs, constant = gan.channel_mac_model(gen)
-    assert _macs([int(bn.gamma.shape[0]) for _, bn in gan.prunable_bns(gen)], linear, pairs, constant) == \
-        count_macs(gen)
+    side = {"digits": 4, "fashion_mnist": 7}[dataset]
+    convs = len(gan.prunable_bns(gen))
+    assert gan.channel_groups(gen, dense) == [side * side] * dense + [1] * convs
+    linear, pairs, constant = gan.channel_mac_model(gen, dense)
+    assert len(linear) == convs + dense
+    assert _macs([n for _, n in gan.live_channels(gen, dense).values()], linear, pairs, constant) == count_macs(gen)
     rng = np.random.default_rng(0)
     for _ in range(2):
         copy = keras.models.clone_model(gen)
         copy.set_weights(gen.get_weights())
         ks = []
-        for _, bn in gan.prunable_bns(copy):
-            g, b, m, v = bn.get_weights()
-            dead = rng.choice(len(g), rng.integers(0, len(g)), replace=False)  # at least one channel stays
-            g[dead], b[dead] = 0.0, 0.0
-            bn.set_weights([g, b, m, v])
-            ks.append(len(g) - len(dead))
+        for (_, bn), group in zip(gan.prunable_bns(copy, dense), gan.channel_groups(copy, dense)):
+            c = int(bn.gamma.shape[0]) // group
+            ks.append(_kill(bn, group, rng.choice(c, rng.integers(0, c), replace=False)))  # one channel stays
+        assert [k for k, _ in gan.live_channels(copy, dense).values()] == ks
         assert gan.cut_generator(copy)[1]["macs_after"] == _macs(ks, linear, pairs, constant)
 
 
 def test_prox_with_a_mac_budget_keeps_the_macs_and_round_trips():
     gen = gan.generator("fashion_mnist", z_dim=4, width=8, seed=0)
     _randomize_bn(gen)
-    model = gan.channel_mac_model(gen)
+    model = gan.channel_mac_model(gen, dense=True)
     budget = count_macs(gen) / 8
     prox = BNChannelL1Prox(threshold=0.0, budget=budget, mac_model=model)
-    pairs = gan.prunable_bns(gen)
+    prox.groups = gan.channel_groups(gen, dense=True)
+    pairs = gan.prunable_bns(gen, dense=True)
     values = [v for _, bn in pairs for v in (bn.gamma.value, bn.beta.value)]
     prox.build(values, None)
     assert prox.full_budget() == count_macs(gen)
     out = prox.project(values, 0, None)
-    ks = [int(np.count_nonzero(g.numpy())) for g in out[0::2]]
+    ks = [int(np.count_nonzero(np.any(g.numpy().reshape(p, -1) != 0, axis=0)))
+          for g, p in zip(out[0::2], prox.groups)]
     assert all(ks) and _macs(ks, *model) <= budget
     assert constraint_from_config(constraint_to_config(prox)) == prox
     with pytest.raises(ValueError, match="mac_model must describe"):
         BNChannelL1Prox(threshold=0.0, budget=budget, mac_model=(model[0][:1], [], 0.0)).build(values, None)
-
-
-def test_an_old_generator_head_keeps_its_dense_unpruned():
-    """Generators saved before the project's BN moved after the Reshape normalise every Dense unit: that Dense
-    is not prunable (its BN's gammas are units, not channels), the hidden convolutions still are."""
-    L = keras.layers
-    code = keras.Input((14,))
-    x = L.Dense(4 * 4 * 8, use_bias=False, name="project")(code)
-    x = L.ReLU(name="project_relu")(L.BatchNormalization(name="project_bn")(x))
-    x = L.Reshape((4, 4, 8), name="reshape")(x)
-    x = L.ReLU()(L.BatchNormalization(name="conv0_bn")(L.Conv2D(4, 3, padding="same", name="conv0")(x)))
-    old = keras.Model(code, L.Conv2D(1, 3, padding="same", name="to_image")(x))
-    assert [layer.name for layer, _ in gan.prunable_bns(old)] == ["conv0"]
-    linear, pairs, constant = gan.channel_mac_model(old)
-    assert len(linear) == 1 and not pairs and linear[0] * 4 + constant == count_macs(old)
 
 
 def _randomize_bn(model, seed=1):
@@ -163,29 +203,28 @@ def _randomize_bn(model, seed=1):
 
 @pytest.mark.parametrize("dataset", ["digits", "fashion_mnist"])
 def test_cut_generator_equals_the_masked_generator(dataset):
+    """Half the channels of every prunable BN silenced, the project Dense's among them: all are cut."""
     gen = gan.generator(dataset, z_dim=4, width=4, seed=0)
     _randomize_bn(gen)
     rng = np.random.default_rng(0)
-    for _, bn in gan.prunable_bns(gen):
-        g, b, m, v = bn.get_weights()
-        dead = rng.choice(len(g), len(g) // 2, replace=False)
-        g[dead], b[dead] = 0.0, 0.0
-        bn.set_weights([g, b, m, v])
+    channels = [n for _, n in gan.live_channels(gen, dense=True).values()]
+    for (_, bn), group, c in zip(gan.prunable_bns(gen, True), gan.channel_groups(gen, True), channels):
+        _kill(bn, group, rng.choice(c, c // 2, replace=False))
     small, facts = gan.cut_generator(gen)
     codes = rng.normal(size=(16, 14)).astype(np.float32)
     np.testing.assert_allclose(small.predict(codes, verbose=0), gen.predict(codes, verbose=0), atol=1e-5)
-    assert facts["silent_channels"] == sum(int(bn.gamma.shape[0]) // 2 for _, bn in gan.prunable_bns(gen))
+    assert facts["silent_channels"] == sum(c // 2 for c in channels)
     assert facts["params_after"] < facts["params_before"]
     assert count_macs(small) == facts["macs_after"] < facts["macs_before"] == count_macs(gen)
     assert any(isinstance(layer, keras.layers.UpSampling2D) for layer in small.layers)
-    pairs = gan.prunable_bns(gen)
+    pairs = gan.prunable_bns(gen, dense=True)
     assert isinstance(pairs[0][0], keras.layers.Dense)  # the project Dense's channels are pruned too
-    for layer, bn in pairs:  # every silenced channel is cut, also those read through UpSampling2D and the Reshape
-        c = int(bn.gamma.shape[0])
-        assert small.get_layer(bn.name).gamma.shape[0] == c - c // 2
+    assert [n for _, n in gan.live_channels(small, dense=True).values()] == [c - c // 2 for c in channels]
+    for (layer, bn), group, c in zip(pairs, gan.channel_groups(gen, dense=True), channels):
+        # every silenced channel is cut, also those read through UpSampling2D and the Reshape
         out = small.get_layer(layer.name)
-        assert (out.units if isinstance(out, keras.layers.Dense) else out.filters) == \
-            (layer.units if isinstance(layer, keras.layers.Dense) else layer.filters) // c * (c - c // 2)
+        assert (out.units if isinstance(out, keras.layers.Dense) else out.filters) == group * (c - c // 2)
+        assert small.get_layer(bn.name).gamma.shape[0] == group * (c - c // 2)
 
 
 def _distill_mse(student, teacher, codes):
@@ -198,11 +237,13 @@ def test_gs_step_lowers_distillation_and_keeps_the_budget(sparsity):
     teacher = gan.generator("digits", z_dim=4, width=4, seed=0)
     student = gan.generator("digits", z_dim=4, width=4, seed=1)  # far from the teacher on purpose
     disc = gan.discriminator((8, 8, 1), width=4, seed=0)
-    pruned = gan.prunable_bns(student, dense=sparsity == "l1_prox")  # GroupL0: the Conv2D channels only
-    total = sum(int(bn.gamma.shape[0]) for _, bn in pruned)
+    dense = sparsity == "l1_prox"  # the prox may prune the project Dense's channels; GroupL0 the Conv2D ones only
+    pruned = gan.prunable_bns(student, dense=dense)
+    total = sum(gan.live_channels(student, dense)[bn.name][1] for _, bn in pruned)
     kw = ({"prox": BNChannelL1Prox(threshold=1e-3, budget=total // 3)} if sparsity == "l1_prox" else
           {"kernel_constraint": GroupL0(total // 3, scoring="lamp", ramp_steps=5)})
-    trainer = gan.GANTrainer(student, disc, 10, 4, teacher=teacher, distill_weight=100.0, ramp_steps=5, bits=4, **kw)
+    trainer = gan.GANTrainer(student, disc, 10, 4, teacher=teacher, distill_weight=100.0, ramp_steps=5, bits=4,
+                             prune_dense=dense, **kw)
     trainer.compile(keras.optimizers.Adam(1e-2, 0.5), keras.optimizers.Adam(1e-3, 0.5))
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 1, (128, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 128)
@@ -211,10 +252,10 @@ def test_gs_step_lowers_distillation_and_keeps_the_budget(sparsity):
     trainer.fit(x, y, batch_size=32, epochs=4, verbose=0)
     trainer.finalize()
     assert _distill_mse(student, teacher, codes) < 0.5 * before
-    live = gan.live_channels(student)
+    live = gan.live_channels(student, dense)
     assert sum(live[bn.name][0] for _, bn in pruned) <= total // 3
     small, facts = gan.cut_generator(student)  # every channel the budget dropped is cut
-    assert sum(small.get_layer(bn.name).gamma.shape[0] for _, bn in pruned) <= total // 3
+    assert sum(gan.live_channels(small, dense)[bn.name][1] for _, bn in pruned) <= total // 3
     for layer in student.layers:  # finalize leaves every kernel on the 4-bit per-channel lattice
         if type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
             k = layer.kernel.numpy()
@@ -230,7 +271,7 @@ def _run(*args, timeout=600, env_extra=None):
 @pytest.mark.parametrize("flag", ["--channel_budget=0", "--bits=9", "--sparsity=foo",
                                   "--dataset=cifar", "--distill_weight=-1", "--mac_budget=0", "--mac_budget=1.5",
                                   "--mac_budget=0.2 --channel_budget=0.5", "--mac_budget=0.2 --sparsity=group_l0",
-                                  "--finetune_epochs=-1"])
+                                  "--finetune_epochs=-1", "--prune_project --sparsity=group_l0"])
 def test_bad_flags_one_line_exit_2(flag, tmp_path):
     r = _run(*flag.split(), f"--workdir={tmp_path}")
     assert r.returncode == 2, r.stderr
@@ -245,7 +286,9 @@ TINY = ["--teacher_epochs=3", "--student_epochs=3", "--classifier_epochs=2", "--
 @pytest.mark.slow
 def test_tiny_digits_pipeline_runs_and_resumes(tmp_path):
     from atmc_tf.export.tflite import LiteRTModel
-    args = [f"--workdir={tmp_path}", *TINY, "--finetune_epochs=1"]
+    # the project Dense's channels pruned too (grouped prox, surgery through the Reshape), then one epoch of
+    # fine-tuning the cut student
+    args = [f"--workdir={tmp_path}", *TINY, "--finetune_epochs=1", "--prune_project"]
     r = _run(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -253,11 +296,15 @@ def test_tiny_digits_pipeline_runs_and_resumes(tmp_path):
     assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = report["rows"]
     assert rows["student (Keras)"]["macs"] < rows["teacher (Keras)"]["macs"]
+    assert "project_bn" in report["student"]["live"]
+    kept_project = report["student"]["live"]["project_bn"][0]
+    assert keras.models.load_model(tmp_path / "finetune" / "student.keras").get_layer("project").units == 16 * kept_project
     lm = LiteRTModel((tmp_path / "export" / "student_int8.tflite").read_bytes())
     codes, _ = gan.sample_codes(5, 8, 10, seed=0)
     assert lm.predict(codes).shape == (5, 8, 8, 1)
     student = report["export"]["student"]
     assert student["micro"]["samples_checked"] == 20 and student["micro_file"]["tflm_outputs_equal"]
+    assert student["micro"]["ok"], student["micro"]  # TFLite Micro's outputs equal LiteRT's builtin kernels
     assert student["device_bytes"]["phone"] == {"file": "student_int4.tflite", "bytes": student["int4"]["bytes"]}
     assert student["int4"]["bytes"] < student["tflite_bytes"]
     # the cut student was fine-tuned one epoch: same channels, new weights, still on the 4-bit lattice; it is

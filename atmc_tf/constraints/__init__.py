@@ -42,7 +42,8 @@ from atmc_tf.constraints.group_sparsity import (
 )
 from atmc_tf.constraints.group_l0 import FixedGroupSupport, GroupL0
 from atmc_tf.constraints.admm_quantization import Quantization
-from atmc_tf.constraints.l1_prox import BNChannelL1Prox, budget_masks, mac_masks, mac_model_macs, soft_threshold
+from atmc_tf.constraints.l1_prox import (BNChannelL1Prox, budget_masks, expand_channels, group_scales,
+                                         group_soft_threshold, mac_masks, mac_model_macs, soft_threshold)
 from atmc_tf.constraints.registry import CONSTRAINTS, constraint_from_config, constraint_to_config
 
 __all__ = [n for n in dir() if not n.startswith("_")]

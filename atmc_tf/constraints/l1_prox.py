@@ -12,6 +12,13 @@ gives no control of the final size, which the pipeline's --channel_budget needs.
 MACs instead, which --mac_budget needs: at one channel count, which channels survive decides the
 MACs (a channel at 28x28 costs 4x one at 14x14).
 
+Grouped channels: a BatchNorm of every unit of a Dense that a Reshape then turns into C channels
+(a generator's "project" head: unit j = p*C + c is channel c at position p) has P*C gammas, and a
+channel is the group of its P gammas. Its scale is their root mean square, the prox of
+t * sqrt(P) * ||gamma_group||_2 (group lasso) shrinks the group as a whole, gamma_group *
+max(0, 1 - t / rms), so the channel's scale becomes max(rms - t, 0): with P = 1 it is the L1 soft
+threshold. Budgets count and rank channels (groups) by that scale.
+
 Pure tensor math; the pairing of tensors is [gamma_1, beta_1, gamma_2, beta_2, ...].
 """
 import numpy as np
@@ -56,6 +63,29 @@ def _scores(scales):
     return scores
 
 
+def group_scales(gamma, group):
+    """The C channel scales of a gamma tensor of group * C entries (entry p*C + c is channel c): the root
+    mean square of each channel's `group` gammas; |gamma| itself when group == 1."""
+    g = tf.reshape(gamma, [group, -1])
+    return tf.abs(g[0]) if group == 1 else tf.sqrt(tf.reduce_mean(tf.square(g), axis=0))
+
+
+def expand_channels(per_channel, group):
+    """A per-channel tensor (C) repeated over the group's positions: entry p*C + c is per_channel[c]."""
+    return per_channel if group == 1 else tf.tile(per_channel, [group])
+
+
+def group_soft_threshold(gamma, t, group):
+    """The prox of t * sqrt(group) * sum over channels of ||gamma_channel||_2 at gamma: each channel's
+    gammas scaled by max(0, 1 - t / rms) (exact zeros where rms <= t); soft_threshold when group == 1."""
+    if group == 1:
+        return soft_threshold(gamma, t)
+    rms = group_scales(gamma, group)
+    t = tf.cast(t, rms.dtype)
+    factor = tf.math.divide_no_nan(tf.maximum(rms - t, tf.zeros_like(rms)), rms)
+    return gamma * expand_channels(factor, group)
+
+
 def mac_model_macs(mac_model, counts):
     """MACs of the model that (linear, pairs, constant) describes, cut to counts[i] channels in tensor i."""
     linear, pairs, constant = mac_model
@@ -90,16 +120,21 @@ class BNChannelL1Prox(Constraint):
     """Soft-threshold every gamma by `threshold` (= learning rate * rho) after each step, keep at
     most `budget` nonzero gammas globally (None: no count), and zero the beta of every zero gamma.
     mac_model: None (the budget counts channels), or (linear, pairs, constant) over the gamma tensors
-    as mac_masks takes them; the budget is then the MACs (a number > 0) of the kept channels."""
+    as mac_masks takes them; the budget is then the MACs (a number > 0) of the kept channels.
+    groups: None (every gamma is a channel), or per gamma tensor its group size P (this module's
+    docstring: P*C gammas make C channels, thresholded, ranked and counted as groups)."""
 
     kind = "l1_prox"
     sparsifying = True
     metric_names = ("live_channels",)
 
-    def __init__(self, threshold, budget=None, mac_model=None):
+    def __init__(self, threshold, budget=None, mac_model=None, groups=None):
         if not threshold >= 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
         self.threshold = float(threshold)
+        self.groups = None if groups is None else [int(g) for g in groups]
+        if self.groups is not None and not all(g >= 1 for g in self.groups):
+            raise ValueError(f"groups must be sizes >= 1, got {groups}")
         if mac_model is None:
             if budget is not None and not int(budget) >= 1:
                 raise ValueError(f"budget must be None or >= 1, got {budget}")
@@ -115,7 +150,7 @@ class BNChannelL1Prox(Constraint):
             self.budget = float(budget)
 
     def get_config(self):
-        return {"threshold": self.threshold, "budget": self.budget,
+        return {"threshold": self.threshold, "budget": self.budget, "groups": self.groups,
                 "mac_model": None if self.mac_model is None else [self.mac_model[0], [list(p) for p in self.mac_model[1]],
                                                                   self.mac_model[2]]}
 
@@ -124,6 +159,10 @@ class BNChannelL1Prox(Constraint):
         if len(self.tensors) % 2:
             raise ValueError("BNChannelL1Prox takes [gamma, beta] pairs: got an odd number of tensors")
         n = len(self.tensors) // 2
+        if self.groups is not None and (len(self.groups) != n or any(
+                int(np.prod(t.shape)) % g for t, g in zip(self.tensors[0::2], self.groups))):
+            raise ValueError(f"groups must give one size per gamma tensor dividing its length: {self.groups} for "
+                             f"{[int(np.prod(t.shape)) for t in self.tensors[0::2]]}")
         if self.mac_model is not None and (len(self.mac_model[0]) != n or any(
                 not (0 <= i < n and 0 <= j < n) for i, j, _ in self.mac_model[1])):
             raise ValueError(f"mac_model must describe the {n} gamma tensors: {len(self.mac_model[0])} linear terms, "
@@ -131,16 +170,23 @@ class BNChannelL1Prox(Constraint):
 
     def full_budget(self):
         """The budget that keeps every channel: their count, or their MACs (a ramp's start)."""
-        sizes = [int(np.prod(t.shape)) for t in self.tensors[0::2]]
+        sizes = [int(np.prod(t.shape)) // g for t, g in zip(self.tensors[0::2], self._groups())]
         return sum(sizes) if self.mac_model is None else mac_model_macs(self.mac_model, sizes)
 
+    def _groups(self):
+        return self.groups or [1] * (len(self.tensors) // 2)
+
     def _apply(self, values, threshold, budget):
-        gammas = [soft_threshold(g, threshold) for g in values[0::2]]
+        groups = self._groups()
+        gammas = [group_soft_threshold(g, threshold, p) for g, p in zip(values[0::2], groups)]
         if budget is not None:
-            masks = (budget_masks(gammas, budget) if self.mac_model is None else
-                     mac_masks(gammas, budget, *self.mac_model))
-            gammas = [g * m for g, m in zip(gammas, masks)]
-        betas = [tf.where(tf.equal(g, 0), tf.zeros_like(b), b) for g, b in zip(gammas, values[1::2])]
+            scales = [group_scales(g, p) for g, p in zip(gammas, groups)]
+            masks = (budget_masks(scales, budget) if self.mac_model is None else
+                     mac_masks(scales, budget, *self.mac_model))
+            gammas = [g * expand_channels(m, p) for g, m, p in zip(gammas, masks, groups)]
+        # a channel whose gammas are all 0 outputs its betas: zero them (all of the group's, or none)
+        dead = [expand_channels(tf.equal(group_scales(g, p), 0), p) for g, p in zip(gammas, groups)]
+        betas = [tf.where(d, tf.zeros_like(b), b) for d, b in zip(dead, values[1::2])]
         return [t for pair in zip(gammas, betas) for t in pair]
 
     def project(self, values, step, assign, budget=None):
@@ -151,4 +197,5 @@ class BNChannelL1Prox(Constraint):
         return self._apply(values, 0.0, self.budget)
 
     def metrics(self, values):
-        return {"live_channels": tf.add_n([tf.math.count_nonzero(g, dtype=tf.int32) for g in values[0::2]])}
+        return {"live_channels": tf.add_n([tf.math.count_nonzero(group_scales(g, p), dtype=tf.int32)
+                                           for g, p in zip(values[0::2], self._groups())])}

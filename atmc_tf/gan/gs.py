@@ -25,13 +25,13 @@ import tensorflow as tf
 
 from atmc_tf.constraints.base import TensorInfo
 from atmc_tf.constraints.quantize import quantize_uniform_int8
-from atmc_tf.gan.models import prunable_bns
+from atmc_tf.gan.models import channel_groups, prunable_bns
 
 
 class GANTrainer(keras.Model):
     def __init__(self, generator, discriminator, num_classes, z_dim, teacher=None, distill_weight=0.0,
                  gan_weight=1.0, prox=None, budget_start=None, ramp_steps=0, bits=None, seed=0,
-                 kernel_constraint=None, **kwargs):
+                 kernel_constraint=None, prune_dense=False, **kwargs):
         super().__init__(**kwargs)
         if distill_weight > 0 and teacher is None:
             raise ValueError("distill_weight > 0 needs a teacher generator")
@@ -43,9 +43,16 @@ class GANTrainer(keras.Model):
         self.prox, self.bits = prox, bits
         self.ramp_steps = int(ramp_steps)
         self.seed_gen = keras.random.SeedGenerator(seed)
-        self.pairs = prunable_bns(generator) if prox is not None else []
+        # prune_dense: the prox prunes the project Dense's channels too (atmc_tf.gan.models)
+        self.pairs = prunable_bns(generator, dense=prune_dense) if prox is not None else []
         self.prox_vars = [v for _, bn in self.pairs for v in (bn.gamma, bn.beta)]
         if prox is not None:
+            # the project's BN has a group of gammas per channel: the prox must threshold and count groups
+            groups = channel_groups(generator, dense=prune_dense)
+            if prox.groups is None:
+                prox.groups = groups
+            elif prox.groups != groups:
+                raise ValueError(f"prox groups {prox.groups} do not match the generator's channel groups {groups}")
             prox.build(self.prox_vars, None)
         # the ramp starts from every channel: their count, or their total cost for a cost budget
         self.budget_start = budget_start or (prox.full_budget() if prox is not None else 0)

@@ -11,17 +11,25 @@ in training mode. Images are in [0, 1] through hard_sigmoid, as atmc_tf.data giv
 LOGISTIC (sigmoid) gave TFLM outputs 2 int8 steps off LiteRT's (more after training), hard_sigmoid
 becomes a clamp in the output's quantization range.
 
-    code -> Dense(s*s*c0) -> Reshape(s, s, c0) -> BN -> ReLU
+    code -> Dense(s*s*c0) -> BN -> ReLU -> Reshape(s, s, c0)
          -> [UpSampling2D(2x, bilinear) -> Conv2D(c) -> BN -> ReLU] per upsampling
          -> Conv2D(c_last) -> BN -> ReLU -> Conv2D(1) -> hard_sigmoid
 
-The BatchNorms after the Dense ("project", per channel of its reshaped map, as in DCGAN) and after
-the hidden Conv2D layers are the prunable ones (prunable_bns): their gammas carry GS's L1 penalty.
-A project channel c is the Dense units p*c0 + c at every position p; surgery cuts them together
-(atmc_tf.export.surgery: a Reshape of a flat vector into channels). The project Dense holds most of
-a small generator's weights, and its channels are the first conv's inputs, so pruning them frees
-both. (Generators saved before 2026-12-02 normalise the Dense's units before the Reshape: their
-Dense is not prunable and prunable_bns leaves it out.)
+The BatchNorms after the hidden Conv2D layers are the prunable ones (prunable_bns): their gammas
+carry GS's L1 penalty. On request (dense=True; pipelines.gan --prune_project) the project Dense's
+channels are too: its BN normalises every unit (before the Reshape, so the converter folds it into
+the Dense and TFLite Micro matches LiteRT exactly), a project channel c is its units p*c0 + c at
+every position p, a group of s*s gammas (channel_groups: atmc_tf.constraints.BNChannelL1Prox
+thresholds and ranks such groups as one channel), and surgery cuts them together
+(atmc_tf.export.surgery: a Reshape of a flat vector into channels). The project Dense holds most of a
+small generator's weights and its channels are the first conv's inputs, so pruning them frees both.
+Not the default: a group's scale (the root mean square of its gammas) sits near its tensor's largest
+far more than a single gamma does (teacher on digits, 2026-12-02: the middle 80% of the project's
+normalised scales in 0.975-0.992, conv0's in 0.853-0.939), so the per-tensor normalised ranking keeps
+project channels first (a --channel_budget=0.25 student kept 35 of 64 project channels and 2 of
+conv0's 64). Also measured: a BN per channel AFTER the Reshape, the DCGAN way, gave a teacher with
+2.4x the FD-digits (one run each) and TFLite Micro outputs 3 int8 steps off LiteRT's, from the
+broadcast MUL/ADD it leaves in the int8 graph.
 """
 import keras
 import numpy as np
@@ -51,9 +59,9 @@ def generator(dataset, z_dim=16, num_classes=10, width=32, seed=0):
     init = keras.initializers.GlorotUniform(seed=seed)
     code = keras.Input((z_dim + num_classes,), name="code")
     x = L.Dense(start * start * 2 * width, use_bias=False, kernel_initializer=init, name="project")(code)
-    x = L.Reshape((start, start, 2 * width), name="reshape")(x)
-    x = L.BatchNormalization(name="project_bn")(x)  # per channel of the map: GS prunes its channels
+    x = L.BatchNormalization(name="project_bn")(x)  # before the Reshape: the converter folds it into the Dense
     x = L.ReLU(name="project_relu")(x)
+    x = L.Reshape((start, start, 2 * width), name="reshape")(x)
     for i in range(ups):
         x = L.UpSampling2D(interpolation="bilinear", name=f"up{i}")(x)
         x = L.Conv2D(2 * width if i == 0 else width, 3, padding="same", use_bias=False, kernel_initializer=init,
@@ -69,30 +77,34 @@ def generator(dataset, z_dim=16, num_classes=10, width=32, seed=0):
     return keras.Model(code, image, name="generator")
 
 
-def prunable_bns(gen, dense=True):
-    """[(Dense project or hidden Conv2D, the BatchNormalization named after it)] whose channels GS prunes,
-    in layer order: not the output convolution (layers are found by this module's names). The Dense
-    counts when its BN normalises channels of the reshaped map (fewer gammas than units), not an older
-    generator's BN of every unit before the Reshape; dense=False: the hidden Conv2D layers only."""
+def prunable_bns(gen, dense=False):
+    """[(hidden Conv2D, the BatchNormalization named after it)] whose channels GS prunes, in layer order,
+    and first the project Dense's when dense=True; never the output convolution (layers are found by this
+    module's names)."""
     names = {layer.name for layer in gen.layers}
     kinds = (L.Conv2D, L.Dense) if dense else (L.Conv2D,)
-    out = []
-    for layer in gen.layers:
-        if type(layer) in kinds and layer.name + "_bn" in names:
-            bn = gen.get_layer(layer.name + "_bn")
-            if type(layer) is L.Dense and int(bn.gamma.shape[0]) == layer.units:
-                continue
-            out.append((layer, bn))
-    return out
+    return [(layer, gen.get_layer(layer.name + "_bn")) for layer in gen.layers
+            if type(layer) in kinds and layer.name + "_bn" in names]
+
+
+def _reshape_channels(gen):
+    (reshape,) = [layer for layer in gen.layers if type(layer) is L.Reshape]
+    return int(reshape.target_shape[-1])
+
+
+def channel_groups(gen, dense=False):
+    """Per prunable BN (prunable_bns order) the number of its gammas that make one channel: 1 for a
+    Conv2D's; s*s for the project's BN of every unit (s*s positions of the Reshape's c0 channels)."""
+    return [int(bn.gamma.shape[0]) // _reshape_channels(gen) if type(layer) is L.Dense else 1
+            for layer, bn in prunable_bns(gen, dense)]
 
 
 def projection(gen):
-    """(Dense project, its BN, the Conv2D that reads the map) when the project Dense is prunable, else None."""
-    pairs = prunable_bns(gen)
-    if not pairs or type(pairs[0][0]) is not L.Dense:
-        return None
+    """(Dense project, its BN, channels c0, the Conv2D that reads the reshaped map) of a generator."""
+    layer, bn = prunable_bns(gen, dense=True)[0]
+    assert type(layer) is L.Dense, "the generator's first prunable layer is its project Dense"
     convs = [layer for layer in gen.layers if type(layer) is L.Conv2D]
-    return pairs[0][0], pairs[0][1], convs[0]
+    return layer, bn, _reshape_channels(gen), convs[0]
 
 
 def discriminator(input_shape, num_classes=10, width=32, seed=0):
