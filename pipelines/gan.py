@@ -39,7 +39,7 @@ def define_flags():
     flags.DEFINE_boolean("prune_project", False, "GS also prunes the channels of the generator's project Dense (its "
                          "units per channel of the first feature map, cut with the first conv's inputs); "
                          "--sparsity=l1_prox only. Off by default: see atmc_tf.gan.models on its ranking.")
-    flags.DEFINE_integer("finetune_epochs", 0, "Epochs of fine-tuning the cut student (GS's last step: the "
+    flags.DEFINE_integer("finetune_epochs", 10, "Epochs of fine-tuning the cut student (GS's last step: the "
                          "subnet, its discriminator, distillation + LSGAN, b-bit STE; no sparsity); 0: none.")
     flags.DEFINE_float("channel_budget", 0.25, "Fraction of the teacher's prunable channels the student keeps.")
     flags.DEFINE_float("mac_budget", None, "Instead of --channel_budget: the student's MACs are at most this fraction "

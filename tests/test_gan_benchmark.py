@@ -70,6 +70,7 @@ def test_quick_digits_run_fields_page_and_resume(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["quick"] and res["settings"]["dataset"] == "digits" and res["fd_name"] == "FD-digits"
+    assert res["settings"]["finetune_epochs"] == 0  # a third of --quick's one student epoch
     t = res["teacher"]
     assert set(res["cells"]) == {"gs@1/8", "stacked@1/8"}
     for key, c in res["cells"].items():
