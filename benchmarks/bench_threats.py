@@ -258,10 +258,15 @@ def render(results):
         w = c.get("domain_weights_final")
         wtxt = ", ".join(f"{n} {v:.2f}" for n, v in w.items()) if w else ""
         micro = (c.get("device_bytes") or {}).get("tflm")
-        lines.append(f"| {key} | {c['trained_against']} | {k['clean']:.3f} | {k['per_attack']['linf']:.3f} | "
+        name = f"{key} (twin retrained)" if c.get("twin_retrained") else key
+        lines.append(f"| {name} | {c['trained_against']} | {k['clean']:.3f} | {k['per_attack']['linf']:.3f} | "
                      f"{k['per_attack']['l2']:.3f} | {k['per_attack']['l1']:.3f} | {k['worst_case']:.3f} | "
                      f"{t['clean']:.3f} | {t['worst_case']:.3f} | {f'{micro:,}' if micro else ''} | "
                      f"{c['train_seconds']:.0f} | {wtxt} |")
+    if any(c.get("twin_retrained") for c in results.get("cells", {}).values()):
+        lines += ["", "(twin retrained): the cell started from its dense twin trained again on this machine (its "
+                  "recorded twin ran elsewhere); TensorFlow on another CPU need not give the same model, so the "
+                  "cell and its recorded twin may not be an exact pair."]
     return "\n".join(lines + provenance_lines(results))
 
 
@@ -280,7 +285,8 @@ def main(argv):
         if name in results["cells"]:
             print(f"{name}: done (resumed)")
         else:
-            if compressed and not os.path.exists(dense_plain_file(bench_dir, w)):
+            retrained = compressed and not os.path.exists(dense_plain_file(bench_dir, w))
+            if retrained:
                 # Its dense twin is recorded (results.json copied from a page) but its model is not on this
                 # machine: train it again (a seeded run: the same model) without recording it twice.
                 twin = f"dense_{w}"
@@ -289,7 +295,7 @@ def main(argv):
                 write_dense_plain(os.path.join(bench_dir, "cells", twin), w, bench_dir)
             wall = run_pipeline(name, pipeline_args(name, w, compressed, s, bench_dir, F.data_dir), bench_dir)
             cell = evaluate_cell(os.path.join(bench_dir, "cells", name), data, s)
-            cell.update(weighting=w, compressed=compressed, wall_seconds=wall,
+            cell.update(weighting=w, compressed=compressed, wall_seconds=wall, twin_retrained=retrained,
                         trained_against=(w if w in SINGLES else f"{w} of {', '.join(THREATS)}"))
             results["cells"][name] = cell
             write_json(res_path, results)

@@ -281,7 +281,7 @@ def main(argv):
     out_of_reach = [d for d in results["settings"]["mac_targets"] if not reachable(teacher, d, F.prune_project)]
     if out_of_reach:
         P.fail(f"--mac_targets: 1/{out_of_reach[0]} of the teacher's {count_macs(teacher):,} MACs is less than its "
-               "generator with one channel per hidden convolution; use larger targets (smaller d)")
+               "generator with one channel per prunable layer; use larger targets (smaller d)")
     for d in results["settings"]["mac_targets"]:
         for m in results["settings"]["methods"]:
             key = f"{m}@1/{d}"

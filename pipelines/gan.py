@@ -21,6 +21,8 @@ from pipelines.console import fail
 F = flags.FLAGS
 STAGES = ("teacher", "student", "finetune", "export", "report")
 SPARSITIES = ("l1_prox", "group_l0")
+# The value of a later flag in workdirs made before it existed (their config.json lacks it).
+LEGACY = {"finetune_epochs": 0, "prune_project": False}
 # The flags that decide what a workdir holds (a rerun with other values must not resume it).
 IDENTITY = ("dataset", "z_dim", "width", "teacher_epochs", "classifier_epochs", "student_epochs", "channel_budget",
             "mac_budget", "bits", "distill_weight", "sparsity", "rho", "lr", "batch_size", "seed", "limit_train", "eval_samples",
@@ -431,8 +433,8 @@ def main(argv):
     if os.path.exists(cfg_path):
         with open(cfg_path) as fh:
             old = json.load(fh)
-        # (a key the workdir's config lacks was added later with its default: those runs had that default)
-        diff = sorted(k for k in config if old.get(k, F[k].default) != config[k])
+        # a key the workdir's config lacks was added later: those runs had the value it meant then
+        diff = sorted(k for k in config if old.get(k, LEGACY.get(k)) != config[k])
         if diff:
             fail(f"--workdir={F.workdir} holds a run with other flags ({', '.join(diff)}); use another --workdir")
     else:

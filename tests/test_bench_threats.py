@@ -51,6 +51,8 @@ def test_quick_run_attacks_every_cell_the_same_way_and_resumes(tmp_path):
     assert r.returncode == 0 and "training dense_minmax again" in r.stdout, r.stderr[-3000:]
     redone = json.loads((fresh / "results.json").read_text())["cells"]
     assert list(redone) == ["dense_minmax", "atmc_minmax"] and redone["dense_minmax"] == results["cells"]["dense_minmax"]
+    assert redone["atmc_minmax"]["twin_retrained"] and not results["cells"]["atmc_minmax"]["twin_retrained"]
+    assert "| atmc_minmax (twin retrained) |" in (fresh / "bench_threats.md").read_text()
     assert (fresh / "cells" / "dense_minmax" / "dense_plain.keras").exists()
 
 
