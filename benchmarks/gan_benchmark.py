@@ -100,17 +100,19 @@ def pruned_copy(gen, d, dense=False):
     import keras
 
     from atmc_tf import gan
-    from atmc_tf.constraints import expand_channels, group_scales, mac_masks
+    from atmc_tf.constraints import BNChannelL1Prox
     from atmc_tf.export.surgery import count_macs
     copy = keras.models.clone_model(gen)
     copy.set_weights(gen.get_weights())
-    pairs, groups = gan.prunable_bns(copy, dense), gan.channel_groups(copy, dense)
-    masks = mac_masks([group_scales(bn.gamma.value, g) for (_, bn), g in zip(pairs, groups)], count_macs(gen) / d,
-                      *gan.channel_mac_model(gen, dense))
-    for (_, bn), m, g in zip(pairs, masks, groups):
-        bn.gamma.assign(bn.gamma * expand_channels(m, g))
-        bn.beta.assign(bn.beta * expand_channels(m, g))
-    return copy, int(sum(float(keras.ops.sum(m)) for m in masks))
+    # GS's own budget step, once, without a threshold: mac_masks on the (grouped) gammas, betas of cut channels 0
+    prox = BNChannelL1Prox(threshold=0.0, budget=count_macs(gen) / d, mac_model=gan.channel_mac_model(gen, dense),
+                           groups=gan.channel_groups(copy, dense))
+    variables = [v for _, bn in gan.prunable_bns(copy, dense) for v in (bn.gamma, bn.beta)]
+    prox.build(variables, None)
+    out = prox.finalize([v.value for v in variables], None)
+    for v, value in zip(variables, out):
+        v.assign(value)
+    return copy, int(prox.metrics(out)["live_channels"])
 
 
 def reachable(teacher, d, dense=False):
@@ -149,8 +151,7 @@ def stage_stacked_student(ds, d):
     small.save(P._path("student", "student.keras"))
     total = sum(n for _, n in gan.live_channels(teacher, F.prune_project).values())
     facts = {"channels_total": total, "channel_budget": k, "live": live, **cut, "seconds": time.time() - t0,
-             "gan_seconds": ckpt.seconds, "resumed_from_epoch": ckpt.resumed_from,
-             "last_epoch": {n: v[-1] for n, v in ckpt.history.items()}}
+             **P._fit_facts(ckpt)}
     print(f"stacked: {k} of {total} channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, fine-tuned "
           f"{F.student_epochs} epochs, PTQ {F.bits} bits, {facts['seconds']:.0f} s")
     P._finish("student", facts)

@@ -144,6 +144,12 @@ def _fit_resumable(trainer, ds, epochs, stage):
     return ckpt
 
 
+def _fit_facts(ckpt):
+    """What a stage records of its _fit_resumable run."""
+    return {"gan_seconds": ckpt.seconds, "resumed_from_epoch": ckpt.resumed_from,
+            "last_epoch": {k: v[-1] for k, v in ckpt.history.items()}}
+
+
 def _eval_codes(ds):
     from atmc_tf import gan
     return gan.sample_codes(F.eval_samples, F.z_dim, ds.num_classes, seed=F.seed + 1000)
@@ -178,8 +184,7 @@ def stage_teacher(ds):
     ckpt = _fit_resumable(trainer, ds, F.teacher_epochs, "teacher")
     gen.save(_path("teacher", "generator.keras"))
     disc.save(_path("teacher", "discriminator.keras"))
-    facts = {"classifier_test_acc": clf_acc, "seconds": time.time() - t0, "gan_seconds": ckpt.seconds,
-             "resumed_from_epoch": ckpt.resumed_from, "last_epoch": {k: v[-1] for k, v in ckpt.history.items()}}
+    facts = {"classifier_test_acc": clf_acc, "seconds": time.time() - t0, **_fit_facts(ckpt)}
     print(f"teacher: classifier test accuracy {clf_acc:.3f}, LSGAN {F.teacher_epochs} epochs, {facts['seconds']:.0f} s")
     _finish("teacher", facts)
     ckpt.delete()
@@ -187,7 +192,7 @@ def stage_teacher(ds):
 
 
 def mac_masks_least(mac_model):
-    """MACs of the generator with one channel in every hidden convolution."""
+    """MACs of the generator with one channel in every prunable layer."""
     from atmc_tf.constraints import mac_model_macs
     return mac_model_macs(mac_model, [1] * len(mac_model[0]))
 
@@ -206,7 +211,7 @@ def stage_student(ds):
     student, disc = _load(_path("teacher", "generator.keras")), _load(_path("teacher", "discriminator.keras"))
     dense = F.prune_project  # GS's prox may prune the project Dense's channels too; GroupL0 never does
     pruned = gan.prunable_bns(student, dense=dense)
-    total = sum(int(bn.gamma.shape[0]) // g for (_, bn), g in zip(pruned, gan.channel_groups(student, dense)))
+    total = sum(n for _, n in gan.live_channels(student, dense).values())
     steps = -(-len(ds.y_train) // F.batch_size) * F.student_epochs
     if F.mac_budget is None:
         budget, mac_model, budget_facts = max(len(pruned), int(round(F.channel_budget * total))), None, {}
@@ -236,8 +241,7 @@ def stage_student(ds):
     kept = sum(n for n, _ in gan.live_channels(student, dense).values())
     facts = {"channels_total": total, "channel_budget": kept if mac_model is not None else budget, **budget_facts,
              "live": gan.live_channels(student, dense), **cut,
-             "seconds": time.time() - t0, "gan_seconds": ckpt.seconds, "resumed_from_epoch": ckpt.resumed_from,
-             "last_epoch": {k: v[-1] for k, v in ckpt.history.items()}}
+             "seconds": time.time() - t0, **_fit_facts(ckpt)}
     print(f"student: {facts['channel_budget']} of {total} prunable channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, "
           f"distill MSE {facts['last_epoch']['distill']:.4f}, {facts['seconds']:.0f} s")
     _finish("student", facts)
@@ -274,8 +278,7 @@ def stage_finetune(ds):
     ckpt = _fit_resumable(trainer, ds, F.finetune_epochs, "finetune")
     trainer.finalize()  # the kernels back on the b-bit lattice
     small.save(_path("finetune", "student.keras"))
-    facts.update(seconds=time.time() - t0, gan_seconds=ckpt.seconds, resumed_from_epoch=ckpt.resumed_from,
-                 last_epoch={k: v[-1] for k, v in ckpt.history.items()})
+    facts.update(seconds=time.time() - t0, **_fit_facts(ckpt))
     print(f"finetune: {F.finetune_epochs} epochs of the cut student, distill MSE {facts['last_epoch']['distill']:.4f}, "
           f"{facts['seconds']:.0f} s")
     _finish("finetune", facts)

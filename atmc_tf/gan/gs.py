@@ -5,8 +5,8 @@ model's predictions, constraints projected on its kernels). A GAN is two players
 with their own optimizers and losses; folding a second player into ATMCTrainer would be a branch in
 its train_step. So GANTrainer is a small keras.Model with its own train_step that keeps Keras'
 compile/fit contract (fit, callbacks, History, metrics) and composes the project's pieces: the
-constraint objects of atmc_tf.constraints (BNChannelL1Prox on the BN gammas of the project Dense's
-channels and the hidden Conv2D layers, or GroupL0 on the hidden Conv2D kernels, after each generator step) and its
+constraint objects of atmc_tf.constraints (BNChannelL1Prox on the BN gammas of the hidden Conv2D layers, and of
+the project Dense's channels with prune_dense, or GroupL0 on the hidden Conv2D kernels, after each generator step) and its
 quantizers (quantize_uniform_int8, through a straight-through estimator).
 
 One step, batch (x, y) of real images and labels, codes c = [noise, one-hot y]:
