@@ -57,8 +57,9 @@ def test_quick_run_attacks_every_cell_the_same_way_and_resumes(tmp_path):
 
 
 def test_bad_flags_are_one_line(tmp_path):
-    r = run_bench("--dense=linf,nope", f"--workdir={tmp_path / 'x'}", timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--dense=linf,nope" in r.stderr
+    for bad in ("--dense=linf,nope", "--compressed=minmax@-1"):
+        r = run_bench(bad, f"--workdir={tmp_path / 'x'}", timeout=120)
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and bad in r.stderr, r.stderr
     assert not (tmp_path / "x").exists()
 
 
@@ -81,6 +82,18 @@ def test_cells_and_their_pipeline_flags():
     assert "--threats=linf,l2,l1" in mix and "--domain_weighting=msd" in mix and "--da_epochs=0" in mix
     assert "--model_file=/b/cells/dense_msd/dense_plain.keras" in mix and not any(a.startswith("--model=") for a in mix)
     assert "--data_dir=/d" in mix and "--size_ratio=0.05" in mix
+    # MINMAX at another gamma: its own pair of cells, trained with that gamma (the benchmark's for plain minmax)
+    assert B.cells_to_run(["minmax@0.5"], ["minmax@0.5"]) == [("dense_minmax@0.5", "minmax@0.5", False),
+                                                           ("atmc_minmax@0.5", "minmax@0.5", True)]
+    g = B.pipeline_args("atmc_minmax@0.5", "minmax@0.5", True, s, "/b")
+    assert "--domain_weighting=minmax" in g and "--minmax_gamma=0.5" in g and "--minmax_step=0.05" in g
+    assert "--model_file=/b/cells/dense_minmax@0.5/dense_plain.keras" in g
+    assert "--minmax_gamma=4.0" in B.pipeline_args("dense_minmax", "minmax", False, s, "/b")
+    assert not any("gamma" in a for a in B.pipeline_args("dense_max", "max", False, s, "/b"))
+    assert B.trained_against("minmax@0") == "minmax (gamma 0) of linf, l2, l1"
+    assert B.trained_against("minmax") == "minmax of linf, l2, l1" and B.trained_against("l1") == "l1"
+    assert [B.known_weighting(w) for w in ("minmax@0", "minmax@2.5", "minmax@-1", "minmax@x", "minmax@", "avg@1")] == [
+        True, True, False, False, False, False]
 
 
 def test_targets_read_the_tflite_union():
@@ -94,5 +107,8 @@ def test_targets_read_the_tflite_union():
     assert verdicts == ["met", "not met", "not met"]  # atmc: 0.56 < 0.54 + 0.03; twin: 0.56 < 0.60 - 0.03
     results["cells"]["atmc_minmax"] = cell(0.58)
     assert [status for _, status, _ in B.goal_status(results)] == ["met", "met", "met"]
+    results["cells"]["dense_minmax@0.5"] = cell(0.62)
+    assert B.goal_status(results)[0][2].endswith("MAX 0.550; MINMAX at gamma 0.5 0.620")  # shown, not the target's
+    assert B.goal_status(results)[1][2].endswith("MAX 0.500")
     del results["cells"]["dense_max"]
     assert B.goal_status(results)[0][1] == "not yet measured"
