@@ -68,6 +68,9 @@ def _check_identical(wd, reference):
 
 @pytest.mark.parametrize("fault", ["da:2:3", "atmc4:2:2", "export"])
 def test_sigkill_then_rerun_resumes(tmp_path, uninterrupted, fault):
+    """The "export" case also checks determinism: its killed run trained every stage in its own process, so
+    weights, figures and histories equal to the uninterrupted run's mean the same --seed gives bit-identical
+    weights."""
     wd = tmp_path / "run"
     killed = run_with_fault(wd, fault)
     assert killed.returncode == -9, f"the run should have been killed at {fault}: {killed.stderr[-2000:]}"
@@ -91,17 +94,6 @@ def test_sigkill_then_rerun_resumes(tmp_path, uninterrupted, fault):
     _check_complete(wd, uninterrupted)
     _check_identical(wd, uninterrupted)
     assert not [p for p in snapshot(wd) if p.endswith(".tmp") or ".tmp." in p]
-
-
-def test_same_seed_gives_identical_weights(tmp_path, uninterrupted):
-    wd = tmp_path / "again"
-    r = run_with_fault(wd)
-    assert r.returncode == 0, r.stderr[-3000:]
-    for a, b in zip(final_weights(uninterrupted), final_weights(wd)):
-        np.testing.assert_array_equal(a, b)
-    a = json.loads((uninterrupted / "report.json").read_text())["summary"]
-    b = json.loads((wd / "report.json").read_text())["summary"]
-    assert a == b
 
 
 def test_kill_during_checkpoint_write_falls_back_to_previous_epoch(tmp_path, uninterrupted):
