@@ -5,7 +5,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Under pytest-xdist (the README's `-n 2`), each worker's TensorFlow (in process, and in the pipeline runs it
 # starts, which inherit this environment) gets its share of the cores for its op threads instead of all of
 # them: two workers each with two intra-op threads on 2 cores ran two tiny pipeline runs side by side in
-# 54 s, with one thread each in 49 s (2026-12-02). Inter-op threads stay TensorFlow's (collectives need them).
+# 54 s, with one thread each in 49 s (2026-12-02). Inter-op threads are left to TensorFlow.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", _share)
