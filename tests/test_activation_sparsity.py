@@ -246,6 +246,15 @@ def test_int8_tflite_keeps_the_sparsification_and_runs_on_litert_and_tflite_micr
     xq = lite.quantize_input(xt[:120])
     micro = check_micro(tfl, xq, lite.predict_int8(xq))
     assert micro.ok, micro.error
+    # The fake-quant twin reads the masks' ops from the file (REDUCE_MAX, the ranks' comparisons and int8
+    # SUM, SELECT_V2; ABS for thresholds) and agrees with LiteRT; PGD through it hurts the file itself.
+    from atmc_tf.attacks import PGDConfig
+    from atmc_tf.export.twin import fake_quant_twin, twin_agreement, twin_attack
+    twin = fake_quant_twin(tfl)
+    assert twin_agreement(twin, lite, xt) >= 0.98
+    x_adv = twin_attack(tfl, xt[:120], yt[:120], PGDConfig(0.1, steps=5), twin=twin)
+    clean, attacked = ((lite.predict(v).argmax(1) == yt[:120]).mean() for v in (xt[:120], x_adv))
+    assert attacked < clean - 0.1, (clean, attacked)
 
 
 def test_jpnet_activation_l1_term_lowers_the_activations_it_regularises(digits):

@@ -92,6 +92,26 @@ def test_a_tiny_adversarial_run_raises_lambda_while_missing_the_target_then_lowe
     assert {"clean_loss", "clean_acc", "adv_loss", "adv_acc", "geco_constraint"} <= set(history)
 
 
+def test_a_saturated_multiplier_moves_the_clean_share_not_the_step_size(digits):
+    """An unreachable target (1% clean error in 4 epochs) drives lambda to its bound (100) within the first
+    epoch. The terms' sum is normalised by (a + lambda_init) / (a + lambda), so with SGD + momentum the run
+    trains on (mostly) the clean loss at the first step's total weight and learns. Unnormalised, lambda = 100
+    multiplied the step by 200 and the weights blew up (an ATMC-8 Fashion-MNIST run went to chance)."""
+    x, y = digits[0][:640], digits[1][:640]
+    config = method_config("da", attack=PGDConfig(0.05, steps=2), clean_target=0.01, clean_target_form="error",
+                           geco_rate=5.0)
+    trainer = ATMCTrainer(wrap_model(_mlp()), config)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    steps = PerStep()
+    history = trainer.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[steps]).history
+    assert max(steps.lam) == pytest.approx(100.0) and steps.lam[-1] > 50, steps.lam  # saturated, and stayed
+    assert all(np.isfinite(w.numpy()).all() for w in trainer.net.trainable_weights)
+    assert history["clean_acc"][-1] > 0.85, history["clean_acc"]  # it learned the clean task
+    assert history["loss"][-1] < 2 * history["loss"][0]  # the logged loss is the normalised one
+    [term] = [t for t in trainer.terms if isinstance(t, CleanTarget)]
+    assert float(term.scale()) * (0.5 + float(term.multiplier)) == pytest.approx(0.5 + 0.5)
+
+
 def _resumable_trainer():
     net = wrap_model(_mlp())
     config = method_config("al0", attack=PGDConfig(0.1, steps=2), nnz_budget=600, clean_target=0.6,
@@ -194,7 +214,7 @@ def test_config_round_trip_legacy_records_and_refusals():
     terms, _ = config.components()
     assert [type(t).__name__ for t in terms] == ["CleanTarget", "AdversarialLoss"]
     assert terms[0].get_config() == {"target": 0.05, "form": "error", "rate": 0.2, "decay": 0.5, "lambda_init": 0.3,
-                                     "lambda_min": 0.1, "lambda_max": 10.0}
+                                     "lambda_min": 0.1, "lambda_max": 10.0, "adv_weight": 0.5}
     assert terms[1].weight == 0.5  # the adversarial weight stays; lambda starts at clean_weight
     assert ATMCConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     ard = method_config("al0", attack=attack, nnz_budget=100, distill="ard", clean_target=0.5, clean_target_form="xent")

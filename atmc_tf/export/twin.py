@@ -11,14 +11,21 @@ rounding may fall on the other side of .5 now and then; `twin_agreement` measure
 twin's top-1 differs from LiteRT's (tests/test_twin.py: >= 99% agreement on the digits test split).
 
 Ops covered: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, RESHAPE (with the SHAPE / STRIDED_SLICE /
-PACK that compute its shape), MAX_POOL_2D, AVERAGE_POOL_2D, ADD, MEAN, SOFTMAX, QUANTIZE, DEQUANTIZE;
-any other op is a ValueError naming it.
+PACK that compute its shape), MAX_POOL_2D, AVERAGE_POOL_2D, ADD, MEAN, SOFTMAX, QUANTIZE, DEQUANTIZE,
+and the ops of the activation-sparsity layers (atmc_tf.layers: winners-take-all, thresholds):
+REDUCE_MAX, SUM, EXPAND_DIMS, ABS, CAST, EQUAL, GREATER, LESS, LOGICAL_AND, LOGICAL_OR, SELECT_V2.
+Their masks are computed in the twin as in the file (the int8 SUM of a winners-take-all rank rounds at
+its own scale here too) and carry no gradient: SELECT_V2 passes it to the kept units only, plain PGD
+through the deployed mask (the Keras side has the straight-through / BPDA attack). Any other op is a
+ValueError naming it.
 """
 import numpy as np
 
 from atmc_tf.export.tflite import _litert, _op_name, parse_check
 
 _SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
+_AXIS_OPS = ("REDUCE_MAX", "SUM", "MEAN")  # input 1: the axes, a constant
+_ELEMENTWISE = ("ADD", "EQUAL", "GREATER", "LESS", "LOGICAL_AND", "LOGICAL_OR", "SELECT_V2")  # constants among inputs
 
 
 def _array(model, tensor, data, dtype):
@@ -83,13 +90,15 @@ class FakeQuantTwin:
         t = self._tensor(i)
         kind = self._types.get(t.type)
         dtype = {"INT8": np.int8, "INT32": np.int32, "FLOAT32": np.float32, "INT16": np.int16,
-                 "INT64": np.int64}.get(kind)
+                 "INT64": np.int64, "BOOL": np.bool_}.get(kind)
         if dtype is None:
             raise ValueError(f"constant {t.name.decode()} is {kind}: not a type the twin reads")
         raw = _array(self._model, t, self._data, dtype)
         if raw is None:
             return None
         q = _qparams(t)
+        if kind == "BOOL":
+            return raw
         if q is None or kind == "FLOAT32":
             return raw.astype(np.float32)
         scale, zp, axis = q
@@ -115,11 +124,18 @@ class FakeQuantTwin:
             w = self._dequantized_constant(ins[1]).T  # [out, in] -> [in, out]
             b = self._dequantized_constant(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
             return {"w": w, "b": b}
-        if name == "ADD":
-            return {"const": {i: self._dequantized_constant(i) for i in ins[:2] if self._is_constant(i)}}
-        if name == "MEAN":
+        if name in _ELEMENTWISE:
+            return {"const": {i: self._dequantized_constant(i) for i in ins if self._is_constant(i)}}
+        if name in _AXIS_OPS:
             return {"axes": _array(self._model, self._tensor(ins[1]), self._data, np.int32).reshape(-1).tolist()}
-        if name in ("RESHAPE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "SOFTMAX", "QUANTIZE", "DEQUANTIZE"):
+        if name == "EXPAND_DIMS":
+            return {"axis": int(_array(self._model, self._tensor(ins[1]), self._data, np.int32).reshape(-1)[0])}
+        if name == "CAST":
+            kind = self._types.get(self._tensor(op.outputs[0]).type)
+            if kind not in ("FLOAT32", "INT32", "BOOL"):
+                raise ValueError(f"the fake-quant twin does not cover a CAST to {kind}")
+            return {"to": {"FLOAT32": "float32", "INT32": "int32", "BOOL": "bool"}[kind]}
+        if name in ("RESHAPE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "SOFTMAX", "QUANTIZE", "DEQUANTIZE", "ABS"):
             return {}
         raise ValueError(f"the fake-quant twin does not cover the {name} op")
 
@@ -181,11 +197,20 @@ class FakeQuantTwin:
                 pool = tf.nn.max_pool2d if name == "MAX_POOL_2D" else tf.nn.avg_pool2d
                 y = pool(a, ksize=[opts.filterHeight, opts.filterWidth], strides=[opts.strideH, opts.strideW],
                          padding=self._padding(opts))
-            elif name == "ADD":
-                u, v = (values[i] if i in values else p["const"][i] for i in ins[:2])
-                y = u + v
-            elif name == "MEAN":
-                y = tf.reduce_mean(a, axis=p["axes"], keepdims=bool(opts.keepDims))
+            elif name in _ELEMENTWISE:
+                args = [values[i] if i in values else tf.constant(p["const"][i]) for i in ins]
+                y = {"ADD": lambda u, v: u + v, "EQUAL": tf.equal, "GREATER": tf.greater, "LESS": tf.less,
+                     "LOGICAL_AND": tf.logical_and, "LOGICAL_OR": tf.logical_or,
+                     "SELECT_V2": lambda c, u, v: tf.where(c, u, v)}[name](*args)
+            elif name in _AXIS_OPS:
+                reduce = {"MEAN": tf.reduce_mean, "REDUCE_MAX": tf.reduce_max, "SUM": tf.reduce_sum}[name]
+                y = reduce(a, axis=p["axes"], keepdims=bool(opts.keepDims))
+            elif name == "EXPAND_DIMS":
+                y = tf.expand_dims(a, p["axis"])
+            elif name == "CAST":
+                y = tf.cast(a, p["to"])
+            elif name == "ABS":
+                y = tf.abs(a)
             elif name == "SOFTMAX":
                 y = tf.nn.softmax(a * float(opts.beta or 1.0))
             else:  # QUANTIZE, DEQUANTIZE: a change of scale, i.e. the fake-quant below

@@ -60,7 +60,9 @@ class ATMCConfig:
                    clean term is then terms.CleanTarget (GECO): adversarial term (weight adv_weight) +
                    lambda * clean cross-entropy, lambda starting at clean_weight and updated after every
                    step, log lambda += geco_rate * EMA(C - kappa) (EMA decay geco_decay), clipped to
-                   [geco_lambda_min, geco_lambda_max]. Needs an attack.
+                   [geco_lambda_min, geco_lambda_max]; the terms' sum is normalised by
+                   (adv_weight + clean_weight) / (adv_weight + lambda), so lambda moves the clean share,
+                   not the step size. Needs an attack.
     class_feedback: "off", or per-class weights fed back from per-class robust error on the validation
                    split once per epoch (terms.ClassBalancedAdversarialLoss in place of the adversarial
                    term; fit needs validation_data): "reweight" weights the adversarial loss per class,
@@ -196,7 +198,8 @@ class ATMCConfig:
         if self.clean_target is not None:  # GECO: the clean term's weight is a multiplier holding the target
             clean = CleanTarget(self.clean_target, self.clean_target_form, self.geco_rate, self.geco_decay,
                                 lambda_init=self.clean_weight, lambda_min=self.geco_lambda_min,
-                                lambda_max=self.geco_lambda_max)
+                                lambda_max=self.geco_lambda_max,
+                                adv_weight=1.0 if self.distill == "rslad" else self.adv_weight)
         if self.distill == "ard":
             terms = [clean if self.clean_target is not None else CleanLoss(self.clean_weight),
                      RobustDistillation(self.attack, self.adv_weight, "ard", self.distill_temperature)]

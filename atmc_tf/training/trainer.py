@@ -244,6 +244,7 @@ class ATMCTrainer(keras.Model):
             with tf.GradientTape() as tape:
                 tape.watch(list(ctx.watched.values()))
                 parts = [p for p in (t.loss(ctx) for t in self.terms) if p is not None]
+                parts = [p * ctx.term_scale for p in parts]  # after every term's loss(): see StepContext
                 values = self._values()
                 parts += [p for p in (c.penalty(values) for c in self.constraints) if p is not None]
                 parts += [tf.cast(l, tf.float32) for l in self.net.losses]
@@ -268,6 +269,7 @@ class ATMCTrainer(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         ctx = StepContext(self, x, y, training=False)
         parts = [p for p in (t.evaluate(ctx) for t in self.terms) if p is not None]
+        parts = [p * ctx.term_scale for p in parts]
         self._loss_tracker.update_state(tf.add_n(parts))
         self._update_user_metrics(ctx)
         self._update_constraint_metrics()

@@ -3,7 +3,7 @@
 One training step of ATMCTrainer, for terms T and constraints C:
 
     for t in T: t.prepare(ctx)                # outside the tape: craft adversarial inputs, ...
-    with tape: loss = sum(t.loss(ctx)) + sum(c.penalty) + net.losses
+    with tape: loss = ctx.term_scale * sum(t.loss(ctx)) + sum(c.penalty) + net.losses
     optimizer step; constraints project       # cross-replica; ctx.input_grads: d loss / d watched inputs
     for t in T: t.after_step(ctx)             # update a multiplier, measure what was skipped, ...
 
@@ -34,6 +34,10 @@ class StepContext:
         self.inputs = {"clean": x}
         self.logits, self.losses = {}, {}
         self.watched, self.input_grads = {}, {}
+        # A factor on the sum of the terms' losses (not on the constraints' penalties nor net.losses): 1, or
+        # what a term that normalises the objective sets in loss() / evaluate() (CleanTarget: the Lagrangian
+        # divided by its total weight, so a large multiplier cannot scale the optimizer's step with it).
+        self.term_scale = 1.0
 
     def watch(self, name, tensor):
         """Ask the step for the gradient of its (scaled) loss with respect to `tensor`, an input a term crafted in
