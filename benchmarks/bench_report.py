@@ -828,9 +828,12 @@ def _objective_lines(results):
         return ["NOT RUN YET: `--variants=ard,feedback,clean_target,objectives` (with ratio 0.003 in `--ratios`) "
                 "trains these cells.", ""]
     L = [f"ATMC-8 at ratio {OBJ_RATIO:g} from the shared DA: the default 0.5 clean + 0.5 adversarial mix against "
-         "each training objective of issue 20 alone and all three together (robust distillation from the DA "
-         "model, `--distill=ard`; class feedback, `--class_feedback=reweight`; a clean target held by a "
-         "multiplier, `--clean_target_drop=0.02`: the clean error at most the DA's validation error + 2 points). "
+         "each training objective of issue 20 alone and, as `objectives`, distillation and the clean target "
+         "together (robust distillation from the DA model, `--distill=ard`; class feedback, "
+         "`--class_feedback=reweight`; a clean target held by a multiplier, `--clean_target_drop=0.02`: the "
+         "clean error at most the DA's validation error + 2 points). Class feedback balances the adversarial "
+         "cross-entropy term, which distillation replaces, so the two do not compose (the pipeline refuses the "
+         "pair). "
          ".tflite figures; robust = the .tflite worst case once attacked (else transfer PGD); worst class = the "
          "class with the lowest .tflite worst-case accuracy.", "",
          "| objective | clean % | robust % | worst class (robust %) | clean target (error) | time |",

@@ -481,6 +481,20 @@ def test_target_t10_activation_sparsity():
     assert "| DA | wta25 | NOT RUN YET |" in md
 
 
+def test_every_variant_is_a_mix_the_trainer_accepts():
+    """A variant's overrides bypass the pipeline's flag checks (dataclasses.replace): each must still build a
+    training config (the first "objectives" combined ard with class feedback and failed after its training)."""
+    from atmc_tf.attacks import PGDConfig
+    from atmc_tf.training import method_config
+    from benchmarks import benchmark as B
+    for name, v in B.VARIANTS.items():
+        o = v.overrides
+        kw = {k: o[k] for k in ("distill", "class_feedback") if k in o}
+        if "clean_target_drop" in o:
+            kw["clean_target"] = 0.15
+        method_config("atmc", attack=PGDConfig(0.1, steps=2), nnz_budget=100, bits=8, **kw).components()
+
+
 def test_targets_t11_t12_t13_objectives():
     """Issue 20's targets against the plain ATMC-8 cell at 0.003 (.tflite figures; the worst case once attacked)."""
     def _obj(results, tid):
