@@ -311,6 +311,13 @@ class Results:
 
 # --- training and evaluation of one cell ---------------------------------------------------------
 
+def tuned_families(methods, structured_methods=()):
+    """The method families whose learning rate the run needs: those of --methods and of the structured methods
+    (structured AP trains with AP's; a structured cell read the family's rate before it was ever chosen)."""
+    needed = {FAMILY[m] for m in methods if m != "da"} | {FAMILY[STRUCTURED[m][0]] for m in structured_methods}
+    return [f for f in ("nap", "ap", "al0", "atmc") if f in needed]
+
+
 def cell_cfg(cfg, workdir, method, ratio, lr, epochs):
     """The PipelineConfig for one (method, ratio): its own workdir, budget and epoch split."""
     t = int(epochs)
@@ -575,8 +582,8 @@ class Benchmark:
     def tune_compression(self):
         tuning = self._tuning()
         lrs = tuning.setdefault("lr", {})
-        families = [f for f in ("nap", "ap", "al0", "atmc") if any(FAMILY[m] == f for m in self.b["methods"]
-                                                                   if m != "da")]
+        families = tuned_families(self.b["methods"], self.b["structured_methods"] if self.b["structured_ratios"]
+                                  else ())
         rep = {"nap": "nap", "ap": "ap", "al0": "al0",
                "atmc": next((m for m in ("atmc8", "atmc4", "atmc32") if m in self.b["methods"]), "atmc8")}
         for fam in families:

@@ -486,6 +486,14 @@ def test_target_t10_activation_sparsity():
     assert "| DA | wta25 | NOT RUN YET |" in md
 
 
+def test_structured_methods_get_their_family_learning_rate():
+    """--structured_methods=sap with --methods=atmc8 needs AP's learning rate (a KeyError 'ap' before)."""
+    from benchmarks import benchmark as B
+    assert B.tuned_families(["atmc8"]) == ["atmc"]
+    assert B.tuned_families(["atmc8"], ["sap", "satmc8"]) == ["ap", "atmc"]
+    assert B.tuned_families(["da", "nap", "al0_lamp"], ["satmc"]) == ["nap", "al0", "atmc"]
+
+
 def test_every_variant_is_a_mix_the_trainer_accepts():
     """A variant's overrides bypass the pipeline's flag checks (dataclasses.replace): each must still build a
     training config (the first "objectives" combined ard with class feedback and failed after its training)."""
