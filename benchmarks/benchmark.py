@@ -60,6 +60,8 @@ class Variant:
 
 
 _A8 = (("atmc8", 0.01),)
+# Issue 20's objectives also on structured ATMC-8 (issue 16) at kept ratio 0.25; its plain cell is satmc8@0.25.
+_OBJ = (("atmc8", 0.003), ("satmc8", 0.25))
 VARIANTS = {
     "fgsm_rs": Variant({"train_attack": "fgsm_rs"}, True, _A8, "DA and ATMC-8@0.01 trained with "
                        "FGSM + random start (--train_attack=fgsm_rs)"),
@@ -69,17 +71,17 @@ VARIANTS = {
                      "DA and ATMC-8@0.01 with winners-take-all activations at density 0.5"),
     "wta25": Variant({"activation_sparsity": "wta", "activation_density": 0.25}, True, _A8,
                      "... at density 0.25"),
-    "ard": Variant({"distill": "ard"}, False, (("atmc8", 0.003),),
-                   "ATMC-8@0.003 distilled from the shared DA (--distill=ard)"),
-    "feedback": Variant({"class_feedback": "reweight"}, False, (("atmc8", 0.003),),
-                        "ATMC-8@0.003 with --class_feedback=reweight"),
-    "clean_target": Variant({"clean_target_drop": 0.02}, False, (("atmc8", 0.003),),
-                            "ATMC-8@0.003 with the clean error held at DA's + 2 points (--clean_target_drop=0.02)"),
+    "ard": Variant({"distill": "ard"}, False, _OBJ,
+                   "ATMC-8@0.003 and structured ATMC-8@0.25 distilled from the shared DA (--distill=ard)"),
+    "feedback": Variant({"class_feedback": "reweight"}, False, _OBJ,
+                        "... with --class_feedback=reweight"),
+    "clean_target": Variant({"clean_target_drop": 0.02}, False, _OBJ,
+                            "... with the clean error held at DA's + 2 points (--clean_target_drop=0.02)"),
     # Class feedback balances the adversarial cross-entropy term, which distillation replaces: the two do not
     # compose (the pipeline refuses --class_feedback with --distill), so "together" is ard + the clean target.
     "objectives": Variant({"distill": "ard", "clean_target_drop": 0.02}, False,
-                          (("atmc8", 0.003),), "ATMC-8@0.003 with ard + clean target (class feedback does not "
-                          "compose with distillation)"),
+                          _OBJ, "... with ard + clean target (class feedback does not compose with "
+                          "distillation)"),
 }
 flags.DEFINE_bool("quick", False, "Smoke-test settings (a few hundred images, one epoch per stage, tiny attacks, "
                   "ratio 0.01, DA/AP/ATMC-8, TFMOT 1+1 epochs): minutes, not the benchmark. Explicit flags win.")
@@ -630,21 +632,24 @@ class Benchmark:
         self._record(key, key, None, plain, stages.size_summary(self.cfg, None, plain, None, None), [res], lr, None,
                      os.path.join(wd, key, "model.keras"))
 
-    def structured_cell(self, method, ratio):
+    def structured_cell(self, method, ratio, variant=None):
         """Issue 16: one structured cell, trained from the shared DA with --structure=channel at `ratio` of the
         compressible parameters, cut to its smaller model (saved; attacked and exported from it), with MACs,
-        batch-1 bytes and LiteRT latency against the DA model's in the same call."""
+        batch-1 bytes and LiteRT latency against the DA model's in the same call. `variant`: a VARIANTS name whose
+        settings the cell trains with (key <method>@<ratio>~<variant>; the shared DA)."""
         from atmc_tf.export import LiteRTModel, atomic, count_macs, shrink_model, to_int8_tflite
         from pipelines import console, stages
-        key = R.cell_key(method, ratio)
+        key = R.cell_key(method, ratio) + (f"~{variant}" if variant else "")
         if self.res.done(key):
             return
+        overrides = VARIANTS[variant].overrides if variant else {}
         base = STRUCTURED[method][0]
         lr = float(self.res["tuning"]["lr"][FAMILY[base]]["chosen"])
         wd = os.path.join(self.root, "cells", key)
         ccfg = dataclasses.replace(cell_cfg(self.cfg, wd, base, ratio, lr, self.b["compress_epochs"]),
-                                   structure="channel")
-        logging.info("cell %s: %s, channels at %g of the parameters (lr %g)", key, STRUCTURED[method][1], ratio, lr)
+                                   structure="channel", **overrides)
+        logging.info("cell %s: %s, channels at %g of the parameters (lr %g)%s", key, STRUCTURED[method][1], ratio,
+                     lr, f" with {overrides}" if overrides else "")
         try:
             plain, net, results, scheme = stages.compress_stages(ccfg, self.data, self.da_plain)
         except UsageError as err:
@@ -666,8 +671,11 @@ class Benchmark:
                      "tflite_b1_bytes": {k: len(v) for k, v in b1.items()}, "litert_latency_ms": latency,
                      "latency_note": "LiteRT, 1 thread, batch 1, median of 300 invoke() calls, same call"}
         size = stages.size_summary(ccfg, net, plain, scheme, ccfg.bits if scheme else None)
-        self._record(key, method, ratio, deployed, size, results, lr, None, model_file, bits=ccfg.bits,
-                     quant_scheme=scheme, structure=structure)
+        extra = {"variant": variant, **overrides, "from_da": "da",
+                 "clean_target": stages.resolve_clean_target(ccfg, self.data, self.da_plain)} if variant else {}
+        self._record(key, method, ratio, deployed, size, results, lr, None, model_file,
+                     ccfg=ccfg if variant else None, bits=ccfg.bits, quant_scheme=scheme, structure=structure,
+                     **extra)
 
     def variant_cells(self, name):
         """A variant's cells (VARIANTS): its own DA from scratch where it has one, then each of its compressed
@@ -691,6 +699,9 @@ class Benchmark:
                              catastrophic_overfitting=res.get("catastrophic_overfitting"), **extra)
             da_plain = strip_model(keras.models.load_model(self.res.cell(da_key)["model_file"], safe_mode=True))
         for method, ratio in v.cells:
+            if method in STRUCTURED:
+                self.structured_cell(method, ratio, variant=name)
+                continue
             key = f"{R.cell_key(method, ratio)}~{name}"
             if self.res.done(key):
                 continue

@@ -457,6 +457,9 @@ def test_targets_t14_t15_structured():
     assert _status(res, "T14") == R.MET and _status(res, "T15") == R.MET
     res["cells"]["satmc@0.25"]["structure"]["litert_latency_ms"]["compressed"] = 0.6
     assert _status(res, "T14") == R.NOT_MET
+    # Issue 20's objective variant of satmc8@0.25 is not the plain structured cell (it would replace it)
+    res["cells"]["satmc8@0.25~ard"] = {**scell("satmc8", 0.25, 0.40, 280, 0.45), "variant": "ard", "distill": "ard"}
+    assert R._struct_cells(res)[0.25]["satmc8"]["robust_acc"] == 0.66
     res["cells"]["sap@0.5"] = scell("sap", 0.5, 0.66, 500, 0.7)  # its structured ATMC cells are missing
     assert _status(res, "T15") == R.NOT_RUN
     res["cells"]["sap@0.25"]["robust_acc"] = 0.67  # structured ATMC only 1.5 points above
@@ -532,8 +535,21 @@ def test_targets_t11_t12_t13_objectives():
     res["cells"]["atmc8@0.003~feedback"]["attacks"]["tflite_worst_case"] = 0.565  # 1.5 points of average
     assert _obj(res, "T13") == R.NOT_MET and _obj(res, "T12") == R.NOT_MET
     md = "\n".join(R._objective_lines(res))
-    assert "| 0.5/0.5 mix | 80.0 | 58.0 | 1 (30.0) | - |" in md
-    assert "| clean_target | 89.0 | 58.0 | 1 (30.0) | <= 10.0%, test 11.0% |" in md
+    assert "| ATMC-8 @ 0.003 | 0.5/0.5 mix | 80.0 | 58.0 | 1 (30.0) | - |" in md
+    assert "| ATMC-8 @ 0.003 | clean_target | 89.0 | 58.0 | 1 (30.0) | <= 10.0%, test 11.0% |" in md
+    assert "structured ATMC-8" not in md.split("\n", 1)[1]  # no row of a base without cells
+    # structured ATMC-8 at 0.25: each variant against its own plain cell (satmc8@0.25), missing until it is done
+    res["cells"]["satmc8@0.25~ard"] = {**attacked(_cell("satmc8", 0.25, 0.50), 0.50, [0.5, 0.5, 0.5]),
+                                       "variant": "ard", "distill": "ard"}
+    t11 = next(t for t in R.objective_targets(res) if t["id"] == "T11")
+    assert t11["missing"] == ["satmc8@0.25"] and t11["status"] == R.NOT_RUN  # its reference is missing
+    res["cells"]["satmc8@0.25"] = attacked(_cell("satmc8", 0.25, 0.50), 0.49, [0.5, 0.5, 0.5])
+    assert _obj(res, "T11") == R.NOT_MET  # +1 point on the structured model
+    res["cells"]["satmc8@0.25"]["attacks"]["tflite_worst_case"] = 0.47
+    assert _obj(res, "T11") == R.MET
+    md = "\n".join(R._objective_lines(res))
+    assert "| structured ATMC-8 @ 0.25 | 0.5/0.5 mix | 80.0 | 47.0 |" in md
+    assert "| structured ATMC-8 @ 0.25 | ard | 80.0 | 50.0 |" in md
 
 
 def test_markdown_without_results_says_not_run_yet():
