@@ -18,6 +18,8 @@
 - `twin`: `fake_quant_twin`, a differentiable float twin read from an int8 .tflite (dequantized
   kernels, fake-quantized int8 tensors, straight-through gradients) for gradient attacks on the
   file itself (`twin_attack`); TensorFlow is imported only when a twin is built.
+- `winners`: the O(n) int8 form of wide winners-take-all layers (a threshold search over a table
+  aligned with the scores' int8 grid), which `to_int8_tflite` converts them in.
 - `atomic`: file writes that never leave a half-written file.
 - `activations`: per-layer activation density (clean / adversarial), effective MACs, and
   robustness measured both with plain PGD and through a BPDA surrogate of the sparsity layers.

@@ -67,7 +67,8 @@ def to_int8_tflite(model, representative_x, batch_size=None, max_samples=MAX_REP
     sparsity=True also lets the converter store sparse constant kernels in TFLite's sparse format
     (Optimize.EXPERIMENTAL_SPARSITY; LiteRT only: see litert_sparse).
     A model with ATMC wrappers is exported through strip_model, which refuses one whose
-    constraints were never enforced (UnconstrainedModelError).
+    constraints were never enforced (UnconstrainedModelError). A WinnersTakeAll wider than
+    PAIRWISE_MAX_UNITS converts in its O(n) deployed form (atmc_tf.export.winners: two conversions).
     """
     import tensorflow as tf
 
@@ -95,12 +96,17 @@ def to_int8_tflite(model, representative_x, batch_size=None, max_samples=MAX_REP
             yield [calibration[start:start + step]]
 
     spec = tf.TensorSpec((batch_size,) + input_shape, tf.as_dtype(model.inputs[0].dtype))
-    with tempfile.TemporaryDirectory() as saved_model_dir:
-        model.export(saved_model_dir, format="tf_saved_model", verbose=False, input_signature=[spec])
-        converter = set_full_int8(tf.lite.TFLiteConverter.from_saved_model(saved_model_dir), representative_dataset,
-                                  sparsity=sparsity)
-        # The converter reads the SavedModel lazily, so convert inside the `with`.
-        return converter.convert()
+
+    def convert():
+        with tempfile.TemporaryDirectory() as saved_model_dir:
+            model.export(saved_model_dir, format="tf_saved_model", verbose=False, input_signature=[spec])
+            converter = set_full_int8(tf.lite.TFLiteConverter.from_saved_model(saved_model_dir),
+                                      representative_dataset, sparsity=sparsity)
+            # The converter reads the SavedModel lazily, so convert inside the `with`.
+            return converter.convert()
+    # wide WinnersTakeAll layers convert in their O(n) deployed form (atmc_tf.export.winners)
+    from atmc_tf.export.winners import convert_with_deployed_winners
+    return convert_with_deployed_winners(model, calibration, convert)[0]
 
 
 def calibration_samples(x, max_samples):

@@ -11,11 +11,13 @@ rounding may fall on the other side of .5 now and then; `twin_agreement` measure
 twin's top-1 differs from LiteRT's (tests/test_twin.py: >= 99% agreement on the digits test split).
 
 Ops covered: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, RESHAPE (with the SHAPE / STRIDED_SLICE /
-PACK that compute its shape), MAX_POOL_2D, AVERAGE_POOL_2D, ADD, MEAN, SOFTMAX, QUANTIZE, DEQUANTIZE,
-and the ops of the activation-sparsity layers (atmc_tf.layers: winners-take-all, thresholds):
-REDUCE_MAX, SUM, EXPAND_DIMS, ABS, CAST, EQUAL, GREATER, LESS, LOGICAL_AND, LOGICAL_OR, SELECT_V2.
-Their masks are computed in the twin as in the file (the int8 SUM of a winners-take-all rank rounds at
-its own scale here too) and carry no gradient: SELECT_V2 passes it to the kept units only, plain PGD
+PACK / REDUCE_PROD / CONCATENATION / GATHER that compute its shape), MAX_POOL_2D, AVERAGE_POOL_2D, ADD, MEAN,
+SOFTMAX, QUANTIZE, DEQUANTIZE, and the ops of the activation-sparsity layers (atmc_tf.layers:
+winners-take-all in its pairwise and its deployed threshold-search form, thresholds): REDUCE_MAX, SUM,
+EXPAND_DIMS, ABS, CAST, EQUAL, GREATER, GREATER_EQUAL, LESS, LOGICAL_AND, LOGICAL_OR, SELECT_V2, MUL,
+STRIDED_SLICE, CONCATENATION, GATHER (from a constant table), ARG_MIN, ARG_MAX (int32 index arithmetic
+stays int32). Their masks are computed in the twin as in the file (the int8 SUM of a pairwise
+winners-take-all rank rounds at its own scale here too) and carry no gradient: SELECT_V2 passes it to the kept units only, plain PGD
 through the deployed mask (the Keras side has the straight-through / BPDA attack). Any other op is a
 ValueError naming it.
 """
@@ -23,9 +25,16 @@ import numpy as np
 
 from atmc_tf.export.tflite import _litert, _op_name, parse_check
 
-_SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
+# SHAPE, and the ops that compute a RESHAPE's target shape from it (a dynamic batch): shape-only when they
+# read a shape-only tensor; STRIDED_SLICE and CONCATENATION of data are ops of the twin.
+_SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK", "REDUCE_PROD", "CONCATENATION", "GATHER")
 _AXIS_OPS = ("REDUCE_MAX", "SUM", "MEAN")  # input 1: the axes, a constant
-_ELEMENTWISE = ("ADD", "EQUAL", "GREATER", "LESS", "LOGICAL_AND", "LOGICAL_OR", "SELECT_V2")  # constants among inputs
+_ELEMENTWISE = ("ADD", "MUL", "EQUAL", "GREATER", "GREATER_EQUAL", "LESS", "LOGICAL_AND", "LOGICAL_OR",
+                "SELECT_V2")  # constants among inputs
+_BINARY = {"ADD": lambda tf: lambda u, v: u + v, "MUL": lambda tf: lambda u, v: u * v,
+           "EQUAL": lambda tf: tf.equal, "GREATER": lambda tf: tf.greater, "GREATER_EQUAL": lambda tf: tf.greater_equal,
+           "LESS": lambda tf: tf.less, "LOGICAL_AND": lambda tf: tf.logical_and,
+           "LOGICAL_OR": lambda tf: tf.logical_or, "SELECT_V2": lambda tf: lambda c, u, v: tf.where(c, u, v)}
 
 
 def _array(model, tensor, data, dtype):
@@ -70,7 +79,7 @@ class FakeQuantTwin:
         shape_only = set()
         for op in graph.operators:
             name = _op_name(model, op)
-            if name in _SHAPE_OPS:
+            if name == "SHAPE" or (name in _SHAPE_OPS and any(int(i) in shape_only for i in op.inputs)):
                 shape_only.update(int(i) for i in op.outputs)
                 continue
             for i in op.inputs:
@@ -99,6 +108,8 @@ class FakeQuantTwin:
         q = _qparams(t)
         if kind == "BOOL":
             return raw
+        if q is None and kind in ("INT32", "INT64"):
+            return raw  # indices and index arithmetic (GATHER, int32 MUL / ADD) stay integers
         if q is None or kind == "FLOAT32":
             return raw.astype(np.float32)
         scale, zp, axis = q
@@ -128,6 +139,21 @@ class FakeQuantTwin:
             return {"const": {i: self._dequantized_constant(i) for i in ins if self._is_constant(i)}}
         if name in _AXIS_OPS:
             return {"axes": _array(self._model, self._tensor(ins[1]), self._data, np.int32).reshape(-1).tolist()}
+        if name == "STRIDED_SLICE":
+            begin, end, strides = (_array(self._model, self._tensor(i), self._data, np.int32) for i in ins[1:4])
+            if begin is None or end is None or strides is None:
+                raise ValueError("the fake-quant twin covers STRIDED_SLICE with constant begin / end / strides only")
+            return {"begin": begin, "end": end, "strides": strides}
+        if name == "GATHER":
+            if not self._is_constant(ins[0]):
+                raise ValueError("the fake-quant twin covers GATHER from a constant table only")
+            return {"table": self._dequantized_constant(ins[0])}
+        if name in ("ARG_MIN", "ARG_MAX"):
+            kind = self._types.get(self._tensor(op.outputs[0]).type)
+            return {"axis": int(_array(self._model, self._tensor(ins[1]), self._data, np.int32).reshape(-1)[0]),
+                    "type": {"INT32": "int32", "INT64": "int64"}[kind]}
+        if name == "CONCATENATION":
+            return {"const": {i: self._dequantized_constant(i) for i in ins if self._is_constant(i)}}
         if name == "EXPAND_DIMS":
             return {"axis": int(_array(self._model, self._tensor(ins[1]), self._data, np.int32).reshape(-1)[0])}
         if name == "CAST":
@@ -190,6 +216,8 @@ class FakeQuantTwin:
                                            dilations=[opts.dilationHFactor or 1, opts.dilationWFactor or 1])
             elif name == "FULLY_CONNECTED":
                 y = tf.matmul(tf.reshape(a, [-1, p["w"].shape[0]]), p["w"])
+                if opts is not None and getattr(opts, "keepNumDims", False):
+                    y = tf.reshape(y, tf.concat([tf.shape(a)[:-1], [p["w"].shape[1]]], 0))
             elif name == "RESHAPE":
                 shape = [int(d) for d in self._tensor(out).shape]
                 y = tf.reshape(a, [-1] + shape[1:])
@@ -199,9 +227,19 @@ class FakeQuantTwin:
                          padding=self._padding(opts))
             elif name in _ELEMENTWISE:
                 args = [values[i] if i in values else tf.constant(p["const"][i]) for i in ins]
-                y = {"ADD": lambda u, v: u + v, "EQUAL": tf.equal, "GREATER": tf.greater, "LESS": tf.less,
-                     "LOGICAL_AND": tf.logical_and, "LOGICAL_OR": tf.logical_or,
-                     "SELECT_V2": lambda c, u, v: tf.where(c, u, v)}[name](*args)
+                y = _BINARY[name](tf)(*args)
+            elif name == "STRIDED_SLICE":
+                y = tf.strided_slice(a, p["begin"], p["end"], p["strides"], begin_mask=opts.beginMask,
+                                     end_mask=opts.endMask, ellipsis_mask=opts.ellipsisMask,
+                                     new_axis_mask=opts.newAxisMask, shrink_axis_mask=opts.shrinkAxisMask)
+            elif name == "GATHER":
+                y = tf.gather(p["table"], values[ins[1]], axis=int(opts.axis) if opts is not None else 0)
+            elif name in ("ARG_MIN", "ARG_MAX"):
+                arg = tf.math.argmin if name == "ARG_MIN" else tf.math.argmax
+                y = arg(a, axis=p["axis"], output_type=p["type"])
+            elif name == "CONCATENATION":
+                y = tf.concat([values[i] if i in values else tf.constant(p["const"][i]) for i in ins],
+                              axis=int(opts.axis))
             elif name in _AXIS_OPS:
                 reduce = {"MEAN": tf.reduce_mean, "REDUCE_MAX": tf.reduce_max, "SUM": tf.reduce_sum}[name]
                 y = reduce(a, axis=p["axes"], keepdims=bool(opts.keepDims))

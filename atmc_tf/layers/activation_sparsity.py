@@ -14,7 +14,9 @@ Exactly k per sample, whatever the ties: a unit's rank is the number of units th
 where a larger score beats a smaller one and, between equal scores, the LOWER index wins;
 ranks are then a permutation of 0..n-1 and the units of rank < k are kept. The ranks come
 from an n x n pairwise comparison (O(n^2) per sample, no sort), which is also the form that
-converts to TFLite builtins without TOPK_V2.
+converts to TFLite builtins without TOPK_V2. A layer wider than PAIRWISE_MAX_UNITS converts to
+int8 in an O(n) form instead (grid_winners_mask, atmc_tf.export.winners): every unit whose int8
+score is >= the k-th largest is kept, so units tied in int8 are all kept there.
 
 k = ceil(density * n - 1e-3), at least 1: a density * n within 1e-3 above an integer counts as
 that integer (0.3 * 10 in float32 is 3.0000001, and is 3 units, not 4).
@@ -66,6 +68,48 @@ def winners_mask(scores, k):
     return ops.less(rank, ops.cast(k, "float32"))
 
 
+# Units above which the deployed (int8 .tflite) form is the threshold search: the pairwise form stores an
+# n x n constant and computes an (n, n) comparison per sample, cheap only for narrow layers.
+PAIRWISE_MAX_UNITS = 32
+# The threshold search's radix: log_4(256) = 4 levels of 3 thresholds each (12 counting passes over n
+# units). Radix 16 (2 levels of 15) has fewer ops but 30 passes: slower on wide layers.
+_RADIX = 4
+
+
+def grid_winners_mask(scores, k, grid):
+    """bool (batch, n): True for every unit whose score is >= the k-th largest score of its row, ties with it
+    all kept (>= k Trues). The deployed form of winners_mask for int8 scores, O(n) per sample: `grid` is the
+    (256,) float table of the values the scores' int8 tensor can hold (its scale and zero point), and a radix-4
+    search finds the largest table index t with count(scores >= grid[t]) >= k, four levels of three candidate
+    thresholds each. TFLite builtins that TFLite Micro runs: GATHER (the table, int32 indices), GREATER_EQUAL,
+    SELECT_V2, FULLY_CONNECTED (the counts: all-ones weights, bias [-k, -(n + 1), +1], clipped to [-1, 1], so
+    its int8 output range is exactly [-1, 1] whatever calibration saw and the sign of count - k survives
+    quantization), CONCATENATION, ARG_MIN / ARG_MAX, int32 MUL / ADD. Every GATHER also fetches entries 0 and
+    255 so that the converter quantizes the gathered thresholds with the table's own range; the table must
+    carry the scores' scale and zero point exactly for the comparisons to be exact (the exporter checks).
+    tf.gather / tf.math.argmin, not keras.ops.take / argmin (their conversions need ops TFLite Micro lacks)."""
+    import numpy as np
+    import tensorflow as tf
+    levels, m = 4, _RADIX - 1
+    n = scores.shape[-1]
+    ones = np.ones((n, 3), "float32")
+    bias = np.array([-float(k), -(n + 1.0), 1.0], "float32")    # units 2, 3 pin the output range to [-1, 1]
+    pick = np.array([[1] * m + [0, 0]], "int32")
+    # a zero the converter cannot fold (ARG_MAX over one unit): the first level's thresholds are gathered too
+    idx = tf.expand_dims(tf.math.argmax(scores[:, :1], axis=1, output_type=tf.int32), 1)
+    for level in range(levels):
+        stride = _RADIX ** (levels - 1 - level)
+        offsets = np.array([[stride * c for c in range(1, _RADIX)] + [0, 255]], "int32")
+        cand = tf.gather(grid, idx * pick + offsets)[:, :m]                                  # (b, m)
+        ind = ops.where(ops.greater_equal(scores[:, None, :], cand[:, :, None]), 1.0, 0.0)   # (b, m, n)
+        d = ops.clip(ops.matmul(ind, ones) + bias, -1.0, 1.0)       # (b, m, 3): [sign(count - k), -1, +1]
+        d = ops.concatenate([d[:, :, 0], d[:, :1, 1]], axis=1)      # (b, m + 1): the anchor -1 as a sentinel
+        # the goods come first (thresholds ascend): the digit is the number of them
+        idx = idx + tf.expand_dims(tf.math.argmin(d, axis=1, output_type=tf.int32), 1) * stride
+    t = tf.gather(grid, idx * np.array([[1, 0, 0]], "int32") + np.array([[0, 0, 255]], "int32"))[:, :1]
+    return ops.greater_equal(scores, t)
+
+
 def _apply(x, keep, straight_through):
     """x where keep, else 0; the gradient through kept entries only, or everywhere if straight_through."""
     # a scalar 0 broadcast by SELECT_V2: no ZEROS_LIKE / BROADCAST_TO on a dynamic shape in a .tflite
@@ -99,8 +143,15 @@ class WinnersTakeAll(keras.layers.Layer):
         k = ops.ceil(ops.cast(self.density, "float32") * self.units - _K_SLACK)
         return ops.clip(k, 1, self.units)
 
+    # Set by atmc_tf.export while it converts to int8 (export_form): (k, grid) switches call() to
+    # grid_winners_mask. A plain attribute, never saved: weights, configs and checkpoints are unchanged.
+    _deployed = None
+
     def call(self, inputs):
-        keep = winners_mask(unit_scores(inputs), self.winners())          # (b, units)
+        if self._deployed is None:  # training and Keras inference: exactly k, the lower index wins ties
+            keep = winners_mask(unit_scores(inputs), self.winners())        # (b, units)
+        else:
+            keep = grid_winners_mask(unit_scores(inputs), *self._deployed)
         for _ in range(len(inputs.shape) - 2):
             keep = ops.expand_dims(keep, 1)                                 # (b, 1, .., units)
         return _apply(inputs, ops.stop_gradient(keep), self.straight_through)
