@@ -762,6 +762,35 @@ def _wta_lines(results):
                  f"{_pct(_lite_robust(c))} | {_bytes(round(r['macs'])) if r['macs'] else '-'} | {rel} | {lat_s} | "
                  f"{_bytes(c.get('tflm_bytes'))} | {gap} |")
     L.append("")
+    return L + _wta_export_lines(rows)
+
+
+def _wta_export_lines(rows):
+    """The cells re-exported with the O(n) form of wide layers, against the pairwise export they replaced."""
+    again = [r for r in rows if r["cell"] and r["cell"].get("pairwise_export")]
+    if not again:
+        return []
+    L = ["The int8 export of the masks: layers wider than 32 units in the O(n) threshold-search form "
+         "(`atmc_tf.export.winners`: every unit whose int8 score is >= the k-th largest kept) against the pairwise "
+         "form (an n x n comparison and its n x n tie-break constant) the cells were first exported in; the same "
+         "saved Keras models, re-exported with `--reexport_activation_sparsity`. LiteRT: batch 1, 1 thread, median "
+         "of 300, with the masks.", "",
+         "| model | WTA density | export | .tflite bytes | TFLM bytes | LiteRT ms | .tflite clean % | "
+         ".tflite robust % | top-1 = Keras (clean) |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def line(r, form, v, worst):
+        lat = (v.get("litert_latency_ms") or {}).get("with")
+        L.append(f"| {r['model']} | {r['density']:g} | {form} | {_bytes(v.get('tflite_bytes'))} | "
+                 f"{_bytes(v.get('tflm_bytes'))} | {'-' if lat is None else f'{lat:.3f}'} | "
+                 f"{_pct(v['tflite_clean_acc']) if v.get('tflite_clean_acc') is not None else '-'} | "
+                 f"{'-' if worst is None else _pct(worst)} | "
+                 f"{'-' if v.get('top1_agreement') is None else _pct(v['top1_agreement'])} |")
+    for r in again:
+        c, old = r["cell"], r["cell"]["pairwise_export"]
+        line(r, "pairwise", old, old.get("tflite_worst_case", old.get("tflite_robust_acc")))
+        line(r, "threshold search", {**c, "litert_latency_ms": (c.get("activation") or {}).get("litert_latency_ms")},
+             _lite_robust(c))
+    L.append("")
     return L
 
 

@@ -134,6 +134,10 @@ flags.DEFINE_list("variants", [], "Cells of the neighbouring methods against the
 flags.DEFINE_bool("remeasure_device_bytes", False, "Only fill in the device bytes (TFLite Micro flash: the batch-1 "
                   "int8 model, LUT-compressed) of finished cells recorded without them, from each cell's saved "
                   "model (TFMOT: its .tflite), then re-render; give the run's own flags. Nothing is trained.")
+flags.DEFINE_bool("reexport_activation_sparsity", False, "Only re-export the finished winners-take-all cells whose "
+                  "int8 files predate the O(n) deployed form of wide layers (atmc_tf.export.winners), from each "
+                  "cell's saved model: .tflite and TFLM files, their accuracies, LiteRT latency and attacks; the "
+                  "old export's figures stay in the cell (pairwise_export). Give the run's own flags.")
 flags.DEFINE_string("docs_dir", None, "Where BENCHMARKS.md and the PNG go (default: docs/, or <workdir>/docs "
                     "with --quick so that a smoke test never overwrites the real benchmark page).")
 
@@ -158,7 +162,8 @@ PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bit
                  "model_file", "strategy")
 # Settings that may change between a run and its resume (cells are keyed by method and ratio).
 # The attack settings (a cell records its own and is attacked again when they change) may too.
-RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "remeasure_device_bytes", "attacks_only", "apgd_steps",
+RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "remeasure_device_bytes", "attacks_only",
+              "reexport_activation_sparsity", "apgd_steps",
               "square_n", "square_queries", "variants", "structured_ratios", "structured_methods", "ratios", "methods", "tfmot",
               "workdir", "timing_steps", "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps",
               "resnet_pgd_step",
@@ -174,6 +179,11 @@ BENCH_FLAGS = ("quick", "ratios", "methods", "compress_epochs", "tune", "da_lr_g
                "tfmot_qat_epochs", "tfmot_search_iters", "pgd100_steps", "pgd100_restarts", "timing_steps",
                "timing_rounds", "resnet", "resnet_input", "resnet_batch", "resnet_reps", "resnet_pgd_step", "apgd_steps",
                "square_n", "variants", "structured_ratios", "structured_methods")
+
+
+# How the cells' winners-take-all layers are exported: a cell recorded without this mark was exported in the
+# pairwise form at every width (--reexport_activation_sparsity redoes it).
+WTA_EXPORT = "O(n) threshold search for layers wider than 32 units (atmc_tf.export.winners)"
 
 
 def _now():
@@ -523,6 +533,8 @@ class Benchmark:
         ev = evaluate(self.cfg, plain, self.data, self.rep_x, os.path.join(self.root, "cells", key))
         if ccfg is not None and stages.activation_sparsity(ccfg):
             ev["activation"] = stages.activation_report(ccfg, plain, self.data)
+            if ccfg.activation_sparsity == "wta":
+                ev["wta_export"] = WTA_EXPORT
         cell = self._cell(method, ratio, ev, size, stage_results, lr, k, model_file) | extra
         self.res.set(key, cell, cell=True)
         self._log_cell(key)
@@ -887,6 +899,39 @@ class Benchmark:
         self.fill_device_bytes(retry=True)
         self.res.save()
 
+    def reexport_sparsity(self):
+        """--reexport_activation_sparsity: each finished winners-take-all cell exported before WTA_EXPORT, again
+        from its saved model (evaluation, device bytes, LiteRT latency, then the attacks); nothing trained."""
+        import keras
+
+        from atmc_tf.layers import strip_model
+        from pipelines import stages
+        self.data = stages.load_data(self.cfg)
+        self.rep_x = self.data.x_train[:300]
+        for key, c in list(self.res["cells"].items()):
+            if c.get("status") != "done" or c.get("activation_sparsity") != "wta" or c.get("wta_export") == WTA_EXPORT:
+                continue
+            if not os.path.exists(c.get("model_file") or ""):
+                logging.warning("cell %s: its model %s is gone; not re-exported", key, c.get("model_file"))
+                continue
+            logging.info("cell %s: re-export with %s", key, WTA_EXPORT)
+            plain = strip_model(keras.models.load_model(c["model_file"], safe_mode=True))
+            act = dict(c.get("activation") or {})
+            before = {k: c.get(k) for k in ("tflite_bytes", "tflm_bytes", "tflm_b1_bytes", "tflite_clean_acc",
+                                            "tflite_robust_acc", "top1_agreement")}
+            before |= {"litert_latency_ms": act.get("litert_latency_ms"),
+                       "tflite_worst_case": (c.get("attacks") or {}).get("tflite_worst_case")}
+            ev = evaluate(self.cfg, plain, self.data, self.rep_x, os.path.join(self.root, "cells", key))
+            act["litert_latency_ms"] = stages.sparsity_latency(plain, self.data)
+            drop = ("attacks", "attacks_error", "tflm_error", "phone_error")
+            c = {k: v for k, v in c.items() if k not in drop} | ev | {
+                "activation": act, "wta_export": WTA_EXPORT, "pairwise_export": before, "reexported": _now()}
+            self.res.set(key, c, cell=True)
+            self._log_cell(key)
+            self.fill_attacks(only=key)
+            gc.collect()
+        self.res.save()
+
     def pgd100(self, ratio):
         """The strong attack on the best compressed model at the headline ratio (once all its cells exist)."""
         import keras
@@ -987,6 +1032,8 @@ def main(argv):
     try:
         if F.remeasure_device_bytes:
             Benchmark(cfg, bench, res).remeasure()
+        elif F.reexport_activation_sparsity:
+            Benchmark(cfg, bench, res).reexport_sparsity()
         elif F.attacks_only:
             Benchmark(cfg, bench, res).attack_cells()
         else:

@@ -197,6 +197,43 @@ def test_remeasure_device_bytes_fills_cells_recorded_without_them(quick, tmp_pat
 
 
 @pytest.mark.slow
+def test_reexport_activation_sparsity_redoes_the_wta_cells_exported_pairwise(quick, tmp_path):
+    """A winners-take-all cell exported before the O(n) form (no wta_export mark): --reexport_activation_sparsity
+    exports it again from its saved model (wide layers as a threshold search), keeps the old figures under
+    pairwise_export, measures latency and attacks again, trains nothing and leaves the other cells alone."""
+    import keras
+
+    from atmc_tf.export import op_names
+    from atmc_tf.layers import insert_activation_sparsity, strip_model
+    wd, _, res, _ = quick
+    old = json.loads(json.dumps(res))
+    base = old["cells"]["atmc8@0.01"]
+    net = insert_activation_sparsity(strip_model(keras.models.load_model(base["model_file"])), "wta", density=0.25)
+    model_file = str(tmp_path / "wta.keras")
+    net.save(model_file)
+    old["cells"]["atmc8@0.01~wta25"] = {**base, "variant": "wta25", "activation_sparsity": "wta",
+                                        "activation_density": 0.25, "model_file": model_file,
+                                        "activation": {"litert_latency_ms": {"with": 9.0, "without": 0.1}}}
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "results.json").write_text(json.dumps(old))
+    r = run_bench("--quick", f"--workdir={tmp_path / 'wd'}", f"--docs_dir={tmp_path / 'docs'}",
+                  "--reexport_activation_sparsity", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ": training (lr" not in r.stderr
+    with open(tmp_path / "wd" / "results.json") as fh:
+        after = json.load(fh)
+    c = after["cells"]["atmc8@0.01~wta25"]
+    assert c["wta_export"] and c["pairwise_export"]["tflite_bytes"] == base["tflite_bytes"]
+    assert c["pairwise_export"]["litert_latency_ms"]["with"] == 9.0 and c["activation"]["litert_latency_ms"]["with"] < 9
+    assert c["attacks"]["settings"] == base["attacks"]["settings"] and c["tflm_bytes"] > 0
+    assert c["tflite_file"].startswith(str(tmp_path / "wd")) and "GATHER" in op_names(open(c["tflite_file"], "rb").read())
+    for key, cell in res["cells"].items():
+        assert after["cells"][key] == cell, key
+    md = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
+    assert "| ATMC-8 @ 0.01 | 0.25 | pairwise | " in md and "| ATMC-8 @ 0.01 | 0.25 | threshold search | " in md
+
+
+@pytest.mark.slow
 def test_attacks_only_attacks_again_when_the_attack_settings_change(quick, tmp_path):
     """--attacks_only trains nothing; cells attacked with the same settings are left alone, a changed query
     budget attacks every cell again, and a cell recorded before the attacks existed gets them."""

@@ -97,6 +97,10 @@ def test_wide_layer_exports_in_linear_form_with_exact_masks_on_litert_tflm_and_t
     ops = op_names(tfl)
     assert {"GATHER", "ARG_MIN", "GREATER_EQUAL"} <= set(ops) and "TOPK_V2" not in ops
     assert ops.count("SUM") == 1                       # the conv's pairwise ranks only
+    # the counting FULLY_CONNECTEDs are not layer kernels: the code check pairs the model's 3 layers
+    from atmc_tf.export import kernel_codes_match, tflite_kernels
+    assert len(tflite_kernels(tfl)) == 3 and ops.count("FULLY_CONNECTED") > 3
+    assert len(kernel_codes_match(net, tfl)["layers"]) == 3
     _, parsed = _tensors(tfl, None)
     shapes = [list(t.shape) for t in parsed.subgraphs[0].tensors]
     assert [48, 48] not in shapes and [1, 48, 48] not in shapes     # no n x n constant or intermediate
@@ -133,6 +137,37 @@ def test_wide_layer_exports_in_linear_form_with_exact_masks_on_litert_tflm_and_t
     x_adv = twin_attack(tfl_n, xt[:120], yt[:120], PGDConfig(0.1, steps=5), twin=twin)
     clean, attacked = ((lite_n.predict(v).argmax(1) == yt[:120]).mean() for v in (xt[:120], x_adv))
     assert attacked < clean - 0.1, (clean, attacked)
+
+
+@pytest.mark.parametrize("batch_size", [1, None])
+def test_masks_stay_exact_on_a_layer_wider_than_the_int8_range(batch_size):
+    """n = 300 > 255: a count quantized at the range of n would lose its unit steps (the dynamic-batch file once
+    did: its clip was not fused into the counting FULLY_CONNECTED). Both files keep the int8 top-k exactly."""
+    from atmc_tf.export import to_int8_tflite
+    from atmc_tf.export.tflite import _op_name
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((16,))
+    out = keras.layers.Dense(10)(WinnersTakeAll(0.1)(keras.layers.Dense(300, activation="relu")(inp)))
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(1).normal(size=(160, 16)).astype(np.float32)
+    tfl = to_int8_tflite(model, x[:128], batch_size=batch_size)
+    assert W.exact_counts(tfl) == 4 and W.grid_tables(tfl)[0]["aligned"]
+    interp, parsed = _tensors(tfl, None)
+    graph = parsed.subgraphs[0]
+    final = [op for op in graph.operators if _op_name(parsed, op) == "GREATER_EQUAL"][-1]
+    detail = interp.get_input_details()[0]
+    scale, zp = detail["quantization"]
+    rows = np.clip(np.round(x[128:] / scale) + zp, -128, 127).astype(np.int8)
+    batches = [rows[i:i + 1] for i in range(len(rows))] if batch_size == 1 else [rows]
+    if batch_size is None:
+        interp.resize_tensor_input(detail["index"], rows.shape)
+        interp.allocate_tensors()
+    for b in batches:
+        interp.set_tensor(detail["index"], b)
+        interp.invoke()
+        s = interp.get_tensor(int(final.inputs[0])).reshape(len(b), -1).astype(int)
+        mask = interp.get_tensor(int(final.outputs[0])).reshape(len(b), -1)
+        np.testing.assert_array_equal(mask, _topk_with_ties(s, winners_count(0.1, 300)))
 
 
 def test_a_table_that_cannot_be_aligned_falls_back_to_the_pairwise_form(monkeypatch, caplog):

@@ -19,7 +19,7 @@ flatbuffers package it installs).
 """
 import numpy as np
 
-from atmc_tf.export.tflite import _enum_names, _litert, _op_name, parse_check, to_int8_tflite
+from atmc_tf.export.tflite import _enum_names, _litert, _op_name, is_winners_count, parse_check, to_int8_tflite
 
 PACKABLE_OPS = ("FULLY_CONNECTED", "CONV_2D")
 # The uniform b-bit lattices whose codes fit int4 ([-8, 7]): L = 2^(b-1) - 1 for b = 2, 3, 4.
@@ -81,7 +81,8 @@ def pack_int4_kernels(tflite_bytes):
     for graph in model.subgraphs:
         for op in graph.operators:
             op_name = _op_name(model, op)
-            if op_name not in PACKABLE_OPS and op_name != "DEPTHWISE_CONV_2D":
+            if (op_name not in PACKABLE_OPS and op_name != "DEPTHWISE_CONV_2D") or is_winners_count(
+                    model, graph, op, data):
                 continue
             tensor = graph.tensors[op.inputs[1]]
             buffer = model.buffers[tensor.buffer]

@@ -120,7 +120,7 @@ def kernel_tensors(tflite_bytes):
     quantized_dimension, per_channel (more than one scale), shared (its buffer is also some
     other tensor's: the package would then leave it uncompressed).
     """
-    from atmc_tf.export.tflite import parse_check
+    from atmc_tf.export.tflite import is_winners_count, parse_check
     data = bytes(tflite_bytes)
     model = parse_check(data)
     schema = _litert()[0]
@@ -134,8 +134,9 @@ def kernel_tensors(tflite_bytes):
         for op in graph.operators:
             code = model.operatorCodes[op.opcodeIndex]
             name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
-            if name not in KERNEL_OPS or len(op.inputs) < 2 or op.inputs[1] < 0:
-                continue
+            if name not in KERNEL_OPS or len(op.inputs) < 2 or op.inputs[1] < 0 or is_winners_count(
+                    model, graph, op, data):
+                continue  # (a deployed winners-take-all's counts are not a layer's kernel)
             t = int(op.inputs[1])
             tensor = graph.tensors[t]
             buffer = model.buffers[tensor.buffer]

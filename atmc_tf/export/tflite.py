@@ -244,8 +244,29 @@ def _constant(model, tensor, data):
     return raw.view(np.int8).reshape(tensor.shape).copy()  # not a read-only view of the bytes
 
 
+def is_winners_count(model, graph, op, data):
+    """True for a FULLY_CONNECTED of the deployed winners-take-all form (atmc_tf.export.winners): the unit
+    counts, three outputs clipped to [-1, 1] (fused RELU_N1_TO_1) with one int8 weight value throughout.
+    It is not a layer's kernel: kernel listings, code checks and weight compression leave it alone."""
+    if _op_name(model, op) != "FULLY_CONNECTED" or len(op.inputs) < 2 or op.inputs[1] < 0:
+        return False
+    opts = op.builtinOptions
+    act = getattr(opts, "fusedActivationFunction", None) if opts is not None else None
+    if act is None or _enum_names("ActivationFunctionType").get(int(act)) != "RELU_N1_TO_1":
+        return False
+    tensor = graph.tensors[op.inputs[1]]
+    if len(tensor.shape) != 2 or int(tensor.shape[0]) != 3:
+        return False
+    try:
+        codes = _constant(model, tensor, data)
+    except ValueError:
+        return False
+    return bool(codes.size) and bool((codes == codes.flat[0]).all())
+
+
 def tflite_kernels(tflite_bytes):
-    """Weights of every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op, in execution order.
+    """Weights of every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op, in execution order (not the
+    counting ops of a deployed winners-take-all layer: is_winners_count).
 
     Each entry: op (builtin name), name (weight tensor name), weights (int8
     array in the op's TFLite layout), scales (float32, one per channel),
@@ -257,7 +278,7 @@ def tflite_kernels(tflite_bytes):
     kernels = []
     for op in graph.operators:
         op_name = _op_name(model, op)
-        if op_name not in KERNEL_OPS:
+        if op_name not in KERNEL_OPS or is_winners_count(model, graph, op, data):
             continue
         tensor = graph.tensors[op.inputs[1]]
         name = tensor.name.decode()

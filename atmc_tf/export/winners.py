@@ -18,14 +18,16 @@ Alignment. The comparisons are exact only when the table carries the scores' sca
 the scores' quantization from its own calibration, so the export converts twice: first with each table
 spanning the range the Keras model's layer input takes on the calibration samples, then with each table
 rebuilt from the scale and zero point the first file gave its scores, and checks every table in the second
-file. A layer whose table still differs is converted in the pairwise form (a third conversion, a warning).
+file, and that every counting FULLY_CONNECTED has its clip fused (else the count is quantized at the range of
+n and the sign of count - k is lost for n > 255). A layer that fails is converted in the pairwise form (a
+third conversion, a warning).
 """
 import contextlib
 import logging
 
 import numpy as np
 
-from atmc_tf.export.tflite import _op_name, parse_check
+from atmc_tf.export.tflite import _op_name, is_winners_count, parse_check
 
 TABLE_SIZE = 256
 # Ops between a table's GATHER and the comparison it feeds, or between the scores and that comparison.
@@ -161,6 +163,17 @@ def _input_ranges(model, layers, calibration):
     return {layer.name: (float(np.min(o)), float(np.max(o))) for layer, o in zip(layers, outs)}
 
 
+_LEVELS = 4  # counting FULLY_CONNECTEDs per deployed layer (the radix-4 search's levels)
+
+
+def exact_counts(tflite_bytes):
+    """The number of counting FULLY_CONNECTED ops whose clip to [-1, 1] is fused (tflite.is_winners_count): only
+    then is the sign of count - k exact in int8 (unfused, the count itself is quantized at the range of n)."""
+    data = bytes(tflite_bytes)
+    model = parse_check(data)
+    return sum(is_winners_count(model, graph, op, data) for graph in model.subgraphs for op in graph.operators)
+
+
 def _span(quant):
     """The float range [lo, hi] of an int8 tensor with this (scale, zero point)."""
     scale, zp = quant
@@ -198,7 +211,7 @@ def convert_with_deployed_winners(model, calibration, convert):
         with _deployed(layers, tables):
             tflite = convert()
         groups = grid_tables(tflite)
-    if len(groups) != len(layers):
+    if len(groups) != len(layers) or exact_counts(tflite) != _LEVELS * len(layers):
         bad = [layer.name for layer in layers]
     else:
         bad = [name for gi, name in _match(groups, layers, tables).items() if not groups[gi]["aligned"]]

@@ -102,7 +102,10 @@ def grid_winners_mask(scores, k, grid):
         offsets = np.array([[stride * c for c in range(1, _RADIX)] + [0, 255]], "int32")
         cand = tf.gather(grid, idx * pick + offsets)[:, :m]                                  # (b, m)
         ind = ops.where(ops.greater_equal(scores[:, None, :], cand[:, :, None]), 1.0, 0.0)   # (b, m, n)
-        d = ops.clip(ops.matmul(ind, ones) + bias, -1.0, 1.0)       # (b, m, 3): [sign(count - k), -1, +1]
+        # on 2-D rows, so that the converter fuses the bias and the clip into the FULLY_CONNECTED with a
+        # dynamic batch too (a 3-D matmul becomes FC -> RESHAPE -> ADD, whose count loses its unit steps)
+        d = ops.clip(ops.matmul(ops.reshape(ind, (-1, n)), ones) + bias, -1.0, 1.0)
+        d = ops.reshape(d, (-1, m, 3))                               # [sign(count - k), -1, +1]
         d = ops.concatenate([d[:, :, 0], d[:, :1, 1]], axis=1)      # (b, m + 1): the anchor -1 as a sentinel
         # the goods come first (thresholds ascend): the digit is the number of them
         idx = idx + tf.expand_dims(tf.math.argmin(d, axis=1, output_type=tf.int32), 1) * stride
