@@ -45,6 +45,18 @@ def test_keeps_exactly_k_winners_per_sample(x, density):
         assert want.sum() == k
 
 
+@settings(deadline=None, max_examples=60)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40), elements=entries),
+       densities)
+def test_topk_form_equals_the_pairwise_ranks(s, density):
+    """Keras computes the mask with top_k + a count of the ties (O(n log k)); the export's pairwise ranks give
+    the same mask, ties included, with k as a tensor (the scheduled density)."""
+    from atmc_tf.layers.activation_sparsity import topk_winners_mask, winners_mask
+    k = tf.constant(float(winners_count(density, s.shape[-1])))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(topk_winners_mask(s, k)),
+                                  keras.ops.convert_to_numpy(winners_mask(s, k)))
+
+
 def test_k_rule_counts_float_rounding_as_the_integer():
     assert winners_count(0.3, 10) == 3 and winners_count(0.31, 10) == 4
     assert winners_count(0.01, 5) == 1 and winners_count(1.0, 7) == 7

@@ -141,10 +141,19 @@ def grid_tables(tflite_bytes):
 
 
 @contextlib.contextmanager
-def _deployed(layers, tables):
-    from atmc_tf.layers.activation_sparsity import winners_count
+def _deployed(model, tables):
+    """Every WinnersTakeAll of the model in its export form while converting: the threshold search where
+    `tables` has its table, else the pairwise form (never the top_k form Keras computes with)."""
+    from atmc_tf.layers.activation_sparsity import PAIRWISE, WinnersTakeAll, winners_count
+
+    def walk(m):  # nested models' layers too: those convert pairwise whatever their width
+        for layer in getattr(m, "layers", []):
+            yield layer
+            yield from walk(layer)
+    layers = [layer for layer in walk(model) if isinstance(layer, WinnersTakeAll)]
     try:
         for layer in layers:
+            layer._deployed = PAIRWISE
             if layer.name in tables:
                 density = float(np.asarray(layer.density))
                 layer._deployed = (winners_count(density, layer.units), tables[layer.name])
@@ -200,15 +209,16 @@ def convert_with_deployed_winners(model, calibration, convert):
     could not be aligned, with a warning)."""
     layers = wide_winners(model)
     if not layers:
-        return convert(), {}
+        with _deployed(model, {}):
+            return convert(), {}
     tables = {name: table_for_range(*r) for name, r in _input_ranges(model, layers, calibration).items()}
-    with _deployed(layers, tables):
+    with _deployed(model, tables):
         tflite = convert()
     groups = grid_tables(tflite)
     if len(groups) == len(layers) and not all(g["aligned"] for g in groups):
         for gi, name in _match(groups, layers, tables).items():
             tables[name] = table_for_quant(*groups[gi]["scores"])
-        with _deployed(layers, tables):
+        with _deployed(model, tables):
             tflite = convert()
         groups = grid_tables(tflite)
     if len(groups) != len(layers) or exact_counts(tflite) != _LEVELS * len(layers):
@@ -221,6 +231,6 @@ def convert_with_deployed_winners(model, calibration, convert):
                     "scale and zero point; exported in the pairwise form (exact, O(n^2) per sample)", ", ".join(bad))
     for name in bad:
         tables.pop(name)
-    with _deployed(layers, tables):
+    with _deployed(model, tables):
         tflite = convert()
     return tflite, {layer.name: "pairwise" if layer.name in bad else "deployed" for layer in layers}

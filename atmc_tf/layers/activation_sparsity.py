@@ -12,11 +12,13 @@ by 2 int8 steps (measured on small_cnn, digits); a max of int8 values is exact o
 
 Exactly k per sample, whatever the ties: a unit's rank is the number of units that beat it,
 where a larger score beats a smaller one and, between equal scores, the LOWER index wins;
-ranks are then a permutation of 0..n-1 and the units of rank < k are kept. The ranks come
-from an n x n pairwise comparison (O(n^2) per sample, no sort), which is also the form that
-converts to TFLite builtins without TOPK_V2. A layer wider than PAIRWISE_MAX_UNITS converts to
-int8 in an O(n) form instead (grid_winners_mask, atmc_tf.export.winners): every unit whose int8
-score is >= the k-th largest is kept, so units tied in int8 are all kept there.
+ranks are then a permutation of 0..n-1 and the units of rank < k are kept. Keras computes the
+mask with top_k and a cumulative count of the ties (topk_winners_mask, O(n log k)); the int8
+export, where TOPK_V2 and CUMSUM are not TFLite Micro builtins, uses an n x n pairwise
+comparison for narrow layers (winners_mask, the same mask) and, wider than PAIRWISE_MAX_UNITS,
+an O(n) threshold search (grid_winners_mask, atmc_tf.export.winners): every unit whose int8
+score is >= the k-th largest is kept, so units tied in int8 are all kept there. Convert with
+atmc_tf.export.to_int8_tflite: a converter called directly sees the top_k form.
 
 k = ceil(density * n - 1e-3), at least 1: a density * n within 1e-3 above an integer counts as
 that integer (0.3 * 10 in float32 is 3.0000001, and is 3 units, not 4).
@@ -68,6 +70,20 @@ def winners_mask(scores, k):
     return ops.less(rank, ops.cast(k, "float32"))
 
 
+def topk_winners_mask(scores, k):
+    """winners_mask's result (exactly k per row, the lower index wins ties) in O(n log k): the k-th largest
+    score t by top_k, every unit above t, and of the units equal to t the first k - count(above t) by index.
+    The form Keras trains and predicts with; TOPK_V2 and CUMSUM are not TFLite Micro builtins, so the int8
+    export uses winners_mask or grid_winners_mask instead (atmc_tf.export.winners)."""
+    import tensorflow as tf
+    t = tf.math.top_k(scores, ops.cast(k, "int32")).values[:, -1:]
+    above = ops.greater(scores, t)
+    tied = ops.cast(ops.equal(scores, t), "float32")
+    room = ops.cast(k, "float32") - ops.sum(ops.cast(above, "float32"), axis=-1, keepdims=True)
+    return ops.logical_or(above, ops.logical_and(tied > 0, ops.cumsum(tied, axis=-1) <= room))
+
+
+PAIRWISE = "pairwise"  # WinnersTakeAll._deployed: the export form of narrow layers
 # Units above which the deployed (int8 .tflite) form is the threshold search: the pairwise form stores an
 # n x n constant and computes an (n, n) comparison per sample, cheap only for narrow layers.
 PAIRWISE_MAX_UNITS = 32
@@ -146,15 +162,18 @@ class WinnersTakeAll(keras.layers.Layer):
         k = ops.ceil(ops.cast(self.density, "float32") * self.units - _K_SLACK)
         return ops.clip(k, 1, self.units)
 
-    # Set by atmc_tf.export while it converts to int8 (export_form): (k, grid) switches call() to
+    # Set by atmc_tf.export while it converts to int8: PAIRWISE switches call() to winners_mask, (k, grid) to
     # grid_winners_mask. A plain attribute, never saved: weights, configs and checkpoints are unchanged.
     _deployed = None
 
     def call(self, inputs):
+        scores = unit_scores(inputs)
         if self._deployed is None:  # training and Keras inference: exactly k, the lower index wins ties
-            keep = winners_mask(unit_scores(inputs), self.winners())        # (b, units)
+            keep = topk_winners_mask(scores, self.winners())                 # (b, units)
+        elif self._deployed == PAIRWISE:
+            keep = winners_mask(scores, self.winners())
         else:
-            keep = grid_winners_mask(unit_scores(inputs), *self._deployed)
+            keep = grid_winners_mask(scores, *self._deployed)
         for _ in range(len(inputs.shape) - 2):
             keep = ops.expand_dims(keep, 1)                                 # (b, 1, .., units)
         return _apply(inputs, ops.stop_gradient(keep), self.straight_through)
