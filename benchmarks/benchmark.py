@@ -183,7 +183,7 @@ BENCH_FLAGS = ("quick", "ratios", "methods", "compress_epochs", "tune", "da_lr_g
 
 # How the cells' winners-take-all layers are exported: a cell recorded without this mark was exported in the
 # pairwise form at every width (--reexport_activation_sparsity redoes it).
-WTA_EXPORT = "O(n) threshold search for layers wider than 32 units (atmc_tf.export.winners)"
+WTA_EXPORT = "O(n) radix-16 threshold search for layers wider than 32 units (atmc_tf.export.winners)"
 
 
 def _now():
@@ -917,10 +917,11 @@ class Benchmark:
             logging.info("cell %s: re-export with %s", key, WTA_EXPORT)
             plain = strip_model(keras.models.load_model(c["model_file"], safe_mode=True))
             act = dict(c.get("activation") or {})
-            before = {k: c.get(k) for k in ("tflite_bytes", "tflm_bytes", "tflm_b1_bytes", "tflite_clean_acc",
-                                            "tflite_robust_acc", "top1_agreement")}
-            before |= {"litert_latency_ms": act.get("litert_latency_ms"),
-                       "tflite_worst_case": (c.get("attacks") or {}).get("tflite_worst_case")}
+            before = c.get("pairwise_export") or {  # the first export's, kept through later re-exports
+                **{k: c.get(k) for k in ("tflite_bytes", "tflm_bytes", "tflm_b1_bytes", "tflite_clean_acc",
+                                         "tflite_robust_acc", "top1_agreement")},
+                "litert_latency_ms": act.get("litert_latency_ms"),
+                "tflite_worst_case": (c.get("attacks") or {}).get("tflite_worst_case")}
             ev = evaluate(self.cfg, plain, self.data, self.rep_x, os.path.join(self.root, "cells", key))
             act["litert_latency_ms"] = stages.sparsity_latency(plain, self.data)
             drop = ("attacks", "attacks_error", "tflm_error", "phone_error")

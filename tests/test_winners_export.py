@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from atmc_tf.export import winners as W
 from atmc_tf.layers import WinnersTakeAll, insert_activation_sparsity, sparsity_layers, winners_count
-from atmc_tf.layers.activation_sparsity import PAIRWISE_MAX_UNITS, grid_winners_mask
+from atmc_tf.layers.activation_sparsity import LEVELS, PAIRWISE_MAX_UNITS, grid_winners_mask
 
 
 def _topk_with_ties(s, k):
@@ -35,7 +35,7 @@ def test_table_is_the_int8_grid_and_quantizes_back_to_its_scale(scale, zp):
 @settings(deadline=None, max_examples=40)
 @given(st.integers(1, 80), st.data())
 def test_threshold_search_keeps_the_int8_top_k_with_ties(n, data):
-    """On scores that lie on the table's grid (the int8 values a .tflite computes with), the radix-4 search
+    """On scores that lie on the table's grid (the int8 values a .tflite computes with), the radix-16 search
     keeps exactly the units >= the k-th largest score, for every k and any number of ties."""
     k = data.draw(st.integers(1, n))
     scale = data.draw(scales)
@@ -93,7 +93,7 @@ def test_wide_layer_exports_in_linear_form_with_exact_masks_on_litert_tflm_and_t
     np.testing.assert_array_equal(net.predict(xt, verbose=0), keras_logits)
     assert int8_problem(tfl) is None
     groups = W.grid_tables(tfl)
-    assert len(groups) == 1 and groups[0]["aligned"] and len(groups[0]["tables"]) == 5
+    assert len(groups) == 1 and groups[0]["aligned"] and len(groups[0]["tables"]) == LEVELS + 1
     ops = op_names(tfl)
     assert {"GATHER", "ARG_MIN", "GREATER_EQUAL"} <= set(ops) and "TOPK_V2" not in ops
     assert ops.count("SUM") == 1                       # the conv's pairwise ranks only
@@ -151,7 +151,7 @@ def test_masks_stay_exact_on_a_layer_wider_than_the_int8_range(batch_size):
     model = keras.Model(inp, out)
     x = np.random.default_rng(1).normal(size=(160, 16)).astype(np.float32)
     tfl = to_int8_tflite(model, x[:128], batch_size=batch_size)
-    assert W.exact_counts(tfl) == 4 and W.grid_tables(tfl)[0]["aligned"]
+    assert W.exact_counts(tfl) == LEVELS and W.grid_tables(tfl)[0]["aligned"]
     interp, parsed = _tensors(tfl, None)
     graph = parsed.subgraphs[0]
     final = [op for op in graph.operators if _op_name(parsed, op) == "GREATER_EQUAL"][-1]

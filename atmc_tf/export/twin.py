@@ -31,10 +31,9 @@ _SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK", "REDUCE_PROD", "CONCATENATION", 
 _AXIS_OPS = ("REDUCE_MAX", "SUM", "MEAN")  # input 1: the axes, a constant
 _ELEMENTWISE = ("ADD", "MUL", "EQUAL", "GREATER", "GREATER_EQUAL", "LESS", "LOGICAL_AND", "LOGICAL_OR",
                 "SELECT_V2")  # constants among inputs
-_BINARY = {"ADD": lambda tf: lambda u, v: u + v, "MUL": lambda tf: lambda u, v: u * v,
-           "EQUAL": lambda tf: tf.equal, "GREATER": lambda tf: tf.greater, "GREATER_EQUAL": lambda tf: tf.greater_equal,
-           "LESS": lambda tf: tf.less, "LOGICAL_AND": lambda tf: tf.logical_and,
-           "LOGICAL_OR": lambda tf: tf.logical_or, "SELECT_V2": lambda tf: lambda c, u, v: tf.where(c, u, v)}
+# the tf.math function of each elementwise op (SELECT_V2: tf.where)
+_BINARY = {"ADD": "add", "MUL": "multiply", "EQUAL": "equal", "GREATER": "greater", "GREATER_EQUAL": "greater_equal",
+           "LESS": "less", "LOGICAL_AND": "logical_and", "LOGICAL_OR": "logical_or"}
 
 
 def _array(model, tensor, data, dtype):
@@ -227,7 +226,7 @@ class FakeQuantTwin:
                          padding=self._padding(opts))
             elif name in _ELEMENTWISE:
                 args = [values[i] if i in values else tf.constant(p["const"][i]) for i in ins]
-                y = _BINARY[name](tf)(*args)
+                y = tf.where(*args) if name == "SELECT_V2" else getattr(tf.math, _BINARY[name])(*args)
             elif name == "STRIDED_SLICE":
                 y = tf.strided_slice(a, p["begin"], p["end"], p["strides"], begin_mask=opts.beginMask,
                                      end_mask=opts.endMask, ellipsis_mask=opts.ellipsisMask,

@@ -7,7 +7,7 @@ with an int8 SUM that rounds them for n > 127 (exact-k is lost anyway). TFLite M
 
 `to_int8_tflite` therefore converts each WinnersTakeAll with more than PAIRWISE_MAX_UNITS units in its
 deployed form, `atmc_tf.layers.activation_sparsity.grid_winners_mask`: keep every unit whose int8 score is
->= the k-th largest int8 score of its row, found by a radix-4 search over a 256-entry table of the values the
+>= the k-th largest int8 score of its row, found by a radix-16 search over a 256-entry table of the values the
 scores' int8 tensor can hold. Narrower layers keep the pairwise form (exact k, a small constant).
 
 What differs from Keras: int8 scores tie more often than float ones; every unit tied with the k-th largest
@@ -172,7 +172,6 @@ def _input_ranges(model, layers, calibration):
     return {layer.name: (float(np.min(o)), float(np.max(o))) for layer, o in zip(layers, outs)}
 
 
-_LEVELS = 4  # counting FULLY_CONNECTEDs per deployed layer (the radix-4 search's levels)
 
 
 def exact_counts(tflite_bytes):
@@ -207,6 +206,7 @@ def convert_with_deployed_winners(model, calibration, convert):
     each threshold table aligned with its scores (see the module). Returns (bytes, forms): forms is
     {layer name: "deployed" | "pairwise"} for the wide layers ({} without any; "pairwise" where the table
     could not be aligned, with a warning)."""
+    from atmc_tf.layers.activation_sparsity import LEVELS
     layers = wide_winners(model)
     if not layers:
         with _deployed(model, {}):
@@ -221,7 +221,7 @@ def convert_with_deployed_winners(model, calibration, convert):
         with _deployed(model, tables):
             tflite = convert()
         groups = grid_tables(tflite)
-    if len(groups) != len(layers) or exact_counts(tflite) != _LEVELS * len(layers):
+    if len(groups) != len(layers) or exact_counts(tflite) != LEVELS * len(layers):
         bad = [layer.name for layer in layers]
     else:
         bad = [name for gi, name in _match(groups, layers, tables).items() if not groups[gi]["aligned"]]
