@@ -172,8 +172,6 @@ def _input_ranges(model, layers, calibration):
     return {layer.name: (float(np.min(o)), float(np.max(o))) for layer, o in zip(layers, outs)}
 
 
-
-
 def exact_counts(tflite_bytes):
     """The number of counting FULLY_CONNECTED ops whose clip to [-1, 1] is fused (tflite.is_winners_count): only
     then is the sign of count - k exact in int8 (unfused, the count itself is quantized at the range of n)."""
@@ -227,8 +225,9 @@ def convert_with_deployed_winners(model, calibration, convert):
         bad = [name for gi, name in _match(groups, layers, tables).items() if not groups[gi]["aligned"]]
     if not bad:
         return tflite, {layer.name: "deployed" for layer in layers}
-    logging.warning("WinnersTakeAll layer(s) %s: the threshold table could not be aligned with the scores' int8 "
-                    "scale and zero point; exported in the pairwise form (exact, O(n^2) per sample)", ", ".join(bad))
+    logging.warning("WinnersTakeAll layer(s) %s: the O(n) form did not convert exactly (a threshold table off the "
+                    "scores' int8 grid, or a counting op without its fused clip); exported in the pairwise form "
+                    "(exact, O(n^2) per sample)", ", ".join(bad))
     for name in bad:
         tables.pop(name)
     with _deployed(model, tables):
