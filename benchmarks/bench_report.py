@@ -534,6 +534,11 @@ def fast_rows(results):
     return rows
 
 
+def _close_to_pgd(r):
+    """A fast-attack row within 1 point of PGD's robust accuracy."""
+    return r["gap"] >= -0.01 - 1e-9
+
+
 def fast_target(results):
     if not _variants(results, ("train_attack",)):
         return None
@@ -544,11 +549,9 @@ def fast_target(results):
         if not mine:
             missing += [r["key"] for r in fast_rows(results) if r["model"] == model and not r["cell"]]
             continue
-        def close(r):
-            return r["gap"] >= -0.01 - 1e-9  # within 1 point of PGD's robust accuracy
-        ok = [r for r in mine if close(r) and r["ratio"] <= 1 / 3 + 1e-9]
+        ok = [r for r in mine if _close_to_pgd(r) and r["ratio"] <= 1 / 3 + 1e-9]
         # best: the fastest of those within 1 point, else the closest in robust accuracy
-        best = max(mine, key=lambda r: (close(r), -r["ratio"] if close(r) else r["gap"]))
+        best = max(mine, key=lambda r: (_close_to_pgd(r), -r["ratio"] if _close_to_pgd(r) else r["gap"]))
         checks.append((bool(ok), f"{model}: " + "; ".join(
             f"{FAST_LABELS[r['attack']]} {_pts(r['gap'])} at {r['ratio']:.2f}x the time" for r in mine)
             + f" (best: {FAST_LABELS[best['attack']]})"))

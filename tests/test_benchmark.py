@@ -20,6 +20,20 @@ def run_bench(*args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def rerun_without_training(tmp_path, old, *flags):
+    """The --quick benchmark with `flags` on tmp_path/wd, holding the results `old` (None: as left by the last
+    call); it must succeed and train nothing. Returns (the completed process, the results it leaves)."""
+    wd = tmp_path / "wd"
+    wd.mkdir(exist_ok=True)
+    if old is not None:
+        (wd / "results.json").write_text(json.dumps(old))
+    r = run_bench("--quick", f"--workdir={wd}", f"--docs_dir={tmp_path / 'docs'}", *flags, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ": training (lr" not in r.stderr
+    with open(wd / "results.json") as fh:
+        return r, json.load(fh)
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """One --quick run (about two minutes on 2 cores) shared by the tests below."""
@@ -179,15 +193,8 @@ def test_remeasure_device_bytes_fills_cells_recorded_without_them(quick, tmp_pat
     for c in old["cells"].values():
         for f in R.DEVICE_FIELDS + ("tflm_file", "tflm_source", "tflm_compressed_tensors", "phone_bytes"):
             c.pop(f, None)
-    (tmp_path / "wd").mkdir()
-    (tmp_path / "wd" / "results.json").write_text(json.dumps(old))
     assert "| n/a |" in R.markdown(old)
-    r = run_bench("--quick", f"--workdir={tmp_path / 'wd'}", f"--docs_dir={tmp_path / 'docs'}",
-                  "--remeasure_device_bytes", timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert ": training (lr" not in r.stderr
-    with open(tmp_path / "wd" / "results.json") as fh:
-        after = json.load(fh)
+    r, after = rerun_without_training(tmp_path, old, "--remeasure_device_bytes")
     for key, c in res["cells"].items():
         assert after["cells"][key]["tflm_bytes"] == c["tflm_bytes"], key
         assert after["cells"][key]["tflm_b1_bytes"] == c["tflm_b1_bytes"], key
@@ -214,14 +221,7 @@ def test_reexport_activation_sparsity_redoes_the_wta_cells_exported_pairwise(qui
     old["cells"]["atmc8@0.01~wta25"] = {**base, "variant": "wta25", "activation_sparsity": "wta",
                                         "activation_density": 0.25, "model_file": model_file,
                                         "activation": {"litert_latency_ms": {"with": 9.0, "without": 0.1}}}
-    (tmp_path / "wd").mkdir()
-    (tmp_path / "wd" / "results.json").write_text(json.dumps(old))
-    r = run_bench("--quick", f"--workdir={tmp_path / 'wd'}", f"--docs_dir={tmp_path / 'docs'}",
-                  "--reexport_activation_sparsity", timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert ": training (lr" not in r.stderr
-    with open(tmp_path / "wd" / "results.json") as fh:
-        after = json.load(fh)
+    _, after = rerun_without_training(tmp_path, old, "--reexport_activation_sparsity")
     c = after["cells"]["atmc8@0.01~wta25"]
     assert c["wta_export"] and c["pairwise_export"]["tflite_bytes"] == base["tflite_bytes"]
     assert c["pairwise_export"]["litert_latency_ms"]["with"] == 9.0 and c["activation"]["litert_latency_ms"]["with"] < 9
@@ -240,24 +240,13 @@ def test_attacks_only_attacks_again_when_the_attack_settings_change(quick, tmp_p
     wd, _, res, _ = quick
     old = json.loads(json.dumps(res))
     del old["cells"]["ap@0.01"]["attacks"]
-    (tmp_path / "wd").mkdir()
-    (tmp_path / "wd" / "results.json").write_text(json.dumps(old))
     assert "Not attacked yet: ap@0.01" in R.markdown(old)
-    r = run_bench("--quick", f"--workdir={tmp_path / 'wd'}", f"--docs_dir={tmp_path / 'docs'}", "--attacks_only",
-                  timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert ": training (lr" not in r.stderr
-    with open(tmp_path / "wd" / "results.json") as fh:
-        after = json.load(fh)
+    _, after = rerun_without_training(tmp_path, old, "--attacks_only")
     for key, c in res["cells"].items():
         if key != "ap@0.01":
             assert after["cells"][key]["attacks"] == c["attacks"], key  # same settings: not attacked again
     assert after["cells"]["ap@0.01"]["attacks"]["settings"] == res["cells"]["ap@0.01"]["attacks"]["settings"]
-    r = run_bench("--quick", f"--workdir={tmp_path / 'wd'}", f"--docs_dir={tmp_path / 'docs'}", "--attacks_only",
-                  "--square_queries=6", timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    with open(tmp_path / "wd" / "results.json") as fh:
-        again = json.load(fh)
+    _, again = rerun_without_training(tmp_path, None, "--attacks_only", "--square_queries=6")
     for key, c in again["cells"].items():
         assert c["attacks"]["settings"]["square_queries"] == 6 and c["attacks"]["square"]["queries_mean"] <= 6, key
         assert c["finished"] == res["cells"][key]["finished"], key

@@ -67,8 +67,8 @@ def _wide_model(x, y, units=48):
     return net
 
 
-def _tensors(tfl, x_int8):
-    """LiteRT with every intermediate tensor kept: (interpreter after one invoke per row, parsed model)."""
+def _tensors(tfl):
+    """(a LiteRT interpreter that keeps every intermediate tensor, allocated; the parsed model)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from atmc_tf.export import parse_check
@@ -101,14 +101,14 @@ def test_wide_layer_exports_in_linear_form_with_exact_masks_on_litert_tflm_and_t
     from atmc_tf.export import kernel_codes_match, tflite_kernels
     assert len(tflite_kernels(tfl)) == 3 and ops.count("FULLY_CONNECTED") > 3
     assert len(kernel_codes_match(net, tfl)["layers"]) == 3
-    _, parsed = _tensors(tfl, None)
+    _, parsed = _tensors(tfl)
     shapes = [list(t.shape) for t in parsed.subgraphs[0].tensors]
     assert [48, 48] not in shapes and [1, 48, 48] not in shapes     # no n x n constant or intermediate
 
     # the file's mask = the int8 top-k of the file's own scores, ties kept
     lite = LiteRTModel(tfl)
     xq = lite.quantize_input(xt[:100])
-    interp, parsed = _tensors(tfl, xq)
+    interp, parsed = _tensors(tfl)
     graph = parsed.subgraphs[0]
     final = [op for op in graph.operators if _op_name(parsed, op) == "GREATER_EQUAL"][-1]
     inp = interp.get_input_details()[0]["index"]
@@ -152,7 +152,7 @@ def test_masks_stay_exact_on_a_layer_wider_than_the_int8_range(batch_size):
     x = np.random.default_rng(1).normal(size=(160, 16)).astype(np.float32)
     tfl = to_int8_tflite(model, x[:128], batch_size=batch_size)
     assert W.exact_counts(tfl) == LEVELS and W.grid_tables(tfl)[0]["aligned"]
-    interp, parsed = _tensors(tfl, None)
+    interp, parsed = _tensors(tfl)
     graph = parsed.subgraphs[0]
     final = [op for op in graph.operators if _op_name(parsed, op) == "GREATER_EQUAL"][-1]
     detail = interp.get_input_details()[0]

@@ -17,8 +17,8 @@ winners-take-all in its pairwise and its deployed threshold-search form, thresho
 EXPAND_DIMS, ABS, CAST, EQUAL, GREATER, GREATER_EQUAL, LESS, LOGICAL_AND, LOGICAL_OR, SELECT_V2, MUL,
 STRIDED_SLICE, CONCATENATION, GATHER (from a constant table), ARG_MIN, ARG_MAX (int32 index arithmetic
 stays int32). Their masks are computed in the twin as in the file (the int8 SUM of a pairwise
-winners-take-all rank rounds at its own scale here too) and carry no gradient: SELECT_V2 passes it to the kept units only, plain PGD
-through the deployed mask (the Keras side has the straight-through / BPDA attack). Any other op is a
+winners-take-all rank rounds at its own scale here too) and carry no gradient: SELECT_V2 passes it to
+the kept units only, plain PGD through the deployed mask (the Keras side has the straight-through / BPDA attack). Any other op is a
 ValueError naming it.
 """
 import numpy as np
@@ -134,7 +134,7 @@ class FakeQuantTwin:
             w = self._dequantized_constant(ins[1]).T  # [out, in] -> [in, out]
             b = self._dequantized_constant(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
             return {"w": w, "b": b}
-        if name in _ELEMENTWISE:
+        if name in _ELEMENTWISE or name == "CONCATENATION":
             return {"const": {i: self._dequantized_constant(i) for i in ins if self._is_constant(i)}}
         if name in _AXIS_OPS:
             return {"axes": _array(self._model, self._tensor(ins[1]), self._data, np.int32).reshape(-1).tolist()}
@@ -151,8 +151,6 @@ class FakeQuantTwin:
             kind = self._types.get(self._tensor(op.outputs[0]).type)
             return {"axis": int(_array(self._model, self._tensor(ins[1]), self._data, np.int32).reshape(-1)[0]),
                     "type": {"INT32": "int32", "INT64": "int64"}[kind]}
-        if name == "CONCATENATION":
-            return {"const": {i: self._dequantized_constant(i) for i in ins if self._is_constant(i)}}
         if name == "EXPAND_DIMS":
             return {"axis": int(_array(self._model, self._tensor(ins[1]), self._data, np.int32).reshape(-1)[0])}
         if name == "CAST":
@@ -224,9 +222,12 @@ class FakeQuantTwin:
                 pool = tf.nn.max_pool2d if name == "MAX_POOL_2D" else tf.nn.avg_pool2d
                 y = pool(a, ksize=[opts.filterHeight, opts.filterWidth], strides=[opts.strideH, opts.strideW],
                          padding=self._padding(opts))
-            elif name in _ELEMENTWISE:
+            elif name in _ELEMENTWISE or name == "CONCATENATION":
                 args = [values[i] if i in values else tf.constant(p["const"][i]) for i in ins]
-                y = tf.where(*args) if name == "SELECT_V2" else getattr(tf.math, _BINARY[name])(*args)
+                if name == "CONCATENATION":
+                    y = tf.concat(args, axis=int(opts.axis))
+                else:
+                    y = tf.where(*args) if name == "SELECT_V2" else getattr(tf.math, _BINARY[name])(*args)
             elif name == "STRIDED_SLICE":
                 y = tf.strided_slice(a, p["begin"], p["end"], p["strides"], begin_mask=opts.beginMask,
                                      end_mask=opts.endMask, ellipsis_mask=opts.ellipsisMask,
@@ -236,9 +237,6 @@ class FakeQuantTwin:
             elif name in ("ARG_MIN", "ARG_MAX"):
                 arg = tf.math.argmin if name == "ARG_MIN" else tf.math.argmax
                 y = arg(a, axis=p["axis"], output_type=p["type"])
-            elif name == "CONCATENATION":
-                y = tf.concat([values[i] if i in values else tf.constant(p["const"][i]) for i in ins],
-                              axis=int(opts.axis))
             elif name in _AXIS_OPS:
                 reduce = {"MEAN": tf.reduce_mean, "REDUCE_MAX": tf.reduce_max, "SUM": tf.reduce_sum}[name]
                 y = reduce(a, axis=p["axes"], keepdims=bool(opts.keepDims))
