@@ -30,7 +30,7 @@ from atmc_tf.training.checkpoint import ResumableCheckpoint
 from atmc_tf.training.data_order import replay, resumable_batches
 from atmc_tf.training.diagnostics import LayerCutWarning
 from atmc_tf.training.overfitting import CatastrophicOverfittingGuard
-from atmc_tf.training.structure import channel_costs
+from atmc_tf.training.structure import channel_cost_model
 from pipelines import console, faults, methods_table, signals
 from pipelines.flags_def import UsageError
 
@@ -367,29 +367,31 @@ def nnz_budget(cfg, dense_model):
 def channel_budget(cfg, dense_model):
     """--structure=channel: ATMCConfig settings for at most --size_ratio of the dense compressible
     parameters (or, with --mac_ratio, of the dense model's MACs) in the exported model. The classifier
-    (its channels are the classes) is kept whole; each channel costs the weights (MACs) its removal
-    frees, its own and its consumers' input slice, shared with the channel at the other end
-    (atmc_tf.training.structure.channel_costs), so the budget bounds what the cut model keeps."""
+    (its channels are the classes) is kept whole; the budget holds the exact count of the cut model,
+    the weights (MACs) between two kept channels counted once (atmc_tf.training.structure.
+    channel_cost_model: per-channel linear costs plus the pairs of adjacent prunable layers)."""
     keep = output_layers(dense_model)
     by_macs = getattr(cfg, "mac_ratio", None) is not None
     if by_macs:
         flag, ratio, what = f"--mac_ratio={cfg.mac_ratio:g}", cfg.mac_ratio, "MACs"
-        costs, constant = channel_costs(dense_model, keep, unit="macs")
         total = count_macs(dense_model)
     else:
         flag, ratio, what = f"--size_ratio={cfg.size_ratio:g}", cfg.size_ratio, "parameters"
-        costs, constant = channel_costs(dense_model, keep)
         total = dense_weight_count(dense_model)
+    prunable = [l.name for l in compressible_layers(dense_model) if l.name not in keep]
+    linear, pairs, constant = channel_cost_model(dense_model, prunable, unit="macs" if by_macs else "params")
     budget = int(ratio * total - constant)
-    if costs and budget >= 1 and budget < sum(costs.values()):
+    least = sum(linear.values()) + sum(pairs.values())  # one channel in every layer
+    if prunable and budget >= 1 and budget < least:
         raise UsageError(f"{flag} with --structure=channel is below one channel per layer "
-                         f"({int(sum(costs.values()) + constant)} of {total} {what}): raise {flag.split('=')[0]}")
-    if budget < 1 or not costs:
+                         f"({int(least + constant)} of {total} {what}): raise {flag.split('=')[0]}")
+    if budget < 1 or not prunable:
         raise UsageError(f"{flag} with --structure=channel keeps {int(ratio * total)} of {total} {what}, but "
                          f"{int(constant)} of them cannot be pruned by channel (the classifier {', '.join(keep)} "
                          f"reading inputs no channel removal shrinks); raise {flag.split('=')[0]}")
     return {"structure": "channel", "group_budget": budget, "group_budget_unit": "macs" if by_macs else "costs",
-            "group_costs": {k: float(v) for k, v in costs.items()}, "keep_layers": tuple(keep)}
+            "group_costs": {k: float(v) for k, v in linear.items()},
+            "group_pairs": tuple((p, c, float(w)) for (p, c), w in sorted(pairs.items())), "keep_layers": tuple(keep)}
 
 
 def structure_budget(cfg, masked, cut_model, cut):

@@ -15,7 +15,7 @@ from atmc_tf.export import count_macs, shrink_model
 from atmc_tf.layers import atmc_wrappers, kernel_channel_axes, strip_model, wrap_model
 from atmc_tf.models import build_model
 from atmc_tf.training import ATMCTrainer, CleanLoss, dense_weight_count
-from atmc_tf.training.structure import ChannelSilencer, channel_costs
+from atmc_tf.training.structure import ChannelSilencer, channel_cost_model
 from conftest import small_cnn
 
 
@@ -44,16 +44,19 @@ def _alive(net):
     return out
 
 
+def _group(dense, keep, unit, ratio):
+    """GroupL0 holding the exact cost of the cut model (channel_cost_model) to `ratio` of the dense one's."""
+    prunable = [l.name for l in dense.layers if hasattr(l, "kernel") and l.name not in keep]
+    linear, pairs, constant = channel_cost_model(dense, prunable, unit)
+    total = count_macs(dense) if unit == "macs" else dense_weight_count(dense)
+    return GroupL0(int(ratio * total - constant), scoring="lamp", budget_unit="costs", group_costs=linear,
+                   group_pairs=[(p, c, w) for (p, c), w in pairs.items()], keep_layers=keep)
+
+
 def _train(dense, unit, ratio, digits, steps=3):
     keep = ["logits"] if "logits" in [l.name for l in dense.layers] else [dense.layers[-1].name]
-    costs, constant = channel_costs(dense, keep, unit=unit)
-    if unit == "macs":
-        total = count_macs(dense)
-    else:
-        total = dense_weight_count(dense)
-    budget = int(ratio * total - constant)
+    group = _group(dense, keep, unit, ratio)
     net = wrap_model(dense)
-    group = GroupL0(budget, scoring="lamp", budget_unit="costs", group_costs=costs, keep_layers=keep)
     trainer = ATMCTrainer(net, terms=[CleanLoss()], constraints=[group])
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     x, y, _, _ = digits
@@ -86,13 +89,11 @@ def test_a_pruned_channel_outputs_exactly_zero_in_both_modes(digits):
     """Conv (with bias) -> BN -> ReLU -> 'same' depthwise (multiplier 2, bias) -> ... : after the
     projection a pruned conv channel and the depthwise channels it feeds output exactly 0."""
     dense = _trained_like(small_cnn())
-    costs, constant = channel_costs(dense, [dense.layers[-1].name], unit="macs")
+    group = _group(dense, [dense.layers[-1].name], "macs", 0.4)
     net = wrap_model(dense)
     names = {w.layer.name: w for w in atmc_wrappers(net)}
     conv = next(n for n in names if n.startswith("conv2d"))
     dw = next(n for n in names if n.startswith("depthwise"))
-    group = GroupL0(int(0.4 * count_macs(dense) - constant), scoring="lamp", budget_unit="costs",
-                    group_costs=costs, keep_layers=[dense.layers[-1].name])
     trainer = ATMCTrainer(net, terms=[CleanLoss()], constraints=[group])
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     x, y, _, _ = digits

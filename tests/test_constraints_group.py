@@ -181,6 +181,37 @@ def test_select_groups_is_the_stated_order(groups, budget):
     np.testing.assert_array_equal(flat, _reference_order(scores, ones, no, no, budget))
 
 
+def _exact_reference(scores, costs, linear, pairs, budget):
+    """select_groups(..., exact=(linear, pairs)) by its definition, in Python: the same order as
+    _reference_order, the longest prefix whose linear + pair cost fits."""
+    s, c, lin = np.concatenate(scores), np.concatenate(costs), np.concatenate(linear)
+    tensor = np.concatenate([[t] * len(x) for t, x in enumerate(scores)])
+    order = sorted(range(s.size), key=lambda i: (-(s[i] / c[i]), i))
+    keep = np.zeros(s.size, bool)
+    for i in order:
+        keep[i] = True
+        k = [int(keep[tensor == t].sum()) for t in range(len(scores))]
+        if lin[keep].sum() + sum(w * k[a] * k[b] for a, b, w in pairs) > budget:
+            keep[i] = False
+            break
+    return keep
+
+
+@given(st.lists(st.lists(st.tuples(ints, st.integers(1, 3), st.integers(0, 2)), min_size=1, max_size=5),
+                min_size=2, max_size=3), st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 3)),
+                                                  max_size=3), st.integers(0, 60))
+def test_exact_costs_keep_the_longest_prefix_that_fits(groups, pair_draws, budget):
+    """With exact=(linear, pairs) the order is unchanged (score per cost) and the kept prefix is the longest
+    whose linear costs plus w * k_a * k_b (k_t: kept groups of tensor t) fit the budget."""
+    scores = [np.array([g[0] for g in t], np.float64) for t in groups]
+    costs = [np.array([g[1] for g in t], np.float64) for t in groups]
+    linear = [np.array([g[2] for g in t], np.float64) for t in groups]
+    pairs = [(a, b, float(w)) for a, b, w in pair_draws if a != b and max(a, b) < len(groups)]
+    keep = select_groups(scores, budget, costs, exact=(linear, pairs))
+    np.testing.assert_array_equal(np.concatenate([k.numpy() for k in keep]),
+                                  _exact_reference(scores, costs, linear, pairs, budget))
+
+
 @given(tensor_lists(), st.integers(0, 60), st.sampled_from(["l2", "lamp"]), st.integers(0, 2**31 - 1))
 def test_cost_aware_selection_fits_the_budget_and_is_idempotent(wa, budget, scoring, seed):
     ws, axes = wa
@@ -225,6 +256,7 @@ INFOS = [TensorInfo("conv/kernel", (3, 3, 2, 4), (-1,), "conv", "Conv2D"),
     dict(budget=200, budget_unit="params", group_costs={"dw": 5, "conv/kernel": [9, 9, 9, 9]}),
     dict(budget=900, scoring="lamp", budget_unit="macs",
          group_costs={"conv": 10, "dw": [4] * 8, "fc": (1, 2, 3, 4, 5)}),
+    dict(budget=300, budget_unit="costs", group_costs={"conv": 18, "dw": 9, "fc": 0}, group_pairs=[["dw", "fc", 1.0]]),
 ])
 def test_config_round_trip(kwargs):
     import json
@@ -243,6 +275,9 @@ def test_config_round_trip(kwargs):
     (dict(budget=3, budget_unit="macs"), "needs group_costs"),
     (dict(budget=3, budget_unit="params", group_costs={"fc": -1}), ">= 0"),
     (dict(budget=3, ramp_steps=-1), "ramp_steps"),
+    (dict(budget=3, group_pairs=[["dw", "fc", 1]]), "'groups' budget counts groups"),
+    (dict(budget=3, budget_unit="params", group_pairs=[["dw", "fc"]]), r"\[name, name, cost\]"),
+    (dict(budget=3, budget_unit="params", group_pairs=[["dw", "fc", float("inf")]]), "finite"),
 ])
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -254,6 +289,10 @@ def test_bad_settings_are_refused(kwargs, match):
     (dict(budget_unit="params", group_costs={"fc": [1, 2]}), "5 numbers"),
     (dict(budget_unit="macs", group_costs={"fc": 1, "conv": 1}), "no entry for tensor 'dw/kernel'"),
     (dict(budget_unit="macs", group_costs={"fc": 1, "conv": 1, "dw": 0}), "cost > 0"),
+    (dict(budget_unit="params", group_pairs=[["dw", "fcc", 1]]), "group_pairs names no pruned"),
+    (dict(budget_unit="params", group_pairs=[["fc", "fc/kernel", 1]]), "with itself"),
+    (dict(budget_unit="costs", group_costs={"fc": 0, "conv": 1, "dw": 1}, group_pairs=[["conv", "dw", 1]]),
+     "cost > 0"),
 ])
 def test_bad_costs_are_refused_at_build(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -271,6 +310,20 @@ def test_params_budget_counts_own_and_freed_weights():
     assert int(count_nonzero_groups(out, c.axes)) == 3 and all(np.any(q.numpy()) for q in out)
     metrics = c.metrics(out)
     assert float(metrics["kept_groups"]) == 3 and float(metrics["group_budget"]) == 44
+
+
+def test_pairs_make_the_budget_exact():
+    """dw (8 groups, 9 each) feeds fc (5 groups) through 8 rows: fc's weights are 1 per (dw, fc) pair of kept
+    channels. The budget holds 9 k_dw + k_dw * k_fc (+ conv's 18 k_conv): the kept counts' exact cost."""
+    c = _built(GroupL0(150, "lamp", "costs", {"conv": 18, "dw": 9, "fc": 0}, group_pairs=[["dw", "fc", 1]]), INFOS)
+    assert c.total == 18 * 4 + 9 * 8 + 8 * 5
+    assert [list(x[:1]) for x in c.rank_costs] == [[18.0], [9.0 + 5 / 2], [8 / 2]]
+    rng = np.random.default_rng(0)
+    ws = [rng.normal(size=t.shape).astype(np.float32) for t in INFOS]
+    out = c.finalize(ws, lambda var, value: var.assign(value))
+    k = [int(np.any(_groups(q.numpy(), a) != 0, axis=1).sum()) for q, a in zip(out, c.axes)]
+    assert 18 * k[0] + 9 * k[1] + k[1] * k[2] <= 150 < 18 * 4 + 9 * 8 + 8 * 5, k
+    assert all(k), k
 
 
 def test_ramp_starts_dense_and_reaches_the_budget():

@@ -43,6 +43,24 @@ def _check_costs(group_costs, budget_unit):
     return out
 
 
+def _check_pairs(group_pairs, budget_unit):
+    """group_pairs as a tuple of (name, name, w) with w finite and >= 0 (None or empty: no pairs)."""
+    if not group_pairs:
+        return ()
+    if budget_unit == "groups":
+        raise ValueError("group_pairs apply to budget_unit 'params', 'costs' or 'macs'; a 'groups' budget counts groups")
+    out = []
+    for pair in group_pairs:
+        if isinstance(pair, (str, bytes)) or len(pair) != 3:
+            raise ValueError(f"group_pairs entries must be [name, name, cost], got {pair!r}")
+        a, b, w = pair
+        w = float(w)
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"group_pairs cost must be finite and >= 0, got {pair!r}")
+        out.append((str(a), str(b), w))
+    return tuple(out)
+
+
 class GroupL0(Constraint):
     """At most `budget` nonzero output channels over all compressed tensors, re-selected after every step.
 
@@ -52,10 +70,17 @@ class GroupL0(Constraint):
                 of that tensor, or one per group): the weights removing it frees elsewhere, e.g. the
                 consumer layer's input slice. Greedy by score per parameter (group_sparsity).
       "costs":  each group costs group_costs[name] (required for every tensor), in any unit the caller
-                chooses (e.g. atmc_tf.training.structure.channel_costs: parameters with the weights
-                shared by two prunable channels split between them). Greedy as "params".
+                chooses (e.g. atmc_tf.training.structure.channel_cost_model's linear part, with its pairs
+                as group_pairs: the exact parameters of the cut model). Greedy as "params".
       "macs":   each group costs group_costs[name] (required for every tensor): its MACs need the
                 layer's output spatial size, which a constraint does not know. Greedy as "params".
+    group_pairs: None, or [[a, b, w], ...] (names as group_costs' keys): every kept channel of a together
+      with every kept channel of b costs w more (units "params", "costs", "macs"). With them the cost of a
+      set of kept channels is exact where a weight joins two prunable channels (it stays only while both
+      are kept: atmc_tf.training.structure.channel_cost_model gives group_costs and group_pairs so): the
+      kept groups are the longest prefix of the order whose exact cost fits. The order is by score over
+      each group's linear cost plus half of what its pairs would charge it with everything kept (its
+      share of the weights it frees), so a layer whose channels only pair (cost 0 alone) still ranks.
     group_costs keys are TensorInfo names or, for a layer with one compressed tensor, its layer name.
     Only the compressed tensors count: biases and normalisation weights of a channel are not costed.
     They are not left behind either: ATMCTrainer zeroes a pruned channel's bias and the following
@@ -77,7 +102,8 @@ class GroupL0(Constraint):
     sparsifying = True
     structured = True  # the trainer zeroes a pruned channel's bias and BatchNorm with its kernel slice
 
-    def __init__(self, budget, scoring="l2", budget_unit="groups", group_costs=None, ramp_steps=0, keep_layers=()):
+    def __init__(self, budget, scoring="l2", budget_unit="groups", group_costs=None, ramp_steps=0, keep_layers=(),
+                 group_pairs=None):
         if budget is None or isinstance(budget, bool) or int(budget) != budget or int(budget) < 1:
             raise ValueError(f"group budget must be an integer >= 1, got {budget!r}")
         if budget_unit not in BUDGET_UNITS:
@@ -88,6 +114,7 @@ class GroupL0(Constraint):
         self.scoring = gs.check_group_scoring(scoring)
         self.budget_unit = budget_unit
         self.group_costs = _check_costs(group_costs, budget_unit)
+        self.group_pairs = _check_pairs(group_pairs, budget_unit)
         self.ramp_steps = int(ramp_steps)
         if isinstance(keep_layers, str):
             raise ValueError(f"keep_layers must be a list of layer names, got the string {keep_layers!r}")
@@ -107,9 +134,24 @@ class GroupL0(Constraint):
         self.tensors = [tensors[i] for i in self.active]
         self.axes = [t.channel_axes for t in self.tensors]
         self.costs = self._group_costs()
+        self.pairs = self._pairs()
         self.leaders = self._leaders()
-        self.total = (sum(gs.num_groups(t.shape, a) for t, a in zip(self.tensors, self.axes))
-                      if self.costs is None else float(sum(c.sum() for c in self.costs)))
+        sizes = [gs.num_groups(t.shape, a) for t, a in zip(self.tensors, self.axes)]
+        if self.costs is None:
+            self.total = sum(sizes)
+        else:
+            self.total = float(sum(c.sum() for c in self.costs) + sum(w * sizes[i] * sizes[j] for i, j, w in self.pairs))
+        # The order's costs: the linear ones, plus each pair's weights split between its two ends.
+        self.rank_costs = None if self.costs is None else [c.copy() for c in self.costs]
+        for i, j, w in self.pairs:
+            self.rank_costs[i] += w * sizes[j] / 2
+            self.rank_costs[j] += w * sizes[i] / 2
+        if self.rank_costs is not None:
+            for t, c in zip(self.tensors, self.rank_costs):
+                if not np.all(c > 0):
+                    raise ValueError(f"every group of tensor {t.name!r} must cost > 0 (budget_unit="
+                                     f"{self.budget_unit!r}, with its group_pairs)")
+        self.exact = (self.costs, self.pairs) if self.pairs else None
         self.current = make_variable("group_budget_now", (), "float32", "zeros")
 
     def _group_costs(self):
@@ -134,13 +176,33 @@ class GroupL0(Constraint):
             cost = np.broadcast_to(cost, (n,))
             if self.budget_unit == "params":
                 cost = cost + gs.group_size(t.shape, axes)
-            if not np.all(cost > 0):
+            if not self.group_pairs and not np.all(cost > 0):
                 raise ValueError(f"every group of tensor {t.name!r} must cost > 0 (budget_unit={self.budget_unit!r})")
             costs.append(np.array(cost, np.float64))
         if given:  # a misspelt name must not silently leave its tensor uncosted
             raise ValueError(f"group_costs names no compressed tensor: {sorted(given)}; tensors: "
                              f"{[t.name for t in self.tensors]}, layers: {sorted(by_layer)}")
         return costs
+
+    def _pairs(self):
+        """group_pairs as [(tensor index, tensor index, w)] over self.tensors."""
+        if not self.group_pairs:
+            return []
+        by_layer = {}
+        for i, t in enumerate(self.tensors):
+            by_layer.setdefault(t.layer, []).append(i)
+        index = {t.name: i for i, t in enumerate(self.tensors)}
+        index.update({layer: ids[0] for layer, ids in by_layer.items() if len(ids) == 1 and layer not in index})
+        out = []
+        for a, b, w in self.group_pairs:
+            missing = [n for n in (a, b) if n not in index]
+            if missing:
+                raise ValueError(f"group_pairs names no pruned compressed tensor: {missing}; tensors: "
+                                 f"{[t.name for t in self.tensors]}, layers: {sorted(by_layer)}")
+            if index[a] == index[b]:
+                raise ValueError(f"group_pairs pairs tensor {a!r} with itself")
+            out.append((index[a], index[b], w))
+        return out
 
     def _leaders(self):
         """One global index per group: a depthwise channel follows the channel it reads (TensorInfo.reads)
@@ -173,7 +235,8 @@ class GroupL0(Constraint):
         return [values[i] for i in self.active]
 
     def _select(self, values, budget):
-        chosen = gs.select_group_l0(self._mine(values), self.axes, budget, self.scoring, self.costs, self.leaders)
+        chosen = gs.select_group_l0(self._mine(values), self.axes, budget, self.scoring, self.rank_costs, self.leaders,
+                                    self.exact)
         out = list(values)
         for i, v in zip(self.active, chosen):
             out[i] = v
@@ -196,8 +259,11 @@ class GroupL0(Constraint):
                 "kept_groups": tf.cast(gs.count_nonzero_groups(self._mine(values), self.axes), tf.float32)}
 
     def get_config(self):
-        return {"budget": self.budget, "scoring": self.scoring, "budget_unit": self.budget_unit,
-                "group_costs": self.group_costs, "ramp_steps": self.ramp_steps, "keep_layers": list(self.keep_layers)}
+        config = {"budget": self.budget, "scoring": self.scoring, "budget_unit": self.budget_unit,
+                  "group_costs": self.group_costs, "ramp_steps": self.ramp_steps, "keep_layers": list(self.keep_layers)}
+        if self.group_pairs:  # a record from before group_pairs reads back as it was written
+            config["group_pairs"] = [list(p) for p in self.group_pairs]
+        return config
 
 
 class FixedGroupSupport(GroupL0):
@@ -209,8 +275,9 @@ class FixedGroupSupport(GroupL0):
 
     kind = "fixed_group_support"
 
-    def __init__(self, budget, scoring="l2", budget_unit="groups", group_costs=None, keep_layers=()):
-        super().__init__(budget, scoring, budget_unit, group_costs, ramp_steps=0, keep_layers=keep_layers)
+    def __init__(self, budget, scoring="l2", budget_unit="groups", group_costs=None, keep_layers=(), group_pairs=None):
+        super().__init__(budget, scoring, budget_unit, group_costs, ramp_steps=0, keep_layers=keep_layers,
+                         group_pairs=group_pairs)
 
     def build(self, tensors, make_variable):
         super().build(tensors, make_variable)
@@ -218,7 +285,8 @@ class FixedGroupSupport(GroupL0):
 
     def initialize(self, values, assign):
         assign(self.current, tf.constant(float(self.budget)))
-        masks = gs.group_masks(self._mine(values), self.axes, self.budget, self.scoring, self.costs, self.leaders)
+        masks = gs.group_masks(self._mine(values), self.axes, self.budget, self.scoring, self.rank_costs, self.leaders,
+                               self.exact)
         for var, m in zip(self.masks, masks):
             assign(var, tf.cast(m, tf.float32))
         return self._apply(values)

@@ -13,6 +13,12 @@ scoring "l2" (squared group norm) it is the Euclidean projection onto {at most k
 over all tensors}: the distance is the energy of the dropped groups, least when the dropped are
 the weakest. With other costs (parameters, MACs) choosing the best set is a knapsack problem; we
 take the greedy answer, by score per unit cost, stopping at the first group that does not fit.
+Where removing a channel also frees weights of the layer reading it, the cost of a set of kept
+channels is not a sum of per-group costs: a weight joining channel i of one layer to channel o of
+the next stays only while both are kept. `exact` then gives that cost in full, per-group linear
+costs plus bilinear terms w * k_a * k_b over the kept counts of tensors a and b
+(atmc_tf.training.structure.channel_cost_model), and the kept prefix is the longest one whose exact
+cost fits; the order is still by score over `costs` (a group's share of what it frees).
 
 Scores are computed in float64 (the square of a small float32 weight underflows in float32).
 TensorFlow's CPU kernels flush float32 subnormals to zero, also in that cast, so a group of
@@ -81,7 +87,7 @@ def group_scores(tensors, channel_axes, scoring="l2"):
     return energies if scoring == "l2" else [lamp_of_energies(e) for e in energies]
 
 
-def select_groups(scores, budget, costs=None, protect=None, nonzero=None, leaders=None):
+def select_groups(scores, budget, costs=None, protect=None, nonzero=None, leaders=None, exact=None):
     """Boolean keep-vectors (one per tensor, in group order) of the groups that fit `budget`.
 
     All groups are put in one order: protected first (`protect`: per-tensor bool vectors), then by
@@ -94,6 +100,9 @@ def select_groups(scores, budget, costs=None, protect=None, nonzero=None, leader
     leader are kept or dropped together, as one group whose score and cost are the sums of theirs
     (protected / nonzero if any of them is); a leader is its own leader. E.g. a depthwise channel
     and the channel it reads, which surgery removes together.
+    exact: None, or (linear, pairs): per-tensor 1-D per-group costs >= 0 and [(tensor a, tensor b, w)]:
+    a prefix then costs sum(linear of its groups) + sum(w * k_a * k_b), k_t its groups of tensor t,
+    and that cost is held to `budget` instead of the sum of `costs` (which still orders the groups).
     """
     sizes = [int(s.shape[0]) for s in scores]
     score = tf.concat([tf.cast(s, tf.float64) for s in scores], axis=0)
@@ -115,14 +124,36 @@ def select_groups(scores, budget, costs=None, protect=None, nonzero=None, leader
         keys.append(flags[1])
     for key in keys:
         order = tf.gather(order, tf.argsort(-tf.gather(key, order), stable=True))
-    fits = tf.cumsum(tf.gather(cost, order)) <= tf.cast(budget, tf.float64)
+    if exact is None:
+        spent = tf.cumsum(tf.gather(cost, order))
+    else:
+        spent = _exact_prefix_costs(order, sizes, exact, leaders)
+    fits = spent <= tf.cast(budget, tf.float64)
     keep = tf.gather(fits, tf.math.invert_permutation(order))
     if leaders is not None:
         keep = tf.gather(keep, leaders)
     return tf.split(keep, sizes)
 
 
-def group_masks(tensors, channel_axes, budget, scoring="l2", costs=None, leaders=None):
+def _exact_prefix_costs(order, sizes, exact, leaders):
+    """The exact cost (select_groups' `exact`) of every prefix of `order` (global group indices, with
+    `leaders` folded in): the kept count of each tensor along the order, then linear + bilinear terms."""
+    linear, pairs = exact
+    lin = tf.concat([tf.cast(c, tf.float64) for c in linear], axis=0)
+    tensor_of = tf.constant([t for t, n in enumerate(sizes) for _ in range(n)], tf.int32)
+    share = tf.one_hot(tensor_of, len(sizes), dtype=tf.float64)  # group -> its tensor
+    if leaders is not None:
+        n = sum(sizes)
+        lin = tf.math.unsorted_segment_sum(lin, leaders, n)
+        share = tf.math.unsorted_segment_sum(share, leaders, n)  # a leader counts its followers' groups
+    counts = tf.cumsum(tf.gather(share, order), axis=0)
+    spent = tf.cumsum(tf.gather(lin, order))
+    for a, b, w in pairs:
+        spent += float(w) * counts[:, a] * counts[:, b]
+    return spent
+
+
+def group_masks(tensors, channel_axes, budget, scoring="l2", costs=None, leaders=None, exact=None):
     """Boolean keep-masks (shapes of `tensors`) of the groups select_groups keeps by `scoring`.
     With "lamp" every tensor's strongest group is protected, so no nonzero tensor is emptied as
     long as the budget covers those groups (k >= number of tensors, for a count budget)."""
@@ -130,17 +161,17 @@ def group_masks(tensors, channel_axes, budget, scoring="l2", costs=None, leaders
     scores = group_scores(tensors, channel_axes, scoring)
     protect = [tf.equal(s, 1.0) for s in scores] if scoring == "lamp" else None
     nonzero = [group_nonzero(t, a) for t, a in zip(tensors, channel_axes)]
-    keep = select_groups(scores, budget, costs, protect, nonzero, leaders)
+    keep = select_groups(scores, budget, costs, protect, nonzero, leaders, exact)
     return [tf.broadcast_to(tf.reshape(k, group_shape(t.shape, a)), tf.shape(t))
             for t, a, k in zip(tensors, channel_axes, keep)]
 
 
-def select_group_l0(tensors, channel_axes, budget, scoring="l2", costs=None, leaders=None):
+def select_group_l0(tensors, channel_axes, budget, scoring="l2", costs=None, leaders=None, exact=None):
     """At most `budget` nonzero groups in all (unit costs), or groups of total cost at most
     `budget` (costs: per-tensor 1-D per-group costs > 0); kept groups keep their values, the others
     are zeroed. scoring="l2" with unit costs is the Euclidean projection; see group_masks."""
     tensors = [tf.convert_to_tensor(t) for t in tensors]
-    return _masked(tensors, group_masks(tensors, channel_axes, budget, scoring, costs, leaders))
+    return _masked(tensors, group_masks(tensors, channel_axes, budget, scoring, costs, leaders, exact))
 
 
 def count_nonzero_groups(tensors, channel_axes):

@@ -45,7 +45,7 @@ class ATMCConfig:
     zero_in_levels: 0 is one of the 2^b values (default), so a b-bit kernel needs b-bit indices
                    on the device; False: the paper's 2^b nonzero values + 0.
     structure:     "channel" adds structured sparsity (constraints.GroupL0): at most group_budget
-                   (in group_budget_unit, with group_costs: see GroupL0) in whole output channels /
+                   (in group_budget_unit, with group_costs and group_pairs: see GroupL0) in whole output channels /
                    neurons, re-selected after every step
                    (ramped like l0_ramp_steps), size-fair `group_scoring`; keep_layers (the
                    classifier) are never pruned. Composes with sparsity (unstructured L0 inside
@@ -108,6 +108,7 @@ class ATMCConfig:
     group_scoring: str = "lamp"
     group_budget_unit: str = "params"
     group_costs: dict | None = None
+    group_pairs: tuple | None = None
     keep_layers: tuple = ()
     group_support: str = "dynamic"
     threats: tuple | None = None
@@ -138,6 +139,8 @@ class ATMCConfig:
         if self.group_support not in GROUP_SUPPORTS:
             raise ValueError(f"group_support must be one of {GROUP_SUPPORTS}, got {self.group_support!r}")
         object.__setattr__(self, "keep_layers", tuple(self.keep_layers))
+        if self.group_pairs is not None:
+            object.__setattr__(self, "group_pairs", tuple(tuple(p) for p in self.group_pairs))
         if self.threats is not None:
             threats = tuple(attack_from_dict(a) if isinstance(a, dict) else a for a in self.threats)
             if not threats:
@@ -233,11 +236,12 @@ class ATMCConfig:
         constraints = []
         if self.structure == "channel" and self.group_support == "fixed":
             constraints.append(FixedGroupSupport(self.group_budget, self.group_scoring, self.group_budget_unit,
-                                                 group_costs=self.group_costs, keep_layers=self.keep_layers))
+                                                 group_costs=self.group_costs, keep_layers=self.keep_layers,
+                                                 group_pairs=self.group_pairs))
         elif self.structure == "channel":
             constraints.append(GroupL0(self.group_budget, self.group_scoring, self.group_budget_unit,
                                        group_costs=self.group_costs, ramp_steps=self.l0_ramp_steps,
-                                       keep_layers=self.keep_layers))
+                                       keep_layers=self.keep_layers, group_pairs=self.group_pairs))
         if self.sparsity == "dynamic":
             constraints.append(GlobalL0(self.nnz_budget, self.l0_scoring, self.l0_ramp_steps))
         elif self.sparsity == "fixed":
@@ -251,6 +255,7 @@ class ATMCConfig:
         d = dataclasses.asdict(self)
         d["attack"] = None if self.attack is None else attack_to_dict(self.attack)
         d["keep_layers"] = list(self.keep_layers)
+        d["group_pairs"] = None if self.group_pairs is None else [list(p) for p in self.group_pairs]
         d["threats"] = None if self.threats is None else [attack_to_dict(a) for a in self.threats]
         return d
 

@@ -1,29 +1,24 @@
-"""What a whole output channel costs, in parameters or MACs, when channels compete for one budget.
+"""What kept output channels cost, in parameters or MACs, when channels compete for one budget.
 
 Removing output channel c of a layer P frees its own weights AND the slice of every consumer
 that reads channel c (the next convolution's input channel, the Dense rows a Flatten makes of
 it). A weight w of a consumer C joins input channel i (a channel of P) to output channel o (a
-channel of C); it stays in the cut model only while both are kept. channel_costs attributes
-each weight to the channels that can remove it:
+channel of C); it stays in the cut model only while both are kept. So the cut model's weights are
+not a sum of per-channel costs: with k_P channels kept in each layer P they are
 
-    both i and o prunable   half to P's channel i, half to C's channel o
-    only o prunable         all to C's channel o (i is a model input, or not traceable)
-    only i prunable         all to P's channel i (C is kept whole: the classifier)
-    neither                 a constant, paid up front
+    constant + sum_P linear[P] * k_P + sum_(P, C) pairs[(P, C)] * k_P * k_C
 
-so that, for every set of kept channels, sum(costs of kept channels) + constant >= the weights
-the cut model keeps (equality when a kept channel's neighbours are kept too): a budget on the
-sum bounds the exported model's compressible parameters. Producer -> consumer links are traced
-through layers that keep channel c in place (BatchNormalization, activations, Dropout, pooling,
-padding, cropping, upsampling, Flatten); a channel reaching an Add, a Concatenate or any other layer is not
-traced further (the weights it would free there are not counted: surgery removes such channels
-only when every branch agrees).
+(channel_cost_model), the pairs being the consumers C that read a prunable P in place. A budget
+on that exact count (GroupL0's group_costs + group_pairs) bounds the exported model's
+compressible parameters. Producer -> consumer links are traced through layers that keep channel
+c in place (BatchNormalization, activations, Dropout, pooling, padding, cropping, upsampling,
+Flatten); a channel reaching an Add, a Concatenate or any other layer is not traced further
+(surgery removes such channels only when every branch agrees).
 
-In MACs (unit="macs") the same attribution holds with every weight counted as the
-multiply-accumulates it does per sample, the positions it is applied at (a Conv2D weight: the
-layer's output height x width; a Dense weight: 1 per position of its input), so that
-sum(costs of kept channels) + constant >= atmc_tf.export.count_macs(cut model): a budget on the
-sum bounds the exported model's MACs. Channel removal never changes a spatial size, so these
+In MACs (unit="macs") the same holds with every weight counted as the multiply-accumulates it
+does per sample, the positions it is applied at (a Conv2D weight: the layer's output height x
+width; a Dense weight: 1 per position of its input), so that the model gives
+atmc_tf.export.count_macs(cut model). Channel removal never changes a spatial size, so these
 multiplicities are those of the dense model.
 """
 import keras
@@ -73,70 +68,49 @@ def _consumers(model):
 COST_UNITS = ("params", "macs")
 
 
-def channel_costs(model, keep_layers=(), unit="params"):
-    """({layer name: cost of each of its output channels}, constant) for the compressible layers of a
-    plain Keras model not in keep_layers, attributed as this module's docstring says, in parameters
-    (unit="params") or multiply-accumulates per sample (unit="macs"); feed them to
-    GroupL0(budget_unit="costs") with budget = parameter (or MAC) budget - constant."""
+def channel_cost_model(model, prunable, unit="params"):
+    """The exact parameters (unit="params") or MACs (unit="macs") of the compressible layers of `model`
+    cut to k_P output channels in each layer P of `prunable` (names of Conv2D / DepthwiseConv2D / Dense
+    layers), as (linear, pairs, constant):
+
+        cost(k) = constant + sum_P linear[P] * k_P + sum_(P, C) pairs[(P, C)] * k_P * k_C
+
+    A prunable Conv2D / Dense C reading a prunable P in place (through channel-preserving layers, as
+    channel_costs traces them) costs in proportion to k_P * k_C: a pair. A layer whose input is not a
+    prunable layer's output scales with its own k only, as does a DepthwiseConv2D (each of its channels
+    reads one input channel: surgery cuts the two together); a layer kept whole that reads a prunable P
+    scales with k_P; a layer kept whole reading nothing prunable is constant. Exact for every choice of
+    kept channels whose cut the surgery makes (count of the cut model's kernel weights, or count_macs),
+    unlike an additive attribution (each weight split between the two channels it joins), which
+    over-counts the weights between a kept and a cut channel (at a quarter of every layer kept, a
+    budget on it kept a sixteenth of LeNet's weights); so a
+    budget can keep the longest prefix of a ranking whose cost fits (GroupL0's group_pairs,
+    atmc_tf.constraints.mac_masks). A channel reaching an Add or a Concatenate is counted as cut: surgery
+    removes it only where every branch agrees, so there the cost is a lower bound."""
     if unit not in COST_UNITS:
         raise ValueError(f"unit must be one of {COST_UNITS}, got {unit!r}")
-    consumers = _consumers(model)
-    layers = [l for l in model.layers if isinstance(l, SUPPORTED_LAYERS)]
-    if unit == "macs":
-        from atmc_tf.export.surgery import layer_macs  # builds no TensorFlow graph at import
-        macs = layer_macs(model)
-        # Every layer here has macs = kernel weights x positions, so a weight's cost is its positions.
-        weight = {l.name: macs.get(l.name, 0) / int(l.kernel.shape.num_elements()) for l in layers}
-    else:
-        weight = {l.name: 1.0 for l in layers}
-    prunable = {l.name for l in layers if l.name not in keep_layers}
-    fed_by_prunable = {c.name for p, cs in consumers.items() if p in prunable for c in cs}
-    costs, constant = {}, 0.0
-    for layer in layers:
-        size = int(layer.kernel.shape.num_elements()) * weight[layer.name]
-        channels = _out_channels(layer)
-        if layer.name in prunable:
-            per_channel = size / channels * (0.5 if layer.name in fed_by_prunable else 1.0)
-            for consumer in consumers.get(layer.name, []):
-                share = 0.5 if consumer.name in prunable else 1.0
-                per_channel += int(consumer.kernel.shape.num_elements()) * weight[consumer.name] / channels * share
-            costs[layer.name] = per_channel
-        elif layer.name not in fed_by_prunable:
-            constant += size  # kept whole and fed by nothing prunable: paid up front
-        # else: kept whole, its weights are paid by the channels feeding it (share 1)
-    return costs, constant
-
-
-def channel_mac_model(model, prunable):
-    """The exact MACs of `model` cut to k_P output channels in each layer P of `prunable` (names of
-    Conv2D / Dense layers), as (linear, pairs, constant):
-
-        MACs(k) = constant + sum_P linear[P] * k_P + sum_(P, C) pairs[(P, C)] * k_P * k_C
-
-    A prunable layer C reading a prunable P in place (through channel-preserving layers, as
-    channel_costs traces them) has MACs proportional to k_P * k_C: a pair. A layer whose input is
-    not a prunable layer's output scales with its own k only; a layer kept whole that reads a
-    prunable P scales with k_P; a layer kept whole reading nothing prunable is constant. Exact for
-    every choice of kept channels (count_macs of the cut model), unlike channel_costs' additive
-    attribution, which over-counts the weights between a kept and a cut channel; so a budget can
-    keep the longest prefix of a ranking whose MACs fit (atmc_tf.constraints.mac_masks)."""
-    from atmc_tf.export.surgery import layer_macs
     layers = {l.name: l for l in model.layers if isinstance(l, SUPPORTED_LAYERS)}
     prunable = list(prunable)
-    bad = [n for n in prunable if n not in layers or isinstance(layers[n], keras.layers.DepthwiseConv2D)]
+    bad = [n for n in prunable if n not in layers]
     if bad:
-        raise ValueError(f"channel_mac_model prunes Conv2D / Dense layers of the model only; got {bad}")
-    macs = layer_macs(model)
+        raise ValueError(f"channel_cost_model prunes Conv2D / DepthwiseConv2D / Dense layers of the model only; "
+                         f"got {bad}")
+    if unit == "macs":
+        from atmc_tf.export.surgery import layer_macs
+        amount = layer_macs(model)
+    else:
+        amount = {n: int(l.kernel.shape.num_elements()) for n, l in layers.items()}
     producer = {}
     for p, cs in _consumers(model).items():
         for c in cs:
             producer[c.name] = p
     linear, pairs, constant = {n: 0.0 for n in prunable}, {}, 0.0
     for name, layer in layers.items():
-        m = float(macs.get(name, 0))
+        m = float(amount.get(name, 0))
         out = _out_channels(layer)
         src = producer.get(name) if producer.get(name) in linear else None
-        if name in linear and src is not None:
+        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+        if name in linear and src is not None and not depthwise:
             pairs[(src, name)] = m / (_out_channels(layers[src]) * out)
         elif name in linear:
             linear[name] += m / out
@@ -145,6 +119,11 @@ def channel_mac_model(model, prunable):
         else:
             constant += m
     return linear, pairs, constant
+
+
+def channel_mac_model(model, prunable):
+    """channel_cost_model(model, prunable, unit="macs"): the exact MACs of the cut model."""
+    return channel_cost_model(model, prunable, unit="macs")
 
 
 def _out_channels(layer):
