@@ -30,7 +30,7 @@ from atmc_tf.training.checkpoint import ResumableCheckpoint
 from atmc_tf.training.data_order import replay, resumable_batches
 from atmc_tf.training.diagnostics import LayerCutWarning
 from atmc_tf.training.overfitting import CatastrophicOverfittingGuard
-from atmc_tf.training.structure import channel_cost_model
+from atmc_tf.training.structure import channel_cost_model, uncuttable_layers
 from pipelines import console, faults, methods_table, signals
 from pipelines.flags_def import UsageError
 
@@ -367,10 +367,13 @@ def nnz_budget(cfg, dense_model):
 def channel_budget(cfg, dense_model):
     """--structure=channel: ATMCConfig settings for at most --size_ratio of the dense compressible
     parameters (or, with --mac_ratio, of the dense model's MACs) in the exported model. The classifier
-    (its channels are the classes) is kept whole; the budget holds the exact count of the cut model,
+    (its channels are the classes) is kept whole, and so are the layers whose channels reach a residual
+    Add or another merge (structure.uncuttable_layers); the budget holds the exact count of the cut model,
     the weights (MACs) between two kept channels counted once (atmc_tf.training.structure.
     channel_cost_model: per-channel linear costs plus the pairs of adjacent prunable layers)."""
     keep = output_layers(dense_model)
+    whole = [n for n in uncuttable_layers(dense_model) if n not in keep]
+    keep = keep + whole
     by_macs = getattr(cfg, "mac_ratio", None) is not None
     if by_macs:
         flag, ratio, what = f"--mac_ratio={cfg.mac_ratio:g}", cfg.mac_ratio, "MACs"
@@ -386,9 +389,11 @@ def channel_budget(cfg, dense_model):
         raise UsageError(f"{flag} with --structure=channel is below one channel per layer "
                          f"({int(least + constant)} of {total} {what}): raise {flag.split('=')[0]}")
     if budget < 1 or not prunable:
+        kept = f"the classifier {', '.join(keep[:len(keep) - len(whole)])}" + (
+            f"; {', '.join(whole)}, whose channels feed a residual Add or another merge" if whole else "")
         raise UsageError(f"{flag} with --structure=channel keeps {int(ratio * total)} of {total} {what}, but "
-                         f"{int(constant)} of them cannot be pruned by channel (the classifier {', '.join(keep)} "
-                         f"reading inputs no channel removal shrinks); raise {flag.split('=')[0]}")
+                         f"{int(constant)} of them are in layers kept whole that no pruned channel shrinks ({kept}); "
+                         f"raise {flag.split('=')[0]}")
     return {"structure": "channel", "group_budget": budget, "group_budget_unit": "macs" if by_macs else "costs",
             "group_costs": {k: float(v) for k, v in linear.items()},
             "group_pairs": tuple((p, c, float(w)) for (p, c), w in sorted(pairs.items())), "keep_layers": tuple(keep)}

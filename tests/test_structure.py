@@ -93,19 +93,41 @@ def test_bad_cost_unit_is_refused():
         channel_cost_model(small_cnn(), ["conv1"], unit="bytes")
 
 
+def test_residual_stream_layers_are_kept_whole():
+    """A channel reaching an Add is cut only where every branch drops it: the stem and the projections feeding
+    the skips (and the classifier, an output) are uncuttable; the expansions and depthwise layers are not."""
+    from atmc_tf.training.structure import uncuttable_layers
+    assert sorted(uncuttable_layers(mobilenet_v2_style())) == ["b1_project", "b2_project", "logits", "stem"]
+    assert uncuttable_layers(build_model("lenet", (28, 28, 1), 10)) == [output_layers(build_model("lenet", (28, 28, 1),
+                                                                                                   10))[0]]
+
+
+def test_an_infeasible_channel_budget_names_what_is_kept_whole():
+    import types
+
+    from pipelines.flags_def import UsageError
+    from pipelines.stages import channel_budget
+    with pytest.raises(UsageError, match=r"--size_ratio=0.05 .* \(the classifier logits; stem, b1_project, b2_project, "
+                                         r"whose channels feed a residual Add or another merge\); raise --size_ratio"):
+        channel_budget(types.SimpleNamespace(size_ratio=0.05, mac_ratio=None), mobilenet_v2_style())
+
+
 @pytest.mark.parametrize("model,ratio", [("small_cnn", 0.5), ("small_cnn", 0.25), ("lenet", 0.5), ("lenet", 0.25),
-                                         ("lenet", 0.1)])
+                                         ("lenet", 0.1), ("mobilenet_v2_style", 0.5), ("mobilenet_v2_style", 0.25),
+                                         ("mobilenet_v2_style", 0.1)])
 def test_size_ratio_keeps_about_that_share_of_the_weights(model, ratio):
     """--structure=channel --size_ratio: the cut model keeps at most `ratio` of the dense compressible weights,
     and not much less (an additive budget, which counted a weight between two kept channels twice, kept
-    0.063 of LeNet's at 0.25)."""
+    0.063 of LeNet's at 0.25; on a MobileNetV2-style model, pruning the channels of its residual stream, which
+    surgery cannot cut unless every branch agrees, kept 0.33 at 0.25)."""
     import types
 
     from atmc_tf.export import shrink_model
     from atmc_tf.layers import strip_model, wrap_model
     from atmc_tf.training import ATMCTrainer
     from pipelines.stages import channel_budget
-    dense = build_model(model, (28, 28, 1) if model == "lenet" else (8, 8, 1), 10, seed=1)
+    dense = mobilenet_v2_style(seed=1) if model == "mobilenet_v2_style" else \
+        build_model(model, (28, 28, 1) if model == "lenet" else (8, 8, 1), 10, seed=1)
     settings_ = channel_budget(types.SimpleNamespace(size_ratio=ratio, mac_ratio=None), dense)
     copy = keras.models.clone_model(dense)
     copy.set_weights(dense.get_weights())

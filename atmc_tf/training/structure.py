@@ -65,6 +65,42 @@ def _consumers(model):
     return out
 
 
+def uncuttable_layers(model):
+    """Names of the compressible layers whose output channels reach, in place (through the
+    channel-preserving layers channel_cost_model traces), a model output or a layer other than a
+    Conv2D / DepthwiseConv2D / Dense consumer or a Concatenate: an Add (a residual stream), Multiply,
+    Reshape, ... Surgery removes such a channel only where every branch of the merge drops it, or not
+    at all, which a budget over single layers cannot promise; --structure=channel keeps these layers
+    whole (with the classifier), so what the budget counts is what the cut model keeps. On a
+    MobileNetV2-style model these are the stem and the 1x1 projections that feed the Add skips; the
+    expansion channels of every block (their 1x1 expand, depthwise, and the projection's input
+    slice) are what is pruned."""
+    graph, _, outputs = inbound_graph(model)
+    children = _children(graph)
+    layers = {l.name: l for l in model.layers}
+    out = []
+    for name, layer in layers.items():
+        if not isinstance(layer, SUPPORTED_LAYERS):
+            continue
+        todo, cuttable = [name], True
+        while todo and cuttable:
+            current = todo.pop()
+            cuttable = current not in outputs
+            for child in children.get(current, []):
+                child_layer = layers.get(child)
+                if isinstance(child_layer, SUPPORTED_LAYERS) and len(graph[child]) == 1:
+                    continue
+                if isinstance(child_layer, keras.layers.Concatenate):
+                    continue
+                if type(child_layer) in _PASS_THROUGH and len(graph[child]) == 1:
+                    todo.append(child)
+                    continue
+                cuttable = False
+        if not cuttable:
+            out.append(name)
+    return out
+
+
 COST_UNITS = ("params", "macs")
 
 
