@@ -526,6 +526,25 @@ def test_mac_ratio_bounds_the_exported_models_macs(tmp_path):
 
 
 @pytest.mark.slow
+def test_channel_structure_on_a_users_residual_model(tmp_path):
+    """--model_file with a MobileNetV2-style model (Add skips, depthwise): the channels feeding the skips are
+    kept whole, the expansions are pruned, the cut model holds the budget and passes the device checks."""
+    from conftest import mobilenet_v2_style
+    mobilenet_v2_style().save(tmp_path / "mine.keras")
+    wd = tmp_path / "wd"
+    r = run_pipeline(*STRUCTURED_TINY, "--method=al0", "--al0_epochs=1", "--size_ratio=0.3",
+                     f"--model_file={tmp_path / 'mine.keras'}", f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    st, layers = report["structure"], report["structure"]["surgery"]["layers"]
+    assert 0.25 <= st["budget"]["achieved"] <= 0.3, st["budget"]
+    for name in ("stem", "b1_project", "b2_project", "logits"):
+        assert layers[name]["kept"] == layers[name]["total"], layers
+    assert layers["b1_expand"]["kept"] == layers["b1_dw"]["kept"] < 64, layers
+    assert report["micro"]["ok"] and report["phone"]["top1_agreement"] >= 0.95
+
+
+@pytest.mark.slow
 def test_structured_ap_keeps_the_channels_it_chose_from_the_dense_model(tmp_path):
     """--method=ap --structure=channel: one-shot channel pruning of the DA model (GroupL0's scoring and
     the size budget), adversarial fine-tuning with that channel set fixed, the same smaller export."""
