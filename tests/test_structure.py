@@ -207,3 +207,19 @@ def test_structured_codebook_codes_survive_the_cut():
     x = np.random.default_rng(0).random((64, 8, 8, 1), dtype=np.float32)
     result = kernel_codes_match(deployed, to_int8_tflite(deployed, x))
     assert result["mismatches"] == 0, result
+
+
+def test_a_channel_through_a_concatenate_is_cut_unless_it_reaches_an_add():
+    i = keras.Input((6, 6, 3))
+    a = keras.layers.Conv2D(4, 1, name="a")(i)
+    b = keras.layers.Conv2D(4, 1, name="b")(i)
+    c = keras.layers.Conv2D(8, 1, name="c")(i)
+    cat = keras.layers.Concatenate()([a, b])
+    head = keras.layers.Conv2D(8, 1, name="head")(cat)
+    merged = keras.layers.Add()([keras.layers.Concatenate()([a, b]), c])
+    out = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Concatenate()([head, merged])))
+    from atmc_tf.training.structure import uncuttable_layers
+    assert sorted(uncuttable_layers(keras.Model(i, out))) == ["a", "b", "c", "logits"]
+    solo = keras.Model(i, keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(head)))
+    assert uncuttable_layers(solo) == ["logits"]

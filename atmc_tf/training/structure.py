@@ -68,8 +68,8 @@ def _consumers(model):
 def uncuttable_layers(model):
     """Names of the compressible layers whose output channels reach, in place (through the
     channel-preserving layers channel_cost_model traces), a model output or a layer other than a
-    Conv2D / DepthwiseConv2D / Dense consumer or a Concatenate: an Add (a residual stream), Multiply,
-    Reshape, ... Surgery removes such a channel only where every branch of the merge drops it, or not
+    Conv2D / DepthwiseConv2D / Dense consumer (a Concatenate passes it on, at its offset): an Add (a
+    residual stream), Multiply, Reshape, ... Surgery removes such a channel only where every branch of the merge drops it, or not
     at all, which a budget over single layers cannot promise; --structure=channel keeps these layers
     whole (with the classifier), so what the budget counts is what the cut model keeps. On a
     MobileNetV2-style model these are the stem and the 1x1 projections that feed the Add skips; the
@@ -90,9 +90,8 @@ def uncuttable_layers(model):
                 child_layer = layers.get(child)
                 if isinstance(child_layer, SUPPORTED_LAYERS) and len(graph[child]) == 1:
                     continue
-                if isinstance(child_layer, keras.layers.Concatenate):
-                    continue
-                if type(child_layer) in _PASS_THROUGH and len(graph[child]) == 1:
+                if isinstance(child_layer, keras.layers.Concatenate) or (
+                        type(child_layer) in _PASS_THROUGH and len(graph[child]) == 1):  # the channel goes on
                     todo.append(child)
                     continue
                 cuttable = False
