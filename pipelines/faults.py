@@ -4,6 +4,8 @@ Set ATMC_FAULT to one point and the pipeline kills itself there, exactly like
 an out-of-memory kill or a pulled plug (no cleanup handlers run):
     ATMC_FAULT=da:2:3       stage "da", epoch 2, after batch 3 (1-based)
     ATMC_FAULT=export       after the .tflite is written, before the checks
+and, where a program goes on past a failure, raises there instead (raise_at):
+    ATMC_FAULT=cell:ap@0.01 the benchmark's cell ap@0.01 raises RuntimeError when it starts
 Unset (the normal case) nothing happens.
 """
 import os
@@ -18,6 +20,12 @@ def point(name):
     """Kill the process if ATMC_FAULT names this point."""
     if os.environ.get(ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def raise_at(name):
+    """Raise RuntimeError if ATMC_FAULT names this point: a failure the program is meant to survive."""
+    if os.environ.get(ENV) == name:
+        raise RuntimeError(f"{ENV}={name}: injected failure")
 
 
 class KillAt(keras.callbacks.Callback):
