@@ -593,6 +593,7 @@ def _fast_lines(results):
 # --- structured (channel) sparsity (issue 16) ------------------------------------------------
 
 STRUCT_LABELS = {"sap": "structured AP", "satmc": "structured ATMC", "satmc8": "structured ATMC-8"}
+STRUCT_COLORS = {"sap": "tab:cyan", "satmc": "tab:olive", "satmc8": "darkred"}  # the trade-off plot's diamonds
 
 
 def _struct_cells(results):
@@ -967,7 +968,8 @@ def _kb(v, _pos=None):
 
 def plot_tradeoff(results, file):
     """Robust and clean accuracy vs paper-style size ratio, .tflite robust vs gzipped bytes and vs TFLite
-    Micro flash bytes (the batch-1 int8 model, LUT-compressed; cells without it are left out).
+    Micro flash bytes (the batch-1 int8 model, LUT-compressed; cells without it are left out). The
+    structured cells (issue 16) are drawn with diamonds; the variant cells are not drawn.
 
     Top row: every method on the full 0-1 scale. Bottom row: the same panels zoomed on the adversarially
     trained methods (NAP and TFMOT, near chance under attack, left out), where their differences show.
@@ -1003,6 +1005,12 @@ def plot_tradeoff(results, file):
                             linestyle=":" if m == "nap" else "--" if lamp else "-",
                             markerfacecolor="none" if lamp else None)
                     shown += [p[1] for p in pts]
+            for m, color in STRUCT_COLORS.items():  # issue 16: channels cut, the model physically smaller
+                pts = sorted((c[xkey], c[ykey]) for c in cells if c["method"] == m and c.get(xkey))
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="D", color=color, label=STRUCT_LABELS[m],
+                            linestyle="-.")
+                    shown += [p[1] for p in pts]
             if da:
                 ax.axhline(da[ykey], color="black", linestyle="--", linewidth=1, label=f"{LABELS['da']}")
                 shown.append(da[ykey])
@@ -1014,8 +1022,13 @@ def plot_tradeoff(results, file):
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             if xkey == "paper_ratio":
-                ax.set_xlim(min(ratios) / 1.6, max(ratios) * 1.6)
-                ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
+                xs = ratios + [c["paper_ratio"] for c in cells if c["method"] in STRUCT_COLORS and c.get("paper_ratio")]
+                ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+                if len(xs) > len(ratios):  # structured cells widen the axis: ticks at 1 and 3 x 10^n
+                    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 3.0)))
+                    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+                else:
+                    ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
             else:  # byte axes often span less than a decade: ticks at 1, 2 and 5 x 10^n, in kB / MB
                 ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
                 ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_kb))

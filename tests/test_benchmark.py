@@ -775,3 +775,30 @@ def test_plot_has_a_device_bytes_panel(tmp_path, monkeypatch):
     lines = {ln.get_label(): ln for ln in top.get_lines()}
     assert list(lines["ATMC-2"].get_xdata()) == [301_000]
     assert lines["ATMC-8 (LAMP)"].get_linestyle() == "--"
+
+
+def lines_of(ax):
+    return {ln.get_label(): ln for ln in ax.get_lines()}
+
+
+def test_plot_draws_the_structured_cells_not_the_variants(tmp_path, monkeypatch):
+    seen = []
+    real = R.plt.subplots
+
+    def spy(*a, **kw):
+        fig, grid = real(*a, **kw)
+        seen.append(grid)
+        return fig, grid
+    monkeypatch.setattr(R.plt, "subplots", spy)
+    sat = _device(_table_cell("satmc8", 0.25, 0.63), 320_000, 1_275_224)
+    res = _results(ratios=(0.01,), **{
+        "da": _device(_table_cell("da", None, 0.7), 1_275_224, 1_275_224),
+        "atmc8@0.01": _device(_table_cell("atmc8", 0.01, 0.6), 230_000, 1_275_224),
+        "satmc8@0.25": {**sat, "paper_ratio": 0.061},
+        "satmc8@0.25~ard": {**sat, "variant": "ard", "paper_ratio": 0.061, "tflm_bytes": 999}})
+    R.plot_tradeoff(res, str(tmp_path / "p.png"))
+    (grid,) = seen
+    lines = lines_of(grid[0][3])
+    assert list(lines["structured ATMC-8"].get_xdata()) == [320_000] and lines["structured ATMC-8"].get_marker() == "D"
+    ratio_axis = grid[0][0]
+    assert ratio_axis.get_xlim()[1] >= 0.061 and list(lines_of(ratio_axis)["structured ATMC-8"].get_xdata()) == [0.061]
