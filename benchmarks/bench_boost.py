@@ -45,6 +45,7 @@ def define_flags():
     flags.DEFINE_string("data_dir", None, "pipelines.atmc --data_dir.")
     flags.DEFINE_string("model", "lenet", "pipelines.atmc --model: the single model and every learner.")
     flags.DEFINE_integer("limit_train", None, "pipelines.atmc --limit_train.")
+    flags.DEFINE_integer("limit_test", None, "pipelines.atmc --limit_test: the first N test images (every cell the same).")
     flags.DEFINE_integer("seed", 0, "Seed of the data split, the weights and the attacks.")
     flags.DEFINE_float("eps", 0.1, "L_inf radius (training and evaluation).")
     flags.DEFINE_float("size_ratio", 0.01, "The single model's kept weights / dense weights; a learner of T keeps 1/T of them.")
@@ -81,7 +82,7 @@ def parse_flags(argv):
 
 
 def settings():
-    keys = ("dataset", "model", "limit_train", "seed", "eps", "size_ratio", "boost_epochs", "da_epochs",
+    keys = ("dataset", "model", "limit_train", "limit_test", "seed", "eps", "size_ratio", "boost_epochs", "da_epochs",
             "al0_epochs", "atmc32_epochs", "atmcb_epochs", "pgd_steps", "eval_pgd_steps", "eval_restarts",
             "micro_samples")
     return {k: F[k].value for k in keys}
@@ -98,8 +99,9 @@ def pipeline_args(name, t, s, bench_dir, data_dir=None):
             f"--eval_restarts={s['eval_restarts']}", f"--micro_samples={s['micro_samples']}"]
     if data_dir:
         args.append(f"--data_dir={data_dir}")
-    if s["limit_train"]:
-        args.append(f"--limit_train={s['limit_train']}")
+    for key in ("limit_train", "limit_test"):
+        if s.get(key):
+            args.append(f"--{key}={s[key]}")
     if t is None:
         return args + ["--method=atmc", "--bits=8", f"--size_ratio={s['size_ratio']}", f"--da_epochs={s['da_epochs']}",
                        f"--al0_epochs={s['al0_epochs']}", f"--atmc32_epochs={s['atmc32_epochs']}",

@@ -43,10 +43,12 @@ def test_learners_share_the_single_models_budget():
     from benchmarks import bench_boost as B
     assert B.cells_to_run(["2", "8"]) == [("single", None), ("boost_2", 2), ("boost_8", 8)]
     s = {"dataset": "fashion_mnist", "model": "lenet", "seed": 0, "eps": 0.1, "pgd_steps": 7, "eval_pgd_steps": 20,
-         "eval_restarts": 1, "micro_samples": 10, "limit_train": None, "size_ratio": 0.01, "boost_epochs": 5,
+         "eval_restarts": 1, "micro_samples": 10, "limit_train": None, "limit_test": 500, "size_ratio": 0.01,
+         "boost_epochs": 5,
          "da_epochs": 20, "al0_epochs": 5, "atmc32_epochs": 5, "atmcb_epochs": 5}
     single = B.pipeline_args("single", None, s, "/b")
     assert "--method=atmc" in single and "--bits=8" in single and "--size_ratio=0.01" in single
+    assert "--limit_test=500" in single and not any(a.startswith("--limit_train") for a in single)
     ens = B.pipeline_args("boost_8", 8, s, "/b", data_dir="/d")
     assert "--method=boost" in ens and "--rounds=8" in ens and "--size_ratio=0.00125" in ens and "--data_dir=/d" in ens
 
