@@ -755,7 +755,8 @@ def test_device_bytes_column_and_section():
     assert "--remeasure_device_bytes" in dev
 
 
-def test_plot_has_a_device_bytes_panel(tmp_path, monkeypatch):
+def _plotted_grid(monkeypatch, res, tmp_path):
+    """The axes grid plot_tradeoff drew for `res`."""
     seen = []
     real = R.plt.subplots
 
@@ -764,40 +765,35 @@ def test_plot_has_a_device_bytes_panel(tmp_path, monkeypatch):
         seen.append(grid)
         return fig, grid
     monkeypatch.setattr(R.plt, "subplots", spy)
-    res = _results(ratios=(0.01,), **{
-        "da": _device(_table_cell("da", None, 0.7), 1_275_224, 1_275_224),
-        "atmc2@0.01": _device(_table_cell("atmc2", 0.01, 0.6), 301_000, 1_275_224),
-        "atmc8_lamp@0.01": _device(_table_cell("atmc8_lamp", 0.01, 0.62), 500_000, 1_275_224)})
     R.plot_tradeoff(res, str(tmp_path / "p.png"))
     (grid,) = seen
-    top = grid[0][3]
-    assert "TFLite Micro" in top.get_xlabel() and top.get_xscale() == "log"
-    lines = {ln.get_label(): ln for ln in top.get_lines()}
-    assert list(lines["ATMC-2"].get_xdata()) == [301_000]
-    assert lines["ATMC-8 (LAMP)"].get_linestyle() == "--"
+    return grid
 
 
 def lines_of(ax):
     return {ln.get_label(): ln for ln in ax.get_lines()}
 
 
-def test_plot_draws_the_structured_cells_not_the_variants(tmp_path, monkeypatch):
-    seen = []
-    real = R.plt.subplots
+def test_plot_has_a_device_bytes_panel(tmp_path, monkeypatch):
+    res = _results(ratios=(0.01,), **{
+        "da": _device(_table_cell("da", None, 0.7), 1_275_224, 1_275_224),
+        "atmc2@0.01": _device(_table_cell("atmc2", 0.01, 0.6), 301_000, 1_275_224),
+        "atmc8_lamp@0.01": _device(_table_cell("atmc8_lamp", 0.01, 0.62), 500_000, 1_275_224)})
+    top = _plotted_grid(monkeypatch, res, tmp_path)[0][3]
+    assert "TFLite Micro" in top.get_xlabel() and top.get_xscale() == "log"
+    lines = lines_of(top)
+    assert list(lines["ATMC-2"].get_xdata()) == [301_000]
+    assert lines["ATMC-8 (LAMP)"].get_linestyle() == "--"
 
-    def spy(*a, **kw):
-        fig, grid = real(*a, **kw)
-        seen.append(grid)
-        return fig, grid
-    monkeypatch.setattr(R.plt, "subplots", spy)
+
+def test_plot_draws_the_structured_cells_not_the_variants(tmp_path, monkeypatch):
     sat = _device(_table_cell("satmc8", 0.25, 0.63), 320_000, 1_275_224)
     res = _results(ratios=(0.01,), **{
         "da": _device(_table_cell("da", None, 0.7), 1_275_224, 1_275_224),
         "atmc8@0.01": _device(_table_cell("atmc8", 0.01, 0.6), 230_000, 1_275_224),
         "satmc8@0.25": {**sat, "paper_ratio": 0.061},
         "satmc8@0.25~ard": {**sat, "variant": "ard", "paper_ratio": 0.061, "tflm_bytes": 999}})
-    R.plot_tradeoff(res, str(tmp_path / "p.png"))
-    (grid,) = seen
+    grid = _plotted_grid(monkeypatch, res, tmp_path)
     lines = lines_of(grid[0][3])
     assert list(lines["structured ATMC-8"].get_xdata()) == [320_000] and lines["structured ATMC-8"].get_marker() == "D"
     ratio_axis = grid[0][0]
