@@ -371,9 +371,9 @@ def channel_budget(cfg, dense_model):
     Add or another merge (structure.uncuttable_layers); the budget holds the exact count of the cut model,
     the weights (MACs) between two kept channels counted once (atmc_tf.training.structure.
     channel_cost_model: per-channel linear costs plus the pairs of adjacent prunable layers)."""
-    keep = output_layers(dense_model)
-    whole = [n for n in uncuttable_layers(dense_model) if n not in keep]
-    keep = keep + whole
+    classifier = output_layers(dense_model)
+    whole = [n for n in uncuttable_layers(dense_model) if n not in classifier]
+    keep = classifier + whole
     by_macs = getattr(cfg, "mac_ratio", None) is not None
     if by_macs:
         flag, ratio, what = f"--mac_ratio={cfg.mac_ratio:g}", cfg.mac_ratio, "MACs"
@@ -389,7 +389,7 @@ def channel_budget(cfg, dense_model):
         raise UsageError(f"{flag} with --structure=channel is below one channel per layer "
                          f"({int(least + constant)} of {total} {what}): raise {flag.split('=')[0]}")
     if budget < 1 or not prunable:
-        kept = f"the classifier {', '.join(keep[:len(keep) - len(whole)])}" + (
+        kept = f"the classifier {', '.join(classifier)}" + (
             f"; {', '.join(whole)}, whose channels feed a residual Add or another merge" if whole else "")
         raise UsageError(f"{flag} with --structure=channel keeps {int(ratio * total)} of {total} {what}, but "
                          f"{int(constant)} of them are in layers kept whole that no pruned channel shrinks ({kept}); "

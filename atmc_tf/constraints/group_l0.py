@@ -146,11 +146,10 @@ class GroupL0(Constraint):
         for i, j, w in self.pairs:
             self.rank_costs[i] += w * sizes[j] / 2
             self.rank_costs[j] += w * sizes[i] / 2
-        if self.rank_costs is not None:
-            for t, c in zip(self.tensors, self.rank_costs):
-                if not np.all(c > 0):
-                    raise ValueError(f"every group of tensor {t.name!r} must cost > 0 (budget_unit="
-                                     f"{self.budget_unit!r}, with its group_pairs)")
+        for t, c in zip(self.tensors, self.rank_costs or []):  # a free group would rank first at any score
+            if not np.all(c > 0):
+                raise ValueError(f"every group of tensor {t.name!r} must cost > 0 (budget_unit={self.budget_unit!r}"
+                                 f"{', with its group_pairs' if self.pairs else ''})")
         self.exact = (self.costs, self.pairs) if self.pairs else None
         self.current = make_variable("group_budget_now", (), "float32", "zeros")
 
@@ -176,8 +175,6 @@ class GroupL0(Constraint):
             cost = np.broadcast_to(cost, (n,))
             if self.budget_unit == "params":
                 cost = cost + gs.group_size(t.shape, axes)
-            if not self.group_pairs and not np.all(cost > 0):
-                raise ValueError(f"every group of tensor {t.name!r} must cost > 0 (budget_unit={self.budget_unit!r})")
             costs.append(np.array(cost, np.float64))
         if given:  # a misspelt name must not silently leave its tensor uncosted
             raise ValueError(f"group_costs names no compressed tensor: {sorted(given)}; tensors: "
