@@ -652,6 +652,8 @@ def main_body(argv):
     if problem and not cfg.allow_collapse:
         fair = ("let the budget fall gradually (--l0_ramp=0.5)" if cfg.l0_scoring == "lamp"
                 else "let layers compete fairly (--l0_scoring=lamp --l0_ramp=0.5)")
+        if cfg.method == "boost":
+            fair += " or train each learner longer (--boost_epochs)"
         sys.stderr.write(f"error: {problem}; compress less (--size_ratio), {fair}, or accept it with --allow_collapse "
                          f"(report: {report_md})\n")
         status = 4

@@ -2,13 +2,15 @@
 
 Design (flags): each round's learner is a fresh --model (built-in models only: --model_file is refused),
 compressed under one global nonzero budget of --size_ratio x its compressible weights (ATMC-32: the al0
-constraint set; --bits is not used), trained for --boost_epochs epochs with Adam at --lr against the
+constraint set; --bits is not used; weights compete by --l0_scoring, the budget falls over --l0_ramp of its
+steps), trained for --boost_epochs epochs with Adam at --lr against the
 round's costs (atmc_tf.training.terms.CostSensitiveAdversarialLoss, PGD at --eps with --pgd_steps),
 --rounds rounds (atmc_tf.boosting.loop: the costs, edges and weights of AdaBoost.MM, robust margins
 measured at PGD examples against the whole ensemble). No dense stage runs. After every round the
 ensemble is attacked as a whole on the test split (PGD with --eval_pgd_steps, APGD-CE, APGD-DLR through
 its combined scores; worst case per example). The final ensemble goes to ONE int8 .tflite (LiteRT) and
 its batch-1 / microcontroller files (TFLite Micro), checked and counted as the other methods' are.
+An ensemble with no voting learner, or at chance, is a collapse (report, exit 4 unless --allow_collapse).
 
 Outputs under --workdir: boost/ (learners and boost.json: the per-round checkpoint, resumable),
 export/, report.json, report.md (per-round table), robust_per_round.png.
@@ -50,6 +52,22 @@ def plot_rounds(rounds, file, title):
     rep.save_png(fig, file)
 
 
+def collapse_problem(rounds, clean_acc, num_classes, margin=0.1):
+    """One line when the ensemble is destroyed (no learner has a robust edge, or its clean accuracy is within
+    `margin` of chance), naming the learners' layers their budget left with no weight; else None."""
+    chance = 1.0 / num_classes
+    reasons = []
+    if not any(r["alpha"] > 0 for r in rounds):
+        reasons.append("no learner has a robust edge (every learner weight is 0)")
+    if clean_acc <= chance + margin:
+        reasons.append(f"its clean accuracy {100 * clean_acc:.1f}% is at chance ({100 * chance:.0f}%)")
+    if not reasons:
+        return None
+    cut = [f"learner {r['round']}: {', '.join(r['cut'])}" for r in rounds if r.get("cut")]
+    return ("the boosted ensemble collapsed: " + "; ".join(reasons)
+            + (f" (layers left with no weight: {'; '.join(cut)})" if cut else ""))
+
+
 def markdown(report):
     s, rounds = report["summary"], report["rounds"]
     lines = [f"# Robust boosting: {report['config']['dataset']}/{report['config']['model']}, "
@@ -58,6 +76,7 @@ def markdown(report):
              f"{report['config']['size_ratio']} (one global nonzero budget), {report['config']['boost_epochs']} "
              "epochs of PGD adversarial training against the round's costs (AdaBoost.MM, Mukherjee and "
              "Schapire 2013; robust margins at PGD examples against the whole ensemble).", "",
+             *([f"**Warning: {report['collapse']['problem']}.**", ""] if report["collapse"]["problem"] else []),
              "## Per round (the ensemble so far, attacked as a whole on the test split)", "",
              "| round | edge | learner weight | clean | PGD | APGD-CE | APGD-DLR | robust (worst case) | seconds |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -65,6 +84,10 @@ def markdown(report):
         pa = r["per_attack"]
         lines.append(f"| {r['round']} | {r['edge']:.4f} | {r['alpha']:.4f} | {r['clean']:.3f} | {pa['pgd']:.3f} | "
                      f"{pa['apgd-ce']:.3f} | {pa['apgd-dlr']:.3f} | {r['worst_case']:.3f} | {r['train_seconds']:.1f} |")
+    silent = [f"{r['round']}" + (f" (no weight in {', '.join(r['cut'])})" if r.get("cut") else "")
+              for r in rounds if r["alpha"] <= 0]
+    if silent:
+        lines += ["", f"Learners with no robust edge (weight 0, kept in the graph but not voting): {', '.join(silent)}."]
     d, m = report["device_bytes"], report["micro"]
     lines += ["", "![robust accuracy per round](robust_per_round.png)", "",
               "## The shipped ensemble (one int8 .tflite)", "",
@@ -73,7 +96,8 @@ def markdown(report):
               f"{report['phone']['top1_agreement']:.3f}); PGD transferred from Keras: Keras "
               f"{s['keras_robust_pgd']:.3f}, .tflite {s['tflite_robust_transfer']:.3f}",
               f"- TFLite Micro: {'ok' if m['ok'] else 'FAILED: ' + str(m['error'])} ({m['samples_checked']} images, "
-              f"max difference {m['max_abs_diff_vs_litert']} int8 steps, arena {m['arena_bytes']} bytes); "
+              f"max difference {m['max_abs_diff_vs_litert']} int8 steps of the output (allowed "
+              f"{m.get('max_step_diff', 1)}: one softmax step, 1/256, plus one), arena {m['arena_bytes']} bytes); "
               f"compressed microcontroller file bit-identical: {report['micro_compressed']['ok']}",
               f"- Device bytes: phone {d['litert']}, microcontroller {d['tflm']} (batch-1 before its compression "
               f"{d['tflm_uncompressed']}), gzip {d['gzip']}",
@@ -98,7 +122,8 @@ def run_boost(cfg, data):
 
     t_start = time.time()
     config = BoostConfig(rounds=cfg.rounds, epochs=cfg.boost_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                         size_ratio=cfg.size_ratio, bits=None, attack=train_attack(cfg), seed=cfg.seed)
+                         size_ratio=cfg.size_ratio, bits=None, attack=train_attack(cfg), seed=cfg.seed,
+                         l0_scoring=cfg.l0_scoring, l0_ramp=cfg.l0_ramp)
     result = boost(_learner_factory(cfg, data), data.x_train, data.y_train, data.x_test, data.y_test, config,
                    path(cfg, STAGE), eval_attacks=_eval_attacks(cfg), log=logging.info)
     training = time.time() - t_start
@@ -135,7 +160,7 @@ def run_boost(cfg, data):
         "micro_compressed": {**checks["micro_compressed"], "flash_bytes": len(files["tflite_mcu"]),
                              "uncompressed_bytes": len(files["tflite_b1"])},
         "device_bytes": checks["device_bytes"],
-        "collapse": {"problem": None},
+        "collapse": {"problem": collapse_problem(result.rounds, checks["keras_clean_acc"], data.num_classes)},
         "files": {**paths, "plots": [plot]},
         "timings_seconds": {"training": training, "total": time.time() - t_start},
     }

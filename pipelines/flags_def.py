@@ -37,7 +37,7 @@ flags.DEFINE_enum("l0_scoring", "lamp", ("magnitude", "lamp"), "How weights comp
                   "the L0 ball; it can empty the small layers of a model such as MobileNetV2).")
 flags.DEFINE_float("l0_ramp", 0.0, "Fraction of the first compression stage (AL0, or AP's fine-tuning is not "
                    "ramped) over which the budget falls from dense to k along a cubic schedule (0: cut to k at "
-                   "once, the paper's one-shot start).")
+                   "once, the paper's one-shot start). --method=boost: of each learner's training.")
 flags.DEFINE_enum("structure", "none", ("none", "channel"), "Sparsity structure: none (single weights; "
                   "the .tflite keeps every kernel dense) or channel (whole output channels / neurons under one "
                   "global budget: --size_ratio = kept parameters / dense parameters, or --mac_ratio = kept "

@@ -32,7 +32,7 @@ def test_quick_run_single_and_ensemble_resume(tmp_path):
     assert other.returncode == 2 and "other settings (eps)" in other.stderr
 
 
-@pytest.mark.parametrize("flag", ["--rounds=1", "--rounds=2,x", "--rounds=4,4", "--size_ratio=1.5"])
+@pytest.mark.parametrize("flag", ["--rounds=1", "--rounds=2,x", "--rounds=4,4", "--size_ratio=1.5", "--boost_lr=0"])
 def test_bad_flags_are_one_line(tmp_path, flag):
     r = run_bench(flag, f"--workdir={tmp_path / 'x'}", timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and flag.split("=")[0] in r.stderr
@@ -44,13 +44,14 @@ def test_learners_share_the_single_models_budget():
     assert B.cells_to_run(["2", "8"]) == [("single", None), ("boost_2", 2), ("boost_8", 8)]
     s = {"dataset": "fashion_mnist", "model": "lenet", "seed": 0, "eps": 0.1, "pgd_steps": 7, "eval_pgd_steps": 20,
          "eval_restarts": 1, "micro_samples": 10, "limit_train": None, "limit_test": 500, "size_ratio": 0.01,
-         "boost_epochs": 5,
+         "boost_epochs": 5, "boost_lr": 3e-3,
          "da_epochs": 20, "al0_epochs": 5, "atmc32_epochs": 5, "atmcb_epochs": 5}
     single = B.pipeline_args("single", None, s, "/b")
     assert "--method=atmc" in single and "--bits=8" in single and "--size_ratio=0.01" in single
     assert "--limit_test=500" in single and not any(a.startswith("--limit_train") for a in single)
     ens = B.pipeline_args("boost_8", 8, s, "/b", data_dir="/d")
     assert "--method=boost" in ens and "--rounds=8" in ens and "--size_ratio=0.00125" in ens and "--data_dir=/d" in ens
+    assert "--lr=0.003" in ens and not any(a.startswith("--lr") for a in single)
 
 
 def test_target_needs_equal_bytes_and_half_the_time():

@@ -61,6 +61,45 @@ def test_learner_trains_against_the_costs_under_its_budget(digits):
     assert np.mean(pred[y == 1] == 1) > 0.8 and np.mean(pred[y != 1] != 1) > 0.8
 
 
+def test_a_heavily_pruned_learner_from_random_init_keeps_every_layer_and_gets_an_edge(digits):
+    """Issue 24's collapse: an MLP learner at size ratio 0.01 (189 of 18,944 weights), uniform first-round
+    costs. The paper's magnitude top-k gives fc1 (the smaller Glorot init) no weight: every path is cut, the
+    learner is at chance and its edge is ~0. The default layer-adaptive scoring keeps a path and learns."""
+    from atmc_tf.boosting import costs as boosting_costs
+    from atmc_tf.boosting.loop import _adversarial, _softmax, cut_layers, train_learner
+    x, y = digits[0], digits[1]
+    costs = boosting_costs.cost_matrix(np.zeros((len(y), 10)), y)
+    found = {}
+    for scoring in (BoostConfig.l0_scoring, "magnitude"):
+        config = BoostConfig(rounds=1, epochs=6, size_ratio=0.01, attack=PGDConfig(eps=0.05, steps=1), lr=3e-2,
+                             l0_scoring=scoring)
+        learner = train_learner(lambda s: build_model("mlp", x.shape[1:], 10, seed=s), x, y, costs, config, 0)
+        edge = boosting_costs.edge(costs, _softmax(learner, _adversarial(learner, x, y, config.attack, 0)), y)
+        found[scoring] = (cut_layers(learner), float(np.mean(learner.predict(x, verbose=0).argmax(-1) == y)), edge)
+    assert BoostConfig.l0_scoring == "lamp"
+    cut, acc, edge = found["lamp"]
+    assert cut == [] and acc > 0.25 and edge > 0.05, found
+    cut, acc, edge = found["magnitude"]
+    assert cut == ["fc1"] and acc < 0.15 and edge < 0.01, found
+
+
+def test_boost_collapse_is_reported_when_no_learner_votes_or_the_ensemble_is_at_chance():
+    from pipelines.boost import collapse_problem
+    fine = [{"round": 1, "alpha": 0.3, "cut": []}, {"round": 2, "alpha": 0.0, "cut": ["fc1"]}]
+    assert collapse_problem(fine, 0.8, 10) is None
+    line = collapse_problem([{"round": 1, "alpha": 0.0, "cut": ["fc1"]}, {"round": 2, "alpha": 0.0, "cut": []}], 0.1, 10)
+    assert line.startswith("the boosted ensemble collapsed: no learner has a robust edge")
+    assert "at chance (10%)" in line and "learner 1: fc1" in line
+    assert "at chance" in collapse_problem(fine, 0.15, 10)
+
+
+def test_boost_config_refuses_an_unknown_scoring_or_ramp():
+    with pytest.raises(ValueError, match="scoring"):
+        BoostConfig(l0_scoring="random")
+    with pytest.raises(ValueError, match="l0_ramp"):
+        BoostConfig(l0_ramp=1.5)
+
+
 def test_ensemble_is_one_serializable_graph_of_weighted_softmaxes(tmp_path):
     learners = [named_learner(build_model("mlp", (8, 8, 1), 10, seed=s), s) for s in range(2)]
     ensemble = build_ensemble(learners, [0.25, 1.5])
@@ -133,6 +172,17 @@ def test_the_ensemble_ships_as_one_int8_file_that_litert_and_tflite_micro_run(di
     assert abs(check["tflite_clean_acc"] - check["keras_clean_acc"]) <= 0.01
     assert check["ops"].count("SOFTMAX") == 2 and "ADD" in check["ops"]     # both branches in one graph
     assert check["micro"]["ok"], check["micro"]["error"]
+    assert check["micro"]["max_abs_diff_vs_litert"] <= check["micro"]["max_step_diff"]
     assert check["micro_compressed"]["ok"], check["micro_compressed"]["error"]
     assert check["device_bytes"]["litert"] == len(files["tflite"])
     assert check["device_bytes"]["tflm"] == len(files["tflite_mcu"])
+
+
+def test_micro_tolerance_is_one_softmax_step_in_output_steps_plus_one():
+    """TFLM may move each learner's Softmax by one 1/256 step; the weights sum to 1, so the scores move by at
+    most 1/256 plus the output's rounding: in steps of an output quantized finely (a narrow calibrated
+    range), that is several steps; at the softmax's own scale, two."""
+    from atmc_tf.boosting.export import micro_step_tolerance
+    assert micro_step_tolerance(1 / 256) == 2
+    assert micro_step_tolerance(0.000954014714807272) == 6        # a pipeline ensemble's output scale
+    assert micro_step_tolerance(1 / 128) == 2

@@ -455,6 +455,11 @@ class LiteRTModel:
         self._allocated_batch = None
 
     @property
+    def output_scale(self):
+        """The output's quantization scale (0.0 for a float output)."""
+        return float(self._output["quantization"][0])
+
+    @property
     def input_dtype(self):
         return self._input["dtype"]
 
