@@ -126,7 +126,10 @@ def run_boost(cfg, data):
                          l0_scoring=cfg.l0_scoring, l0_ramp=cfg.l0_ramp)
     result = boost(_learner_factory(cfg, data), data.x_train, data.y_train, data.x_test, data.y_test, config,
                    path(cfg, STAGE), eval_attacks=_eval_attacks(cfg), log=logging.info)
-    training = time.time() - t_start
+    # Training: each round's learner, its edge and the next costs (the rounds' own figures, so a resumed run
+    # counts the rounds it loaded); not the per-round test evaluation, as the other methods' training
+    # time holds no evaluation either.
+    training = sum(r["train_seconds"] for r in result.rounds)
     # The export's calibration and the transfer check's PGD draw from the global RNG: seeded here, so a
     # run that only loads its finished rounds gives the same figures as the one that trained them.
     keras.utils.set_random_seed(cfg.seed)
