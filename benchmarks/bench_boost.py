@@ -53,9 +53,9 @@ def define_flags():
     flags.DEFINE_float("size_ratio", 0.01, "The single model's kept weights / dense weights; a learner of T keeps 1/T of them.")
     flags.DEFINE_list("rounds", ["2", "4", "8"], "Ensemble sizes T.")
     flags.DEFINE_integer("boost_epochs", 5, "Epochs of each learner.")
-    flags.DEFINE_float("boost_lr", 3e-3, "Adam learning rate of each learner (pipelines.atmc --lr of the boost cells; "
-                       "a learner starts from a random init, not from a trained dense model as the single model's "
-                       "compression stages do, whose --lr stays the pipeline's default).")
+    flags.DEFINE_float("boost_lr", 3e-3, "Adam learning rate of each learner (pipelines.atmc --da_lr of the boost cells; "
+                       "a learner starts from a random init, as the single model's dense stage does at its default "
+                       "--da_lr, 3e-3).")
     flags.DEFINE_integer("da_epochs", 20, "The single model's dense adversarial training epochs.")
     flags.DEFINE_integer("al0_epochs", 5, "The single model's AL0 epochs.")
     flags.DEFINE_integer("atmc32_epochs", 5, "The single model's ATMC-32 epochs.")
@@ -114,7 +114,7 @@ def pipeline_args(name, t, s, bench_dir, data_dir=None):
                        f"--al0_epochs={s['al0_epochs']}", f"--atmc32_epochs={s['atmc32_epochs']}",
                        f"--atmcb_epochs={s['atmcb_epochs']}"]
     return args + ["--method=boost", f"--rounds={t}", f"--size_ratio={s['size_ratio'] / t:.6g}",
-                   f"--boost_epochs={s['boost_epochs']}", f"--lr={s['boost_lr']:g}"]
+                   f"--boost_epochs={s['boost_epochs']}", f"--da_lr={s['boost_lr']:g}"]
 
 
 def read_cell(cell_dir, t, latency_runs):

@@ -3,7 +3,8 @@
 Design (flags): each round's learner is a fresh --model (built-in models only: --model_file is refused),
 compressed under one global nonzero budget of --size_ratio x its compressible weights (ATMC-32: the al0
 constraint set; --bits is not used; weights compete by --l0_scoring, the budget falls over --l0_ramp of its
-steps), trained for --boost_epochs epochs with Adam at --lr against the
+steps), trained for --boost_epochs epochs with Adam at --da_lr (a learner starts from a random init, as the
+dense stage does; --lr is the compression stages' fine-tuning rate) against the
 round's costs (atmc_tf.training.terms.CostSensitiveAdversarialLoss, PGD at --eps with --pgd_steps),
 --rounds rounds (atmc_tf.boosting.loop: the costs, edges and weights of AdaBoost.MM, robust margins
 measured at PGD examples against the whole ensemble). No dense stage runs. After every round the
@@ -121,7 +122,7 @@ def run_boost(cfg, data):
     from pipelines.stages import eval_attack, path, train_attack
 
     t_start = time.time()
-    config = BoostConfig(rounds=cfg.rounds, epochs=cfg.boost_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+    config = BoostConfig(rounds=cfg.rounds, epochs=cfg.boost_epochs, batch_size=cfg.batch_size, lr=cfg.da_lr,
                          size_ratio=cfg.size_ratio, bits=None, attack=train_attack(cfg), seed=cfg.seed,
                          l0_scoring=cfg.l0_scoring, l0_ramp=cfg.l0_ramp)
     result = boost(_learner_factory(cfg, data), data.x_train, data.y_train, data.x_test, data.y_test, config,

@@ -111,7 +111,9 @@ flags.DEFINE_enum("train_attack", "pgd", TRAIN_ATTACKS, "The training attack of 
                   "stops the stage with the best epoch's weights). Evaluation is PGD whatever this is.")
 flags.DEFINE_integer("rounds", 3, "--method=boost: boosting rounds, one compressed learner (--model at --size_ratio) "
                      "each.")
-flags.DEFINE_integer("boost_epochs", 5, "--method=boost: epochs of cost-sensitive adversarial training per learner.")
+flags.DEFINE_integer("boost_epochs", 15, "--method=boost: epochs of cost-sensitive adversarial training per learner "
+                     "(from a random init, at --da_lr; small_cnn's learners on digits stay at chance for 5 epochs, "
+                     "which the collapse check refuses).")
 flags.DEFINE_enum("activation_sparsity", "off", ["off", "wta", "threshold"], "Activation sparsity: wta inserts a "
                   "winners-take-all layer after every activation of the model before dense training (DASNet: per "
                   "sample the top --activation_density of the neurons, or of whole channels of a conv map, kept, in "
@@ -426,7 +428,7 @@ class PipelineConfig:
     train_attack: str = "pgd"
     free_replays: int = 4
     rounds: int = 3
-    boost_epochs: int = 5
+    boost_epochs: int = 15
     activation_sparsity: str = "off"
     activation_density: float = 0.5
 

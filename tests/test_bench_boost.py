@@ -51,7 +51,7 @@ def test_learners_share_the_single_models_budget():
     assert "--limit_test=500" in single and not any(a.startswith("--limit_train") for a in single)
     ens = B.pipeline_args("boost_8", 8, s, "/b", data_dir="/d")
     assert "--method=boost" in ens and "--rounds=8" in ens and "--size_ratio=0.00125" in ens and "--data_dir=/d" in ens
-    assert "--lr=0.003" in ens and not any(a.startswith("--lr") for a in single)
+    assert "--da_lr=0.003" in ens and not any(a.startswith("--da_lr") for a in single)
 
 
 def test_target_needs_equal_bytes_and_half_the_time():

@@ -716,7 +716,8 @@ def test_boost_ships_one_int8_ensemble_with_robust_accuracy_per_round(tmp_path):
     """--method=boost: a row per round in report.json / report.md, the plot, one .tflite that LiteRT runs
     within 1 point of the Keras ensemble and TFLite Micro runs."""
     wd = tmp_path / "boost"
-    r = run_pipeline(*TINY, "--method=boost", "--rounds=2", "--boost_epochs=3", "--model=mlp", f"--workdir={wd}")
+    r = run_pipeline(*TINY, "--method=boost", "--rounds=2", "--boost_epochs=3", "--model=mlp",
+                     "--da_lr=0.01", f"--workdir={wd}")
     assert r.returncode == 0, r.stderr[-4000:]
     report = json.loads((wd / "report.json").read_text())
     assert [row["round"] for row in report["rounds"]] == [1, 2]
