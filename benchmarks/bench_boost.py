@@ -10,7 +10,10 @@ resumes inside a cell as the pipeline does):
   training time counts in full);
 - boost_<T> for T in --rounds: --method=boost --rounds=T, each learner a --model at --size_ratio / T (one
   global nonzero budget per learner), so the T learners hold as many nonzero weights as the single model;
-  their device bytes are measured, not assumed (each learner carries its own biases and scales).
+  their device bytes are measured, not assumed (each learner carries its own biases and scales, and on
+  TFLite Micro its own sparsity masks, a bit per dense weight: LeNet's fc1 alone is 153 KB of them);
+- boost_<T>_<model>_r<ratio> with --learner_model / --learner_size_ratio: other learners in the same workdir,
+  e.g. smaller ones that fit the single model's device bytes.
 Each cell's figures are its pipeline report's (the same attacks for all: PGD with --eval_pgd_steps x
 --eval_restarts, APGD-CE and APGD-DLR, worst case per example, on the Keras model; the int8 .tflite on the
 transferred PGD examples), plus LiteRT latency measured here: the batch-1 int8 file, 1 thread, median of
@@ -23,6 +26,8 @@ import json
 import os
 
 from absl import app, flags
+
+from atmc_tf.choices import MODELS as MODEL_NAMES
 
 from benchmarks.pipeline_cells import (fail, open_results, provenance_lines, quick_defaults, run_pipeline, write_json,
                                        write_page)
@@ -53,6 +58,11 @@ def define_flags():
     flags.DEFINE_float("size_ratio", 0.01, "The single model's kept weights / dense weights; a learner of T keeps 1/T of them.")
     flags.DEFINE_list("rounds", ["2", "4", "8"], "Ensemble sizes T.")
     flags.DEFINE_integer("boost_epochs", 5, "Epochs of each learner.")
+    flags.DEFINE_enum("learner_model", None, MODEL_NAMES, "The learners' model (default --model). Set, or with "
+                      "--learner_size_ratio, the ensembles are cells of their own (boost_<T>_<model>_r<ratio>) beside "
+                      "the default ones: e.g. smaller learners to meet the single model's device bytes.")
+    flags.DEFINE_float("learner_size_ratio", None, "Each learner's kept weights / its dense weights (default: "
+                       "--size_ratio / T, the single model's nonzero budget shared).")
     flags.DEFINE_float("boost_lr", 3e-3, "Adam learning rate of each learner (pipelines.atmc --da_lr of the boost cells; "
                        "a learner starts from a random init, as the single model's dense stage does at its default "
                        "--da_lr, 3e-3).")
@@ -77,6 +87,8 @@ def parse_flags(argv):
         fail(f"--rounds={','.join(F.rounds)} must be integers T >= 2 (ensemble sizes)")
     if not rounds or min(rounds) < 2 or len(set(rounds)) != len(rounds):
         fail(f"--rounds={','.join(F.rounds)} must be distinct integers T >= 2 (ensemble sizes)")
+    if F.learner_size_ratio is not None and not 0 < F.learner_size_ratio <= 1:
+        fail(f"--learner_size_ratio must be in (0, 1], got {F.learner_size_ratio}")
     if not F.boost_lr > 0:
         fail(f"--boost_lr must be > 0, got {F.boost_lr}")
     if not 0 < F.size_ratio < 1:
@@ -95,12 +107,24 @@ def settings():
     return {k: F[k].value for k in keys}
 
 
-def cells_to_run(rounds):
-    return [("single", None)] + [(f"boost_{t}", int(t)) for t in rounds]
+def cells_to_run(rounds, learner_model=None, learner_size_ratio=None):
+    """[(cell, T)]: the single model, then an ensemble per T. Learners other than the default (--model at
+    size_ratio / T) get their own cells, named by model and ratio, beside the default ones in one workdir."""
+    tag = ""
+    if learner_model is not None or learner_size_ratio is not None:
+        tag = f"_{learner_model or 'model'}" + (f"_r{learner_size_ratio:g}" if learner_size_ratio is not None else "")
+    return [("single", None)] + [(f"boost_{t}{tag}", int(t)) for t in rounds]
 
 
-def pipeline_args(name, t, s, bench_dir, data_dir=None):
-    args = [f"--dataset={s['dataset']}", f"--model={s['model']}", f"--seed={s['seed']}", "--verbose=0",
+def learner_of(t, s, learner_model=None, learner_size_ratio=None):
+    """(model, size ratio) of each of a boost_T cell's learners."""
+    return learner_model or s["model"], (learner_size_ratio if learner_size_ratio is not None else s["size_ratio"] / t)
+
+
+def pipeline_args(name, t, s, bench_dir, data_dir=None, learner=None):
+    """The cell's pipelines.atmc flags; learner: (model, size ratio) of a boost cell's learners (learner_of)."""
+    model, ratio = (learner or learner_of(t, s)) if t else (s["model"], s["size_ratio"])
+    args = [f"--dataset={s['dataset']}", f"--model={model}", f"--seed={s['seed']}", "--verbose=0",
             f"--workdir={os.path.join(bench_dir, 'cells', name)}", f"--eps={s['eps']}",
             f"--pgd_steps={s['pgd_steps']}", f"--eval_pgd_steps={s['eval_pgd_steps']}",
             f"--eval_restarts={s['eval_restarts']}", f"--micro_samples={s['micro_samples']}"]
@@ -113,7 +137,7 @@ def pipeline_args(name, t, s, bench_dir, data_dir=None):
         return args + ["--method=atmc", "--bits=8", f"--size_ratio={s['size_ratio']}", f"--da_epochs={s['da_epochs']}",
                        f"--al0_epochs={s['al0_epochs']}", f"--atmc32_epochs={s['atmc32_epochs']}",
                        f"--atmcb_epochs={s['atmcb_epochs']}"]
-    return args + ["--method=boost", f"--rounds={t}", f"--size_ratio={s['size_ratio'] / t:.6g}",
+    return args + ["--method=boost", f"--rounds={t}", f"--size_ratio={ratio:.6g}",
                    f"--boost_epochs={s['boost_epochs']}", f"--da_lr={s['boost_lr']:g}"]
 
 
@@ -179,11 +203,13 @@ def render(results):
               "so the bytes are measured):", ""]
     for key, status, why in goal_status(results):
         lines.append(f"- {key}: **{status}** ({why}).")
-    lines += ["", "| cell | Keras clean | Keras robust (worst case) | .tflite clean | .tflite robust (transfer) | "
-              "TFLM bytes | LiteRT bytes | LiteRT ms | training s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| cell | learners | Keras clean | Keras robust (worst case) | .tflite clean | .tflite robust (transfer) | "
+              "TFLM bytes | LiteRT bytes | LiteRT ms | training s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, c in results.get("cells", {}).items():
         d = c["device_bytes"]
-        lines.append(f"| {key} | {c['keras_clean']:.3f} | {c['keras_robust_worst']:.3f} | {c['tflite_clean']:.3f} | "
+        who = (f"{c.get('learners', 1)} x {c.get('learner_model', s['model'])} at "
+               f"{c.get('learner_size_ratio', s['size_ratio'] / c.get('learners', 1)):.4g}")
+        lines.append(f"| {key} | {who} | {c['keras_clean']:.3f} | {c['keras_robust_worst']:.3f} | {c['tflite_clean']:.3f} | "
                      f"{c['tflite_robust_transfer']:.3f} | {d['tflm']:,} | {d['litert']:,} | {c['latency_ms']:.3f} | "
                      f"{c['train_seconds']:.0f} |")
     return "\n".join(lines + provenance_lines(results))
@@ -195,13 +221,14 @@ def main(argv):
     s = settings()
     results = open_results(bench_dir, s, F.quick, "benchmarks.bench_boost")
     res_path = os.path.join(bench_dir, "results.json")
-    for name, t in cells_to_run(F.rounds):
+    for name, t in cells_to_run(F.rounds, F.learner_model, F.learner_size_ratio):
         if name in results["cells"]:
             print(f"{name}: done (resumed)")
             continue
-        wall = run_pipeline(name, pipeline_args(name, t, s, bench_dir, F.data_dir), bench_dir)
+        learner = learner_of(t, s, F.learner_model, F.learner_size_ratio) if t else (s["model"], s["size_ratio"])
+        wall = run_pipeline(name, pipeline_args(name, t, s, bench_dir, F.data_dir, learner), bench_dir)
         cell = read_cell(os.path.join(bench_dir, "cells", name), t, F.latency_runs)
-        cell.update(learners=t or 1, wall_seconds=wall)
+        cell.update(learners=t or 1, learner_model=learner[0], learner_size_ratio=learner[1], wall_seconds=wall)
         results["cells"][name] = cell
         write_json(res_path, results)
         print(f"{name}: robust {cell['keras_robust_worst']:.3f} (Keras worst case), TFLM {cell['device_bytes']['tflm']:,} B, "

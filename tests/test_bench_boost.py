@@ -32,7 +32,8 @@ def test_quick_run_single_and_ensemble_resume(tmp_path):
     assert other.returncode == 2 and "other settings (eps)" in other.stderr
 
 
-@pytest.mark.parametrize("flag", ["--rounds=1", "--rounds=2,x", "--rounds=4,4", "--size_ratio=1.5", "--boost_lr=0"])
+@pytest.mark.parametrize("flag", ["--rounds=1", "--rounds=2,x", "--rounds=4,4", "--size_ratio=1.5", "--boost_lr=0",
+                                  "--learner_size_ratio=0"])
 def test_bad_flags_are_one_line(tmp_path, flag):
     r = run_bench(flag, f"--workdir={tmp_path / 'x'}", timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and flag.split("=")[0] in r.stderr
@@ -52,6 +53,10 @@ def test_learners_share_the_single_models_budget():
     ens = B.pipeline_args("boost_8", 8, s, "/b", data_dir="/d")
     assert "--method=boost" in ens and "--rounds=8" in ens and "--size_ratio=0.00125" in ens and "--data_dir=/d" in ens
     assert "--da_lr=0.003" in ens and not any(a.startswith("--da_lr") for a in single)
+    assert B.cells_to_run(["4"], "small_cnn", 0.5) == [("single", None), ("boost_4_small_cnn_r0.5", 4)]
+    small = B.pipeline_args("boost_4_small_cnn_r0.5", 4, s, "/b", learner=B.learner_of(4, s, "small_cnn", 0.5))
+    assert "--model=small_cnn" in small and "--size_ratio=0.5" in small and "--rounds=4" in small
+    assert B.learner_of(8, s) == ("lenet", 0.00125)
 
 
 def test_target_needs_equal_bytes_and_half_the_time():
