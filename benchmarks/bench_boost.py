@@ -61,6 +61,8 @@ def define_flags():
     flags.DEFINE_enum("learner_model", None, MODEL_NAMES, "The learners' model (default --model). Set, or with "
                       "--learner_size_ratio, the ensembles are cells of their own (boost_<T>_<model>_r<ratio>) beside "
                       "the default ones: e.g. smaller learners to meet the single model's device bytes.")
+    flags.DEFINE_integer("learner_epochs", None, "Each learner's epochs (default --boost_epochs); set, the ensembles are "
+                         "cells of their own (..._e<epochs>): e.g. smaller learners trained for the single model's time.")
     flags.DEFINE_float("learner_size_ratio", None, "Each learner's kept weights / its dense weights (default: "
                        "--size_ratio / T, the single model's nonzero budget shared).")
     flags.DEFINE_float("boost_lr", 3e-3, "Adam learning rate of each learner (pipelines.atmc --da_lr of the boost cells; "
@@ -89,6 +91,8 @@ def parse_flags(argv):
         fail(f"--rounds={','.join(F.rounds)} must be distinct integers T >= 2 (ensemble sizes)")
     if F.learner_size_ratio is not None and not 0 < F.learner_size_ratio <= 1:
         fail(f"--learner_size_ratio must be in (0, 1], got {F.learner_size_ratio}")
+    if F.learner_epochs is not None and F.learner_epochs < 1:
+        fail(f"--learner_epochs must be >= 1, got {F.learner_epochs}")
     if not F.boost_lr > 0:
         fail(f"--boost_lr must be > 0, got {F.boost_lr}")
     if not 0 < F.size_ratio < 1:
@@ -107,23 +111,26 @@ def settings():
     return {k: F[k].value for k in keys}
 
 
-def cells_to_run(rounds, learner_model=None, learner_size_ratio=None):
+def cells_to_run(rounds, learner_model=None, learner_size_ratio=None, learner_epochs=None):
     """[(cell, T)]: the single model, then an ensemble per T. Learners other than the default (--model at
-    size_ratio / T) get their own cells, named by model and ratio, beside the default ones in one workdir."""
+    size_ratio / T for --boost_epochs) get their own cells, named by model, ratio and epochs, beside the
+    default ones in one workdir."""
     tag = ""
-    if learner_model is not None or learner_size_ratio is not None:
-        tag = f"_{learner_model or 'model'}" + (f"_r{learner_size_ratio:g}" if learner_size_ratio is not None else "")
+    if (learner_model, learner_size_ratio, learner_epochs) != (None, None, None):
+        tag = (f"_{learner_model or 'model'}" + (f"_r{learner_size_ratio:g}" if learner_size_ratio is not None else "")
+               + (f"_e{learner_epochs}" if learner_epochs is not None else ""))
     return [("single", None)] + [(f"boost_{t}{tag}", int(t)) for t in rounds]
 
 
-def learner_of(t, s, learner_model=None, learner_size_ratio=None):
-    """(model, size ratio) of each of a boost_T cell's learners."""
-    return learner_model or s["model"], (learner_size_ratio if learner_size_ratio is not None else s["size_ratio"] / t)
+def learner_of(t, s, learner_model=None, learner_size_ratio=None, learner_epochs=None):
+    """(model, size ratio, epochs) of each of a boost_T cell's learners."""
+    return (learner_model or s["model"], learner_size_ratio if learner_size_ratio is not None else s["size_ratio"] / t,
+            learner_epochs or s["boost_epochs"])
 
 
 def pipeline_args(name, t, s, bench_dir, data_dir=None, learner=None):
-    """The cell's pipelines.atmc flags; learner: (model, size ratio) of a boost cell's learners (learner_of)."""
-    model, ratio = (learner or learner_of(t, s)) if t else (s["model"], s["size_ratio"])
+    """The cell's pipelines.atmc flags; learner: (model, size ratio, epochs) of a boost cell's learners (learner_of)."""
+    model, ratio, epochs = (learner or learner_of(t, s)) if t else (s["model"], s["size_ratio"], None)
     args = [f"--dataset={s['dataset']}", f"--model={model}", f"--seed={s['seed']}", "--verbose=0",
             f"--workdir={os.path.join(bench_dir, 'cells', name)}", f"--eps={s['eps']}",
             f"--pgd_steps={s['pgd_steps']}", f"--eval_pgd_steps={s['eval_pgd_steps']}",
@@ -138,7 +145,7 @@ def pipeline_args(name, t, s, bench_dir, data_dir=None, learner=None):
                        f"--al0_epochs={s['al0_epochs']}", f"--atmc32_epochs={s['atmc32_epochs']}",
                        f"--atmcb_epochs={s['atmcb_epochs']}"]
     return args + ["--method=boost", f"--rounds={t}", f"--size_ratio={ratio:.6g}",
-                   f"--boost_epochs={s['boost_epochs']}", f"--da_lr={s['boost_lr']:g}"]
+                   f"--boost_epochs={epochs}", f"--da_lr={s['boost_lr']:g}"]
 
 
 def read_cell(cell_dir, t, latency_runs):
@@ -208,7 +215,8 @@ def render(results):
     for key, c in results.get("cells", {}).items():
         d = c["device_bytes"]
         who = (f"{c.get('learners', 1)} x {c.get('learner_model', s['model'])} at "
-               f"{c.get('learner_size_ratio', s['size_ratio'] / c.get('learners', 1)):.4g}")
+               f"{c.get('learner_size_ratio', s['size_ratio'] / c.get('learners', 1)):.4g}"
+               + (f", {c.get('learner_epochs', s['boost_epochs'])} epochs" if key != "single" else ""))
         lines.append(f"| {key} | {who} | {c['keras_clean']:.3f} | {c['keras_robust_worst']:.3f} | {c['tflite_clean']:.3f} | "
                      f"{c['tflite_robust_transfer']:.3f} | {d['tflm']:,} | {d['litert']:,} | {c['latency_ms']:.3f} | "
                      f"{c['train_seconds']:.0f} |")
@@ -221,14 +229,16 @@ def main(argv):
     s = settings()
     results = open_results(bench_dir, s, F.quick, "benchmarks.bench_boost")
     res_path = os.path.join(bench_dir, "results.json")
-    for name, t in cells_to_run(F.rounds, F.learner_model, F.learner_size_ratio):
+    for name, t in cells_to_run(F.rounds, F.learner_model, F.learner_size_ratio, F.learner_epochs):
         if name in results["cells"]:
             print(f"{name}: done (resumed)")
             continue
-        learner = learner_of(t, s, F.learner_model, F.learner_size_ratio) if t else (s["model"], s["size_ratio"])
+        learner = (learner_of(t, s, F.learner_model, F.learner_size_ratio, F.learner_epochs) if t
+                   else (s["model"], s["size_ratio"], None))
         wall = run_pipeline(name, pipeline_args(name, t, s, bench_dir, F.data_dir, learner), bench_dir)
         cell = read_cell(os.path.join(bench_dir, "cells", name), t, F.latency_runs)
-        cell.update(learners=t or 1, learner_model=learner[0], learner_size_ratio=learner[1], wall_seconds=wall)
+        cell.update(learners=t or 1, learner_model=learner[0], learner_size_ratio=learner[1], wall_seconds=wall,
+                    **({"learner_epochs": learner[2]} if t else {}))
         results["cells"][name] = cell
         write_json(res_path, results)
         print(f"{name}: robust {cell['keras_robust_worst']:.3f} (Keras worst case), TFLM {cell['device_bytes']['tflm']:,} B, "

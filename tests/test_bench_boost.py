@@ -33,7 +33,7 @@ def test_quick_run_single_and_ensemble_resume(tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--rounds=1", "--rounds=2,x", "--rounds=4,4", "--size_ratio=1.5", "--boost_lr=0",
-                                  "--learner_size_ratio=0"])
+                                  "--learner_size_ratio=0", "--learner_epochs=0"])
 def test_bad_flags_are_one_line(tmp_path, flag):
     r = run_bench(flag, f"--workdir={tmp_path / 'x'}", timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and flag.split("=")[0] in r.stderr
@@ -56,7 +56,11 @@ def test_learners_share_the_single_models_budget():
     assert B.cells_to_run(["4"], "small_cnn", 0.5) == [("single", None), ("boost_4_small_cnn_r0.5", 4)]
     small = B.pipeline_args("boost_4_small_cnn_r0.5", 4, s, "/b", learner=B.learner_of(4, s, "small_cnn", 0.5))
     assert "--model=small_cnn" in small and "--size_ratio=0.5" in small and "--rounds=4" in small
-    assert B.learner_of(8, s) == ("lenet", 0.00125)
+    assert "--boost_epochs=5" in small
+    assert B.learner_of(8, s) == ("lenet", 0.00125, 5)
+    assert B.cells_to_run(["2"], None, None, 9) == [("single", None), ("boost_2_model_e9", 2)]
+    longer = B.pipeline_args("boost_2_model_e9", 2, s, "/b", learner=B.learner_of(2, s, None, None, 9))
+    assert "--boost_epochs=9" in longer and "--model=lenet" in longer and "--size_ratio=0.005" in longer
 
 
 def test_target_needs_equal_bytes_and_half_the_time():
