@@ -240,7 +240,8 @@ def targets(results):
     out.append({"id": "T6", "target": "time per ATMC training step / time per bare PGD-AT step (same attack) <= 1.10",
                 "status": _verdict(checks, missing), "evidence": [t for _, t in checks], "missing": missing})
     more = [t for t in (fast_target(results), wta_target(results)) if t]
-    return out + attack_targets(results) + structured_targets(results) + more + objective_targets(results)
+    return (out + attack_targets(results) + structured_targets(results) + more + objective_targets(results)
+            + device_targets(results))
 
 
 # --- against the paper ---------------------------------------------------------------------
@@ -592,8 +593,9 @@ def _fast_lines(results):
 
 # --- structured (channel) sparsity (issue 16) ------------------------------------------------
 
-STRUCT_LABELS = {"sap": "structured AP", "satmc": "structured ATMC", "satmc8": "structured ATMC-8"}
-STRUCT_COLORS = {"sap": "tab:cyan", "satmc": "tab:olive", "satmc8": "darkred"}  # the trade-off plot's diamonds
+STRUCT_LABELS = {"sap": "structured AP", "satmc": "structured ATMC", "satmc8": "structured ATMC-8",
+                 "satmc4": "structured ATMC-4"}
+STRUCT_COLORS = {"sap": "tab:cyan", "satmc": "tab:olive", "satmc8": "darkred", "satmc4": "darkorange"}  # the trade-off plot's diamonds
 
 
 def _struct_cells(results):
@@ -603,7 +605,9 @@ def _struct_cells(results):
     for c in results.get("cells", {}).values():
         if c.get("method") in STRUCT_LABELS and not c.get("variant"):
             out.setdefault(c["ratio"], {})[c["method"]] = c
-    return {r: {m: out[r].get(m) for m in STRUCT_LABELS} for r in sorted(out, reverse=True)}
+    # The methods of issue 16's three always; one added since (structured ATMC-4) where the run has a cell of it.
+    shown = [m for m in STRUCT_LABELS if m in ("sap", "satmc", "satmc8") or any(m in row for row in out.values())]
+    return {r: {m: out[r].get(m) for m in shown} for r in sorted(out, reverse=True)}
 
 
 def structured_targets(results):
@@ -613,7 +617,7 @@ def structured_targets(results):
     da = _done(results, "da")
     checks, missing = [], []
     at = by_ratio.get(0.25, {})
-    for m in ("satmc", "satmc8"):
+    for m in ("satmc", "satmc8") + (("satmc4",) if "satmc4" in at else ()):  # ATMC-4 where the run has it
         c = at.get(m)
         if not (c and c.get("status") == "done" and da):
             missing.append(cell_key(m, 0.25))
@@ -644,6 +648,66 @@ def structured_targets(results):
                                   "kept-parameter ratio", "status": _verdict(checks, missing),
            "evidence": [t for _, t in checks], "missing": missing}
     return [t14, t15]
+
+
+# --- device bytes (issue 17) ------------------------------------------------------------------
+
+MCU_FLASH_BYTES = 64 * 1024  # T16's microcontroller: 64 KB (KiB) of flash for the model file
+ATMC_FAMILY = ("atmc32", "atmc8", "atmc4", "atmc2", "atmc8_lamp", "satmc", "satmc8", "satmc4")  # "an ATMC model"
+BYTES_BASELINES = ("ap", "sap", "tfmot")  # T17: AP (unstructured and structured) and TFMOT prune + QAT
+
+
+def _on_device(results, methods):
+    """The plain finished cells of `methods` with TFLM bytes: [(key, cell)], smallest file first."""
+    cells = [(k, c) for k, c in results.get("cells", {}).items()
+             if c.get("method") in methods and not c.get("variant") and c.get("status") == "done"
+             and c.get("tflm_bytes")]
+    return sorted(cells, key=lambda kc: kc[1]["tflm_bytes"])
+
+
+def device_targets(results):
+    """Issue 17's targets on the TFLite Micro flash (the LUT / PRUNE-compressed batch-1 file) and the .tflite's
+    robust accuracy (the protocol of every cell). T16: the most robust ATMC model whose file fits 64 KB is within
+    3 points of DA. T17: every AP / structured AP / TFMOT cell is beaten by at least 2 points by an ATMC cell of
+    equal or fewer TFLM bytes (so at every device size ATMC is the better buy); a baseline smaller than every
+    ATMC cell cannot be checked and is listed as missing."""
+    atmc, base = _on_device(results, ATMC_FAMILY), _on_device(results, BYTES_BASELINES)
+    if not atmc and not base:
+        return []
+    da = _done(results, "da")
+    fits = [(k, c) for k, c in atmc if c["tflm_bytes"] <= MCU_FLASH_BYTES]
+    checks, missing = [], []
+    if not da:
+        missing.append("da")
+    if not fits:
+        smallest = f" (smallest: {atmc[0][0]}, {atmc[0][1]['tflm_bytes']:,} B)" if atmc else ""
+        missing.append(f"an ATMC cell of <= {MCU_FLASH_BYTES:,} TFLM bytes{smallest}")
+    if da and fits:
+        k, c = max(fits, key=lambda kc: kc[1]["tflite_robust_acc"])
+        gap = da["tflite_robust_acc"] - c["tflite_robust_acc"]
+        checks.append((gap <= 0.03 + 1e-9, f"{k} ({c['tflm_bytes']:,} TFLM B) {_pct(c['tflite_robust_acc'])}% vs DA "
+                                           f"{_pct(da['tflite_robust_acc'])}% ({da.get('tflm_bytes') or 0:,} B): "
+                                           f"DA - ATMC = {_pct(gap)} pts (allowed <= 3.0)"))
+    t16 = {"id": "T16", "target": f"the most robust ATMC model in at most 64 KB ({MCU_FLASH_BYTES:,} B) of TFLite "
+                                  "Micro flash: .tflite robust accuracy within 3 points of DA's",
+           "status": _verdict(checks, missing), "evidence": [t for _, t in checks], "missing": missing}
+    checks, missing = [], []
+    for k, b in base:
+        under = [(ka, a) for ka, a in atmc if a["tflm_bytes"] <= b["tflm_bytes"]]
+        if not under:
+            missing.append(f"an ATMC cell of <= {b['tflm_bytes']:,} TFLM bytes (for {k})")
+            continue
+        ka, a = max(under, key=lambda kc: kc[1]["tflite_robust_acc"])
+        d = a["tflite_robust_acc"] - b["tflite_robust_acc"]
+        checks.append((d >= 0.02 - 1e-9, f"{k} {_pct(b['tflite_robust_acc'])}% at {b['tflm_bytes']:,} B: best ATMC at "
+                                         f"<= its bytes {ka} {_pct(a['tflite_robust_acc'])}% at {a['tflm_bytes']:,} B: "
+                                         f"{_pts(d)}"))
+    if not base:
+        missing.append("an AP, structured AP or TFMOT cell with TFLM bytes")
+    t17 = {"id": "T17", "target": "at every device size, ATMC's .tflite robust accuracy at least 2 points above the "
+                                  "best of AP, structured AP and TFMOT at equal or larger TFLite Micro bytes",
+           "status": _verdict(checks, missing), "evidence": [t for _, t in checks], "missing": missing}
+    return [t16, t17]
 
 
 def _structured_lines(results):

@@ -518,6 +518,48 @@ def test_targets_t14_t15_structured():
     assert "| 0.5 | structured ATMC-8 | NOT RUN YET |" in md
 
 
+def test_targets_t16_t17_device_bytes():
+    """T16: the most robust ATMC cell (unstructured or structured) whose TFLM file fits 64 KB is within 3 points of
+    DA (.tflite robust); T17: every AP / structured AP / TFMOT cell is beaten by >= 2 points by an ATMC cell of
+    equal or fewer TFLM bytes."""
+    def dev(method, ratio, robust, tflm):
+        return {**_cell(method, ratio, robust), "tflm_bytes": tflm}
+    res = _results(ratios=(0.01,), methods=("da",), **{
+        "da": dev("da", None, 0.65, 1_275_224),
+        "atmc8@0.01": dev("atmc8", 0.01, 0.66, 223_888),
+        "satmc8@0.04": dev("satmc8", 0.04, 0.61, 60_000),  # fits; 4 points below DA
+        "satmc4@0.08": dev("satmc4", 0.08, 0.63, 65_536),  # fits (exactly 64 KiB); 2 points below: the best that fits
+        "satmc4@0.1": dev("satmc4", 0.1, 0.70, 70_000),  # more robust, but does not fit
+        "ap@0.01": dev("ap", 0.01, 0.62, 223_888),  # equal bytes: atmc8@0.01 is 4 points above
+        "sap@0.04": dev("sap", 0.04, 0.58, 61_000)})  # satmc8@0.04 (60,000 B) is 3 points above
+    t = {x["id"]: x for x in R.targets(res)}
+    assert t["T16"]["status"] == R.MET and "satmc4@0.08" in t["T16"]["evidence"][0], t["T16"]
+    assert t["T17"]["status"] == R.MET and len(t["T17"]["evidence"]) == 2, t["T17"]
+    res["cells"]["satmc4@0.08"]["tflm_bytes"] = 65_537  # one byte over: the best that fits is 4 points below DA
+    assert _status(res, "T16") == R.NOT_MET
+    res["cells"]["satmc8@0.04~ard"] = {**dev("satmc8", 0.04, 0.65, 60_000), "variant": "ard"}  # variants don't count
+    assert _status(res, "T16") == R.NOT_MET
+    res["cells"]["sap@0.04"]["tflite_robust_acc"] = 0.595  # satmc8@0.04 only 1.5 points above
+    assert _status(res, "T17") == R.NOT_MET
+    res["cells"]["sap@0.04"]["tflite_robust_acc"] = 0.58
+    res["cells"]["tfmot@0.01"] = dev("tfmot", 0.01, 0.10, 40_000)  # smaller than every ATMC cell: not checkable
+    t17 = next(x for x in R.targets(res) if x["id"] == "T17")
+    assert t17["status"] == R.NOT_RUN and "tfmot@0.01" in t17["missing"][0], t17
+    # a run without any device-bytes cell has no T16 / T17 rows
+    assert not [x for x in R.targets(_results(da=_cell("da", None, 0.6))) if x["id"] in ("T16", "T17")]
+
+
+def test_structured_atmc4_is_a_structured_method_shown_only_where_run():
+    from benchmarks import benchmark as B
+    assert B.STRUCTURED["satmc4"][0] == "atmc4" and B.FAMILY["atmc4"] == "atmc"
+    res = _results(ratios=(0.01,), methods=("da",), **{"sap@0.25": _cell("sap", 0.25, 0.6)})
+    assert list(R._struct_cells(res)[0.25]) == ["sap", "satmc", "satmc8"]
+    res["cells"]["satmc4@0.1"] = _cell("satmc4", 0.1, 0.6)
+    rows = R._struct_cells(res)
+    assert list(rows[0.25]) == ["sap", "satmc", "satmc8", "satmc4"] and rows[0.25]["satmc4"] is None
+    assert rows[0.1]["satmc4"]["robust_acc"] == 0.6
+
+
 def test_target_t10_activation_sparsity():
     """T10: some WTA variant of ATMC-8 at <= 0.3x its effective MACs (adversarial inputs; a cell without the
     layers computes all of them) for at most 2 points of robust accuracy, the lowest of PGD and BPDA PGD."""
