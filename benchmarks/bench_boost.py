@@ -22,6 +22,7 @@ transferred PGD examples), plus LiteRT latency measured here: the batch-1 int8 f
 Results: <workdir>/results.json (a cell written when it finishes; a rerun skips finished cells and refuses,
 exit 2, a workdir of other settings) and the page <workdir>/bench_boost.md (also --page, with the JSON beside it).
 """
+import datetime
 import json
 import os
 
@@ -211,15 +212,22 @@ def render(results):
     for key, status, why in goal_status(results):
         lines.append(f"- {key}: **{status}** ({why}).")
     lines += ["", "| cell | learners | Keras clean | Keras robust (worst case) | .tflite clean | .tflite robust (transfer) | "
-              "TFLM bytes | LiteRT bytes | LiteRT ms | training s |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "TFLM bytes | LiteRT bytes | LiteRT ms | training s | robust after each round |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, c in results.get("cells", {}).items():
         d = c["device_bytes"]
+        per_round = " / ".join(f"{r['worst_case']:.3f}" for r in c.get("rounds") or [])
         who = (f"{c.get('learners', 1)} x {c.get('learner_model', s['model'])} at "
                f"{c.get('learner_size_ratio', s['size_ratio'] / c.get('learners', 1)):.4g}"
                + (f", {c.get('learner_epochs', s['boost_epochs'])} epochs" if key != "single" else ""))
         lines.append(f"| {key} | {who} | {c['keras_clean']:.3f} | {c['keras_robust_worst']:.3f} | {c['tflite_clean']:.3f} | "
                      f"{c['tflite_robust_transfer']:.3f} | {d['tflm']:,} | {d['litert']:,} | {c['latency_ms']:.3f} | "
-                     f"{c['train_seconds']:.0f} |")
+                     f"{c['train_seconds']:.0f} | {per_round or '-'} |")
+    made = [f"- {key}: `{c['command']}` (finished {c['finished']})" for key, c in results.get("cells", {}).items()
+            if c.get("command")]
+    if made:
+        lines += ["", "How each cell was made (cells without a line were recorded before cells kept their command; "
+                  "the README lists those commands):", ""] + made
     return "\n".join(lines + provenance_lines(results))
 
 
@@ -238,6 +246,8 @@ def main(argv):
         wall = run_pipeline(name, pipeline_args(name, t, s, bench_dir, F.data_dir, learner), bench_dir)
         cell = read_cell(os.path.join(bench_dir, "cells", name), t, F.latency_runs)
         cell.update(learners=t or 1, learner_model=learner[0], learner_size_ratio=learner[1], wall_seconds=wall,
+                    command=results["command"],
+                    finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     **({"learner_epochs": learner[2]} if t else {}))
         results["cells"][name] = cell
         write_json(res_path, results)

@@ -26,6 +26,9 @@ def test_quick_run_single_and_ensemble_resume(tmp_path):
     assert boost_cfg["method"] == "boost" and boost_cfg["rounds"] == 2 and boost_cfg["size_ratio"] == pytest.approx(0.15)
     page = (tmp_path / "docs" / "bb.md").read_text()
     assert "Smoke test" in page and "| boost_2 |" in page and "- boost_2: **" in page
+    per_round = " / ".join(f"{r['worst_case']:.3f}" for r in ens["rounds"])
+    assert f"| {ens['train_seconds']:.0f} | {per_round} |" in page  # the robust curve of the rounds
+    assert f"- boost_2: `python -m benchmarks.bench_boost --quick --workdir={wd}" in page  # how each cell was made
     again = run_bench("--quick", f"--workdir={wd}")
     assert again.returncode == 0 and again.stdout.count("done (resumed)") == 2, again.stdout
     other = run_bench("--quick", "--eps=0.2", f"--workdir={wd}", timeout=120)
