@@ -160,7 +160,7 @@ QUICK = dict(limit_train=600, limit_test=200, da_epochs=1, pgd_steps=2, eval_pgd
 # Flags of pipelines.atmc that the benchmark sets per cell itself.
 PIPELINE_ONLY = ("method", "size_ratio", "mac_ratio", "nnz_budget", "bits", "bits_enabled", "factorization",
                  "rank", "al0_epochs", "atmc32_epochs", "atmcb_epochs", "finetune_epochs", "micro_samples", "plot_eps",
-                 "model_file", "strategy")
+                 "model_file", "strategy", "rounds", "boost_epochs")  # boosting: its own benchmark (bench_boost)
 # Settings that may change between a run and its resume (cells are keyed by method and ratio).
 # The attack settings (a cell records its own and is attacked again when they change) may too.
 RERUN_SAFE = ("verbose", "docs_dir", "render_only", "retime", "remeasure_device_bytes", "attacks_only",

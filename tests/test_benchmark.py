@@ -344,6 +344,19 @@ def test_identity_of_a_run_from_before_a_setting_existed():
     assert bench_flag == ["tune_val"]  # 10 against the flag default 3000
 
 
+def test_identity_ignores_the_boosting_settings():
+    """--method=boost's settings train nothing here: a workdir recorded before --boost_epochs' default changed
+    (5 -> 15) resumes."""
+    from benchmarks import benchmark as B
+
+    class Cfg:  # what identity reads of a PipelineConfig
+        def as_dict(self):
+            return {"eps": 0.1, "model": "lenet", "method": "atmc", "rounds": 3, "boost_epochs": 15}
+    mine = B.identity(Cfg(), {"quick": False})
+    assert "boost_epochs" not in mine and "rounds" not in mine and "eps" in mine
+    assert B.identity_diff(mine, {**mine, "boost_epochs": 5, "rounds": 3}) == []
+
+
 @pytest.mark.parametrize("flag,mentions", [
     ("--ratios=0", "--ratios"), ("--ratios=0.01,abc", "--ratios"), ("--methods=magic", "--methods"),
     ("--method=ap", "--method"), ("--size_ratio=0.1", "--size_ratio"), ("--compress_epochs=2", "--compress_epochs"),
