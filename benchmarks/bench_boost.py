@@ -223,8 +223,8 @@ def render(results):
         lines.append(f"| {key} | {who} | {c['keras_clean']:.3f} | {c['keras_robust_worst']:.3f} | {c['tflite_clean']:.3f} | "
                      f"{c['tflite_robust_transfer']:.3f} | {d['tflm']:,} | {d['litert']:,} | {c['latency_ms']:.3f} | "
                      f"{c['train_seconds']:.0f} | {per_round or '-'} |")
-    made = [f"- {key}: `{c['command']}` (finished {c['finished']})" for key, c in results.get("cells", {}).items()
-            if c.get("command")]
+    made = [f"- {key}: `{c['command']}`" + (f" (finished {c['finished']})" if c.get("finished") else "")
+            for key, c in results.get("cells", {}).items() if c.get("command")]
     if made:
         lines += ["", "How each cell was made (cells without a line were recorded before cells kept their command; "
                   "the README lists those commands):", ""] + made
