@@ -617,7 +617,7 @@ def structured_targets(results):
     da = _done(results, "da")
     checks, missing = [], []
     at = by_ratio.get(0.25, {})
-    for m in ("satmc", "satmc8") + (("satmc4",) if "satmc4" in at else ()):  # ATMC-4 where the run has it
+    for m in ("satmc", "satmc8") + (("satmc4",) if at.get("satmc4") else ()):  # ATMC-4 where it ran at 0.25
         c = at.get(m)
         if not (c and c.get("status") == "done" and da):
             missing.append(cell_key(m, 0.25))

@@ -571,6 +571,8 @@ def test_structured_atmc4_is_a_structured_method_shown_only_where_run():
     rows = R._struct_cells(res)
     assert list(rows[0.25]) == ["sap", "satmc", "satmc8", "satmc4"] and rows[0.25]["satmc4"] is None
     assert rows[0.1]["satmc4"]["robust_acc"] == 0.6
+    t14 = next(t for t in R.targets(res) if t["id"] == "T14")
+    assert "satmc4@0.25" not in t14["missing"] and "satmc@0.25" in t14["missing"]  # ATMC-4 never ran at 0.25
 
 
 def test_target_t10_activation_sparsity():
