@@ -22,7 +22,6 @@ transferred PGD examples), plus LiteRT latency measured here: the batch-1 int8 f
 Results: <workdir>/results.json (a cell written when it finishes; a rerun skips finished cells and refuses,
 exit 2, a workdir of other settings) and the page <workdir>/bench_boost.md (also --page, with the JSON beside it).
 """
-import datetime
 import json
 import os
 
@@ -30,8 +29,8 @@ from absl import app, flags
 
 from atmc_tf.choices import MODELS as MODEL_NAMES
 
-from benchmarks.pipeline_cells import (fail, open_results, provenance_lines, quick_defaults, run_pipeline, write_json,
-                                       write_page)
+from benchmarks.pipeline_cells import (fail, open_results, provenance_lines, quick_defaults, run_pipeline,
+                                       utc_minute, write_json, write_page)
 
 F = flags.FLAGS
 GOAL_POINTS, GOAL_TIME = 0.01, 0.5
@@ -247,7 +246,7 @@ def main(argv):
         cell = read_cell(os.path.join(bench_dir, "cells", name), t, F.latency_runs)
         cell.update(learners=t or 1, learner_model=learner[0], learner_size_ratio=learner[1], wall_seconds=wall,
                     command=results["command"],
-                    finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                    finished=utc_minute(),
                     **({"learner_epochs": learner[2]} if t else {}))
         results["cells"][name] = cell
         write_json(res_path, results)

@@ -596,6 +596,7 @@ def _fast_lines(results):
 STRUCT_LABELS = {"sap": "structured AP", "satmc": "structured ATMC", "satmc8": "structured ATMC-8",
                  "satmc4": "structured ATMC-4"}
 STRUCT_COLORS = {"sap": "tab:cyan", "satmc": "tab:olive", "satmc8": "darkred", "satmc4": "darkorange"}  # the trade-off plot's diamonds
+STRUCT_ALWAYS = ("sap", "satmc", "satmc8")  # issue 16's, in every table; one added since where the run has a cell of it
 
 
 def _struct_cells(results):
@@ -605,8 +606,7 @@ def _struct_cells(results):
     for c in results.get("cells", {}).values():
         if c.get("method") in STRUCT_LABELS and not c.get("variant"):
             out.setdefault(c["ratio"], {})[c["method"]] = c
-    # The methods of issue 16's three always; one added since (structured ATMC-4) where the run has a cell of it.
-    shown = [m for m in STRUCT_LABELS if m in ("sap", "satmc", "satmc8") or any(m in row for row in out.values())]
+    shown = [m for m in STRUCT_LABELS if m in STRUCT_ALWAYS or any(m in row for row in out.values())]
     return {r: {m: out[r].get(m) for m in shown} for r in sorted(out, reverse=True)}
 
 
@@ -617,7 +617,7 @@ def structured_targets(results):
     da = _done(results, "da")
     checks, missing = [], []
     at = by_ratio.get(0.25, {})
-    for m in ("satmc", "satmc8") + (("satmc4",) if at.get("satmc4") else ()):  # ATMC-4 where it ran at 0.25
+    for m in [m for m in STRUCT_LABELS if m != "sap" and (m in STRUCT_ALWAYS or at.get(m))]:
         c = at.get(m)
         if not (c and c.get("status") == "done" and da):
             missing.append(cell_key(m, 0.25))

@@ -27,6 +27,11 @@ def write_json(path, obj):
     atomic.write_text_atomic(path, json.dumps(obj, indent=1))
 
 
+def utc_minute():
+    """Now, to the minute, as the results files record times ('2026-12-03 18:49 UTC')."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def open_results(bench_dir, settings, quick, program):
     """<bench_dir>/results.json, resumed (refused, exit 2, when it holds other settings) or new; stamped with
     this invocation's command line, versions, machine and time, and written back."""
@@ -44,7 +49,7 @@ def open_results(bench_dir, settings, quick, program):
     results["command"] = f"python -m {program} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     results["env"] = {"versions": package_versions(["tensorflow", "keras", "ai-edge-litert", "numpy"]),
                       "machine": "{cpu_model}, {nproc} CPUs, {platform}, nice {nice}".format(**machine())}
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = utc_minute()
     results.setdefault("date", now)  # when the run started; "updated": its last (resumed) invocation
     results["updated"] = now
     write_json(path, results)
