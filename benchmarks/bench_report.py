@@ -37,7 +37,7 @@ COLORS = {"da": "black", "nap": "tab:gray", "ap": "tab:blue", "al0": "tab:green"
 HEADLINE_RATIO = 0.01
 ISSUE_RATIOS = (0.003, 0.01, 0.03, 0.1)
 # Device bytes (issue 17): LiteRT stores the raw int8 .tflite (tflite_bytes); a TFLite Micro device
-# stores the batch-1 int8 model with its few-valued kernels LUT-compressed (compress_for_micro).
+# stores the batch-1 int8 model with its few-valued kernels as LUT indices, sparse ones PRUNE (compress_for_micro).
 DEVICE_FIELDS = ("tflm_bytes", "tflm_b1_bytes", "tflm_encoding")
 # What the results JSON must hold for every finished cell (tests/test_benchmark.py checks them).
 CELL_FIELDS = ("method", "ratio", "status", "clean_acc", "robust_acc", "tflite_clean_acc", "tflite_robust_acc",
@@ -988,8 +988,15 @@ def _encodings(c):
     enc = c.get("tflm_encoding")
     if not enc:
         return "n/a"
-    return ", ".join(f"{_OP_SHORT.get(t.get('op'), t.get('op', '?'))} "
-                     + (f"lut {t['index_bits']}b" if t.get("index_bits") else "dense") for t in enc)
+    return ", ".join(f"{_OP_SHORT.get(t.get('op'), t.get('op', '?'))} " + _encoding(t) for t in enc)
+
+
+def _encoding(t):
+    """One kernel's TFLM encoding as the page names it: `lut 4b` (LUT indices of that width), `prune` (bitmap +
+    values) or `dense` (int8, where neither saved bytes)."""
+    if t.get("index_bits"):
+        return f"lut {t['index_bits']}b"
+    return "prune" if t.get("encoding") == "prune" else "dense"
 
 
 def _device_lines(results):
@@ -1001,13 +1008,14 @@ def _device_lines(results):
          "kernels) and its sparse form (TFLite sparse tensors, `atmc_tf.export.to_litert_sparse`) that LiteRT runs "
          "with its default delegate and that keeps the int8 file's answers on the test split (`pipelines/phone.py`, "
          "as the pipeline ships it): phone bytes, with the file in brackets. A TFLite Micro device stores the batch-1 int8 "
-         "model (`to_int8_tflite(batch_size=1)`) with each few-valued kernel as per-channel look-up-table indices "
-         "(`atmc_tf.export.compress_for_micro`, decoded by TFLM's DECODE op; a kernel stays dense int8 where that "
-         "saves nothing): TFLM bytes = that file's size, the flash it costs. Its TFLM outputs are not re-checked "
+         "model (`to_int8_tflite(batch_size=1)`) with each kernel in the smallest encoding TFLM's DECODE op reads "
+         "(`atmc_tf.export.compress_for_micro`): per-channel look-up-table indices for few-valued kernels (`lut "
+         "4b`), a bitmap of the nonzeros plus their values for sparse ones (`prune`), dense int8 where neither "
+         "saves bytes: TFLM bytes = that file's size, the flash it costs. Its TFLM outputs are not re-checked "
          "here (the pipeline checks them bit-identical to the uncompressed model's). TFMOT's row compresses its "
          "own .tflite (tf_keras converter, dynamic batch), not a batch-1 re-export.", "",
          "| cell | robust % (.tflite) | int8 .tflite bytes | phone bytes (file) | TFLM batch-1, uncompressed "
-         "| TFLM bytes (LUT) | TFLM / int8 .tflite | kernels (encoding, index bits) |", "|---|---|---|---|---|---|---|---|"]
+         "| TFLM bytes (LUT / PRUNE) | TFLM / int8 .tflite | kernels (encoding, index bits) |", "|---|---|---|---|---|---|---|---|"]
     old = 0
     for k, c in shown:
         tb = c.get("tflm_bytes")
@@ -1032,7 +1040,7 @@ def _kb(v, _pos=None):
 
 def plot_tradeoff(results, file):
     """Robust and clean accuracy vs paper-style size ratio, .tflite robust vs gzipped bytes and vs TFLite
-    Micro flash bytes (the batch-1 int8 model, LUT-compressed; cells without it are left out). The
+    Micro flash bytes (the batch-1 int8 model, LUT- or PRUNE-compressed; cells without it are left out). The
     structured cells (issue 16) are drawn with diamonds; the variant cells are not drawn.
 
     Top row: every method on the full 0-1 scale. Bottom row: the same panels zoomed on the adversarially
@@ -1051,7 +1059,7 @@ def plot_tradeoff(results, file):
               ("tflite_robust_acc", "tflite_gzip_bytes",
                "robust accuracy, int8 .tflite (transfer)", "gzipped int8 .tflite bytes (log)"),
               ("tflite_robust_acc", "tflm_bytes", "robust accuracy, int8 .tflite (transfer)",
-               "TFLite Micro flash bytes: batch-1 int8, LUT-compressed (log)")]
+               "TFLite Micro flash bytes: batch-1 int8, LUT / PRUNE (log)")]
     byte_axes = ("tflite_gzip_bytes", "tflm_bytes")
     ratios = _ratios(results)
     zoomed = tuple(m for m in COMPRESSED if m != "nap")

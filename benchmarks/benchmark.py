@@ -9,7 +9,7 @@ NAP, AP, AL0, ATMC-32, ATMC-8, ATMC-4, ATMC-2 and AL0 / ATMC-8 with LAMP scoring
 the L0 budget, with the same number of compression epochs, each exported to an int8
 .tflite and attacked with PGD-20 x 5 restarts (Keras white-box; the .tflite on the
 same images) and measured in device bytes (TFLite Micro: the batch-1 int8 model,
-LUT-compressed); TFMOT's prune + QAT in its own
+LUT / PRUNE-compressed); TFMOT's prune + QAT in its own
 process at ATMC-8's gzipped size; PGD-100 on the best model; step-time and
 ResNet-50-size constraint costs. Learning rates are picked on the validation split.
 
@@ -133,7 +133,7 @@ flags.DEFINE_list("variants", [], "Cells of the neighbouring methods against the
                   "pipeline settings: " + "; ".join(f"{k}: {v.doc}" for k, v in VARIANTS.items()) + ". Cell keys: "
                   "<base>~<variant> (da~<variant> where the variant trains its own DA).")
 flags.DEFINE_bool("remeasure_device_bytes", False, "Only fill in the device bytes (TFLite Micro flash: the batch-1 "
-                  "int8 model, LUT-compressed) of finished cells recorded without them, from each cell's saved "
+                  "int8 model, LUT / PRUNE-compressed) of finished cells recorded without them, from each cell's saved "
                   "model (TFMOT: its .tflite), then re-render; give the run's own flags. Nothing is trained.")
 flags.DEFINE_bool("reexport_activation_sparsity", False, "Only re-export the finished winners-take-all cells whose "
                   "int8 files predate the O(n) deployed form of wide layers (atmc_tf.export.winners), from each "
@@ -407,7 +407,7 @@ def micro_fields(b1, out_dir, source):
 def device_bytes(plain, rep_x, out_dir, verbose=0):
     """The TFLite Micro device bytes of a Keras model, as the pipeline makes its microcontroller file:
     the batch-1 int8 .tflite (to_int8_tflite(batch_size=1), kept as <out_dir>/model_int8_batch1.tflite),
-    LUT-compressed by compress_for_micro. A failure is recorded (tflm_error), never fatal: the cell's
+    LUT- or PRUNE-compressed by compress_for_micro. A failure is recorded (tflm_error), never fatal: the cell's
     training and accuracies are worth more than this one measurement."""
     from atmc_tf.export import atomic, to_int8_tflite
     from pipelines import console
@@ -832,7 +832,7 @@ class Benchmark:
 
     @staticmethod
     def _tfmot_device_bytes(cell, out_dir):
-        """TFMOT's cell comes from another process (tf_keras): its own .tflite, LUT-compressed as it is
+        """TFMOT's cell comes from another process (tf_keras): its own .tflite, compressed (LUT / PRUNE) as it is
         (the tf_keras converter's dynamic-batch model, not a batch-1 re-export)."""
         try:
             with open(cell["tflite_file"], "rb") as fh:
@@ -1070,7 +1070,7 @@ def main(argv):
         if c.get("status") == "done":
             print(f"benchmark: {key}: robust (.tflite) {c['tflite_robust_acc']:.4f}; LiteRT {c['tflite_bytes']} B, "
                   f"TFLM {c.get('tflm_bytes', 'n/a')} B (batch-1 uncompressed {c.get('tflm_b1_bytes', 'n/a')} B, "
-                  f"{c.get('tflm_compressed_tensors', 'n/a')} kernels LUT-compressed)"
+                  f"{c.get('tflm_compressed_tensors', 'n/a')} kernels compressed: LUT or PRUNE)"
                   + (f"; device bytes failed: {c['tflm_error']}" if c.get("tflm_error") else ""))
     done = sum(1 for c in res["cells"].values() if c.get("status") == "done")
     print(f"benchmark: {done} cells done in {time.time() - t0:.0f} s; results {res.file}; "

@@ -201,7 +201,7 @@ def main(argv):
         from atmc_tf.export.micro import failure_reason
         mcu = summary["micro_compressed"]
         reason = failure_reason(summary["micro"]) or (
-            f"the LUT-compressed file ({mcu['flash_bytes']} bytes) does not reproduce it on TFLite Micro: "
+            f"the compressed file ({mcu['flash_bytes']} bytes) does not reproduce it on TFLite Micro: "
             f"{mcu.get('error')}")
         sys.stderr.write(f"error: TFLite Micro check failed: {reason}\n")
         sys.exit(1)

@@ -764,7 +764,9 @@ def test_device_bytes_of_a_few_valued_model_are_below_its_batch1_bytes(tmp_path)
 
 def _device(cell, tflm, b1, lite=1_276_112):
     return {**cell, "tflite_bytes": lite, "tflm_bytes": tflm, "tflm_b1_bytes": b1,
-            "tflm_encoding": [{"op": "CONV_2D", "index_bits": 3}, {"op": "FULLY_CONNECTED", "index_bits": None}]}
+            "tflm_encoding": [{"op": "CONV_2D", "encoding": "lut_per_channel", "index_bits": 3},
+                              {"op": "FULLY_CONNECTED", "encoding": "prune", "index_bits": None},
+                              {"op": "FULLY_CONNECTED", "encoding": "dense_int8", "index_bits": None}]}
 
 
 def _table_cell(method, ratio, robust, **kw):
@@ -806,7 +808,7 @@ def test_device_bytes_column_and_section():
     assert "| 1276112 | 1000 | 301,000 | 10 s | 0.01 |" in md  # the ATMC-2 row: raw, gzip, TFLM
     assert "| 1276112 | 1000 | n/a | 10 s | 0.01 |" in md  # AP: an old cell
     dev = md.split("## Device bytes")[1].split("\n## ")[0]
-    assert ("| atmc2@0.01 | 60.0 | 1,276,112 | 95,000 (sparse) | 1,275,224 | 301,000 | 0.236 | conv lut 3b, fc dense |"
+    assert ("| atmc2@0.01 | 60.0 | 1,276,112 | 95,000 (sparse) | 1,275,224 | 301,000 | 0.236 | conv lut 3b, fc prune, fc dense |"
             in dev)
     assert "| ap@0.01 | 50.0 | 1,276,112 | n/a | n/a | n/a | - | n/a |" in dev
     assert "--remeasure_device_bytes" in dev
