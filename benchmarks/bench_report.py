@@ -594,8 +594,9 @@ def _fast_lines(results):
 # --- structured (channel) sparsity (issue 16) ------------------------------------------------
 
 STRUCT_LABELS = {"sap": "structured AP", "satmc": "structured ATMC", "satmc8": "structured ATMC-8",
-                 "satmc4": "structured ATMC-4"}
-STRUCT_COLORS = {"sap": "tab:cyan", "satmc": "tab:olive", "satmc8": "darkred", "satmc4": "darkorange"}  # the trade-off plot's diamonds
+                 "satmc4": "structured ATMC-4", "satmc2": "structured ATMC-2"}
+STRUCT_COLORS = {"sap": "tab:cyan", "satmc": "tab:olive", "satmc8": "darkred", "satmc4": "darkorange",
+                 "satmc2": "gold"}  # the trade-off plot's diamonds
 STRUCT_ALWAYS = ("sap", "satmc", "satmc8")  # issue 16's, in every table; one added since where the run has a cell of it
 
 
@@ -653,7 +654,7 @@ def structured_targets(results):
 # --- device bytes (issue 17) ------------------------------------------------------------------
 
 MCU_FLASH_BYTES = 64 * 1024  # T16's microcontroller: 64 KB (KiB) of flash for the model file
-ATMC_FAMILY = ("atmc32", "atmc8", "atmc4", "atmc2", "atmc8_lamp", "satmc", "satmc8", "satmc4")  # "an ATMC model"
+ATMC_FAMILY = ("atmc32", "atmc8", "atmc4", "atmc2", "atmc8_lamp", "satmc", "satmc8", "satmc4", "satmc2")  # "an ATMC model"
 BYTES_BASELINES = ("ap", "sap", "tfmot")  # T17: AP (unstructured and structured) and TFMOT prune + QAT
 
 

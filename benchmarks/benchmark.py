@@ -45,7 +45,8 @@ F = flags.FLAGS
 STRUCTURED = {"sap": ("ap", "structured AP (channels chosen once by norm on the DA model, adversarial fine-tuning)"),
               "satmc": ("atmc32", "structured ATMC (the global channel budget re-selected every step, fp32)"),
               "satmc8": ("atmc8", "structured ATMC with the 8-bit codebook"),
-              "satmc4": ("atmc4", "structured ATMC with the 4-bit codebook (4-bit LUT indices on TFLite Micro)")}
+              "satmc4": ("atmc4", "structured ATMC with the 4-bit codebook (4-bit LUT indices on TFLite Micro)"),
+              "satmc2": ("atmc2", "structured ATMC with the 2-bit codebook (2-bit LUT indices on TFLite Micro)")}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -565,6 +565,7 @@ def test_targets_t16_t17_device_bytes():
 def test_structured_atmc4_is_a_structured_method_shown_only_where_run():
     from benchmarks import benchmark as B
     assert B.STRUCTURED["satmc4"][0] == "atmc4" and B.FAMILY["atmc4"] == "atmc"
+    assert B.STRUCTURED["satmc2"][0] == "atmc2" and "satmc2" in R.ATMC_FAMILY and "satmc2" in R.STRUCT_COLORS
     res = _results(ratios=(0.01,), methods=("da",), **{"sap@0.25": _cell("sap", 0.25, 0.6)})
     assert list(R._struct_cells(res)[0.25]) == ["sap", "satmc", "satmc8"]
     res["cells"]["satmc4@0.1"] = _cell("satmc4", 0.1, 0.6)
@@ -573,6 +574,8 @@ def test_structured_atmc4_is_a_structured_method_shown_only_where_run():
     assert rows[0.1]["satmc4"]["robust_acc"] == 0.6
     t14 = next(t for t in R.targets(res) if t["id"] == "T14")
     assert "satmc4@0.25" not in t14["missing"] and "satmc@0.25" in t14["missing"]  # ATMC-4 never ran at 0.25
+    res["cells"]["satmc2@0.1"] = _cell("satmc2", 0.1, 0.5)  # a 2-bit cell: its own column where it ran
+    assert list(R._struct_cells(res)[0.1]) == ["sap", "satmc", "satmc8", "satmc4", "satmc2"]
 
 
 def test_target_t10_activation_sparsity():
