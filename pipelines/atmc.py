@@ -244,7 +244,8 @@ def run(cfg, data=None):
         "size": size,
         "device_bytes": device_bytes(phone_tfl, tfl_mcu, tfl_b1),
         "files": {**files, "plots": plots},
-        "stages": [{k: r[k] for k in ("stage", "method", "epochs", "seconds")} for r in [da_result] + results],
+        "stages": [{**{k: r[k] for k in ("stage", "method", "epochs", "seconds")}, "projection": r.get("projection")}
+                   for r in [da_result] + results],
         "stage_results": [da_result] + results,
         "collapse": collapse,
         "structure": structure,
@@ -659,6 +660,9 @@ def main_body(argv):
         status = 4
     elif problem:
         sys.stderr.write(f"warning: {problem} (accepted: --allow_collapse)\n")
+    for st in r["stages"]:
+        if (st.get("projection") or {}).get("line"):
+            sys.stderr.write(f"warning: {st['projection']['line']} (report: {report_md})\n")
     if status:
         sys.exit(status)
 

@@ -11,6 +11,16 @@ from atmc_tf.export import atomic  # noqa: E402
 from atmc_tf.export.micro import failure_reason  # noqa: E402
 
 
+def _projection(p):
+    """A quantization stage's last step, W <- Q_b(W), as validation accuracies before -> after; '' without one."""
+    if not p:
+        return ""
+    text = f"clean {100 * p['val_clean_before']:.1f}% -> {100 * p['val_clean_after']:.1f}%"
+    if p.get("val_adv_before") is not None:
+        text += f", adversarial {100 * p['val_adv_before']:.1f}% -> {100 * p['val_adv_after']:.1f}%"
+    return text
+
+
 def save_png(fig, file):
     """Save a matplotlib figure as a PNG, atomically, and close it."""
     try:
@@ -164,10 +174,13 @@ def markdown(r):
         "",
         "## Stages",
         "",
-        "| stage | epochs | seconds |",
-        "|---|---|---|",
+        "| stage | epochs | seconds | final projection onto b bits (validation accuracy before -> after) |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {st['stage']} | {st['epochs']} | {st['seconds']:.1f} |" for st in r["stages"]]
+    lines += [f"| {st['stage']} | {st['epochs']} | {st['seconds']:.1f} | {_projection(st.get('projection'))} |"
+              for st in r["stages"]]
+    lines += [f"\n**Warning: {st['projection']['line']}.**" for st in r["stages"]
+              if (st.get("projection") or {}).get("line")]
     lines += _overfitting_lines(r.get("stage_results") or [])
     lines += ["", "Plots: " + ", ".join(f"[{os.path.basename(p)}]({os.path.basename(p)})"
                                        for p in r["files"]["plots"]), ""]

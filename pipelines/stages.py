@@ -247,12 +247,14 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
     else:
         trainer.prepare_constraints()
         trainer.finalize()
+    projection = projection_cost(name, config, trainer, data, history)
     # "seconds": training wall time of the finished epochs summed over every run of the stage
     # (the epoch a kill cut short is redone and not counted); "history": every epoch's logs.
     result = {"stage": name, "method": method, "epochs": epochs, "seconds": seconds,
               "history": history, "constraints": trainer.constraint_report(),
               "train_attack": None if config.attack is None else attack_to_dict(config.attack)["kind"],
-              "catastrophic_overfitting": overfitting, "compute_dtype": cfg.compute_dtype}
+              "catastrophic_overfitting": overfitting, "compute_dtype": cfg.compute_dtype,
+              "projection": projection}
     faults.point(f"{name}:save")
     with atomic.atomic_path(model_file, ".tmp.keras") as tmp:
         net.save(tmp)
@@ -262,6 +264,42 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
     if checkpoint is not None:
         checkpoint.delete()
     return _plain(cfg, net), net, result
+
+
+PROJECTION_WARN = 0.05  # validation accuracy the final projection onto the b-bit set may cost before we warn
+
+
+def projection_cost(name, config, trainer, data, history):
+    """What the end of a quantization stage costs: ADMM trains W next to its b-bit copy Z and the
+    stage ends with W <- Q_b(W); where ADMM left W far from the set (measured: ATMC-2, w_z_dist flat
+    through the stage), that last step loses accuracy that no epoch line showed. Measured with the
+    epochs' own validation metrics (trainer.evaluate: clean and, where the stage attacks, adversarial
+    accuracy), the last epoch's being the weights before the projection. Returns {"val_clean_before",
+    "val_clean_after", "val_adv_before", "val_adv_after", "drop" (the larger of the two drops), "w_z_dist",
+    "line" (a warning, or None)} for a stage with bits and a finished epoch, else None."""
+    history = history or {}
+    if config.bits is None or not history.get("val_clean_acc"):
+        return None
+    after = trainer.evaluate(data.x_val, data.y_val, batch_size=256, verbose=0, return_dict=True)
+    out = {"val_clean_before": history["val_clean_acc"][-1], "val_clean_after": float(after["clean_acc"]),
+           "val_adv_before": None, "val_adv_after": None,
+           "w_z_dist": (history.get("w_z_dist") or [None])[-1], "line": None}
+    if history.get("val_adv_acc") and "adv_acc" in after:
+        out["val_adv_before"], out["val_adv_after"] = history["val_adv_acc"][-1], float(after["adv_acc"])
+    drops = {kind: out[f"val_{kind}_before"] - out[f"val_{kind}_after"] for kind in ("clean", "adv")
+             if out[f"val_{kind}_before"] is not None}
+    kind = max(drops, key=drops.get)
+    out["drop"] = drops[kind]
+    if out["drop"] > PROJECTION_WARN:
+        what = "validation accuracy" if kind == "clean" else "adversarial validation accuracy"
+        dist = out["w_z_dist"]
+        out["line"] = (f"stage {name}: the final projection onto the {config.bits}-bit set cost "
+                       f"{100 * out['drop']:.1f} points of {what} ({100 * out[f'val_{kind}_before']:.1f}% -> "
+                       f"{100 * out[f'val_{kind}_after']:.1f}%): ADMM left the weights far from it"
+                       + (f" (w_z_dist {dist:.3g} at the last epoch)" if dist is not None else "")
+                       + "; use more bits (--bits): docs/admm_low_bits.md")
+        logging.warning("%s", out["line"])
+    return out
 
 
 def load_user_model(file):
