@@ -660,7 +660,7 @@ def main_body(argv):
         status = 4
     elif problem:
         sys.stderr.write(f"warning: {problem} (accepted: --allow_collapse)\n")
-    for st in r["stages"]:
+    for st in r.get("stages") or []:  # a boost report has rounds, not stages
         if (st.get("projection") or {}).get("line"):
             sys.stderr.write(f"warning: {st['projection']['line']} (report: {report_md})\n")
     if status:
