@@ -660,9 +660,9 @@ def main_body(argv):
         status = 4
     elif problem:
         sys.stderr.write(f"warning: {problem} (accepted: --allow_collapse)\n")
-    for st in r.get("stages") or []:  # a boost report has rounds, not stages
-        if (st.get("projection") or {}).get("line"):
-            sys.stderr.write(f"warning: {st['projection']['line']} (report: {report_md})\n")
+    from pipelines.report import projection_warnings
+    for line in projection_warnings(r.get("stages")):  # a boost report has rounds, not stages
+        sys.stderr.write(f"warning: {line} (report: {report_md})\n")
     if status:
         sys.exit(status)
 

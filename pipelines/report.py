@@ -21,6 +21,11 @@ def _projection(p):
     return text
 
 
+def projection_warnings(stages):
+    """The warning lines of the stages whose final projection onto b bits cost too much (stages.projection_cost)."""
+    return [st["projection"]["line"] for st in stages or [] if (st.get("projection") or {}).get("line")]
+
+
 def save_png(fig, file):
     """Save a matplotlib figure as a PNG, atomically, and close it."""
     try:
@@ -179,8 +184,7 @@ def markdown(r):
     ]
     lines += [f"| {st['stage']} | {st['epochs']} | {st['seconds']:.1f} | {_projection(st.get('projection'))} |"
               for st in r["stages"]]
-    lines += [f"\n**Warning: {st['projection']['line']}.**" for st in r["stages"]
-              if (st.get("projection") or {}).get("line")]
+    lines += [f"\n**Warning: {line}.**" for line in projection_warnings(r["stages"])]
     lines += _overfitting_lines(r.get("stage_results") or [])
     lines += ["", "Plots: " + ", ".join(f"[{os.path.basename(p)}]({os.path.basename(p)})"
                                        for p in r["files"]["plots"]), ""]

@@ -29,6 +29,8 @@ def test_a_costly_projection_gets_a_warning_line_naming_the_larger_drop():
                                 "adversarial validation accuracy (81.2% -> 26.4%)"), p["line"]
     assert "w_z_dist 11" in p["line"] and "--bits" in p["line"]
     assert report._projection(p) == "clean 98.6% -> 91.0%, adversarial 81.2% -> 26.4%"
+    assert report.projection_warnings([{"projection": p}, {"projection": None}, {}]) == [p["line"]]
+    assert report.projection_warnings(None) == []  # a boost report: no stages
 
 
 def test_a_cheap_projection_is_recorded_without_a_warning():
