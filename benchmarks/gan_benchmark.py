@@ -150,8 +150,11 @@ def stage_stacked_student(ds, d):
             layer.kernel.assign(quantize_uniform_int8(layer.kernel.value, F.bits)[0])
     small.save(P._path("student", "student.keras"))
     total = sum(n for _, n in gan.live_channels(teacher, F.prune_project).values())
+    recipe = (f"stacked baseline: the teacher's channels pruned once by mac_masks at 1/{d} of its MACs and cut, "
+              f"fine-tuned {F.student_epochs} epochs with distillation (weight {F.distill_weight:g}) + LSGAN in float, "
+              f"then every kernel projected to the {F.bits}-bit lattice post-training; no sparsity term, no STE")
     facts = {"channels_total": total, "channel_budget": k, "live": live, **cut, "seconds": time.time() - t0,
-             **P._fit_facts(ckpt)}
+             "recipe": recipe, **P._fit_facts(ckpt)}
     print(f"stacked: {k} of {total} channels, MACs {cut['macs_before']:,} -> {cut['macs_after']:,}, fine-tuned "
           f"{F.student_epochs} epochs, PTQ {F.bits} bits, {facts['seconds']:.0f} s")
     P._finish("student", facts)

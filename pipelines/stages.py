@@ -247,7 +247,8 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
     else:
         trainer.prepare_constraints()
         trainer.finalize()
-    projection = projection_cost(name, config, trainer, data, history)
+    ste_next = config.quant_method == "admm" and getattr(cfg, "ste_epochs", 0) > 0  # the stage on the set follows
+    projection = projection_cost(name, config, trainer, data, history, ste_next)
     # "seconds": training wall time of the finished epochs summed over every run of the stage
     # (the epoch a kill cut short is redone and not counted); "history": every epoch's logs.
     result = {"stage": name, "method": method, "epochs": epochs, "seconds": seconds,
@@ -269,14 +270,16 @@ def train_stage(cfg, name, start, data, method, config, epochs, lr, teacher=None
 PROJECTION_WARN = 0.05  # validation accuracy the final projection onto the b-bit set may cost before we warn
 
 
-def projection_cost(name, config, trainer, data, history):
+def projection_cost(name, config, trainer, data, history, ste_next=False):
     """What the end of a quantization stage costs: ADMM trains W next to its b-bit copy Z and the
     stage ends with W <- Q_b(W); where ADMM left W far from the set (measured: ATMC-2, w_z_dist flat
     through the stage), that last step loses accuracy that no epoch line showed. Measured with the
     epochs' own validation metrics (trainer.evaluate: clean and, where the stage attacks, adversarial
     accuracy), the last epoch's being the weights before the projection. Returns {"val_clean_before",
     "val_clean_after", "val_adv_before", "val_adv_after", "drop" (the larger of the two drops), "w_z_dist",
-    "line" (a warning, or None)} for a stage with bits and a finished epoch, else None."""
+    "line" (a warning, or None)} for a stage with bits and a finished epoch, else None. No warning when
+    ste_next (the fine-tune on the b-bit set, --ste_epochs, starts from these weights: its own row is the
+    figure that ships)."""
     history = history or {}
     if config.bits is None or not history.get("val_clean_acc"):
         return None
@@ -290,14 +293,15 @@ def projection_cost(name, config, trainer, data, history):
              if out[f"val_{kind}_before"] is not None}
     kind = max(drops, key=drops.get)
     out["drop"] = drops[kind]
-    if out["drop"] > PROJECTION_WARN:
+    if out["drop"] > PROJECTION_WARN and not ste_next:
         what = "validation accuracy" if kind == "clean" else "adversarial validation accuracy"
         dist = out["w_z_dist"]
         out["line"] = (f"stage {name}: the final projection onto the {config.bits}-bit set cost "
                        f"{100 * out['drop']:.1f} points of {what} ({100 * out[f'val_{kind}_before']:.1f}% -> "
                        f"{100 * out[f'val_{kind}_after']:.1f}%): ADMM left the weights far from it"
                        + (f" (w_z_dist {dist:.3g} at the last epoch)" if dist is not None else "")
-                       + "; use more bits (--bits): docs/admm_low_bits.md")
+                       + "; fine-tune on the set after it (--ste_epochs) or use more bits (--bits): "
+                       "docs/admm_low_bits.md")
         logging.warning("%s", out["line"])
     return out
 
@@ -493,7 +497,7 @@ def compress_stages(cfg, data, da_plain, clean_target=None):
         k = cfg.nnz_budget  # optional: unstructured L0 inside the kept channels
     else:
         k = nnz_budget(cfg, da_plain)
-    if cfg.structure == "none" and k >= total and methods_table.stages(cfg.method, cfg.bits):
+    if cfg.structure == "none" and k >= total and methods_table.stages(cfg.method, cfg.bits, cfg.ste_epochs):
         logging.warning("the nonzero budget k=%d covers all %d compressible weights (--size_ratio=%g%s): nothing "
                         "is pruned, the run only %s; lower --size_ratio (or --nnz_budget) to prune", k, total,
                         cfg.size_ratio, f" with {cfg.bits}-bit codes" if cfg.bits else "",
@@ -501,7 +505,7 @@ def compress_stages(cfg, data, da_plain, clean_target=None):
     plain, net, results, scheme = da_plain, None, [], None
     ramped = False  # --l0_ramp applies to the first stage that leaves the dense model (AL0)
     steps_per_epoch = -(-len(data.y_train) // cfg.batch_size)
-    for stage in methods_table.stages(cfg.method, cfg.bits):
+    for stage in methods_table.stages(cfg.method, cfg.bits, cfg.ste_epochs):
         if stage.natural:
             plain, net, res = dense_stage(cfg, data, natural=True)
             results.append(res)
@@ -532,6 +536,9 @@ def compress_stages(cfg, data, da_plain, clean_target=None):
             wrap_kwargs["param_budget"] = k
         settings.update(activation_ramp(cfg, data, getattr(cfg, stage.epochs), ramp=False))
         config = method_config(stage.method, **settings)
+        if stage.ste:  # on the b-bit set: the support (and channels) of the ADMM stage held, no ADMM
+            config = dataclasses.replace(config, quant_method="ste", sparsity="fixed" if config.sparsity != "none"
+                                         else "none", group_support="fixed")
         plain, net, res = train_stage(cfg, stage.name, plain, data, stage.method, config,
                                       getattr(cfg, stage.epochs), cfg.lr,
                                       teacher=da_plain if config.distill != "off" else None, **wrap_kwargs)

@@ -81,6 +81,10 @@ def test_quick_digits_run_fields_page_and_resume(tmp_path):
         assert c["tflite_bytes"] < t["tflite_bytes"]
     stacked = res["cells"]["stacked@1/8"]
     assert stacked["macs"] * 8 <= t["macs"] and res["cells"]["gs@1/8"]["at_or_under_target"]  # both by construction
+    # each cell's own report says how its student was made (the stacked one is not GS's recipe)
+    stacked_md, gs_md = ((tmp_path / "cells" / c / "report.md").read_text() for c in ("stacked_8", "gs_8"))
+    assert "stacked baseline: the teacher's channels pruned once" in stacked_md and "(STE)" not in stacked_md
+    assert "(STE)" in gs_md and "stacked baseline" not in gs_md
     page = (tmp_path / "gan_benchmark.md").read_text()
     assert "digits (8x8), NOT Fashion-MNIST" in page and "Smoke test" in page
     assert "| teacher | 1 |" in page and "| gs | 1/8 |" in page and "| stacked | 1/8 |" in page

@@ -58,6 +58,8 @@ BAD_FLAGS = [
     ("--threats=linf,l2 --train_attack=fgsm_rs", "--threats trains with PGD"),
     ("--class_feedback=reweight --train_attack=free", "--class_feedback needs an attack run per step"),
     ("--method=boost --activation_sparsity=wta", "--method=boost does not take --activation_sparsity"),
+    ("--ste_epochs=-1", "--ste_epochs must be >= 0"), ("--ste_epochs=2 --nobits_enabled", "--ste_epochs trains"),
+    ("--ste_epochs=2 --method=ap", "--ste_epochs trains"),
 ]
 
 
@@ -401,6 +403,27 @@ def test_a_budget_that_prunes_nothing_is_said(tmp_path):
                      "--verbose=0", f"--workdir={tmp_path / 'wd'}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "nothing is pruned" in r.stderr and "lower --size_ratio" in r.stderr
+
+
+def test_two_bits_train_on_the_set_after_admm_and_ship_what_was_validated(tmp_path):
+    """Below 4 bits a stage trained ON the b-bit set follows ADMM by default (--ste_epochs): ADMM's final
+    projection is measured but not warned about (the next stage starts from it), the stage on the set ends
+    where its last epoch validated (its projection moves nothing), and the .tflite holds 2-bit kernels."""
+    wd = tmp_path / "wd"
+    r = run_pipeline("--limit_train=300", "--limit_test=60", "--da_epochs=2", "--al0_epochs=1", "--atmc32_epochs=1",
+                     "--atmcb_epochs=1", "--bits=2", "--ste_epochs=2", "--pgd_steps=1", "--eval_pgd_steps=1",
+                     "--micro_samples=2", "--verbose=0", "--notensorboard", f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    rows = {st["stage"]: st for st in report["stages"]}
+    assert list(rows) == ["da", "al0", "atmc32", "atmc2", "atmc2_ste"]
+    assert rows["atmc2"]["projection"]["line"] is None and "final projection" not in r.stderr
+    ste = rows["atmc2_ste"]["projection"]  # the weights do not move; the attack's random start may (60 images)
+    assert ste["val_clean_before"] == ste["val_clean_after"] and abs(ste["drop"]) <= 0.1, ste
+    assert report["config"]["ste_epochs"] == 2
+    plan = report["micro_compressed"]["plan"]["tensors"]
+    assert {t["index_bits"] for t in plan if t["encoding"] == "lut_per_channel"} <= {1, 2}, plan
+    assert "| atmc2_ste | 2 |" in (wd / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -91,6 +91,30 @@ def test_every_method_keeps_its_constraints(digits, da_model, method, bits, sche
     assert method in METHODS
 
 
+def test_ste_quantization_holds_the_set_after_every_step_inside_a_fixed_support(digits, da_model):
+    """quant_method="ste" (the pipeline's --ste_epochs stage): the kernels satisfy the 2-bit set after every
+    batch, not only when fit ends, and the support a fixed-support constraint chose never grows."""
+    import dataclasses
+    x_tr, y_tr, _, _ = digits
+    budget = dense_weight_count(da_model) // 8
+    cfg = dataclasses.replace(method_config("atmc", attack=ATTACK, nnz_budget=budget, bits=2),
+                              quant_method="ste", sparsity="fixed")
+    net = wrap_for_method(da_model, cfg)
+    trainer = ATMCTrainer(net, cfg)
+    assert [c.kind for c in trainer.constraints] == ["fixed_support", "quantize_ste"]
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    trainer.prepare_constraints()
+    support = [v.numpy() != 0 for w in atmc_wrappers(net) for v in w.compressed_variables]
+    seen = []
+    check = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(
+        (max(_levels(net, "codebook_int8")), _nnz(net))))
+    hist = trainer.fit(x_tr[:256], y_tr[:256], epochs=1, batch_size=64, verbose=0, callbacks=[check])
+    assert len(seen) == 4 and all(levels <= 3 and nnz <= budget for levels, nnz in seen), seen
+    after = [v.numpy() != 0 for w in atmc_wrappers(net) for v in w.compressed_variables]
+    assert all(np.all(a <= s) for a, s in zip(after, support)), "support must not grow"
+    assert "shadow_dist" in hist.history and "w_z_dist" not in hist.history
+
+
 def test_trainer_config_round_trip(da_model):
     cfg = method_config("atmc", attack=ATTACK, nnz_budget=100, bits=3, rho=0.2, quant_interval=7)
     trainer = ATMCTrainer(wrap_model(da_model), cfg)

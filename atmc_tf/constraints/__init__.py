@@ -42,6 +42,7 @@ from atmc_tf.constraints.group_sparsity import (
 )
 from atmc_tf.constraints.group_l0 import FixedGroupSupport, GroupL0
 from atmc_tf.constraints.admm_quantization import Quantization
+from atmc_tf.constraints.lattice_ste import QuantizedShadow
 from atmc_tf.constraints.l1_prox import (BNChannelL1Prox, budget_masks, expand_channels, group_scales,
                                          group_soft_threshold, mac_masks, mac_model_macs, soft_threshold)
 from atmc_tf.constraints.registry import CONSTRAINTS, constraint_from_config, constraint_to_config

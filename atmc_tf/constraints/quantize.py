@@ -17,11 +17,16 @@ them on the device (TFLite Micro's LUT); without it, the paper's count:
   number of distinct nonzero values, shared by all channels. Two of them are
   anchored at -127 and +127: every channel's largest magnitude maps to +-127,
   so the converter recomputes the same scale and stores the trained codes
-  bit for bit (no re-rounding at export).
+  bit for bit (no re-rounding at export). Below 8 bits the scale is chosen:
+  alpha * max|W_c| / 127 (alpha in CLIP_GRID, 1 first) whose projection is
+  nearest, alternated with the codebook fit; the channel's largest weight
+  still maps to +-127, so the converter's max|Q_c| / 127 is that scale. The
+  result is never farther from W than the max-anchored one (clip=False).
 - "uniform_int8": symmetric uniform b-bit grid on the same lattice: codes
   round(j * 127 / L), j in [-L, L], L = 2^(b-1) - 1. For b = 8 this is exactly
   TFLite's own per-channel int8 quantization. Its 2^b - 1 levels include 0
-  whatever zero_in_levels says.
+  whatever zero_in_levels says. Below 8 bits each channel's scale is the
+  nearest of CLIP_GRID's, as above.
 
 Given its levels, every projection maps each entry to its nearest level
 (ties to the lower level), so it is the Euclidean projection onto the set of
@@ -33,6 +38,12 @@ import tensorflow as tf
 from atmc_tf.choices import QUANT_SCHEMES, check_codebook, nonzero_levels  # noqa: F401  (re-exported)
 
 INT8_MAX = 127.0
+# Below 8 bits the lattice schemes choose each channel's scale: alpha * max|W_c| / 127 for the alpha here
+# whose projection is nearest (1 first). Anchoring the end codes at max|W_c| (alpha = 1) wastes levels on a
+# channel's few largest weights: at 2 bits (codes -127, 0, one free, +127) most weights of a bell-shaped
+# channel fall under 127 / 2 and become 0.
+CLIP_GRID = tuple(1.0 - 0.05 * i for i in range(17))  # 1.0 .. 0.2
+CLIP_ROUNDS = 2
 
 
 def nearest_level(values, levels):
@@ -143,11 +154,21 @@ def channel_scales(w, channel_axes=(-1,)):
     """
     w = tf.convert_to_tensor(w)
     axes = _channel_reduce_axes(w.shape.rank, channel_axes)
-    m = tf.reduce_max(tf.abs(w), axis=axes, keepdims=True)
+    return _scale_of_max(tf.reduce_max(tf.abs(w), axis=axes, keepdims=True))
+
+
+def _scale_of_max(m):
+    """m / 127 where that is a normal float, else 1. Always a quotient by 127: for such a scale s the
+    converter's round trip (127 s) / 127 gives s back exactly (for a scale from a product, alpha * s,
+    it fails about once in 130 in float32, and a re-projection moved weights by one ulp)."""
     # m / 127 must be a normal float: a denormal scale is flushed to 0 on CPU and
     # w / 0 is inf. Channels that small are numerically zero and get scale 1.
-    tiny = tf.constant(np.finfo(w.dtype.as_numpy_dtype).tiny * INT8_MAX, w.dtype)
-    return tf.where(m >= tiny, m / INT8_MAX, tf.ones_like(m))
+    return tf.where(m >= _tiny_max(m.dtype), m / INT8_MAX, tf.ones_like(m))
+
+
+def _tiny_max(dtype):
+    """The smallest channel maximum whose scale, max / 127, is a normal float."""
+    return tf.constant(np.finfo(dtype.as_numpy_dtype).tiny * INT8_MAX, dtype)
 
 
 def int8_codes(w, channel_axes=(-1,)):
@@ -155,7 +176,7 @@ def int8_codes(w, channel_axes=(-1,)):
     return tf.round(tf.convert_to_tensor(w) / channel_scales(w, channel_axes))
 
 
-def quantize_codebook_int8(w, bits, channel_axes=(-1,), iters=20, zero_in_levels=True):
+def quantize_codebook_int8(w, bits, channel_axes=(-1,), iters=20, zero_in_levels=True, clip=True):
     """nonzero_levels(bits, zero_in_levels) shared integer codes per tensor, on the
     int8 per-channel lattice. Returns (w_q, codes_used) where w_q = scale_c * code.
     """
@@ -167,6 +188,22 @@ def quantize_codebook_int8(w, bits, channel_axes=(-1,), iters=20, zero_in_levels
     if k >= 254:  # every nonzero int8 code fits in the budget: plain rounding.
         codes = tf.clip_by_value(tf.round(u), -INT8_MAX, INT8_MAX)
         return _keep_zeros(w, codes * scale), tf.range(-INT8_MAX, INT8_MAX + 1.0, dtype=w.dtype)
+    levels = _fit_int8_levels(u, k, iters)
+    if not clip:
+        return _keep_zeros(w, nearest_level(u, levels) * scale), levels
+    axes = _channel_reduce_axes(w.shape.rank, channel_axes)
+    best = (_project(w, scale, levels), scale, levels)
+    for _ in range(CLIP_ROUNDS):  # alternate: per-channel scales for these codes, then codes for those scales
+        s = _clipped_scales(w, scale, best[2], axes)
+        lv = _fit_int8_levels(tf.clip_by_value(w / s, -INT8_MAX, INT8_MAX), k, iters)
+        q = _project(w, s, lv)
+        better = tf.reduce_sum(tf.square(w - q)) < tf.reduce_sum(tf.square(w - best[0]))
+        best = tuple(tf.where(better, new, old) for new, old in zip((q, s, lv), best))
+    return best[0], best[2]
+
+
+def _fit_int8_levels(u, k, iters):
+    """The 2^b-value code book on int8 codes u: anchors -127, 0, +127 and k - 2 free codes (Lloyd, rounded)."""
     anchors = (-INT8_MAX, 0.0, INT8_MAX)
     flat = tf.reshape(u, [-1])
     nonzero = tf.boolean_mask(flat, flat != 0)
@@ -174,9 +211,31 @@ def quantize_codebook_int8(w, bits, channel_axes=(-1,), iters=20, zero_in_levels
     # that an already-quantized tensor is recognised as such (idempotence).
     snapped = tf.where(tf.abs(nonzero - tf.round(nonzero)) < 1e-3, tf.round(nonzero), nonzero)
     free = tf.round(fit_codebook(snapped, k - 2, fixed=anchors, iters=iters))
-    levels = tf.sort(tf.concat([tf.constant(anchors, w.dtype), free], axis=0))
-    codes = nearest_level(u, levels)
-    return _keep_zeros(w, codes * scale), levels
+    return tf.sort(tf.concat([tf.constant(anchors, u.dtype), free], axis=0))
+
+
+def _project(w, scale, levels):
+    """w on the lattice scale_c * levels (codes beyond +-127 go to the end levels), zeros kept."""
+    return _keep_zeros(w, nearest_level(w / scale, levels) * scale)
+
+
+def _clipped_scales(w, scale, levels, axes):
+    """Per channel, the scale (alpha max|W_c|) / 127 (alpha in CLIP_GRID, 1 first: ties keep the max-anchored
+    scale `scale`) whose projection onto the codes `levels` is nearest to w. alpha < 1 clips the channel's
+    largest weights to code +-127; the largest one still lands there (|w| / s >= 127), so the converter's
+    max|Q_c| / 127 is that scale and the codes stay exact."""
+    m = tf.reduce_max(tf.abs(w), axis=axes, keepdims=True)
+    best_err = best_scale = None
+    for alpha in CLIP_GRID:  # a running minimum: one candidate's temporaries alive at a time
+        # a channel too small for a normal clipped scale keeps `scale` (_scale_of_max's test, on m * alpha)
+        s = scale if alpha == 1.0 else tf.where(m * alpha >= _tiny_max(m.dtype), (m * alpha) / INT8_MAX, scale)
+        err = tf.reduce_sum(tf.square(w - _project(w, s, levels)), axis=axes, keepdims=True)
+        if best_err is None:
+            best_err, best_scale = err, s
+        else:
+            take = err < best_err
+            best_err, best_scale = tf.where(take, err, best_err), tf.where(take, s, best_scale)
+    return best_scale
 
 
 def uniform_levels(bits, dtype=tf.float32):
@@ -189,12 +248,15 @@ def uniform_levels(bits, dtype=tf.float32):
     return tf.cast(tf.round(j * INT8_MAX / half), dtype)
 
 
-def quantize_uniform_int8(w, bits, channel_axes=(-1,)):
-    """Symmetric uniform per-channel b-bit quantization on the int8 lattice."""
+def quantize_uniform_int8(w, bits, channel_axes=(-1,), clip=True):
+    """Symmetric uniform per-channel b-bit quantization on the int8 lattice (below 8 bits, each channel's
+    scale clipped to the nearest projection, as in quantize_codebook_int8)."""
     w = tf.convert_to_tensor(w)
     scale = channel_scales(w, channel_axes)
     levels = uniform_levels(bits, w.dtype)
-    return _keep_zeros(w, nearest_level(w / scale, levels) * scale), levels
+    if clip and int(bits) < 8:
+        scale = _clipped_scales(w, scale, levels, _channel_reduce_axes(w.shape.rank, channel_axes))
+    return _project(w, scale, levels), levels
 
 
 def quantize(w, scheme, bits, channel_axes=(-1,), iters=20, zero_in_levels=True):

@@ -4,9 +4,10 @@ from atmc_tf.constraints.admm_quantization import Quantization
 from atmc_tf.constraints.group_l0 import FixedGroupSupport, GroupL0
 from atmc_tf.constraints.l0 import FixedSupport, GlobalL0
 from atmc_tf.constraints.l1_prox import BNChannelL1Prox
+from atmc_tf.constraints.lattice_ste import QuantizedShadow
 
 CONSTRAINTS = {cls.kind: cls for cls in (GlobalL0, FixedSupport, GroupL0, FixedGroupSupport, Quantization,
-                                          BNChannelL1Prox)}
+                                          BNChannelL1Prox, QuantizedShadow)}
 
 constraint_to_config = components.to_config
 

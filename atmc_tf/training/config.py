@@ -8,7 +8,7 @@ import dataclasses
 
 from atmc_tf.attacks import PGDConfig, attack_from_dict, attack_to_dict
 from atmc_tf.choices import CLASS_FEEDBACK_MODES, CLEAN_TARGET_FORMS, DISTILL_MODES
-from atmc_tf.constraints import FixedGroupSupport, FixedSupport, GlobalL0, GroupL0, Quantization
+from atmc_tf.constraints import FixedGroupSupport, FixedSupport, GlobalL0, GroupL0, Quantization, QuantizedShadow
 
 SPARSITY_MODES = ("none", "dynamic", "fixed")
 GROUP_SUPPORTS = ("dynamic", "fixed")
@@ -41,7 +41,10 @@ class ATMCConfig:
                    times the L1 of the activations before the sparsity layers, on clean and
                    adversarial batches); 0 (default, and records from before the field): none.
     bits, quant_scheme: Q_b (see atmc_tf.constraints.quantize), enforced by
-                   ADMM every quant_interval steps with penalty rho/2 ||W-Z+U||^2.
+                   ADMM every quant_interval steps with penalty rho/2 ||W-Z+U||^2
+                   (quant_method "admm", the default), or held exactly at every step, the kernels
+                   being Q_b of a float shadow that takes the optimizer's steps (quant_method "ste":
+                   constraints.QuantizedShadow; the pipeline's ATMC-b fine-tune after ADMM).
     zero_in_levels: 0 is one of the 2^b values (default), so a b-bit kernel needs b-bit indices
                    on the device; False: the paper's 2^b nonzero values + 0.
     structure:     "channel" adds structured sparsity (constraints.GroupL0): at most group_budget
@@ -99,6 +102,7 @@ class ATMCConfig:
     zero_in_levels: bool = True
     rho: float = 0.1
     quant_interval: int = 5
+    quant_method: str = "admm"
     kmeans_iters: int = 20
     attack_bn_training: bool = False
     distill: str = "off"
@@ -130,6 +134,8 @@ class ATMCConfig:
     def __post_init__(self):
         if self.sparsity not in SPARSITY_MODES:
             raise ValueError(f"sparsity must be one of {SPARSITY_MODES}, got {self.sparsity!r}")
+        if self.quant_method not in ("admm", "ste"):
+            raise ValueError(f"quant_method must be 'admm' or 'ste', got {self.quant_method!r}")
         if self.sparsity != "none" and (self.nnz_budget is None or int(self.nnz_budget) < 1):
             raise ValueError(f"sparsity={self.sparsity!r} needs nnz_budget >= 1, got {self.nnz_budget}")
         if self.structure not in STRUCTURES:
@@ -246,7 +252,9 @@ class ATMCConfig:
             constraints.append(GlobalL0(self.nnz_budget, self.l0_scoring, self.l0_ramp_steps))
         elif self.sparsity == "fixed":
             constraints.append(FixedSupport(self.nnz_budget, self.l0_scoring))
-        if self.quantized:
+        if self.quantized and self.quant_method == "ste":
+            constraints.append(QuantizedShadow(self.bits, self.quant_scheme, self.kmeans_iters, self.zero_in_levels))
+        elif self.quantized:
             constraints.append(Quantization(self.bits, self.quant_scheme, self.rho, self.quant_interval,
                                             self.kmeans_iters, self.zero_in_levels))
         return terms, constraints
