@@ -89,12 +89,14 @@ def settings():
     out.update(mac_targets=[int(d) for d in F.mac_targets], methods=list(F.methods), micro=F.micro,
                budget="mac_masks at MACs / d (both methods)",
                stacked="prune(mac_masks)->finetune(distill+lsgan)->ptq(bits lattice)")
+    if out["min_channels"] == 1:  # the rule before --min_channels existed: results files of then stay resumable
+        del out["min_channels"]
     return out
 
 
 # --- MAC target -> channel budget -------------------------------------------------------------
 
-def pruned_copy(gen, d, dense=False):
+def pruned_copy(gen, d, dense=False, floor=1):
     """(copy of `gen`, kept channels): its prunable BNs (the project Dense's too when dense) keep the channels
     mac_masks keeps at 1/d of its MACs (gamma, beta of the others zeroed, so cut_generator removes them)."""
     import keras
@@ -106,7 +108,7 @@ def pruned_copy(gen, d, dense=False):
     copy.set_weights(gen.get_weights())
     # GS's own budget step, once, without a threshold: mac_masks on the (grouped) gammas, betas of cut channels 0
     prox = BNChannelL1Prox(threshold=0.0, budget=count_macs(gen) / d, mac_model=gan.channel_mac_model(gen, dense),
-                           groups=gan.channel_groups(copy, dense))
+                           groups=gan.channel_groups(copy, dense), floor=floor)
     variables = [v for _, bn in gan.prunable_bns(copy, dense) for v in (bn.gamma, bn.beta)]
     prox.build(variables, None)
     out = prox.finalize([v.value for v in variables], None)
@@ -138,7 +140,7 @@ def stage_stacked_student(ds, d):
     teacher.trainable = False
     disc = P._load(P._path("teacher", "discriminator.keras"))
     # a copy that is not frozen
-    pruned, k = pruned_copy(P._load(P._path("teacher", "generator.keras")), d, F.prune_project)
+    pruned, k = pruned_copy(P._load(P._path("teacher", "generator.keras")), d, F.prune_project, F.min_channels)
     live = gan.live_channels(pruned, F.prune_project)
     small, cut = gan.cut_generator(pruned)
     trainer = gan.GANTrainer(small, disc, ds.num_classes, F.z_dim, teacher=teacher, distill_weight=F.distill_weight,
@@ -150,7 +152,8 @@ def stage_stacked_student(ds, d):
             layer.kernel.assign(quantize_uniform_int8(layer.kernel.value, F.bits)[0])
     small.save(P._path("student", "student.keras"))
     total = sum(n for _, n in gan.live_channels(teacher, F.prune_project).values())
-    recipe = (f"stacked baseline: the teacher's channels pruned once by mac_masks at 1/{d} of its MACs and cut, "
+    floor = f" (each layer's {F.min_channels} largest first)" if F.min_channels != 1 else ""
+    recipe = (f"stacked baseline: the teacher's channels pruned once by mac_masks{floor} at 1/{d} of its MACs and cut, "
               f"fine-tuned {F.student_epochs} epochs with distillation (weight {F.distill_weight:g}) + LSGAN in float, "
               f"then every kernel projected to the {F.bits}-bit lattice post-training; no sparsity term, no STE")
     facts = {"channels_total": total, "channel_budget": k, "live": live, **cut, "seconds": time.time() - t0,

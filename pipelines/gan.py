@@ -22,11 +22,11 @@ F = flags.FLAGS
 STAGES = ("teacher", "student", "finetune", "export", "report")
 SPARSITIES = ("l1_prox", "group_l0")
 # The value of a later flag in workdirs made before it existed (their config.json lacks it).
-LEGACY = {"finetune_epochs": 0, "prune_project": False}
+LEGACY = {"finetune_epochs": 0, "prune_project": False, "min_channels": 1}
 # The flags that decide what a workdir holds (a rerun with other values must not resume it).
 IDENTITY = ("dataset", "z_dim", "width", "teacher_epochs", "classifier_epochs", "student_epochs", "channel_budget",
             "mac_budget", "bits", "distill_weight", "sparsity", "rho", "lr", "batch_size", "seed", "limit_train", "eval_samples",
-            "finetune_epochs", "prune_project")
+            "finetune_epochs", "prune_project", "min_channels")
 
 
 def define_flags():
@@ -47,6 +47,9 @@ def define_flags():
     flags.DEFINE_float("mac_budget", None, "Instead of --channel_budget: the student's MACs are at most this fraction "
                        "of the teacher's (the longest prefix of GS's channel ranking whose exact MACs fit: "
                        "atmc_tf.constraints.mac_masks). Needs --sparsity=l1_prox.")
+    flags.DEFINE_integer("min_channels", 1, "GS's budget keeps each prunable layer's this many largest channels first "
+                         "(atmc_tf.constraints.mac_masks' floor; the ranking is not MAC-aware, so a tight --mac_budget "
+                         "can leave a cheap layer with one channel); --sparsity=l1_prox only.")
     flags.DEFINE_integer("bits", 8, "Weight bits of the student (uniform per-channel int8 lattice, STE), 2..8.")
     flags.DEFINE_float("distill_weight", 100.0, "beta: weight of the pixel MSE to the teacher's outputs.")
     flags.DEFINE_string("sparsity", "l1_prox", "Channel sparsity: l1_prox (GS: soft threshold on BN gammas) or "
@@ -89,6 +92,10 @@ def parse_flags(argv):
             fail(f"--{name}={F[name].value} must be >= 1")
     if F.prune_project and F.sparsity != "l1_prox":
         fail(f"--prune_project works with --sparsity=l1_prox (GS's prox on the BN gammas), not --sparsity={F.sparsity}")
+    if F.min_channels < 1:
+        fail(f"--min_channels={F.min_channels} must be >= 1 (channels every prunable layer keeps first)")
+    if F.min_channels != 1 and F.sparsity != "l1_prox":
+        fail(f"--min_channels works with --sparsity=l1_prox (GS's channel ranking), not --sparsity={F.sparsity}")
     if F.finetune_epochs < 0:
         fail(f"--finetune_epochs={F.finetune_epochs} must be >= 0")
     if F.eval_samples < 20:
@@ -225,7 +232,7 @@ def stage_student(ds):
         budget_facts = {"mac_budget": F.mac_budget, "budget_macs": budget}
     if F.sparsity == "l1_prox":
         sparsity = {"prox": BNChannelL1Prox(threshold=F.lr * F.rho, budget=budget, mac_model=mac_model,
-                                            groups=gan.channel_groups(student, dense))}
+                                            groups=gan.channel_groups(student, dense), floor=F.min_channels)}
     else:
         sparsity = {"kernel_constraint": GroupL0(budget, scoring="lamp", ramp_steps=steps // 2)}
     trainer = gan.GANTrainer(student, disc, ds.num_classes, F.z_dim, teacher=teacher,
@@ -406,6 +413,8 @@ def stage_report(ds):
                      f"{r['tflite_bytes']:,} | {r['litert_latency_ms']:.3f} |")
     budget_said = (f"--mac_budget={F.mac_budget:g}: at most {stu['budget_macs']:,.0f} MACs" if F.mac_budget is not None
                    else f"--channel_budget={F.channel_budget:g}")
+    if F.min_channels != 1:
+        budget_said += f", --min_channels={F.min_channels}"
     lines += [f"| real training images (floor) | {real_q['fd']:.3f} | {real_q['cond_acc']:.3f} | | | | |", "",
               f"Student: {stu['channel_budget']} of {stu['channels_total']} prunable channels kept "
               + (f"({stu['recipe']}), live per BN {stu['live']}" if stu.get("recipe") else

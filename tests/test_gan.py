@@ -111,6 +111,38 @@ def test_budget_masks_normalise_per_tensor():
     assert [m.numpy().tolist() for m in masks] == [[1, 0, 0], [1, 0]]
 
 
+def test_budget_masks_floor_ranks_each_tensors_largest_first():
+    scales = [tf.constant([100.0, 90.0, 80.0, 0.0]), tf.constant([0.1, 0.01, 0.0])]
+    # normalised: 1, .9, .8 | 1, .1: without a floor the big tensor's second and third beat the small one's second
+    assert [m.numpy().tolist() for m in budget_masks(scales, 4)] == [[1, 1, 1, 0], [1, 0, 0]]
+    assert [m.numpy().tolist() for m in budget_masks(scales, 4, floor=2)] == [[1, 1, 0, 0], [1, 1, 0]]
+    # below floor * tensors the floor channels compete among themselves by the same normalised score
+    assert [m.numpy().tolist() for m in budget_masks(scales, 3, floor=2)] == [[1, 1, 0, 0], [1, 0, 0]]
+    # zeros are never kept, floor or not (the small tensor has two nonzero channels)
+    assert [m.numpy().tolist() for m in budget_masks(scales, 7, floor=3)] == [[1, 1, 1, 0], [1, 1, 0]]
+    with pytest.raises(ValueError, match="floor must be"):
+        budget_masks(scales, 3, floor=0)
+    with pytest.raises(ValueError, match="floor must be"):
+        BNChannelL1Prox(threshold=0.0, floor=1.5)
+    prox = BNChannelL1Prox(threshold=0.0, budget=3, floor=2)
+    assert constraint_from_config(constraint_to_config(prox)) == prox and prox.get_config()["floor"] == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(hnp.arrays(np.float32, st.integers(1, 8), elements=floats), min_size=1, max_size=4),
+       st.integers(1, 4), st.data())
+def test_budget_masks_floor_holds_when_the_budget_does(gammas, floor, data):
+    """At any budget: the kept channels are min(budget, nonzeros); at budget >= floor * tensors every
+    tensor keeps at least min(floor, its nonzeros); floor 1 is the rule without a floor."""
+    scales = [tf.constant(g) for g in gammas]
+    nonzero = [int(np.count_nonzero(g)) for g in gammas]
+    budget = data.draw(st.integers(0, sum(len(g) for g in gammas)))
+    kept = [int(np.count_nonzero(m.numpy())) for m in budget_masks(scales, budget, floor=floor)]
+    assert sum(kept) == min(budget, sum(nonzero)) and all(k <= n for k, n in zip(kept, nonzero))
+    if budget >= floor * len(gammas):
+        assert all(k >= min(floor, n) for k, n in zip(kept, nonzero))
+
+
 def _macs(ks, linear, pairs, constant):
     return constant + sum(v * k for v, k in zip(linear, ks)) + sum(w * ks[i] * ks[j] for i, j, w in pairs)
 
@@ -128,15 +160,16 @@ def test_mac_masks_keep_the_longest_prefix_of_the_ranking_that_fits(gammas, data
     total = sum(len(g) for g in gammas)
     budget = data.draw(st.floats(0, _macs([len(g) for g in gammas], linear, pairs, constant) * 1.2 + 1,
                                  allow_subnormal=False))
+    floor = data.draw(st.integers(1, 3))
     scales = [tf.constant(g) for g in gammas]
-    got = [m.numpy() for m in mac_masks(scales, budget, linear, pairs, constant)]
+    got = [m.numpy() for m in mac_masks(scales, budget, linear, pairs, constant, floor=floor)]
     counts = lambda ms: [int(np.count_nonzero(m)) for m in ms]  # noqa: E731
     assert _macs(counts(got), linear, pairs, constant) <= budget or not any(counts(got))
-    best = max((k for k in range(total + 1)
-                if _macs(counts([m.numpy() for m in budget_masks(scales, k)]), linear, pairs, constant) <= budget),
+    best = max((k for k in range(total + 1) if _macs(counts([m.numpy() for m in budget_masks(scales, k, floor)]),
+                                                     linear, pairs, constant) <= budget),
                default=0)
     # the same channels budget_masks keeps at that count (the ranking ends in zeros, which neither keeps)
-    want = [m.numpy() for m in budget_masks(scales, best)] if best else [np.zeros_like(g) for g in gammas]
+    want = [m.numpy() for m in budget_masks(scales, best, floor)] if best else [np.zeros_like(g) for g in gammas]
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
 
@@ -272,7 +305,8 @@ def _run(*args, timeout=600, env_extra=None):
 @pytest.mark.parametrize("flag", ["--channel_budget=0", "--bits=9", "--sparsity=foo",
                                   "--dataset=cifar", "--distill_weight=-1", "--mac_budget=0", "--mac_budget=1.5",
                                   "--mac_budget=0.2 --channel_budget=0.5", "--mac_budget=0.2 --sparsity=group_l0",
-                                  "--finetune_epochs=-1", "--prune_project --sparsity=group_l0"])
+                                  "--finetune_epochs=-1", "--prune_project --sparsity=group_l0", "--min_channels=0",
+                                  "--min_channels=2 --sparsity=group_l0"])
 def test_bad_flags_one_line_exit_2(flag, tmp_path):
     r = _run(*flag.split(), f"--workdir={tmp_path}")
     assert r.returncode == 2, r.stderr

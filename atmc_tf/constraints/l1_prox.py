@@ -35,16 +35,18 @@ def soft_threshold(v, t):
     return tf.sign(v) * tf.maximum(tf.abs(v) - t, tf.zeros_like(v))
 
 
-def budget_masks(scales, budget):
+def budget_masks(scales, budget, floor=1):
     """Masks keeping `budget` channels over all 1-D tensors of `scales` together, ranked by |scale|
     divided by the largest |scale| of its own tensor (ties to the lower flat index, tf.math.top_k's
-    rule); zeros never count as kept. Raw |gamma| ranked globally emptied whole layers (a 4x budget
+    rule); zeros never count as kept. The `floor` largest (nonzero) channels of every tensor rank
+    above all others: with a budget of at least floor * tensors no layer keeps fewer than
+    min(floor, its nonzero channels). Raw |gamma| ranked globally emptied whole layers (a 4x budget
     on the digits generator cut every channel of its first convolution); normalised, every tensor
     keeps its largest channel when budget >= the number of tensors, and layers whose gammas sit at
     different scales compete fairly (LAMP's idea, atmc_tf.constraints.sparsity, for channels); the
 first largest of each tensor is ranked above all others, so ties cannot empty a tensor either."""
     sizes = [int(s.shape[0]) for s in scales]
-    scores = _scores(scales)
+    scores = _scores(scales, floor)
     flat = tf.concat(scores, axis=0)
     k = tf.minimum(tf.cast(budget, tf.int32), sum(sizes))  # a tensor is fine: a schedule can ramp it
     _, idx = tf.math.top_k(flat, k=k, sorted=False)
@@ -53,13 +55,17 @@ first largest of each tensor is ranked above all others, so ties cannot empty a 
     return [tf.cast(m, s.dtype) for m, s in zip(tf.split(keep, sizes), scales)]
 
 
-def _scores(scales):
-    """budget_masks' ranking scores: |scale| over its tensor's largest, each tensor's (first) largest 2."""
+def _scores(scales, floor=1):
+    """budget_masks' ranking scores: |scale| over its tensor's largest; each tensor's `floor` largest
+    nonzero ones (ties to the lower index) + 2, so they rank above every other channel."""
+    if not int(floor) >= 1:
+        raise ValueError(f"floor must be >= 1, got {floor}")
     scores = []
     for s in scales:
         a = tf.abs(tf.reshape(s, [-1]))
-        top = tf.one_hot(tf.argmax(a), tf.size(a), dtype=a.dtype) * tf.cast(tf.reduce_max(a) > 0, a.dtype)
-        scores.append(tf.math.divide_no_nan(a, tf.reduce_max(a)) + top)
+        _, idx = tf.math.top_k(a, k=min(int(floor), int(a.shape[0])))
+        top = tf.reduce_sum(tf.one_hot(idx, tf.size(a), dtype=a.dtype), axis=0) * tf.cast(a > 0, a.dtype)
+        scores.append(tf.math.divide_no_nan(a, tf.reduce_max(a)) + 2 * top)
     return scores
 
 
@@ -92,14 +98,16 @@ def mac_model_macs(mac_model, counts):
     return constant + sum(v * k for v, k in zip(linear, counts)) + sum(w * counts[i] * counts[j] for i, j, w in pairs)
 
 
-def mac_masks(scales, budget, linear, pairs, constant=0.0):
+def mac_masks(scales, budget, linear, pairs, constant=0.0, floor=1):
     """Masks keeping the longest prefix of budget_masks' ranking (the same scores and ties) whose MACs
     are at most `budget`, the MACs of k_i kept channels in tensor i being
         constant + sum_i linear[i] * k_i + sum_(i, j, w) in pairs w * k_i * k_j
     (atmc_tf.training.structure.channel_mac_model: exact for a cut model). MACs grow along the
     prefix, so the longest one that fits is found in one pass. Zeros never count as kept (they rank
-    last). budget_masks(scales, k) keeps the prefix of length k: both are one rule, two budgets."""
-    scores = _scores(scales)
+    last). budget_masks(scales, k, floor) keeps the prefix of length k: both are one rule, two budgets.
+    The ranking is not MAC-aware: a `floor` > 1 (each tensor's floor largest first) keeps a cheap layer
+    from being left with one channel while an expensive one takes the budget."""
+    scores = _scores(scales, floor)
     sizes = [int(s.shape[0]) for s in scales]
     flat = tf.concat([tf.cast(s, tf.float64) for s in scores], axis=0)
     order = tf.argsort(-flat, stable=True)
@@ -122,16 +130,21 @@ class BNChannelL1Prox(Constraint):
     mac_model: None (the budget counts channels), or (linear, pairs, constant) over the gamma tensors
     as mac_masks takes them; the budget is then the MACs (a number > 0) of the kept channels.
     groups: None (every gamma is a channel), or per gamma tensor its group size P (this module's
-    docstring: P*C gammas make C channels, thresholded, ranked and counted as groups)."""
+    docstring: P*C gammas make C channels, thresholded, ranked and counted as groups).
+    floor: each tensor's `floor` largest channels rank first (budget_masks / mac_masks): with a budget
+    that holds them, no layer is cut below min(floor, its live channels)."""
 
     kind = "l1_prox"
     sparsifying = True
     metric_names = ("live_channels",)
 
-    def __init__(self, threshold, budget=None, mac_model=None, groups=None):
+    def __init__(self, threshold, budget=None, mac_model=None, groups=None, floor=1):
         if not threshold >= 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
+        if isinstance(floor, bool) or not (isinstance(floor, (int, np.integer)) and floor >= 1):
+            raise ValueError(f"floor must be an integer >= 1, got {floor!r}")
         self.threshold = float(threshold)
+        self.floor = int(floor)
         self.groups = None if groups is None else [int(g) for g in groups]
         if self.groups is not None and not all(g >= 1 for g in self.groups):
             raise ValueError(f"groups must be sizes >= 1, got {groups}")
@@ -150,7 +163,7 @@ class BNChannelL1Prox(Constraint):
             self.budget = float(budget)
 
     def get_config(self):
-        return {"threshold": self.threshold, "budget": self.budget, "groups": self.groups,
+        return {"threshold": self.threshold, "budget": self.budget, "groups": self.groups, "floor": self.floor,
                 "mac_model": None if self.mac_model is None else [self.mac_model[0], [list(p) for p in self.mac_model[1]],
                                                                   self.mac_model[2]]}
 
@@ -181,8 +194,8 @@ class BNChannelL1Prox(Constraint):
         gammas = [group_soft_threshold(g, threshold, p) for g, p in zip(values[0::2], groups)]
         if budget is not None:
             scales = [group_scales(g, p) for g, p in zip(gammas, groups)]
-            masks = (budget_masks(scales, budget) if self.mac_model is None else
-                     mac_masks(scales, budget, *self.mac_model))
+            masks = (budget_masks(scales, budget, self.floor) if self.mac_model is None else
+                     mac_masks(scales, budget, *self.mac_model, floor=self.floor))
             gammas = [g * expand_channels(m, p) for g, m, p in zip(gammas, masks, groups)]
         # a channel whose gammas are all 0 outputs its betas: zero them (all of the group's, or none)
         dead = [expand_channels(tf.equal(group_scales(g, p), 0), p) for g, p in zip(gammas, groups)]
