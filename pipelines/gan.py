@@ -47,9 +47,10 @@ def define_flags():
     flags.DEFINE_float("mac_budget", None, "Instead of --channel_budget: the student's MACs are at most this fraction "
                        "of the teacher's (the longest prefix of GS's channel ranking whose exact MACs fit: "
                        "atmc_tf.constraints.mac_masks). Needs --sparsity=l1_prox.")
-    flags.DEFINE_integer("min_channels", 1, "GS's budget keeps each prunable layer's this many largest channels first "
-                         "(atmc_tf.constraints.mac_masks' floor; the ranking is not MAC-aware, so a tight --mac_budget "
-                         "can leave a cheap layer with one channel); --sparsity=l1_prox only.")
+    flags.DEFINE_integer("min_channels", 4, "GS's budget ranks each prunable layer's this many largest channels first "
+                         "(atmc_tf.constraints.mac_masks' floor; the ranking is not MAC-aware: with 1, a tight "
+                         "--mac_budget left one channel in the 28x28 layer, docs/gan_floor_2026-12-04); "
+                         "--sparsity=l1_prox only.")
     flags.DEFINE_integer("bits", 8, "Weight bits of the student (uniform per-channel int8 lattice, STE), 2..8.")
     flags.DEFINE_float("distill_weight", 100.0, "beta: weight of the pixel MSE to the teacher's outputs.")
     flags.DEFINE_string("sparsity", "l1_prox", "Channel sparsity: l1_prox (GS: soft threshold on BN gammas) or "
@@ -94,7 +95,7 @@ def parse_flags(argv):
         fail(f"--prune_project works with --sparsity=l1_prox (GS's prox on the BN gammas), not --sparsity={F.sparsity}")
     if F.min_channels < 1:
         fail(f"--min_channels={F.min_channels} must be >= 1 (channels every prunable layer keeps first)")
-    if F.min_channels != 1 and F.sparsity != "l1_prox":
+    if F["min_channels"].present and F.sparsity != "l1_prox":
         fail(f"--min_channels works with --sparsity=l1_prox (GS's channel ranking), not --sparsity={F.sparsity}")
     if F.finetune_epochs < 0:
         fail(f"--finetune_epochs={F.finetune_epochs} must be >= 0")
